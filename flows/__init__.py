@@ -1,0 +1,1 @@
+"""Prefect flows composing medimg's tasks."""

@@ -1,0 +1,1 @@
+"""Data sources, the manifest and data versions."""

@@ -1,0 +1,311 @@
+"""DICOM decoding: one single-frame DICOM file -> one grey :class:`DecodedImage`, or :class:`BadImage`.
+
+What a caller can rely on:
+
+* **Values.** The Modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence) is always
+  applied, so CT values are Hounsfield units before any windowing. CT is then always windowed to
+  [0, 1]: with the ``window`` argument (level, width) when given, else with the file's own VOI
+  (its first Window Center/Width, or its VOI LUT Sequence, through
+  :func:`pydicom.pixels.apply_voi_lut`), else with :data:`DEFAULT_CT_WINDOW`. Other modalities
+  keep their Modality-LUT values (e.g. 0..32767 for a 15-bit CR) unless a ``window`` is passed,
+  which then applies to them as well. ``DecodedImage.window`` records any linear window applied.
+* **Polarity.** Higher means brighter for every file: MONOCHROME1 (where low values are white,
+  common for CR/DX) is inverted within its value range (the range the stored bits can hold
+  after the Modality LUT, or [0, 1] after windowing), so bone is bright as in MONOCHROME2.
+  Colour (RGB, YBR, PALETTE COLOR) becomes BT.601 luminance and is never windowed.
+* **Rejections** (reason codes of :data:`medimg.data.images.REASONS`): ``empty``,
+  ``not_an_image`` (no DICM preamble: plain text, a JPEG, or a preamble-less legacy file; refused
+  rather than force-parsed because force-parsing accepts almost any bytes), ``truncated`` (the
+  file ends inside an element, the encapsulated pixel data lacks its closing delimiter, or the
+  native pixel data is shorter than Rows x Columns x Bits Allocated), ``missing_pixel_data``,
+  ``multiframe``, ``burned_in_annotation``, ``unsupported_transfer_syntax`` (no transfer syntax,
+  or none of the installed pixel-data plugins decodes it), ``unsupported_photometric``,
+  ``invalid_header``, ``decode_error``, ``too_small``.
+* **Privacy.** Error messages contain the file *name* and the reason only, never a value read
+  from the file (pydicom's own messages and warnings can quote element values, so they are
+  swallowed and replaced by the exception type). Exceptions are raised ``from None`` so no
+  chained pydicom message leaks into a traceback that ends up in a log.
+
+Decoding uses :func:`warnings.catch_warnings`, which is process-global: decode in worker
+processes, not threads, when parallelising.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+
+from medimg.data.images import BadImage, DecodedImage, to_grey
+
+#: (level, width) in HU for CT files that carry no VOI and get no ``window`` argument: the
+#: standard soft-tissue window. Pass a window explicitly (e.g. lung, -600/1500) from the config
+#: for a study that needs another one.
+DEFAULT_CT_WINDOW: tuple[float, float] = (40.0, 400.0)
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_GREY = ("MONOCHROME1", "MONOCHROME2")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
+
+
+def decode_dicom(
+    path: str | Path,
+    window: tuple[float, float] | None = None,
+    min_size: int = 16,
+    allow_burned_in: bool = False,
+) -> DecodedImage:
+    """Decode one single-frame DICOM image file (see the module docstring for the promises).
+
+    ``window`` is (level, width) in Modality-LUT units (HU for CT); width must be positive.
+
+    Multi-frame files (Number of Frames > 1) are rejected with ``multiframe``: the frames of one
+    object (a cine loop, a CT/MR volume, an ultrasound clip) are not independently labelled
+    images, and turning them into separate samples would put strongly correlated copies of the
+    same acquisition on both sides of a train/test split (leakage) and over-weight one patient.
+    Volumes need their own, explicit handling.
+
+    ``BurnedInAnnotation == 'YES'`` means identifying text may be part of the pixels, which no
+    header de-identification removes: such files are refused unless ``allow_burned_in``.
+    """
+    path = Path(path)
+    if window is not None:
+        _check_window(window)
+    size = path.stat().st_size
+    if size == 0:
+        raise BadImage(path, "empty")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = _read(path)
+        _check_complete(path, ds, size, caught)
+        header = _check_header(path, ds, min_size, allow_burned_in)
+        arr = _decode_pixels(path, ds, header["rows"], header["columns"])
+        pixels, applied = _to_display(path, ds, arr, header, window)
+    return DecodedImage(
+        pixels=np.ascontiguousarray(pixels, dtype=np.float32),
+        original_height=header["rows"],
+        original_width=header["columns"],
+        bit_depth=header["bits_stored"],
+        photometric=header["photometric"],
+        modality=header["modality"],
+        source_kind="dicom",
+        n_frames=header["n_frames"],
+        window=applied,
+    )
+
+
+def _check_window(window: tuple[float, float]) -> None:
+    level, width = window
+    if not (np.isfinite(level) and np.isfinite(width) and width > 0):
+        raise ValueError(f"window must be a finite (level, width) with width > 0, got {window!r}")
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise BadImage(path, "not_an_image", "no DICOM preamble/DICM prefix") from None
+    except EOFError:
+        raise BadImage(path, "truncated", "file ends inside the header") from None
+    except Exception as err:  # pydicom raises many types on garbage; their text may quote values
+        raise BadImage(path, "invalid_header", f"unreadable header ({type(err).__name__})") from None
+
+
+def _check_complete(path: Path, ds: Dataset, size: int, caught: list) -> None:
+    """Raise ``truncated`` when the file stops before the data set does.
+
+    pydicom reads a cut file without an error: it keeps the short value of the last element, or
+    drops an encapsulated pixel data element whose delimiter is missing and only warns. So the
+    declared lengths and offsets of the top-level elements are checked against the file size.
+    """
+    if any("End of file reached" in str(w.message) for w in caught):
+        raise BadImage(path, "truncated", "file ends inside a sequence or encapsulated pixel data")
+    tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if tsuid == DeflatedExplicitVRLittleEndian:
+        return  # offsets refer to the inflated stream, not to the file
+    last_end = None
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if not isinstance(raw, RawDataElement) or raw.value_tell is None:
+            last_end = None
+            continue
+        value = raw.value
+        if raw.length == _UNDEFINED_LENGTH:
+            if not isinstance(value, bytes):
+                last_end = None
+                continue
+            end = raw.value_tell + len(value) + 8  # + the sequence delimitation item
+        else:
+            if isinstance(value, bytes) and len(value) < raw.length:
+                raise BadImage(
+                    path,
+                    "truncated",
+                    f"element ({tag.group:04X},{tag.element:04X}) declares {raw.length} bytes, "
+                    f"the file holds {len(value)}",
+                )
+            end = raw.value_tell + raw.length
+        if end > size:
+            raise BadImage(path, "truncated", f"data set ends at byte {end}, the file at {size}")
+        last_end = end
+    if last_end is not None and 0 < size - last_end < 8:
+        raise BadImage(path, "truncated", f"{size - last_end} stray bytes: a cut element header")
+
+
+def _check_header(path: Path, ds: Dataset, min_size: int, allow_burned_in: bool) -> dict:
+    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+        raise BadImage(path, "missing_pixel_data", "no Pixel Data element")
+    try:
+        n_frames = int(ds.get("NumberOfFrames") or 1)
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits_stored = int(ds.get("BitsStored") or ds.BitsAllocated)
+        photometric = str(ds.PhotometricInterpretation).strip().upper()
+        if photometric == "PALETTE COLOR":  # the pixels will hold LUT entries, not stored values
+            bits_stored = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise BadImage(path, "invalid_header", f"image pixel module incomplete ({type(err).__name__})") from None
+    if n_frames > 1:
+        raise BadImage(path, "multiframe", f"{n_frames} frames")
+    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES" and not allow_burned_in:
+        raise BadImage(path, "burned_in_annotation", "Burned In Annotation is YES")
+    tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if not tsuid:
+        raise BadImage(path, "unsupported_transfer_syntax", "no Transfer Syntax UID in the file meta")
+    _check_decoder(path, UID(str(tsuid)))
+    if min(rows, columns) < min_size:
+        raise BadImage(path, "too_small", f"{rows}x{columns}, minimum side {min_size}")
+    if photometric not in _GREY + _COLOUR:
+        raise BadImage(path, "unsupported_photometric", f"photometric {photometric}")
+    modality = str(ds.get("Modality", "") or "").strip().upper() or None
+    return {
+        "n_frames": n_frames,
+        "rows": rows,
+        "columns": columns,
+        "bits_stored": bits_stored,
+        "photometric": photometric,
+        "modality": modality,
+    }
+
+
+def _check_decoder(path: Path, tsuid: UID) -> None:
+    name = tsuid.name if tsuid.is_transfer_syntax else f"unknown UID {tsuid}"
+    try:
+        decoder = get_decoder(tsuid)
+    except NotImplementedError:
+        raise BadImage(path, "unsupported_transfer_syntax", f"no decoder for {name}") from None
+    if not decoder.is_available:
+        raise BadImage(
+            path, "unsupported_transfer_syntax", f"no installed pixel-data plugin decodes {name}"
+        )
+
+
+def _decode_pixels(path: Path, ds: Dataset, rows: int, columns: int) -> np.ndarray:
+    try:
+        arr = ds.pixel_array
+    except NotImplementedError:
+        raise BadImage(path, "unsupported_transfer_syntax", "pydicom cannot decode it") from None
+    except ValueError as err:
+        if "less than expected" in str(err):
+            raise BadImage(path, "truncated", "pixel data shorter than the image size") from None
+        raise BadImage(path, "decode_error", type(err).__name__) from None
+    except (AttributeError, KeyError, TypeError) as err:
+        raise BadImage(path, "invalid_header", f"pixel description unusable ({type(err).__name__})") from None
+    except Exception as err:
+        raise BadImage(path, "decode_error", f"pixel decoding failed ({type(err).__name__})") from None
+    if arr.shape[:2] != (rows, columns) or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise BadImage(path, "decode_error", f"decoded shape {arr.shape} does not match {rows}x{columns}")
+    return arr
+
+
+def _to_display(
+    path: Path, ds: Dataset, arr: np.ndarray, header: dict, window: tuple[float, float] | None
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    photometric = header["photometric"]
+    if photometric not in _GREY:
+        if photometric == "PALETTE COLOR":
+            arr = apply_color_lut(arr, ds)
+        return to_grey(arr), None
+    try:
+        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+        applied: tuple[float, float] | None = None
+        if window is not None:
+            values, applied = linear_window(values, *window), (float(window[0]), float(window[1]))
+        elif header["modality"] == "CT":
+            values, applied = _file_or_default_window(ds, values)
+        windowed = window is not None or header["modality"] == "CT"
+        lo, hi = (0.0, 1.0) if windowed else _modality_range(ds, header["bits_stored"], values)
+    except Exception as err:
+        raise BadImage(path, "invalid_header", f"LUT/window unusable ({type(err).__name__})") from None
+    if photometric == "MONOCHROME1":
+        values = lo + hi - values
+    return values, applied
+
+
+def linear_window(values: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Map [level - width/2, level + width/2] linearly onto [0, 1], clipping outside."""
+    low = level - width / 2.0
+    return np.clip((np.asarray(values, dtype=np.float64) - low) / width, 0.0, 1.0)
+
+
+def _file_or_default_window(ds: Dataset, values: np.ndarray) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """The file's VOI mapped onto [0, 1]; the default window when the file has none."""
+    has_window = "WindowCenter" in ds and "WindowWidth" in ds
+    if ds.get("VOILUTSequence"):
+        item = ds.VOILUTSequence[0]
+        out_max = 2 ** int(item.LUTDescriptor[2]) - 1
+        # the table is indexed by the Modality-LUT output, and its third descriptor value is
+        # the bit depth of its entries
+        out = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+        return np.clip(np.asarray(out, dtype=np.float64) / out_max, 0.0, 1.0), None
+    if has_window:
+        center = _first(ds["WindowCenter"])
+        width = _first(ds["WindowWidth"])
+        if width > 0:
+            out = apply_voi_lut(values, ds, index=0, prefer_lut=False)
+            y_min, y_max = _windowing_output_range(ds)
+            scaled = (np.asarray(out, dtype=np.float64) - y_min) / (y_max - y_min)
+            return np.clip(scaled, 0.0, 1.0), (center, width)
+    level, width = DEFAULT_CT_WINDOW
+    return linear_window(values, level, width), DEFAULT_CT_WINDOW
+
+
+def _first(element) -> float:
+    """Window Center/Width may hold several alternative views (VM > 1): the first is primary."""
+    value = element.value
+    return float(value[0] if element.VM > 1 else value)
+
+
+def _stored_range(ds: Dataset, bits_stored: int) -> tuple[float, float]:
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:
+        return -(2.0 ** (bits_stored - 1)), 2.0 ** (bits_stored - 1) - 1
+    return 0.0, 2.0**bits_stored - 1
+
+
+def _windowing_output_range(ds: Dataset) -> tuple[float, float]:
+    """The output range pydicom's windowing maps onto (mirrors ``apply_windowing``)."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, 2.0 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
+    y_min, y_max = _stored_range(ds, int(ds.BitsStored))
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        y_min, y_max = y_min * float(slope) + float(intercept), y_max * float(slope) + float(intercept)
+    return y_min, y_max
+
+
+def _modality_range(ds: Dataset, bits_stored: int, values: np.ndarray) -> tuple[float, float]:
+    """Range the stored bits can reach after the Modality LUT: the pivot for MONOCHROME1."""
+    if "PixelData" not in ds:  # float pixel data has no bit range: use the data's own
+        return float(values.min()), float(values.max())
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, 2.0 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
+    lo, hi = _stored_range(ds, bits_stored)
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    ends = sorted((lo * slope + intercept, hi * slope + intercept))
+    return ends[0], ends[1]

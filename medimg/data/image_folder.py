@@ -1,0 +1,108 @@
+"""Scan a class-per-folder image collection (the Kaggle chest-xray-pneumonia layout).
+
+Two layouts are accepted:
+
+* ``<root>/<split>/<CLASS>/<file>`` with split in train/val/test (the official split is kept in
+  each record, so leakage across it can be measured), or
+* ``<root>/<CLASS>/<file>`` with no split (``split`` is None).
+
+Only ``.jpeg``/``.jpg``/``.png`` files (any case) directly inside a class folder are images;
+hidden files and folders (``.DS_Store``, ``__MACOSX``) are skipped, anything else is ignored.
+Nothing is decoded here (see :func:`medimg.data.images.decode_raster`): the scan is cheap, and
+the SHA-256 of the bytes lets the caller find byte-identical files, which the Kermany set has.
+
+Records are sorted by (split, class, file name), so two scans of the same folder are equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+SPLIT_NAMES = ("train", "val", "test")
+IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
+
+# Kermany file names: person100_bacteria_475 / person1_virus_6 -> person100 / person1;
+# IM-0115-0001 (and IM-0608-0001-0001) -> IM-0115; NORMAL2-IM-0383-0001 -> NORMAL2-IM-0383.
+_KERMANY = (
+    re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+(?:_\d+)*$", re.IGNORECASE),
+    re.compile(r"^((?:NORMAL2-)?IM-\d+)(?:-\d+)+$", re.IGNORECASE),
+)
+
+
+def kermany_patient_key(filename: str) -> str:
+    """The patient id a Kermany chest X-ray file name carries, or the file stem when none.
+
+    ``person100_bacteria_475.jpeg`` -> ``person100``; ``IM-0115-0001.jpeg`` -> ``IM-0115``;
+    ``NORMAL2-IM-0383-0001.jpeg`` -> ``NORMAL2-IM-0383``. The key is returned as written (the
+    raw id, not a pseudonym). A name that fits no rule is its own patient: that never merges two
+    patients, but cannot group one patient's images either, so group-aware splitting is only as
+    good as the file names.
+    """
+    stem = Path(filename).stem
+    for pattern in _KERMANY:
+        match = pattern.match(stem)
+        if match:
+            return match.group(1)
+    return stem
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of the file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scan_image_folder(root: str | Path) -> list[dict]:
+    """One record per image file: ``path`` (str, absolute), ``class_name`` (the folder name as
+    written), ``split`` (train/val/test or None), ``patient_key`` (see
+    :func:`kermany_patient_key`) and ``sha256``.
+
+    Raises ``FileNotFoundError`` when ``root`` is not a folder, and ``ValueError`` when it mixes
+    split folders with class folders (an ambiguous layout) or holds no images at all.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+    top = _visible_dirs(root)
+    split_dirs = [d for d in top if d.name.lower() in SPLIT_NAMES]
+    if split_dirs and len(split_dirs) != len(top):
+        others = sorted(d.name for d in top if d not in split_dirs)
+        raise ValueError(
+            f"{root}: mixes split folders {sorted(d.name for d in split_dirs)} with other folders "
+            f"{others}; expected either <root>/<split>/<class>/ or <root>/<class>/"
+        )
+    if split_dirs:
+        class_dirs = [(d.name.lower(), c) for d in split_dirs for c in _visible_dirs(d)]
+    else:
+        class_dirs = [(None, c) for c in top]
+    records = []
+    for split, class_dir in class_dirs:
+        for file in class_dir.iterdir():
+            if file.name.startswith(".") or not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            records.append(
+                {
+                    "path": str(file.resolve()),
+                    "class_name": class_dir.name,
+                    "split": split,
+                    "patient_key": kermany_patient_key(file.name),
+                    "sha256": file_sha256(file),
+                }
+            )
+    if not records:
+        raise ValueError(f"{root}: no .jpeg/.jpg/.png images found in class folders")
+    order = {name: i for i, name in enumerate(SPLIT_NAMES)}
+    records.sort(key=lambda r: (order.get(r["split"], -1), r["class_name"], Path(r["path"]).name))
+    return records
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(
+        (d for d in folder.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))),
+        key=lambda d: d.name,
+    )

@@ -1,0 +1,103 @@
+"""Data versions with DVC: the workspace is a DVC project with a local remote.
+
+The data version is DVC's own hash of the dataset folder (the ``md5`` of its ``.dir`` entry).
+Each version's ``.dvc`` file is kept under ``data/versions/`` so that any version a model was
+trained on can be checked out again with DVC (see ``fetch_commands``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from medimg.workspace import Workspace
+
+REMOTE_NAME = "local"
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    md5: str
+    dvc_file: Path
+    n_files: int
+    size: int
+    is_new: bool
+
+    @property
+    def id(self) -> str:
+        return self.md5.removesuffix(".dir")
+
+
+def _repo(ws: Workspace):
+    from dvc.repo import Repo
+
+    if not (ws.root / ".dvc").is_dir():
+        Repo.init(str(ws.root), no_scm=True)
+        repo = Repo(str(ws.root))
+        with repo.config.edit() as conf:
+            conf["remote"][REMOTE_NAME] = {"url": str(ws.dvc_remote)}
+            conf["core"]["remote"] = REMOTE_NAME
+            conf["core"]["analytics"] = False
+        (ws.root / ".dvcignore").write_text("prefect/\nmlartifacts/\nruns/\nreports/\ndvc-remote/\n")
+        return repo
+    return Repo(str(ws.root))
+
+
+def read_dvc_file(path: Path) -> dict:
+    out = yaml.safe_load(path.read_text())["outs"][0]
+    return out
+
+
+def commit_and_push(ws: Workspace) -> DataVersion:
+    """``dvc add`` the dataset folder and ``dvc push`` it to the workspace remote."""
+    ws.dvc_remote.mkdir(parents=True, exist_ok=True)
+    repo = _repo(ws)
+    dvc_file = ws.data.with_name(ws.data.name + ".dvc")
+    previous = read_dvc_file(dvc_file)["md5"] if dvc_file.is_file() else None
+    try:
+        repo.add(str(ws.data))
+        repo.push(targets=[str(dvc_file)], remote=REMOTE_NAME)
+    finally:
+        repo.close()
+    out = read_dvc_file(dvc_file)
+    ws.data_versions.mkdir(parents=True, exist_ok=True)
+    version_id = out["md5"].removesuffix(".dir")
+    kept = ws.data_versions / f"{version_id}.dvc"
+    is_new = not kept.is_file() and previous != out["md5"]
+    if not kept.is_file():
+        shutil.copyfile(dvc_file, kept)
+    return DataVersion(
+        md5=out["md5"], dvc_file=kept, n_files=int(out.get("nfiles", 0)), size=int(out.get("size", 0)), is_new=is_new
+    )
+
+
+def current_version(ws: Workspace) -> str | None:
+    dvc_file = ws.data.with_name(ws.data.name + ".dvc")
+    if not dvc_file.is_file():
+        return None
+    return read_dvc_file(dvc_file)["md5"].removesuffix(".dir")
+
+
+def fetch_commands(ws: Workspace, version_id: str) -> list[str]:
+    """Shell commands that restore exactly this data version into the workspace."""
+    return [
+        f"cd {ws.root}",
+        f"cp data/versions/{version_id}.dvc data/dataset.dvc",
+        "dvc pull data/dataset.dvc",
+    ]
+
+
+def checkout(ws: Workspace, version_id: str) -> None:
+    """Restore a data version from the DVC remote into the dataset folder."""
+    kept = ws.data_versions / f"{version_id}.dvc"
+    if not kept.is_file():
+        raise FileNotFoundError(f"{kept}: unknown data version {version_id}")
+    shutil.copyfile(kept, ws.data.with_name(ws.data.name + ".dvc"))
+    repo = _repo(ws)
+    try:
+        repo.pull(targets=[str(ws.data.with_name(ws.data.name + ".dvc"))], remote=REMOTE_NAME, force=True)
+    finally:
+        repo.close()

@@ -1,0 +1,183 @@
+"""PNG figures of a model's evaluation, for reports, model cards and tracked runs.
+
+Why: reviewers judge a model from its ROC and PR curves, calibration, confusion matrix and
+training curves; these functions draw them the same way every run.
+
+Promises:
+
+* Each function writes one PNG at ``path`` (creating missing parent folders) and returns the
+  path as a ``pathlib.Path``. This is the only module of ``medimg.evaluation`` that writes.
+* Rendering uses matplotlib's Agg canvas through the object-oriented API, never ``pyplot``:
+  it needs no display, does not change the process-wide backend, and leaves no open figures
+  behind (nothing is registered with pyplot, so nothing needs closing).
+* Inputs are validated like the metrics (``check_binary_inputs``); ROC and PR curves need both
+  classes and raise ``ValueError`` otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike, NDArray
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+from medimg.evaluation.metrics import N_CALIBRATION_BINS, check_binary_inputs
+
+_DPI = 110
+
+
+def _new_figure(width: float = 5.0, height: float = 4.5) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, format="png")
+    fig.clear()
+    return out
+
+
+def _both_classes(
+    y_true: ArrayLike, y_prob: ArrayLike, what: str
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+    y, p = check_binary_inputs(y_true, y_prob)
+    if y.min() == y.max():
+        raise ValueError(f"cannot draw a {what}: y_true holds one class only")
+    return y, p
+
+
+def roc_curve_png(
+    y_true: ArrayLike, y_prob: ArrayLike, path: str | os.PathLike[str], title: str
+) -> Path:
+    """ROC curve with its AUC in the legend and the chance diagonal."""
+    y, p = _both_classes(y_true, y_prob, "ROC curve")
+    fpr, tpr, _ = roc_curve(y, p)
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, lw=2, label=f"model (AUC = {roc_auc_score(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def pr_curve_png(
+    y_true: ArrayLike, y_prob: ArrayLike, path: str | os.PathLike[str], title: str
+) -> Path:
+    """Precision-recall curve with average precision in the legend and the prevalence line."""
+    y, p = _both_classes(y_true, y_prob, "precision-recall curve")
+    precision, recall, _ = precision_recall_curve(y, p)
+    prevalence = float(y.mean())
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    ax.step(recall, precision, where="post", lw=2,
+            label=f"model (AP = {average_precision_score(y, p):.3f})")
+    ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"prevalence = {prevalence:.3f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision (PPV)")
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def calibration_png(
+    y_true: ArrayLike, y_prob: ArrayLike, path: str | os.PathLike[str], title: str
+) -> Path:
+    """Reliability diagram (10 equal-width bins) above a histogram of the probabilities."""
+    y, p = check_binary_inputs(y_true, y_prob)
+    frac_pos, mean_prob = calibration_curve(y, p, n_bins=N_CALIBRATION_BINS, strategy="uniform")
+    fig = _new_figure(5.0, 6.0)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    top.plot(mean_prob, frac_pos, marker="o", lw=2, label="model")
+    top.set(xlim=(0, 1), ylim=(0, 1.01), title=title, ylabel="observed fraction positive")
+    top.legend(loc="upper left")
+    top.grid(alpha=0.3)
+    bottom.hist(p, bins=np.linspace(0, 1, N_CALIBRATION_BINS + 1), color="tab:blue", alpha=0.7)
+    bottom.set(xlabel="predicted probability", ylabel="count")
+    return _save(fig, path)
+
+
+def confusion_matrix_png(
+    tp: int,
+    fp: int,
+    tn: int,
+    fn: int,
+    class_names: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str,
+) -> Path:
+    """2x2 confusion matrix (rows: true class, columns: predicted), counts and row percentages.
+
+    ``class_names`` is ``(negative, positive)``.
+    """
+    if len(class_names) != 2:
+        raise ValueError(f"class_names must name exactly two classes, got {list(class_names)}")
+    counts = np.array([[tn, fp], [fn, tp]], dtype=np.int64)
+    if (counts < 0).any():
+        raise ValueError(f"counts must be non-negative, got tp={tp} fp={fp} tn={tn} fn={fn}")
+    row_totals = counts.sum(axis=1, keepdims=True)
+    fig = _new_figure(4.8, 4.2)
+    ax = fig.add_subplot()
+    image = ax.imshow(counts, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    threshold = counts.max() / 2 if counts.max() > 0 else 0.5
+    for i in range(2):
+        for j in range(2):
+            share = counts[i, j] / row_totals[i, 0] if row_totals[i, 0] else math.nan
+            label = f"{counts[i, j]}\n({share:.1%})" if math.isfinite(share) else f"{counts[i, j]}"
+            ax.text(j, i, label, ha="center", va="center",
+                    color="white" if counts[i, j] > threshold else "black")
+    ax.set_xticks([0, 1], labels=list(class_names))
+    ax.set_yticks([0, 1], labels=list(class_names))
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    return _save(fig, path)
+
+
+def training_curves_png(
+    history: Sequence[Mapping[str, float]], path: str | os.PathLike[str]
+) -> Path:
+    """Train/validation loss and validation AUC per epoch, side by side.
+
+    Each row of ``history`` has ``epoch``, ``train_loss``, ``val_loss`` and ``val_auc``
+    (``ValueError`` if the history is empty or a key is missing).
+    """
+    if not history:
+        raise ValueError("history is empty: nothing to plot")
+    keys = ("epoch", "train_loss", "val_loss", "val_auc")
+    for index, row in enumerate(history):
+        missing = [key for key in keys if key not in row]
+        if missing:
+            raise ValueError(f"history row {index} is missing {missing}")
+    cols = {key: np.array([float(row[key]) for row in history]) for key in keys}
+    fig = _new_figure(9.0, 3.8)
+    loss_ax, auc_ax = fig.subplots(1, 2)
+    loss_ax.plot(cols["epoch"], cols["train_loss"], marker="o", label="train")
+    loss_ax.plot(cols["epoch"], cols["val_loss"], marker="o", label="validation")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
+    loss_ax.legend()
+    loss_ax.grid(alpha=0.3)
+    auc_ax.plot(cols["epoch"], cols["val_auc"], marker="o", color="tab:green")
+    auc_ax.set(xlabel="epoch", ylabel="ROC AUC", title="Validation AUC")
+    auc_ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,123 @@
+"""ONNX export with a parity check and self-describing metadata.
+
+The exported file is one self-contained ONNX model with a dynamic batch axis. Its
+``metadata_props`` hold everything a consumer needs without medimg: class labels, the decision
+threshold, the preprocessing contract, the input name and layout, and the lineage keys (data
+version, git commit, MLflow run). No patient-level value is ever written there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+
+
+class ExportError(RuntimeError):
+    """The exported model is invalid or does not match PyTorch."""
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    n_images: int
+    max_abs_diff: float
+    labels_identical: bool
+    atol: float
+    provider: str
+
+    @property
+    def passed(self) -> bool:
+        return self.labels_identical and self.max_abs_diff <= self.atol
+
+    def to_json(self) -> dict:
+        return {**self.__dict__, "passed": self.passed}
+
+
+def export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, metadata: dict[str, object]) -> Path:
+    import onnx
+
+    model = model.eval()
+    program = torch.onnx.export(
+        model,
+        (example[:2],),
+        None,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        dynamo=True,
+        opset_version=opset,
+        external_data=False,
+        verbose=False,
+    )
+    proto = program.model_proto
+    del proto.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        entry = proto.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise ExportError(f"{path}: onnx.checker rejected the exported model: {err}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def session(path: Path):
+    """An ONNX Runtime session on CUDA where available, else on the CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return ort.InferenceSession(str(path), providers=providers)
+
+
+def onnx_logits(sess, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    return np.concatenate(
+        [sess.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    )
+
+
+def check_parity(model: nn.Module, path: Path, x: torch.Tensor, atol: float) -> ParityReport:
+    """Compare ONNX Runtime logits with PyTorch's on the same (real) inputs."""
+    sess = session(path)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+    actual = onnx_logits(sess, x.numpy().astype(np.float32))
+    return ParityReport(
+        n_images=len(x),
+        max_abs_diff=float(np.max(np.abs(expected - actual))),
+        labels_identical=bool(np.array_equal(expected.argmax(1), actual.argmax(1))),
+        atol=atol,
+        provider=sess.get_providers()[0],
+    )
+
+
+def softmax_positive(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e[:, 1] / e.sum(axis=1)).astype(np.float64)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

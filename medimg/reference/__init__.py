@@ -1,0 +1,19 @@
+"""Reference figures from the literature, shipped as data files."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import yaml
+
+
+def radiologist_benchmarks() -> dict[str, dict]:
+    text = resources.files(__package__).joinpath("radiologist_benchmarks.yaml").read_text()
+    return {entry["id"]: entry for entry in yaml.safe_load(text)["benchmarks"]}
+
+
+def benchmark(benchmark_id: str) -> dict:
+    known = radiologist_benchmarks()
+    if benchmark_id not in known:
+        raise KeyError(f"gates.benchmark.id: unknown benchmark {benchmark_id!r}; known: {', '.join(sorted(known))}")
+    return known[benchmark_id]

@@ -1,0 +1,107 @@
+"""MLflow Model Registry I/O: register ONNX models, read and move aliases, read lineage tags.
+
+Aliases, not stages: ``champion`` is the version deployment pipelines pull, ``challenger`` a
+registered candidate that did not pass its gates. Only ``set_champion`` moves ``champion``, and
+the flow calls it only when every gate passed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+ONNX_FILE = "model.onnx"
+MODEL_ARTIFACT = "model"
+
+TAG_DATA_VERSION = "medimg.data_version"
+TAG_GIT_COMMIT = "medimg.git_commit"
+TAG_PARAMS_HASH = "medimg.params_hash"
+TAG_VALIDATION = "medimg.validation_passed"
+TAG_GATE = "medimg.gate_passed"
+TAG_GATE_FAILED = "medimg.gate_failed_rules"
+TAG_ONNX_SHA256 = "medimg.onnx_sha256"
+TAG_PARITY = "medimg.onnx_parity_max_abs_diff"
+TAG_FLOW_RUN = "medimg.flow_run_id"
+TAG_PROMOTED_AT = "medimg.promoted_at"
+TAG_PROMOTION_REASON = "medimg.promotion_reason"
+TAG_PREVIOUS_CHAMPION = "medimg.previous_champion"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    run_id: str | None
+    tags: dict[str, str]
+    aliases: list[str]
+    source: str
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+def ensure_experiment(name: str, artifact_root: Path | None) -> str:
+    """Experiment id; new experiments store artifacts under ``artifact_root`` when given."""
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = artifact_root.joinpath(name).as_uri() if artifact_root else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def _info(mv) -> VersionInfo:
+    return VersionInfo(
+        name=mv.name, version=str(mv.version), run_id=mv.run_id, tags=dict(mv.tags or {}),
+        aliases=list(getattr(mv, "aliases", []) or []), source=mv.source,
+    )
+
+
+def version_by_alias(model_name: str, alias: str) -> VersionInfo | None:
+    try:
+        return _info(client().get_model_version_by_alias(model_name, alias))
+    except MlflowException:
+        return None
+
+
+def get_version(model_name: str, version: str) -> VersionInfo:
+    return _info(client().get_model_version(model_name, str(version)))
+
+
+def log_onnx(onnx_path: Path) -> str:
+    """Log the ONNX file as an MLflow model in the active run; returns the model URI."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path))
+    info = mlflow.onnx.log_model(onnx_model=proto, name=MODEL_ARTIFACT, save_as_external_data=False)
+    return info.model_uri
+
+
+def register(model_uri: str, model_name: str, tags: dict[str, str]) -> VersionInfo:
+    mv = mlflow.register_model(model_uri, model_name, tags={k: str(v) for k, v in tags.items()})
+    return get_version(model_name, mv.version)
+
+
+def set_tags(model_name: str, version: str, tags: dict[str, str]) -> None:
+    c = client()
+    for key, value in tags.items():
+        c.set_model_version_tag(model_name, str(version), key, str(value))
+
+
+def set_alias(model_name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(model_name, alias, str(version))
+
+
+def download_onnx(model_name: str, version: str, dest: Path | None = None) -> Path:
+    """The version's ONNX file, downloaded from the artifact store."""
+    dest = Path(dest or tempfile.mkdtemp(prefix="medimg-model-"))
+    location = client().get_model_version_download_uri(model_name, str(version))
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{ONNX_FILE}", dst_path=str(dest))
+    return Path(local)

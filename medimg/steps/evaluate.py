@@ -1,0 +1,91 @@
+"""Step 4: threshold chosen on validation, then metrics with bootstrap CIs on the test split."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+
+from medimg import preprocess, tracking
+from medimg.config import Params
+from medimg.data import manifest
+from medimg.evaluation import plots
+from medimg.evaluation.bootstrap import bootstrap_ci
+from medimg.evaluation.gates import to_jsonable
+from medimg.evaluation.metrics import binary_metrics
+from medimg.evaluation.threshold import youden_threshold
+from medimg.steps.train import run_dir
+from medimg.training.data import load_split
+from medimg.training.loop import predict_proba
+from medimg.training.models import load_model
+from medimg.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "test_predictions.csv"
+
+
+def choose_threshold(params: Params, y_val: np.ndarray, p_val: np.ndarray) -> float:
+    if params.gates.threshold == "fixed":
+        return params.gates.fixed_threshold
+    return youden_threshold(y_val, p_val)
+
+
+def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: dict) -> dict:
+    frame = manifest.read(ws.data)
+    exclude = set(validated.get("dropped_ids") or [])
+    val_split = load_split(ws.data, frame, "val", exclude)
+    test_split = load_split(ws.data, frame, "test", exclude)
+    model = load_model(params.model, params.preprocess.channels, len(params.data.class_names), trained["checkpoint"])
+    p_val = predict_proba(model, preprocess.apply(val_split.images, params.preprocess))
+    p_test = predict_proba(model, preprocess.apply(test_split.images, params.preprocess))
+    threshold = choose_threshold(params, val_split.labels, p_val)
+
+    metrics = binary_metrics(test_split.labels, p_test, threshold)
+    ci = bootstrap_ci(test_split.labels, p_test, threshold, n_boot=params.gates.bootstrap_samples, seed=params.train.seed)
+    val_metrics = binary_metrics(val_split.labels, p_val, threshold)
+
+    out = run_dir(ws, run_id)
+    predictions = out / PREDICTIONS_FILE
+    pd.DataFrame({"id": test_split.ids, "label": test_split.labels, "probability": p_test}).to_csv(predictions, index=False)
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    names = list(params.data.class_names)
+    pngs = [
+        plots.roc_curve_png(test_split.labels, p_test, figures / "roc_curve.png", "ROC, test split"),
+        plots.pr_curve_png(test_split.labels, p_test, figures / "pr_curve.png", "Precision-recall, test split"),
+        plots.calibration_png(test_split.labels, p_test, figures / "calibration.png", "Calibration, test split"),
+        plots.confusion_matrix_png(int(metrics["tp"]), int(metrics["fp"]), int(metrics["tn"]), int(metrics["fn"]),
+                                   names, figures / "confusion_matrix.png", f"Test split, threshold {threshold:.3f}"),
+    ]
+    if trained.get("history"):
+        pngs.append(plots.training_curves_png(trained["history"], figures / "training_curves.png"))
+
+    report = to_jsonable({
+        "threshold": threshold,
+        "threshold_rule": params.gates.threshold,
+        "test": metrics,
+        "test_ci95": {k: list(v) for k, v in ci.items()},
+        "val": val_metrics,
+        "n_test": len(test_split.labels),
+        "bootstrap_samples": params.gates.bootstrap_samples,
+    })
+    metrics_file = out / "metrics.json"
+    metrics_file.write_text(json.dumps(report, indent=1))
+
+    tracking.log_metrics(run_id, {f"test_{k}": v for k, v in metrics.items()})
+    tracking.log_metrics(run_id, {f"test_{k}_ci_low": v[0] for k, v in ci.items()})
+    tracking.log_metrics(run_id, {f"test_{k}_ci_high": v[1] for k, v in ci.items()})
+    tracking.log_metrics(run_id, {f"val_{k}": v for k, v in val_metrics.items()})
+    tracking.log_artifact(run_id, metrics_file, "evaluation")
+    tracking.log_artifact(run_id, predictions, "evaluation")
+    for png in pngs:
+        tracking.log_artifact(run_id, png, "evaluation/figures")
+    log.info(
+        "test (n=%d, threshold %.3f): AUC %.4f [%.4f, %.4f], accuracy %.4f [%.4f, %.4f], sensitivity %.4f, specificity %.4f",
+        len(test_split.labels), threshold, metrics["roc_auc"], *ci["roc_auc"], metrics["accuracy"], *ci["accuracy"],
+        metrics["sensitivity"], metrics["specificity"],
+    )
+    return {"metrics_file": str(metrics_file), "predictions": str(predictions), **report}

@@ -1,0 +1,85 @@
+"""Step 5: the promotion gates, every rule's inputs and verdict in one JSON gate report."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+
+from medimg import preprocess, registry, tracking
+from medimg.config import Params, PreprocessConfig
+from medimg.data import manifest
+from medimg.evaluation import gates
+from medimg.evaluation.bootstrap import paired_auc_difference
+from medimg.export.onnx_export import onnx_logits, read_metadata, session, softmax_positive
+from medimg.reference import benchmark
+from medimg.steps.train import run_dir
+from medimg.training.data import load_split
+from medimg.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+META_PREPROCESSING = "medimg.preprocessing"
+
+
+def champion_probabilities(params: Params, ws: Workspace, champion: registry.VersionInfo, ids: list[str]) -> np.ndarray:
+    """The champion's positive-class probabilities on the candidate's test images (ONNX Runtime)."""
+    path = registry.download_onnx(params.registry.model_name, champion.version, ws.runs / "champion-cache" / champion.version)
+    contract = json.loads(read_metadata(path)[META_PREPROCESSING])
+    config = PreprocessConfig(size=contract["size"], channels=contract["channels"], mean=contract["mean"], std=contract["std"])
+    frame = manifest.read(ws.data)
+    test = load_split(ws.data, frame[frame["id"].isin(ids)], "test")
+    order = {image_id: i for i, image_id in enumerate(test.ids)}
+    probs = softmax_positive(onnx_logits(session(path), preprocess.apply(test.images, config).numpy()))
+    return probs[[order[i] for i in ids]]
+
+
+def run(params: Params, ws: Workspace, run_id: str, evaluated: dict) -> dict:
+    cfg = params.gates
+    metrics, ci = evaluated["test"], evaluated["test_ci95"]
+    bench = benchmark(cfg.benchmark.id)
+    results = [
+        gates.benchmark_noninferiority(
+            metrics["sensitivity"], tuple(ci["sensitivity"]), metrics["specificity"], tuple(ci["specificity"]),
+            bench, cfg.benchmark.margin,
+        ),
+        gates.minimum_metrics(metrics, {"roc_auc": cfg.min_auc, "accuracy": cfg.min_accuracy}),
+    ]
+
+    champion = registry.version_by_alias(params.registry.model_name, registry.CHAMPION)
+    delta = None
+    if champion is not None:
+        predictions = pd.read_csv(evaluated["predictions"], dtype={"id": str})
+        try:
+            champ = champion_probabilities(params, ws, champion, predictions["id"].tolist())
+            delta = paired_auc_difference(
+                predictions["label"].to_numpy(), predictions["probability"].to_numpy(), champ,
+                n_boot=cfg.bootstrap_samples, seed=params.train.seed,
+            )
+        except Exception as err:  # fail closed: a champion we cannot score is never silently replaced
+            log.error("could not score champion v%s on the test split: %s", champion.version, err)
+            results.append(gates.GateResult("champion_noninferiority", False,
+                                            f"champion v{champion.version} could not be scored: {err}",
+                                            {"champion_version": champion.version}))
+    if not any(r.name == "champion_noninferiority" for r in results):
+        results.append(gates.champion_noninferiority(delta, cfg.champion_auc_margin,
+                                                     champion.version if champion else None))
+
+    decision = gates.decide(results)
+    report = {
+        **decision,
+        "benchmark": bench,
+        "champion_version": champion.version if champion else None,
+        "threshold": evaluated["threshold"],
+        "test_metrics": {k: metrics[k] for k in ("roc_auc", "accuracy", "sensitivity", "specificity", "n")},
+    }
+    path = run_dir(ws, run_id) / "gate_report.json"
+    path.write_text(json.dumps(gates.to_jsonable(report), indent=1))
+    tracking.log_artifact(run_id, path, "gates")
+    tracking.set_tags(run_id, {"medimg.gate_passed": decision["passed"],
+                               "medimg.gate_failed_rules": ",".join(decision["failed"]) or "none"})
+    for rule in results:
+        (log.info if rule.passed else log.warning)("gate %s: %s: %s", rule.name, "PASS" if rule.passed else "FAIL", rule.reason)
+    return {"report": str(path), **gates.to_jsonable(report)}

@@ -1,0 +1,1 @@
+"""Models, data loading and the training loop."""

@@ -1,0 +1,50 @@
+"""Load a split of the versioned dataset into memory and augment batches.
+
+The datasets medimg trains on at small sizes fit in memory many times over; decoding once and
+augmenting whole batches with one ``grid_sample`` keeps the CPU busy with the model instead of
+with per-image Python calls.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    ids: list[str]
+    images: np.ndarray  # uint8 [N, H, W]
+    labels: np.ndarray  # int64 [N]
+
+
+def load_split(folder: Path, manifest: pd.DataFrame, split: str, exclude: set[str] | None = None) -> SplitArrays:
+    rows = manifest[(manifest["split"] == split) & ~manifest["id"].isin(exclude or set())]
+    rows = rows.sort_values("id")
+    images = [np.asarray(Image.open(folder / rel).convert("L")) for rel in rows["path"]]
+    if not images:
+        raise ValueError(f"{folder}: split {split!r} has no images")
+    return SplitArrays(ids=rows["id"].tolist(), images=np.stack(images), labels=rows["label"].to_numpy(np.int64, copy=True))
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, rotate_deg: float = 10.0,
+                  translate: float = 0.08, scale: tuple[float, float] = (0.9, 1.1), hflip: bool = True) -> torch.Tensor:
+    """Random per-image affine (rotation, translation, scale) and horizontal flip."""
+    n = x.shape[0]
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(rotate_deg)
+    factor = scale[0] + torch.rand(n, generator=generator) * (scale[1] - scale[0])
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * translate * 2
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if hflip else torch.ones(n)
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -1,0 +1,189 @@
+"""The Great Expectations suites that gate a dataset before training.
+
+Two suites run on plain DataFrames with an ephemeral GX context (nothing written to disk by GX):
+``manifest`` checks every row (schema, labels, ids, blank images, duplicates, cross-split
+leakage) and ``split_summary`` checks per-split counts and class balance. Wart expectations
+carry the severity chosen by the policy in params: ``warning`` reports without stopping the run,
+``critical`` stops it. The run passes when no critical expectation fails.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from medimg.config import ValidationConfig, WartPolicy
+from medimg.data.manifest import COLUMNS
+from medimg.validation import warts as wartlib
+
+ID_COLUMN = "id"
+
+
+@dataclass
+class ValidationOutcome:
+    passed: bool
+    failed_critical: list[dict]
+    warnings: list[dict]
+    dropped_ids: list[str]
+    warts: dict
+    statistics: dict
+    results: dict = field(repr=False)  # GX's own result JSON, per suite
+
+    def to_json(self) -> dict:
+        return {
+            "passed": self.passed,
+            "failed_critical": self.failed_critical,
+            "warnings": self.warnings,
+            "dropped_ids": self.dropped_ids,
+            "warts": self.warts,
+            "statistics": self.statistics,
+            "great_expectations": self.results,
+        }
+
+
+def _severity(policy: WartPolicy) -> str:
+    return "critical" if policy == WartPolicy.FAIL else "warning"
+
+
+def manifest_expectations(config: ValidationConfig, class_labels: list[int]) -> list:
+    import great_expectations.expectations as gxe
+
+    schema = list(COLUMNS) + ["copies_in_split", "splits_with_hash"]
+    return [
+        gxe.ExpectTableColumnsToMatchSet(column_set=schema, exact_match=True),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("id", "sha256", "label", "split", "path")],
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValueLengthsToEqual(column="sha256", value=64),
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=class_labels),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(wartlib.SPLIT_ORDER)),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="pixel_std", min_value=config.min_pixel_std, description="no blank or near-constant images"
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="copies_in_split",
+            max_value=1,
+            severity=_severity(config.duplicates_within_split),
+            description="no byte-identical duplicate images within a split",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="splits_with_hash",
+            max_value=1,
+            severity=_severity(config.duplicates_across_splits),
+            description="no image shared between splits (leakage)",
+        ),
+    ]
+
+
+def summary_expectations(config: ValidationConfig) -> list:
+    import great_expectations.expectations as gxe
+
+    out = [
+        gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=1, description="every split has images"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="positive_fraction",
+            min_value=config.min_class_fraction,
+            max_value=1 - config.min_class_fraction,
+            description="class balance within bounds",
+        ),
+    ]
+    if config.expected_split_sizes:
+        out.append(gxe.ExpectColumnPairValuesToBeEqual(column_A="n_images", column_B="expected_n_images"))
+    return out
+
+
+def _run_suite(context, name: str, frame: pd.DataFrame, expectations: list) -> tuple[dict, list[dict]]:
+    import great_expectations as gx
+
+    asset = context.data_sources.add_pandas(name).add_dataframe_asset(name)
+    batch = asset.add_batch_definition_whole_dataframe(name).get_batch(batch_parameters={"dataframe": frame})
+    suite = context.suites.add(gx.ExpectationSuite(name=name))
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    index_cols = [ID_COLUMN] if ID_COLUMN in frame.columns else ["split"]
+    result = batch.validate(
+        suite,
+        result_format={
+            "result_format": "COMPLETE",
+            "unexpected_index_column_names": index_cols,
+            "partial_unexpected_count": 50,
+        },
+    )
+    failures = []
+    for item in result.results:
+        if item.success:
+            continue
+        config = item.expectation_config
+        res = item.result or {}
+        failures.append(
+            {
+                "suite": name,
+                "expectation": config.type,
+                "column": config.kwargs.get("column"),
+                "description": config.description,
+                "severity": str(getattr(config.severity, "value", config.severity)),
+                "unexpected_count": res.get("unexpected_count"),
+                "unexpected": _unexpected_keys(res, index_cols),
+                "observed_value": _jsonable(res.get("observed_value")),
+                "exception": (item.exception_info or {}).get("exception_message")
+                if item.exception_info and item.exception_info.get("raised_exception")
+                else None,
+            }
+        )
+    return result.to_json_dict(), failures
+
+
+def _unexpected_keys(result: dict, index_cols: list[str]) -> list:
+    rows = result.get("unexpected_index_list") or []
+    keys = [row.get(index_cols[0]) if isinstance(row, dict) else row for row in rows]
+    return sorted(str(k) for k in keys)[:200]
+
+
+def _jsonable(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, (list, dict, str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig, class_labels: list[int]) -> ValidationOutcome:
+    """Apply the wart policy, run both suites, and say whether training may proceed."""
+    import great_expectations as gx
+
+    found = wartlib.find_warts(manifest)
+    dropped = wartlib.rows_to_drop(
+        manifest,
+        within=config.duplicates_within_split == WartPolicy.DROP,
+        across=config.duplicates_across_splits == WartPolicy.DROP,
+    )
+    kept = manifest[~manifest["id"].isin(dropped)].reset_index(drop=True)
+    checked = wartlib.add_check_columns(kept)
+    summary = wartlib.split_summary(kept)
+    if config.expected_split_sizes:
+        summary["expected_n_images"] = summary["split"].map(config.expected_split_sizes).fillna(-1).astype("int64")
+
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    manifest_json, manifest_failures = _run_suite(context, "manifest", checked, manifest_expectations(config, class_labels))
+    summary_json, summary_failures = _run_suite(context, "split_summary", summary, summary_expectations(config))
+    failures = manifest_failures + summary_failures
+    critical = [f for f in failures if f["severity"] == "critical"]
+    warnings = [f for f in failures if f["severity"] != "critical"]
+    return ValidationOutcome(
+        passed=not critical,
+        failed_critical=critical,
+        warnings=warnings,
+        dropped_ids=dropped,
+        warts={**found.summary(), "within_split": found.within_split, "across_splits": found.across_splits},
+        statistics={
+            "n_rows": len(manifest),
+            "n_kept": len(kept),
+            "split_summary": summary.drop(columns=["expected_n_images"], errors="ignore").to_dict("records"),
+        },
+        results={"manifest": manifest_json, "split_summary": summary_json},
+    )

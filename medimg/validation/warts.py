@@ -1,0 +1,91 @@
+"""Known data warts: byte-identical images within a split and images shared across splits.
+
+Pure pandas over the manifest. Finding them is separate from deciding what to do with them: the
+policy (fail, warn, drop) comes from params and is applied by the validation step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+SPLIT_ORDER = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Warts:
+    within_split: list[dict]  # one entry per duplicate group: split, sha256, ids
+    across_splits: list[dict]  # one entry per shared hash: sha256, splits, ids
+
+    def summary(self) -> dict:
+        return {
+            "duplicate_groups_within_split": {
+                split: sum(1 for g in self.within_split if g["split"] == split) for split in SPLIT_ORDER
+            },
+            "extra_copies_within_split": {
+                split: sum(len(g["ids"]) - 1 for g in self.within_split if g["split"] == split)
+                for split in SPLIT_ORDER
+            },
+            "hashes_across_splits": len(self.across_splits),
+            "images_across_splits": sum(len(g["ids"]) for g in self.across_splits),
+        }
+
+
+def find_warts(manifest: pd.DataFrame) -> Warts:
+    within = []
+    for (split, sha), group in manifest.groupby(["split", "sha256"], sort=True):
+        if len(group) > 1:
+            within.append({"split": split, "sha256": sha, "ids": sorted(group["id"].tolist())})
+    across = []
+    for sha, group in manifest.groupby("sha256", sort=True):
+        splits = sorted(set(group["split"]), key=_split_rank)
+        if len(splits) > 1:
+            across.append({"sha256": sha, "splits": splits, "ids": sorted(group["id"].tolist())})
+    return Warts(within_split=within, across_splits=across)
+
+
+def rows_to_drop(manifest: pd.DataFrame, within: bool, across: bool) -> list[str]:
+    """Ids whose removal resolves the chosen warts.
+
+    Within a split the first copy (by id) is kept. Across splits the held-out copies are kept
+    and the training-side copies are removed, so evaluation splits stay comparable with
+    published results on the official split.
+    """
+    drop: set[str] = set()
+    if across:
+        ranks = manifest["split"].map(_split_rank)
+        latest = ranks.groupby(manifest["sha256"]).transform("max")
+        drop |= set(manifest.loc[ranks < latest, "id"])
+    if within:
+        kept = manifest[~manifest["id"].isin(drop)].sort_values("id")
+        drop |= set(kept.loc[kept.duplicated(["split", "sha256"], keep="first"), "id"])
+    return sorted(drop)
+
+
+def add_check_columns(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Columns that let a row-level expectation see group facts (copies, splits per hash)."""
+    out = manifest.copy()
+    out["copies_in_split"] = out.groupby(["split", "sha256"])["id"].transform("count").astype("int64")
+    out["splits_with_hash"] = out.groupby("sha256")["split"].transform("nunique").astype("int64")
+    return out
+
+
+def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for split in SPLIT_ORDER:
+        part = manifest[manifest["split"] == split]
+        n = len(part)
+        rows.append(
+            {
+                "split": split,
+                "n_images": n,
+                "n_positive": int((part["label"] == 1).sum()),
+                "positive_fraction": float((part["label"] == 1).mean()) if n else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _split_rank(split: str) -> int:
+    return SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)

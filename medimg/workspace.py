@@ -1,0 +1,97 @@
+"""The workspace: one folder that holds every piece of state a run produces.
+
+Prefect's home, the MLflow SQLite store and artifacts, the DVC project with its local remote,
+the ingested data and the reports all live under it, so deleting the folder resets the platform
+and nothing is written elsewhere. ``activate`` must run before Prefect or MLflow are imported by
+the process that starts a flow, because both read their settings from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TELEMETRY_OFF = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+}
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def at(cls, path: str | Path) -> Workspace:
+        return cls(Path(path).expanduser().resolve())
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def dvc_remote(self) -> Path:
+        return self.root / "dvc-remote"
+
+    @property
+    def data(self) -> Path:
+        """The DVC-tracked dataset folder (images and manifest)."""
+        return self.root / "data" / "dataset"
+
+    @property
+    def data_versions(self) -> Path:
+        """One ``.dvc`` file per data version, so any version can be restored later."""
+        return self.root / "data" / "versions"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def runs(self) -> Path:
+        """Per-run scratch folders (checkpoints, plots, ONNX files) before they go to MLflow."""
+        return self.root / "runs"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.jsonl"
+
+    def default_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"
+
+    def ensure(self) -> Workspace:
+        for folder in (self.root, self.prefect_home, self.mlflow_artifacts, self.reports, self.runs):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def activate(workspace: Workspace, tracking_uri: str | None = None, prefect_api_url: str | None = None) -> None:
+    """Point Prefect and MLflow at the workspace (unless the user set remote servers) and mute telemetry.
+
+    Values already in the environment win, so ``MLFLOW_TRACKING_URI`` or ``PREFECT_API_URL``
+    exported by the user select a remote server without touching params.yaml.
+    """
+    workspace.ensure()
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", str(workspace.prefect_home))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", tracking_uri or workspace.default_tracking_uri())
+    os.environ.setdefault("MEDIMG_WORKSPACE", str(workspace.root))
+    if prefect_api_url:
+        os.environ.setdefault("PREFECT_API_URL", prefect_api_url)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "medimg")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")

@@ -1,0 +1,260 @@
+"""decode_dicom on every file of shared/data/dicom, on pydicom's test files and on broken copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID, ExplicitVRLittleEndian
+
+from medimg.data.dicom import DEFAULT_CT_WINDOW, decode_dicom, linear_window
+from medimg.data.images import BadImage
+
+DATA_DIR = Path(os.environ.get("MEDIMG_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+DICOM = DATA_DIR / "dicom"
+SIIM = DICOM / "xray" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+FAKE_M1 = DICOM / "xray" / "Fake_MONOHR1.dcm"
+RG1 = DICOM / "xray" / "RG1_J2KI.dcm"
+CT_SMALL = DICOM / "ct" / "CT_small.dcm"
+CT_UNC = DICOM / "ct" / "693_UNCI.dcm"
+CT_J2K = DICOM / "ct" / "693_J2KI.dcm"
+MR_SMALL = DICOM / "mr" / "MR_small.dcm"
+
+# file -> (transfer syntax UID, photometric, (rows, columns), modality); measured, and checked
+# against the header in test_every_file_decodes_as_its_header_says.
+EXPECTED = {
+    "ct/693_J2KI.dcm": ("1.2.840.10008.1.2.4.91", "MONOCHROME2", (512, 512), "CT"),
+    "ct/693_UNCI.dcm": ("1.2.840.10008.1.2.1", "MONOCHROME2", (512, 512), "CT"),
+    "ct/CT_small.dcm": ("1.2.840.10008.1.2.1", "MONOCHROME2", (128, 128), "CT"),
+    "mr/MR2_J2KI.dcm": ("1.2.840.10008.1.2.4.91", "MONOCHROME2", (1024, 1024), "MR"),
+    "mr/MR_small.dcm": ("1.2.840.10008.1.2.1", "MONOCHROME2", (64, 64), "MR"),
+    "mr/MR_small_RLE.dcm": ("1.2.840.10008.1.2.5", "MONOCHROME2", (64, 64), "MR"),
+    "mr/MR_small_jp2klossless.dcm": ("1.2.840.10008.1.2.4.90", "MONOCHROME2", (64, 64), "MR"),
+    "xray/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm": (
+        "1.2.840.10008.1.2.4.50", "MONOCHROME2", (1024, 1024), "CR"),
+    "xray/Fake_MONOHR1.dcm": ("1.2.840.10008.1.2.4.50", "MONOCHROME1", (1024, 1024), "CR"),
+    "xray/RG1_J2KI.dcm": ("1.2.840.10008.1.2.4.91", "MONOCHROME1", (1955, 1841), "CR"),
+}
+BAD = {"mr/MR_truncated.dcm": "truncated"}
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(DICOM).as_posix()
+
+
+def _reason(path, **kwargs) -> str:
+    with pytest.raises(BadImage) as info:
+        decode_dicom(path, **kwargs)
+    assert info.value.path == Path(path)
+    assert Path(path).name in str(info.value)
+    return info.value.reason
+
+
+def _centre_to_lungs(pixels: np.ndarray) -> float:
+    h, w = pixels.shape
+    rows = slice(h // 3, 2 * h // 3)
+    centre = pixels[rows, 2 * w // 5 : 3 * w // 5].mean()
+    lungs = (pixels[rows, w // 8 : w // 3].mean() + pixels[rows, 2 * w // 3 : 7 * w // 8].mean()) / 2
+    return float(centre / lungs)
+
+
+def test_the_data_folder_holds_exactly_the_expected_files():
+    assert {_rel(p) for p in DICOM.rglob("*.dcm")} == set(EXPECTED) | set(BAD)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_file_decodes_as_its_header_says(name):
+    path = DICOM / name
+    tsuid, photometric, shape, modality = EXPECTED[name]
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert (ds.file_meta.TransferSyntaxUID, ds.PhotometricInterpretation) == (tsuid, photometric)
+    assert (ds.Rows, ds.Columns) == shape
+    image = decode_dicom(path)
+    assert image.pixels.shape == shape == (image.original_height, image.original_width)
+    assert image.pixels.dtype == np.float32 and np.isfinite(image.pixels).all()
+    assert image.pixels.std() > 0  # not a blank decode
+    assert (image.photometric, image.modality, image.source_kind, image.n_frames) == (
+        photometric, modality, "dicom", 1)
+    assert image.bit_depth == int(ds.BitsStored)
+
+
+def test_truncated_mr_is_truncated_not_missing():
+    # MR_truncated.dcm declares 8192 bytes of pixel data and the file ends after 8130
+    ds = pydicom.dcmread(DICOM / "mr" / "MR_truncated.dcm")
+    raw = ds.get_item("PixelData")
+    assert (raw.length, len(raw.value)) == (8192, 8130)
+    assert _reason(DICOM / "mr" / "MR_truncated.dcm") == "truncated"
+
+
+def test_lossless_mr_encodings_decode_identically():
+    reference = decode_dicom(MR_SMALL).pixels
+    for name in ("MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"):
+        np.testing.assert_array_equal(decode_dicom(DICOM / "mr" / name).pixels, reference)
+    # not windowed (MR): the stored values themselves
+    np.testing.assert_array_equal(reference, pydicom.dcmread(MR_SMALL).pixel_array.astype(np.float32))
+
+
+def test_jpeg2000_ct_equals_uncompressed_after_the_same_processing():
+    uncompressed, j2k = decode_dicom(CT_UNC), decode_dicom(CT_J2K)
+    assert uncompressed.window == j2k.window == (40.0, 100.0)  # the files' own VOI
+    # measured: identical (the "J2KI" sample's codestream reproduces the uncompressed values)
+    np.testing.assert_array_equal(j2k.pixels, uncompressed.pixels)
+    lung_u, lung_j = decode_dicom(CT_UNC, window=(-600, 1500)), decode_dicom(CT_J2K, window=(-600, 1500))
+    np.testing.assert_array_equal(lung_j.pixels, lung_u.pixels)
+
+
+def test_ct_is_rescaled_to_hu_and_windowed():
+    ds = pydicom.dcmread(CT_UNC)
+    hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    lung = decode_dicom(CT_UNC, window=(-600.0, 1500.0))
+    assert lung.window == (-600.0, 1500.0)
+    np.testing.assert_allclose(lung.pixels, np.clip((hu + 1350.0) / 1500.0, 0, 1), atol=1e-6)
+    assert lung.pixels.min() == 0.0 and lung.pixels.max() == 1.0
+    # the file's VOI (40/100) through pydicom: in [0, 1], monotone in HU, saturating outside
+    own = decode_dicom(CT_UNC).pixels
+    assert own.min() == 0.0 and own.max() == 1.0
+    assert (own[hu <= -10] == 0).all() and (own[hu >= 91] == 1).all()
+    inside = (hu > 0) & (hu < 80)
+    order = np.argsort(hu[inside])
+    assert (np.diff(own[inside][order]) >= -1e-6).all()
+    # no VOI in the file and no window given: the documented default
+    small = decode_dicom(CT_SMALL)
+    assert "WindowCenter" not in pydicom.dcmread(CT_SMALL, stop_before_pixels=True)
+    assert small.window == DEFAULT_CT_WINDOW
+    assert 0.0 <= small.pixels.min() and small.pixels.max() <= 1.0
+
+
+def test_explicit_window_applies_to_mr_too():
+    image = decode_dicom(MR_SMALL, window=(600.0, 1600.0))
+    raw = pydicom.dcmread(MR_SMALL).pixel_array
+    np.testing.assert_allclose(image.pixels, linear_window(raw, 600.0, 1600.0), atol=1e-6)
+    with pytest.raises(ValueError):
+        decode_dicom(MR_SMALL, window=(600.0, 0.0))
+
+
+def test_monochrome1_header_variant_is_inverted():
+    original, fake = decode_dicom(SIIM), decode_dicom(FAKE_M1)
+    # Fake_MONOHR1.dcm has the very same pixel data as the original and only says MONOCHROME1,
+    # so honouring that header must give the exact negative of the original
+    assert pydicom.dcmread(SIIM).PixelData == pydicom.dcmread(FAKE_M1).PixelData
+    np.testing.assert_array_equal(fake.pixels, 255.0 - original.pixels)
+    corr = np.corrcoef(fake.pixels.ravel(), original.pixels.ravel())[0, 1]
+    assert corr < -0.999
+
+
+def test_a_true_monochrome1_copy_displays_like_the_original(tmp_path):
+    # stored values inverted AND photometric MONOCHROME1: a real MONOCHROME1 encoding of the
+    # same picture, which must display exactly like the MONOCHROME2 original
+    ds = pydicom.dcmread(SIIM)
+    ds.PixelData = (255 - ds.pixel_array).astype(np.uint8).tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    path = tmp_path / "siim_monochrome1.dcm"
+    ds.save_as(path)
+    inverted, original = decode_dicom(path), decode_dicom(SIIM)
+    assert inverted.photometric == "MONOCHROME1"
+    assert np.corrcoef(inverted.pixels.ravel(), original.pixels.ravel())[0, 1] > 0.999
+    np.testing.assert_array_equal(inverted.pixels, original.pixels)
+
+
+def test_real_monochrome1_chest_has_bright_bones():
+    image = decode_dicom(RG1)
+    assert _centre_to_lungs(image.pixels) > 1.15  # mediastinum and spine brighter than lungs
+    raw = pydicom.dcmread(RG1).pixel_array.astype(np.float64)
+    assert _centre_to_lungs(raw) < 0.9  # what it would look like without the inversion
+    np.testing.assert_array_equal(image.pixels, (2**15 - 1) - raw)  # 15 bits stored
+    assert _centre_to_lungs(decode_dicom(SIIM).pixels) > 1.15  # MONOCHROME2 left as it is
+
+
+def test_empty_and_non_dicom_files(tmp_path):
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.dcm"
+    text.write_text("Patient: nobody. This is a text file renamed to .dcm\n" * 10)
+    jpeg = tmp_path / "image.dcm"
+    shutil.copyfile(DATA_DIR / "chest_xray" / "train" / "NORMAL" / "IM-0115-0001.jpeg", jpeg)
+    assert _reason(empty) == "empty"
+    assert _reason(text) == "not_an_image"
+    assert _reason(jpeg) == "not_an_image"
+
+
+@pytest.mark.parametrize("source", [CT_SMALL, SIIM, RG1, DICOM / "mr" / "MR_small_RLE.dcm"])
+def test_cut_copies_are_truncated(tmp_path, source):
+    data = source.read_bytes()
+    # native and encapsulated pixel data, cut in the middle, near the end, and inside the
+    # final sequence delimiter / trailing element; pydicom itself reads all of these silently
+    for keep in (len(data) // 2, len(data) * 9 // 10, len(data) - 4, len(data) - 1):
+        path = tmp_path / f"cut_{keep}.dcm"
+        path.write_bytes(data[:keep])
+        assert _reason(path) == "truncated", keep
+
+
+def test_multiframe_files_are_rejected():
+    for name, frames in (("rtdose.dcm", 15), ("SC_rgb_rle_2frame.dcm", 2), ("examples_ybr_color.dcm", 30)):
+        path = get_testdata_file(name)
+        assert int(pydicom.dcmread(path, stop_before_pixels=True).NumberOfFrames) == frames
+        assert _reason(path) == "multiframe"
+
+
+def test_missing_pixel_data(tmp_path):
+    assert _reason(get_testdata_file("reportsi.dcm")) == "missing_pixel_data"  # a structured report
+    ds = pydicom.dcmread(CT_SMALL)
+    del ds.PixelData
+    path = tmp_path / "no_pixels.dcm"
+    ds.save_as(path)
+    assert _reason(path) == "missing_pixel_data"
+
+
+def test_burned_in_annotation(tmp_path):
+    ds = pydicom.dcmread(CT_SMALL)
+    ds.BurnedInAnnotation = "YES"
+    ds.PatientName = "Doe^Janet"
+    path = tmp_path / "burned.dcm"
+    ds.save_as(path)
+    with pytest.raises(BadImage) as info:
+        decode_dicom(path)
+    assert info.value.reason == "burned_in_annotation"
+    assert "Doe" not in str(info.value) and "Janet" not in str(info.value)
+    assert decode_dicom(path, allow_burned_in=True).pixels.shape == (128, 128)
+    ds.BurnedInAnnotation = "NO"
+    ds.save_as(path)
+    assert decode_dicom(path).pixels.shape == (128, 128)
+
+
+def test_unsupported_transfer_syntax(tmp_path):
+    ds = pydicom.dcmread(MR_SMALL)
+    ds.PixelData = encapsulate([ds.PixelData])
+    for uid in ("1.2.840.10008.1.2.4.100", "1.2.826.0.1.3680043.2.1143.999.1"):  # MPEG-2, private
+        ds.file_meta.TransferSyntaxUID = UID(uid)
+        path = tmp_path / f"{uid}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert _reason(path) == "unsupported_transfer_syntax", uid
+
+
+def test_too_small_and_colour(tmp_path):
+    assert _reason(get_testdata_file("rtdose_1frame.dcm")) == "too_small"  # 10 x 10
+    colour = decode_dicom(get_testdata_file("SC_rgb_rle.dcm"))
+    rgb = pydicom.dcmread(get_testdata_file("SC_rgb_rle.dcm")).pixel_array.astype(np.float64)
+    np.testing.assert_allclose(colour.pixels, rgb @ np.array([0.299, 0.587, 0.114]), atol=1e-3)
+    assert colour.window is None and colour.photometric == "RGB"
+
+
+def test_errors_carry_no_identifying_values(tmp_path):
+    ds = pydicom.dcmread(CT_SMALL)
+    secret_name, secret_id = "Sensitive^Person", "MRN-8817-22"
+    ds.PatientName, ds.PatientID = secret_name, secret_id
+    ds.NumberOfFrames = 3  # -> multiframe, raised after the header has been read
+    path = tmp_path / "identified.dcm"
+    ds.save_as(path)
+    with pytest.raises(BadImage) as info:
+        decode_dicom(path)
+    assert info.value.reason == "multiframe"
+    text = str(info.value) + repr(info.value.args)
+    assert secret_name.split("^")[0] not in text and secret_id not in text
+    assert info.value.__cause__ is None
