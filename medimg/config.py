@@ -95,13 +95,14 @@ class BenchmarkGateConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    benchmark: BenchmarkGateConfig = BenchmarkGateConfig(id="self2012_radiologists_ed")
-    threshold: Literal["youden", "fixed"] = "youden"
+    benchmark: BenchmarkGateConfig = BenchmarkGateConfig(id="self2012_radiologists_ed", margin=0.10)
+    threshold: Literal["youden", "target_sensitivity", "fixed"] = "target_sensitivity"
+    target_sensitivity: float = Field(default=0.90, gt=0, le=1)
     fixed_threshold: float = Field(default=0.5, gt=0, lt=1)
     champion_auc_margin: float = Field(default=0.01, ge=0, le=1)
     bootstrap_samples: int = Field(default=1000, ge=100)
-    min_auc: float = Field(default=0.9, ge=0, le=1)
-    min_accuracy: float = Field(default=0.8, ge=0, le=1)
+    min_auc: float = Field(default=0.95, ge=0, le=1)
+    min_accuracy: float = Field(default=0.85, ge=0, le=1)
 
 
 class ExportConfig(_Strict):

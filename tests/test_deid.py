@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
+from datapaths import DATA_DIR
 from medimg.data.deid import (
     DEMO_SECRET,
     PHI_KEYWORDS,
@@ -24,7 +24,6 @@ from medimg.data.deid import (
     secret_from_env,
 )
 
-DATA_DIR = Path(os.environ.get("MEDIMG_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 DICOM_FILES = sorted((DATA_DIR / "dicom").rglob("*.dcm"))
 SECRET = b"test-secret-0123456789abcdef"
 OTHER_SECRET = b"another-secret-0123456789abcdef"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -13,10 +12,10 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from datapaths import DATA_DIR
 from medimg.data.dicom import DEFAULT_CT_WINDOW, decode_dicom, linear_window
 from medimg.data.images import BadImage
 
-DATA_DIR = Path(os.environ.get("MEDIMG_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 DICOM = DATA_DIR / "dicom"
 SIIM = DICOM / "xray" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 FAKE_M1 = DICOM / "xray" / "Fake_MONOHR1.dcm"

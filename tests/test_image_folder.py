@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
+from datapaths import DATA_DIR
 from medimg.data.image_folder import kermany_patient_key, scan_image_folder
 
-DATA_DIR = Path(os.environ.get("MEDIMG_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 CHEST = DATA_DIR / "chest_xray"
 FULLRES = DATA_DIR / "chest_xray_fullres"
 

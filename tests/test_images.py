@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -11,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datapaths import DATA_DIR
 from medimg.data.images import REASONS, BadImage, DecodedImage, decode_raster, to_grey
 
-DATA_DIR = Path(os.environ.get("MEDIMG_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 CHEST = DATA_DIR / "chest_xray"
 FULLRES = DATA_DIR / "chest_xray_fullres"
 TRAIN_NORMAL = CHEST / "train" / "NORMAL" / "IM-0115-0001.jpeg"

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest
 
+from datapaths import DATA_DIR
 from medimg.data.dicom import decode_dicom
 from medimg.data.images import BadImage, decode_raster
 from medimg.data.quarantine import Quarantine, QuarantineThresholdError
 
-DATA_DIR = Path(os.environ.get("MEDIMG_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 
 @pytest.fixture()

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from datapaths import DATA_DIR
 from medimg.data.image_folder import kermany_patient_key
 from medimg.data.splitting import _fold_counts, split_by_patient
 
-DATA_DIR = Path(os.environ.get("MEDIMG_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from medimg.evaluation import plots
 from medimg.evaluation.bootstrap import bootstrap_ci
 from medimg.evaluation.gates import to_jsonable
 from medimg.evaluation.metrics import binary_metrics
-from medimg.evaluation.threshold import youden_threshold
+from medimg.evaluation.threshold import threshold_for_sensitivity, youden_threshold
 from medimg.steps.train import run_dir
 from medimg.training.data import load_split
 from medimg.training.loop import predict_proba
@@ -30,6 +30,8 @@ PREDICTIONS_FILE = "test_predictions.csv"
 def choose_threshold(params: Params, y_val: np.ndarray, p_val: np.ndarray) -> float:
     if params.gates.threshold == "fixed":
         return params.gates.fixed_threshold
+    if params.gates.threshold == "target_sensitivity":
+        return threshold_for_sensitivity(y_val, p_val, params.gates.target_sensitivity)
     return youden_threshold(y_val, p_val)
 
 
@@ -50,6 +52,8 @@ def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: di
     out = run_dir(ws, run_id)
     predictions = out / PREDICTIONS_FILE
     pd.DataFrame({"id": test_split.ids, "label": test_split.labels, "probability": p_test}).to_csv(predictions, index=False)
+    val_predictions = out / "val_predictions.csv"
+    pd.DataFrame({"id": val_split.ids, "label": val_split.labels, "probability": p_val}).to_csv(val_predictions, index=False)
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     names = list(params.data.class_names)
@@ -81,6 +85,7 @@ def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: di
     tracking.log_metrics(run_id, {f"val_{k}": v for k, v in val_metrics.items()})
     tracking.log_artifact(run_id, metrics_file, "evaluation")
     tracking.log_artifact(run_id, predictions, "evaluation")
+    tracking.log_artifact(run_id, val_predictions, "evaluation")
     for png in pngs:
         tracking.log_artifact(run_id, png, "evaluation/figures")
     log.info(

@@ -1,0 +1,56 @@
+"""params.yaml parsing: the shipped file is valid, and mistakes name the key and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medimg.config import ConfigError, WartPolicy, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_parse_and_match_the_official_split():
+    params = load_params(ROOT / "params.yaml")
+    assert params.validation.expected_split_sizes == {"train": 4708, "val": 524, "test": 624}
+    assert params.data.class_names == ("normal", "pneumonia")
+    assert params.validation.duplicates_within_split == WartPolicy.WARN
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"train\.epochz: unknown key"):
+        parse_params({"train": {"epochz": 3}})
+
+
+def test_wrong_value_names_key_and_expectation():
+    with pytest.raises(ConfigError) as err:
+        parse_params({"train": {"epochs": 0}, "validation": {"duplicates_within_split": "ignore"}})
+    text = str(err.value)
+    assert "train.epochs" in text and "greater than or equal to 1" in text
+    assert "validation.duplicates_within_split" in text and "'fail', 'warn' or 'drop'" in text
+
+
+def test_not_a_mapping(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_params(bad)
+
+
+def test_broken_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: {epochs: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_overrides_merge_and_fingerprint_changes():
+    base = load_params(ROOT / "params.yaml")
+    changed = load_params(ROOT / "params.yaml", {"train": {"epochs": 3}})
+    assert changed.train.epochs == 3 and changed.train.lr == base.train.lr
+    assert changed.fingerprint() != base.fingerprint()
+    assert load_params(ROOT / "params.yaml").fingerprint() == base.fingerprint()
+    assert base.flat()["train.epochs"] == str(base.train.epochs)

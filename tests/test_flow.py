@@ -1,0 +1,142 @@
+"""The real retrain flow on the real PneumoniaMNIST archive, in a temporary workspace.
+
+Real Prefect (test harness server), MLflow on SQLite, DVC with a local remote, Great
+Expectations and ONNX Runtime; nothing is mocked. The champion run uses the shipped params.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from prefect.testing.utilities import prefect_test_harness
+from typer.testing import CliRunner
+
+from medimg import audit, registry
+from medimg.cli import app
+from medimg.export.onnx_export import file_sha256, read_metadata
+from medimg.steps.validate import ValidationFailed
+from medimg.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, data_dir, harness):
+    root = tmp_path_factory.mktemp("flow")
+    ws = Workspace.at(root / "ws")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["workspace"]["path"] = str(ws.root)
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", ws.default_tracking_uri())
+    mp.setenv("MEDIMG_DATA_DIR", str(data_dir))
+    yield ws, params_file
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def champion_run(workspace):
+    from flows.retrain import retrain
+
+    ws, params_file = workspace
+    state = retrain(params_path=str(params_file), return_state=True)
+    return state
+
+
+def test_first_run_registers_a_champion_with_lineage_tags(workspace, champion_run):
+    ws, params_file = workspace
+    assert champion_run.is_completed() and champion_run.name == "Completed"
+    summary = champion_run.result()
+    assert summary["model"]["alias"] == "champion" and summary["model"]["version"] == "1"
+    assert summary["test"]["roc_auc"] > 0.95 and summary["test"]["accuracy"] > 0.85
+
+    champ = registry.version_by_alias("pneumonia-classifier", registry.CHAMPION)
+    assert champ.version == "1"
+    for tag in (registry.TAG_DATA_VERSION, registry.TAG_GIT_COMMIT, registry.TAG_PARAMS_HASH, registry.TAG_VALIDATION,
+                registry.TAG_GATE, registry.TAG_ONNX_SHA256, registry.TAG_FLOW_RUN):
+        assert champ.tags.get(tag), f"model version lacks tag {tag}"
+    assert champ.tags[registry.TAG_DATA_VERSION] == summary["data_version"]
+    onnx_file = registry.download_onnx("pneumonia-classifier", "1", ws.root / "check")
+    assert file_sha256(onnx_file) == champ.tags[registry.TAG_ONNX_SHA256]
+    meta = read_metadata(onnx_file)
+    assert meta["medimg.data_version"] == summary["data_version"]
+    assert json.loads(meta["medimg.preprocessing"])["size"] == 28
+    assert float(meta["medimg.threshold"]) == pytest.approx(summary["threshold"])
+
+    run = mlflow.MlflowClient().get_run(champ.run_id)
+    assert run.data.params["train.epochs"] == "20"
+    history = mlflow.MlflowClient().get_metric_history(champ.run_id, "val_auc")
+    assert len(history) == 20
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(champ.run_id, "evaluation/figures")}
+    assert {"evaluation/figures/roc_curve.png", "evaluation/figures/confusion_matrix.png"} <= artifacts
+
+    gate_report = json.loads(Path(summary["gate"]["report"]).read_text())
+    assert gate_report["passed"] and gate_report["champion_version"] is None
+    assert "first run" in next(r for r in gate_report["rules"] if r["name"] == "champion_noninferiority")["reason"]
+    validation = json.loads(Path(summary["validation"]["report"]).read_text())
+    assert validation["warts"]["hashes_across_splits"] == 8
+    assert [e["action"] for e in audit.read(ws.audit_log)] == ["promote"]
+    assert (ws.dvc_remote).is_dir() and any(ws.dvc_remote.rglob("*"))
+
+
+def test_status_json_shows_the_champion(workspace, champion_run):
+    ws, params_file = workspace
+    result = CliRunner().invoke(app, ["status", "--json", "--params", str(params_file)])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    champ = info["champion"]
+    assert champ["version"] == "1" and champ["data_version"] == champion_run.result()["data_version"]
+    assert len(champ["onnx_sha256"]) == 64 and champ["promotion_reason"].startswith("all gates passed")
+    assert champ["metrics"]["test_roc_auc"] > 0.95
+
+
+def test_weak_model_is_not_promoted_and_the_champion_stays(workspace, champion_run):
+    from flows.retrain import retrain
+
+    ws, params_file = workspace
+    state = retrain(params_path=str(params_file), overrides={"train": {"epochs": 1, "max_steps": 4}}, return_state=True)
+    assert state.is_completed() and state.name == "NotPromoted"
+    summary = state.result()
+    assert summary["model"]["alias"] == "challenger" and summary["model"]["version"] == "2"
+    assert "champion_noninferiority" in summary["gate"]["failed"]
+    report = json.loads(Path(summary["gate"]["report"]).read_text())
+    champion_rule = next(r for r in report["rules"] if r["name"] == "champion_noninferiority")
+    assert champion_rule["inputs"]["champion_version"] == "1" and champion_rule["inputs"]["delta"] < 0
+    assert registry.version_by_alias("pneumonia-classifier", registry.CHAMPION).version == "1"
+    assert registry.version_by_alias("pneumonia-classifier", registry.CHALLENGER).version == "2"
+    assert [e["action"] for e in audit.read(ws.audit_log)] == ["promote"]
+
+
+def test_validation_failure_stops_before_training(workspace, champion_run):
+    from flows.retrain import retrain
+
+    ws, params_file = workspace
+    before = {p.name for p in ws.runs.iterdir()}
+    state = retrain(params_path=str(params_file), overrides={"validation": {"duplicates_across_splits": "fail"}},
+                    return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ValidationFailed, match="splits_with_hash"):
+        state.result()
+    new_runs = {p.name for p in ws.runs.iterdir()} - before
+    assert not any((ws.runs / name / "best.pt").exists() for name in new_runs), "training ran after a failed validation"
+    assert registry.version_by_alias("pneumonia-classifier", registry.CHAMPION).version == "1"
+
+
+def test_cli_reports_a_bad_params_file_with_the_key(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  epochs: -3\n")
+    result = CliRunner().invoke(app, ["run", "--params", str(bad)])
+    assert result.exit_code == 2
+    assert "train.epochs" in result.output

@@ -1,0 +1,34 @@
+"""DVC data versions: same content, same version; changed content, new version; any version restorable."""
+
+from __future__ import annotations
+
+from medimg.config import DataConfig
+from medimg.data import manifest, versioning
+from medimg.data.ingest import ingest_medmnist
+from medimg.data.medmnist import locate
+from medimg.workspace import Workspace
+
+
+def test_versions_are_content_hashes_and_restorable(data_dir, tmp_path):
+    ws = Workspace.at(tmp_path / "ws").ensure()
+    archive = locate("pneumoniamnist", data_dir, tmp_path / "dl", download=False)
+    ingest_medmnist(archive, DataConfig(), ws.data)
+    first = versioning.commit_and_push(ws)
+    assert first.is_new and first.n_files == 4708 + 524 + 624 + 1
+    assert any((ws.dvc_remote).rglob("*")), "dvc push left the local remote empty"
+
+    ingest_medmnist(archive, DataConfig(), ws.data)
+    again = versioning.commit_and_push(ws)
+    assert again.id == first.id and not again.is_new
+
+    frame = manifest.read(ws.data)
+    manifest.write(frame.iloc[:-1], ws.data)
+    (ws.data / frame.iloc[-1]["path"]).unlink()
+    changed = versioning.commit_and_push(ws)
+    assert changed.id != first.id and changed.is_new
+
+    versioning.checkout(ws, first.id)
+    assert versioning.current_version(ws) == first.id
+    assert len(manifest.read(ws.data)) == len(frame)
+    assert (ws.data / frame.iloc[-1]["path"]).is_file()
+    assert versioning.fetch_commands(ws, first.id)[-1] == "dvc pull data/dataset.dvc"
