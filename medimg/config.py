@@ -37,18 +37,102 @@ class WartPolicy(str, Enum):
     DROP = "drop"  # the offending rows are removed (and listed) before validation
 
 
+class ImageFolderConfig(_Strict):
+    """A folder of PNG/JPEG files in the Kaggle layout (see :mod:`medimg.data.image_folder`)."""
+
+    class_folders: dict[str, str] | None = Field(
+        default=None,
+        description="class folder name -> class name; null: folder names matched to class_names ignoring case",
+    )
+    patient_id: Literal["kermany", "file"] = Field(
+        default="kermany", description="kermany: the patient id in Kermany file names; file: one patient per file"
+    )
+
+
+class DicomFolderConfig(_Strict):
+    """A folder tree of DICOM files (``*.dcm``, ``*.dicom`` or no suffix) with labels from a CSV."""
+
+    labels_csv: str | None = Field(
+        default="labels.csv", description="CSV with the labels; relative paths are under the source root"
+    )
+    label_key: Literal["file", "sop_instance_uid", "folder"] = Field(
+        default="file", description="what the CSV's key column holds: a file path (relative to the root), "
+        "the SOPInstanceUID, or a folder (relative to the root; labels every file below it)",
+    )
+    key_column: str = "key"
+    label_column: str = Field(default="label", description="class name (any case) or class index")
+    split_column: str | None = Field(default=None, description="optional column with train/val/test")
+    allow_burned_in: bool = Field(default=False, description="keep images flagged BurnedInAnnotation=YES")
+
+
+class SplitConfig(_Strict):
+    """Patient-level splitting where the source gives no (complete) split."""
+
+    fractions: dict[str, float] = Field(
+        default={"train": 0.8, "val": 0.1, "test": 0.1}, description="for sources with no split folders"
+    )
+    val_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="share of train patients moved to val when a split layout has no val"
+    )
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        unknown = set(self.fractions) - {"train", "val", "test"}
+        if unknown:
+            raise ValueError(f"data.split.fractions: unknown split(s) {sorted(unknown)}; use train/val/test")
+        if any(v < 0 for v in self.fractions.values()) or abs(sum(self.fractions.values()) - 1) > 1e-6:
+            raise ValueError("data.split.fractions must be >= 0 and sum to 1")
+        return self
+
+
+class DeidConfig(_Strict):
+    demo: bool = Field(
+        default=False,
+        description="allow the public demo pseudonym key when MEDIMG_DEID_SECRET is unset (public data only)",
+    )
+
+
 class DataConfig(_Strict):
-    source: Literal["medmnist"] = "medmnist"
+    source: Literal["medmnist", "image_folder", "dicom_folder"] = "medmnist"
     medmnist_flag: Literal["pneumoniamnist"] = "pneumoniamnist"
     data_dir: str | None = Field(
         default=None, description=f"folder holding the archive; default: ${DATA_DIR_ENV}"
     )
     download: bool = Field(default=True, description="download with the medmnist package if absent")
     class_names: tuple[str, ...] = ("normal", "pneumonia")
+    root: str | None = Field(
+        default=None, description="image_folder/dicom_folder source folder; relative paths are under data_dir"
+    )
+    inbox: str | None = Field(
+        default=None, description="folder of new files ingested incrementally with the source; relative: under data_dir"
+    )
+    modality: str = Field(
+        default="DX", pattern=r"^[A-Z0-9]{2,4}$", description="declared modality of files that cannot say (PNG, JPEG, NPZ)"
+    )
+    image_folder: ImageFolderConfig = ImageFolderConfig()
+    dicom: DicomFolderConfig = DicomFolderConfig()
+    split: SplitConfig = SplitConfig()
+    deid: DeidConfig = DeidConfig()
+    min_side: int = Field(default=16, ge=1, description="files with a smaller side are quarantined (too_small)")
+    max_bad_fraction: float = Field(
+        default=0.05, ge=0, le=1, description="the ingest fails when a larger share of the files is quarantined"
+    )
+    workers: int | None = Field(default=2, ge=1, description="decoding processes; null: one per CPU")
+    cache: bool = Field(default=True, description="reuse decoded images by sha256 of the file (incremental ingest)")
 
     def resolved_data_dir(self) -> Path | None:
         raw = self.data_dir or os.environ.get(DATA_DIR_ENV)
         return Path(raw).expanduser().resolve() if raw else None
+
+    def resolve_path(self, raw: str | None) -> Path | None:
+        """``root``/``inbox`` as an absolute path: absolute as given, relative under data_dir (else the cwd)."""
+        if raw is None:
+            return None
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            path = (self.resolved_data_dir() or Path.cwd()) / path
+        return path.resolve()
 
 
 class ValidationConfig(_Strict):
@@ -59,34 +143,112 @@ class ValidationConfig(_Strict):
     )
     min_pixel_std: float = Field(default=2.0, ge=0, description="below this an image is blank")
     min_class_fraction: float = Field(default=0.05, gt=0, lt=0.5)
+    patient_overlap: WartPolicy = Field(
+        default=WartPolicy.WARN, description="a patient (pseudonym) with images in two splits: fail | warn | drop"
+    )
+    allowed_modalities: tuple[str, ...] = ("CR", "DX", "CT", "MR")
+    bit_depth_range: tuple[int, int] = Field(default=(8, 16), description="bits stored of the source files")
+    original_side_range: tuple[int, int] = Field(
+        default=(16, 16384), description="rows and columns of the source files"
+    )
 
 
 class PreprocessConfig(_Strict):
+    """The preprocessing contract (see :mod:`medimg.preprocess`): applied once at ingest, recorded in ONNX."""
+
     size: int = Field(default=28, ge=8, le=1024)
+    resize: Literal["stretch", "pad", "crop"] = Field(
+        default="stretch", description="stretch (aspect not kept) | pad to square (black) | centre crop to square"
+    )
+    interpolation: Literal["bilinear", "bicubic", "area"] = "bilinear"
+    antialias: bool = Field(default=False, description="antialiased bilinear/bicubic (area always is)")
+    intensity: Literal["auto", "minmax", "percentile"] = Field(
+        default="auto", description="grey uint8 mapping: auto (medimg.preprocess rules) | per-image min-max | percentiles"
+    )
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    ct_window: tuple[float, float] | None = Field(
+        default=None, description="(level, width) HU for CT; null: the file's VOI, else 40/400"
+    )
+    denoise: Literal["none", "median3"] = "none"
+    clahe: bool = False
+    clahe_clip_limit: float = Field(default=0.01, gt=0, le=1)
+    jpeg_dct_scaling: bool = Field(
+        default=False, description="decode large JPEGs at 1/2, 1/4 or 1/8 scale (>= 2x size) before resizing"
+    )
     channels: Literal[1, 3] = 1
     mean: float = Field(default=0.5, description="normalisation after scaling to [0, 1]")
     std: float = Field(default=0.5, gt=0)
 
+    @model_validator(mode="after")
+    def _ranges(self) -> PreprocessConfig:
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError("preprocess.percentiles must satisfy 0 <= low < high <= 100")
+        if self.ct_window is not None and not self.ct_window[1] > 0:
+            raise ValueError("preprocess.ct_window: width must be > 0")
+        return self
+
 
 class ModelConfig(_Strict):
-    architecture: Literal["compact_resnet", "simple_cnn"] = "compact_resnet"
-    width: int = Field(default=32, ge=4, le=512)
+    architecture: Literal["compact_resnet", "simple_cnn", "resnet18", "resnet50", "densenet121"] = "compact_resnet"
+    width: int = Field(default=32, ge=4, le=512, description="base width of the compact models")
     dropout: float = Field(default=0.2, ge=0, lt=1)
+    pretrained_weights: str | None = Field(
+        default=None, description="local file with torchvision weights for resnet*/densenet121 (never downloaded)"
+    )
+    finetune: Literal["full", "head", "staged"] = Field(
+        default="full", description="train everything, only the new head, or the head first then everything"
+    )
+    staged_head_epochs: int = Field(default=1, ge=0, description="epochs of head-only training when staged")
+
+
+class AugmentConfig(_Strict):
+    enabled: bool = True
+    rotate_deg: float = Field(default=10.0, ge=0, le=180)
+    translate: float = Field(default=0.08, ge=0, le=0.5, description="fraction of the image size")
+    scale_min: float = Field(default=0.9, gt=0)
+    scale_max: float = Field(default=1.1, gt=0)
+    hflip: bool = True
+    brightness: float = Field(default=0.0, ge=0, le=1, description="max additive change, in normalised units")
+    contrast: float = Field(default=0.0, ge=0, le=1, description="max relative change of contrast")
+
+    @model_validator(mode="after")
+    def _scale_order(self) -> AugmentConfig:
+        if self.scale_min > self.scale_max:
+            raise ValueError("train.augment.scale_min must not exceed scale_max")
+        return self
+
+
+class DistributedConfig(_Strict):
+    enabled: bool = Field(default=False, description="train with DistributedDataParallel under torchrun")
+    nproc_per_node: int = Field(default=2, ge=1)
+    backend: Literal["auto", "gloo", "nccl"] = Field(default="auto", description="auto: nccl on CUDA, else gloo")
 
 
 class TrainConfig(_Strict):
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=128, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(default=3e-3, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD only")
     weight_decay: float = Field(default=1e-4, ge=0)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup_fraction: float = Field(default=0.2, ge=0, lt=1, description="one-cycle warm-up share")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    augment: bool = True
+    augment: AugmentConfig = AugmentConfig()
     class_weighting: Literal["none", "balanced"] = Field(
         default="balanced", description="weight the loss by inverse class frequency"
+    )
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, description="stop after this many epochs without a better validation AUC"
     )
     seed: int = 42
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
     max_steps: int | None = Field(default=None, ge=1, description="stop after this many steps")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA when present")
+    amp: bool = Field(default=True, description="mixed precision on CUDA (ignored on the CPU)")
+    channels_last: bool = Field(default=True, description="channels_last memory format on CUDA")
+    distributed: DistributedConfig = DistributedConfig()
 
 
 class BenchmarkGateConfig(_Strict):

@@ -13,6 +13,7 @@ from medimg.config import Params
 from medimg.data import manifest
 from medimg.evaluation import plots
 from medimg.evaluation.bootstrap import bootstrap_ci
+from medimg.evaluation.gradcam import grad_cam, grid_png, pick_examples
 from medimg.evaluation.gates import to_jsonable
 from medimg.evaluation.metrics import binary_metrics
 from medimg.evaluation.threshold import threshold_for_sensitivity, youden_threshold
@@ -33,6 +34,18 @@ def choose_threshold(params: Params, y_val: np.ndarray, p_val: np.ndarray) -> fl
     if params.gates.threshold == "target_sensitivity":
         return threshold_for_sensitivity(y_val, p_val, params.gates.target_sensitivity)
     return youden_threshold(y_val, p_val)
+
+
+def gradcam_review(model, split, probs: np.ndarray, threshold: float, params: Params, path):
+    """Grad-CAM of the most confident true and false positives and negatives of the test split."""
+    chosen = pick_examples(split.labels, probs, threshold)
+    order = [(kind, i) for kind, idx in chosen.items() for i in idx]
+    if not order:
+        return None
+    index = [i for _, i in order]
+    heat = grad_cam(model, preprocess.apply(split.images[index], params.preprocess))
+    titles = [f"{kind} p={probs[i]:.2f}" for kind, i in order]
+    return grid_png(split.images[index], heat, titles, path)
 
 
 def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: dict) -> dict:
@@ -66,6 +79,7 @@ def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: di
     ]
     if trained.get("history"):
         pngs.append(plots.training_curves_png(trained["history"], figures / "training_curves.png"))
+    pngs.append(gradcam_review(model, test_split, p_test, threshold, params, figures / "gradcam_grid.png"))
 
     report = to_jsonable({
         "threshold": threshold,
@@ -86,7 +100,7 @@ def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: di
     tracking.log_artifact(run_id, metrics_file, "evaluation")
     tracking.log_artifact(run_id, predictions, "evaluation")
     tracking.log_artifact(run_id, val_predictions, "evaluation")
-    for png in pngs:
+    for png in filter(None, pngs):
         tracking.log_artifact(run_id, png, "evaluation/figures")
     log.info(
         "test (n=%d, threshold %.3f): AUC %.4f [%.4f, %.4f], accuracy %.4f [%.4f, %.4f], sensitivity %.4f, specificity %.4f",

@@ -1,13 +1,18 @@
-"""The training loop: AdamW with a one-cycle schedule, best checkpoint by validation AUC.
+"""The training loop, in the spirit of torchvision's reference scripts.
 
-Seeded: the same params, data and torch build give the same weights on the CPU. A checkpoint
-with the optimiser, scheduler and RNG state is written after every epoch so that a killed run
-can continue where it stopped (``resume_from``).
+AdamW or SGD, one-cycle or cosine schedule, class-balanced loss, batch augmentation, best
+checkpoint by validation AUC with optional early stopping, AMP and channels_last on CUDA.
+Seeded: the same params, data and torch build give the same weights on the CPU. After every
+epoch a checkpoint with optimiser, scheduler and RNG state is written, so a killed run continues
+where it stopped (``resume=True``) and ends with the same weights as an uninterrupted one.
+Under ``torchrun`` (``torch.distributed`` initialised) each rank trains on its share of every
+global batch inside DistributedDataParallel; only rank 0 reports and writes checkpoints.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from rich.progress import Progress
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from medimg import preprocess
-from medimg.config import Params
+from medimg.config import Params, TrainConfig
 from medimg.training.data import SplitArrays, augment_batch
-from medimg.training.models import build_model
+from medimg.training.models import build_model, head_parameters, set_trainable
 
 EpochCallback = Callable[[dict], None]
 
@@ -35,6 +42,8 @@ class TrainResult:
     seconds: float = 0.0
     images_per_second: float = 0.0
     steps: int = 0
+    device: str = "cpu"
+    stopped_early: bool = False
 
 
 def set_determinism(seed: int, num_threads: int | None) -> None:
@@ -44,16 +53,58 @@ def set_determinism(seed: int, num_threads: int | None) -> None:
         torch.set_num_threads(num_threads)
 
 
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device: cuda requested but no CUDA device is available")
+        return torch.device("cuda", dist.get_rank() % torch.cuda.device_count() if dist.is_initialized() else 0)
+    return torch.device("cpu")
+
+
 @torch.no_grad()
 def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """Positive-class probability for already preprocessed inputs."""
+    """Positive-class probability for already preprocessed inputs (on the model's device)."""
     model.eval()
-    out = [torch.softmax(model(x[i : i + batch_size]), dim=1)[:, 1] for i in range(0, len(x), batch_size)]
+    device = next(model.parameters()).device
+    out = [torch.softmax(model(x[i : i + batch_size].to(device)).float(), dim=1)[:, 1].cpu()
+           for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy().astype(np.float64)
 
 
 def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else float("nan")
+
+
+def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(cfg: TrainConfig, optimizer, total_steps: int):
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
+                                                   pct_start=cfg.warmup_fraction)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def _augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    a = cfg.augment
+    x = augment_batch(x, generator, rotate_deg=a.rotate_deg, translate=a.translate,
+                      scale=(a.scale_min, a.scale_max), hflip=a.hflip)
+    if a.contrast or a.brightness:
+        n = x.shape[0]
+        gain = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * a.contrast
+        shift = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * a.brightness
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * gain + mean + shift
+    return x
+
+
+def _rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
 def train(
@@ -65,87 +116,112 @@ def train(
     resume: bool = False,
 ) -> TrainResult:
     cfg = params.train
+    rank, world = _rank_world()
     set_determinism(cfg.seed, cfg.num_threads)
+    device = pick_device(cfg.device)
+    cuda = device.type == "cuda"
+    memory_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
     x_train = preprocess.apply(train_split.images, params.preprocess)
     y_train = torch.as_tensor(train_split.labels)
     x_val = preprocess.apply(val_split.images, params.preprocess)
     n_classes = len(params.data.class_names)
 
-    model = build_model(params.model, params.preprocess.channels, n_classes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, len(x_train) // cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.2
-    )
+    model = build_model(params.model, params.preprocess.channels, n_classes).to(device, memory_format=memory_format)
+    head_epochs = {"head": cfg.epochs, "staged": params.model.staged_head_epochs}.get(params.model.finetune, 0)
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None,
+                                                  find_unused_parameters=head_epochs > 0)
+    optimizer = _optimizer(cfg, model.parameters())
+    global_batch = cfg.batch_size
+    local_batch = max(1, global_batch // world)
+    steps_per_epoch = max(1, len(x_train) // global_batch)
+    scheduler = _scheduler(cfg, optimizer, cfg.epochs * steps_per_epoch)
     weights = None
     if cfg.class_weighting == "balanced":
         counts = torch.bincount(y_train, minlength=n_classes).clamp(min=1).to(torch.float32)
-        weights = counts.sum() / (n_classes * counts)
+        weights = (counts.sum() / (n_classes * counts)).to(device)
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and cfg.amp)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
 
-    generator = torch.Generator().manual_seed(cfg.seed)
-
-    state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "best_weights": None, "history": [], "steps": 0}
+    state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "best_weights": None, "history": [], "steps": 0,
+             "since_best": 0}
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
     if resume and last is not None and last.is_file():
-        saved = torch.load(last, weights_only=False)
+        saved = torch.load(last, weights_only=False, map_location=device)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        generator.set_state(saved["generator"])
+        order_gen.set_state(saved["order_generator"])
+        aug_gen.set_state(saved["aug_generator"])
         torch.set_rng_state(saved["torch_rng"])
         state = saved["state"]
 
     started = time.perf_counter()
     seen = 0
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        total_loss, batches = 0.0, 0
-        for start in range(0, steps_per_epoch * cfg.batch_size, cfg.batch_size):
-            index = order[start : start + cfg.batch_size]
-            xb, yb = x_train[index], y_train[index]
-            if cfg.augment:
-                xb = augment_batch(xb, generator)
-            loss = loss_fn(model(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-
-            total_loss += loss.item()
-            batches += 1
-            seen += len(index)
-            state["steps"] += 1
+    stopped_early = False
+    with Progress(transient=True, disable=rank != 0 or not sys.stderr.isatty()) as progress:
+        bar = progress.add_task("training", total=cfg.epochs * steps_per_epoch, completed=state["steps"])
+        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+            set_trainable(model, head_only=epoch <= head_epochs)
+            net.train()
+            order = torch.randperm(len(x_train), generator=order_gen)
+            total_loss, batches = 0.0, 0
+            for start in range(0, steps_per_epoch * global_batch, global_batch):
+                index = order[start : start + global_batch][rank * local_batch : (rank + 1) * local_batch]
+                xb, yb = x_train[index], y_train[index]
+                if cfg.augment.enabled:
+                    xb = _augment(xb, cfg, aug_gen)
+                xb = xb.to(device, non_blocking=True, memory_format=memory_format)
+                yb = yb.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=cuda and cfg.amp):
+                    loss = loss_fn(net(xb), yb)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                total_loss += loss.item()
+                batches += 1
+                seen += len(index) * world
+                state["steps"] += 1
+                progress.advance(bar)
+                if cfg.max_steps and state["steps"] >= cfg.max_steps:
+                    break
+            val_probs = predict_proba(model, x_val)
+            val_loss = float(nn.functional.binary_cross_entropy(
+                torch.as_tensor(val_probs).clamp(1e-7, 1 - 1e-7), torch.as_tensor(val_split.labels, dtype=torch.float64)))
+            val_auc = _auc(val_split.labels, val_probs)
+            row = {"epoch": epoch, "train_loss": total_loss / max(batches, 1), "val_loss": val_loss, "val_auc": val_auc,
+                   "lr": scheduler.get_last_lr()[0]}
+            state["history"].append(row)
+            if val_auc > state["best_auc"]:
+                best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                state.update(best_auc=val_auc, best_epoch=epoch, best_weights=best, since_best=0)
+            else:
+                state["since_best"] += 1
+            state["epoch"] = epoch
+            if on_epoch and rank == 0:
+                on_epoch(row)
+            if last is not None and rank == 0:
+                last.parent.mkdir(parents=True, exist_ok=True)
+                tmp = last.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "order_generator": order_gen.get_state(),
+                            "aug_generator": aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                            "state": copy.deepcopy(state)}, tmp)
+                tmp.replace(last)
             if cfg.max_steps and state["steps"] >= cfg.max_steps:
                 break
-        val_probs = predict_proba(model, x_val)
-        val_loss = float(
-            nn.functional.binary_cross_entropy(torch.as_tensor(val_probs).clamp(1e-7, 1 - 1e-7),
-                                               torch.as_tensor(val_split.labels, dtype=torch.float64))
-        )
-        val_auc = _auc(val_split.labels, val_probs)
-        row = {"epoch": epoch, "train_loss": total_loss / max(batches, 1), "val_loss": val_loss, "val_auc": val_auc,
-               "lr": scheduler.get_last_lr()[0]}
-        state["history"].append(row)
-        if val_auc > state["best_auc"]:
-            state.update(best_auc=val_auc, best_epoch=epoch, best_weights=copy.deepcopy(model.state_dict()))
-        state["epoch"] = epoch
-        if on_epoch:
-            on_epoch(row)
-        if last is not None:
-            last.parent.mkdir(parents=True, exist_ok=True)
-            tmp = last.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-                        "torch_rng": torch.get_rng_state(), "state": state}, tmp)
-            tmp.replace(last)
-        if cfg.max_steps and state["steps"] >= cfg.max_steps:
-            break
+            if cfg.early_stopping_patience and state["since_best"] >= cfg.early_stopping_patience:
+                stopped_early = True
+                break
     seconds = time.perf_counter() - started
     if state["best_weights"] is not None:
         model.load_state_dict(state["best_weights"])
-    model.eval()
+    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
     return TrainResult(
         model=model,
         best_epoch=state["best_epoch"],
@@ -154,4 +230,9 @@ def train(
         seconds=seconds,
         images_per_second=seen / seconds if seconds > 0 else 0.0,
         steps=state["steps"],
+        device=str(device),
+        stopped_early=stopped_early,
     )
+
+
+__all__ = ["TrainResult", "head_parameters", "predict_proba", "train"]

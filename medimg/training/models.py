@@ -1,12 +1,17 @@
-"""Model zoo: compact CNNs for small grey inputs, built from torchvision's ResNet blocks.
+"""Model zoo: compact CNNs for small grey inputs and torchvision backbones for 224 px.
 
 Every model maps ``[N, C, H, W]`` float tensors to ``[N, num_classes]`` logits, so export,
-evaluation and prediction never depend on the architecture.
+evaluation and prediction never depend on the architecture. Pretrained torchvision weights are
+read from a local file only (nothing is downloaded at run time); a missing file is an error
+that names it. ``head_parameters`` tells the fine-tuning policy which parameters form the head.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
@@ -61,14 +66,55 @@ class SimpleCNN(nn.Module):
         return self.head(self.features(x))
 
 
-ARCHITECTURES = {"compact_resnet": CompactResNet, "simple_cnn": SimpleCNN}
+class ModelError(ValueError):
+    """The model cannot be built as configured (missing weights file, bad channel count...)."""
+
+
+def _torchvision(config: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
+    factory = getattr(torchvision.models, config.architecture)
+    model = factory(weights=None)
+    if config.pretrained_weights:
+        path = Path(config.pretrained_weights).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model.pretrained_weights: {path} not found (weights are never downloaded)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise ModelError(f"model.pretrained_weights: {path} does not fit {config.architecture}: {err}") from None
+    if in_channels != 3:
+        raise ModelError(f"{config.architecture} expects 3 input channels: set preprocess.channels: 3")
+    if config.architecture.startswith("resnet"):
+        model.fc = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(model.fc.in_features, num_classes))
+    else:
+        model.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(model.classifier.in_features, num_classes))
+    return model
 
 
 def build_model(config: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
-    return ARCHITECTURES[config.architecture](in_channels, num_classes, width=config.width, dropout=config.dropout)
+    if config.architecture == "compact_resnet":
+        return CompactResNet(in_channels, num_classes, width=config.width, dropout=config.dropout)
+    if config.architecture == "simple_cnn":
+        return SimpleCNN(in_channels, num_classes, width=config.width, dropout=config.dropout)
+    return _torchvision(config, in_channels, num_classes)
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    for name in ("head", "fc", "classifier"):
+        if hasattr(model, name):
+            return list(getattr(model, name).parameters())
+    raise ModelError(f"{type(model).__name__} has no head/fc/classifier")
+
+
+def set_trainable(model: nn.Module, head_only: bool) -> None:
+    """Freeze everything but the head (head-only fine-tuning) or unfreeze everything."""
+    head = {id(p) for p in head_parameters(model)}
+    for p in model.parameters():
+        p.requires_grad_(not head_only or id(p) in head)
 
 
 def load_model(config: ModelConfig, in_channels: int, num_classes: int, checkpoint: str) -> nn.Module:
-    model = build_model(config, in_channels, num_classes)
-    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    model = build_model(config.model_copy(update={"pretrained_weights": None}), in_channels, num_classes)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True, map_location="cpu"))
     return model.eval()

@@ -1,0 +1,85 @@
+"""Grad-CAM heatmaps: which pixels drove the positive-class logit.
+
+``grad_cam`` works on any model of the zoo: it hooks the last ``Conv2d`` (or a layer given by
+name), weights its activations by the spatially averaged gradients of the chosen class's logit,
+keeps the positive part, upsamples to the input size and scales each map to [0, 1]. Prediction
+can call it on a single preprocessed image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def last_conv(model: nn.Module) -> nn.Module:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(model).__name__} has no Conv2d layer for Grad-CAM")
+    return convs[-1]
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, target_class: int = 1, layer: nn.Module | None = None) -> np.ndarray:
+    """Heatmaps ``[N, H, W]`` in [0, 1] for preprocessed inputs ``[N, C, H, W]``."""
+    layer = layer or last_conv(model)
+    store: dict[str, torch.Tensor] = {}
+    handles = [
+        layer.register_forward_hook(lambda _m, _i, out: store.__setitem__("act", out)),
+        layer.register_full_backward_hook(lambda _m, _gi, go: store.__setitem__("grad", go[0])),
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            inputs = x.detach().clone().requires_grad_(True)
+            logits = model(inputs)
+            model.zero_grad(set_to_none=True)
+            logits[:, target_class].sum().backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    weights = store["grad"].mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * store["act"]).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).max(dim=1).values.clamp(min=1e-12)[:, None, None]
+    return (cam / peak).detach().numpy()
+
+
+def pick_examples(labels: np.ndarray, probs: np.ndarray, threshold: float, per_kind: int = 2) -> dict[str, list[int]]:
+    """Indices of the most confident true/false positives/negatives, for a review grid."""
+    pred = probs >= threshold
+    kinds = {
+        "TP": np.flatnonzero(pred & (labels == 1)),
+        "FP": np.flatnonzero(pred & (labels == 0)),
+        "TN": np.flatnonzero(~pred & (labels == 0)),
+        "FN": np.flatnonzero(~pred & (labels == 1)),
+    }
+    out = {}
+    for kind, idx in kinds.items():
+        confidence = np.abs(probs[idx] - threshold)
+        out[kind] = idx[np.argsort(-confidence)][:per_kind].tolist()
+    return out
+
+
+def grid_png(images: np.ndarray, heatmaps: np.ndarray, titles: list[str], path: Path) -> Path:
+    """Images with their heatmaps overlaid, one column each, written as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = max(1, len(images))
+    fig = Figure(figsize=(2.0 * n, 2.4))
+    FigureCanvasAgg(fig)
+    for i, (image, heat, title) in enumerate(zip(images, heatmaps, titles, strict=True)):
+        ax = fig.add_subplot(1, n, i + 1)
+        ax.imshow(image, cmap="gray")
+        ax.imshow(heat, cmap="jet", alpha=0.4, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path

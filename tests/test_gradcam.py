@@ -1,0 +1,54 @@
+"""Grad-CAM on a model trained briefly on real PneumoniaMNIST images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medimg import preprocess
+from medimg.config import parse_params
+from medimg.data.medmnist import locate
+from medimg.evaluation.gradcam import grad_cam, grid_png, last_conv, pick_examples
+from medimg.training.data import SplitArrays
+from medimg.training.loop import train
+from medimg.training.models import build_model
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    arrays = locate("pneumoniamnist", data_dir, tmp_path_factory.mktemp("dl"), download=False).load()
+    params = parse_params({"train": {"epochs": 2, "batch_size": 64}, "model": {"width": 8}})
+    split = {s: SplitArrays([str(i) for i in range(n)], arrays[s][0][:n], arrays[s][1][:n])
+             for s, n in (("train", 512), ("val", 128), ("test", 64))}
+    return params, train(params, split["train"], split["val"]).model, split["test"]
+
+
+def test_heatmaps_are_normalised_per_image_and_input_sized(trained):
+    params, model, test = trained
+    x = preprocess.apply(test.images[:8], params.preprocess)
+    heat = grad_cam(model, x)
+    assert heat.shape == (8, 28, 28)
+    assert np.all(heat >= 0) and np.allclose(heat.reshape(8, -1).max(1)[heat.reshape(8, -1).max(1) > 0], 1.0)
+    assert not np.allclose(heat[0], heat[1]), "different images must give different maps"
+    assert not model.training
+
+
+def test_single_image_and_other_architectures(trained):
+    params, model, test = trained
+    one = grad_cam(model, preprocess.apply(test.images[0], params.preprocess))
+    assert one.shape == (1, 28, 28)
+    cnn = build_model(parse_params({"model": {"architecture": "simple_cnn", "width": 8}}).model, 1, 2)
+    assert isinstance(last_conv(cnn), torch.nn.Conv2d)
+    assert grad_cam(cnn, preprocess.apply(test.images[:2], params.preprocess)).shape == (2, 28, 28)
+
+
+def test_examples_cover_each_outcome_and_grid_is_written(trained, tmp_path):
+    labels = np.array([1, 1, 0, 0, 1, 0])
+    probs = np.array([0.9, 0.2, 0.8, 0.1, 0.6, 0.3])
+    chosen = pick_examples(labels, probs, 0.5, per_kind=1)
+    assert chosen == {"TP": [0], "FP": [2], "TN": [3], "FN": [1]}
+    params, model, test = trained
+    heat = grad_cam(model, preprocess.apply(test.images[:3], params.preprocess))
+    path = grid_png(test.images[:3], heat, ["a", "b", "c"], tmp_path / "grid.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
