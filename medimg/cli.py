@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
 
@@ -66,8 +67,13 @@ def _activate(params: Params) -> Workspace:
 
 
 @app.command()
-def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
-    """Run the retraining flow end to end: ingest, validate, train, evaluate, gate, export, register."""
+def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
+        force: Annotated[bool, typer.Option("--force", help="retrain even when nothing changed")] = False) -> None:
+    """Run the retraining flow end to end: ingest, validate, train, evaluate, gate, export, register.
+
+    Exit codes: 0 completed (promoted, not promoted, up to date or no drift), 1 bad or missing data
+    or a failed validation, 2 bad params, 3 another retrain holds the workspace.
+    """
     loaded, overrides = _load(params, set_)
     ws = _activate(loaded)
     from flows.retrain import retrain
@@ -77,16 +83,22 @@ def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> N
     quiet_third_party_loggers()
 
     try:
-        state = retrain(params_path=str(params.resolve()), overrides=overrides, return_state=True)
-    except (DataSourceError, ValidationFailed, ConfigError) as err:
+        state = retrain(params_path=str(params.resolve()), overrides=overrides, force=force, return_state=True)
+    except (DataSourceError, ValidationFailed, ConfigError, *_data_errors()) as err:
         console.print(f"[bold red]run failed[/] {err}")
         raise typer.Exit(1) from None
     if state.is_failed():
         try:
             state.result()
-        except (DataSourceError, ValidationFailed, ConfigError) as err:
+        except (DataSourceError, ValidationFailed, ConfigError, *_data_errors()) as err:
             console.print(f"[bold red]run failed[/] {err}")
             raise typer.Exit(1) from None
+    if state.is_cancelled():
+        console.print(f"[yellow]refused[/] {state.message}")
+        raise typer.Exit(3)
+    if state.name in ("UpToDate", "NoDrift"):
+        console.print(f"[green]{state.name}[/] {state.message}")
+        return
     summary = state.result()
     _print_run(summary, state.name, state.message, ws)
 
@@ -122,6 +134,18 @@ def status(params: ParamsOption = Path("params.yaml"), as_json: Annotated[bool, 
     if as_json:
         typer.echo(json.dumps(info, indent=1, default=str))
         return
+    out = Console()
+    sched = info["schedule"]
+    out.print(f"schedule: {sched['cron']} ({sched['timezone']}), deployment {sched['deployment']}"
+              + (f", work pool {sched['work_pool']}" if sched["work_pool"] else ", served by `medimg schedule`"))
+    runs = Table(title="last runs")
+    for column in ("started (UTC)", "outcome", "reason", "data version", "model"):
+        runs.add_column(column)
+    for row in info["last_runs"]:
+        started = datetime.fromtimestamp(row["start_time"] / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+        runs.add_row(started, row["outcome"] or row["status"], (row["reason"] or "")[:90],
+                     (row["data_version"] or "")[:12], row["model_version"] or "")
+    out.print(runs)
     champ = info["champion"]
     if champ is None:
         console.print(f"no champion for model {loaded.registry.model_name!r} yet; run `medimg run`")
@@ -131,7 +155,270 @@ def status(params: ParamsOption = Path("params.yaml"), as_json: Annotated[bool, 
         table.add_row(key, str(champ.get(key)))
     for key, value in champ["metrics"].items():
         table.add_row(key, f"{value:.4f}")
+    out.print(table)
+
+
+ReasonOption = Annotated[str, typer.Option("--reason", help="why; recorded in the audit log and on the registry")]
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="the model version to make champion")],
+    reason: ReasonOption,
+    force: Annotated[bool, typer.Option("--force", help="promote although its gates did not pass (logged as forced)")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Make VERSION the champion: refused unless it passed its gates, or --force with a reason."""
+    loaded, _ = _load(params, None)
+    ws = _activate(loaded)
+    from medimg.promotion import PromotionRefused
+    from medimg.promotion import promote as promote_version
+
+    try:
+        entry = promote_version(loaded, ws, version, reason, force=force)
+    except PromotionRefused as err:
+        console.print(f"[bold red]promotion refused[/] {err}")
+        raise typer.Exit(1) from None
+    forced = " [bold yellow](FORCED past failed gates)[/]" if entry["forced"] else ""
+    console.print(f"{entry['model']} v{entry['version']} is champion (previous: {entry['previous'] or 'none'}){forced}; "
+                  f"audit: {ws.audit_log} and registry tag {entry['mlflow_tag']}")
+
+
+@app.command()
+def rollback(reason: ReasonOption, params: ParamsOption = Path("params.yaml")) -> None:
+    """Move champion back to the version the current champion replaced."""
+    loaded, _ = _load(params, None)
+    ws = _activate(loaded)
+    from medimg.promotion import PromotionRefused
+    from medimg.promotion import rollback as rollback_champion
+
+    try:
+        entry = rollback_champion(loaded, ws, reason)
+    except PromotionRefused as err:
+        console.print(f"[bold red]rollback refused[/] {err}")
+        raise typer.Exit(1) from None
+    console.print(f"{entry['model']}: champion rolled back from v{entry['previous']} to v{entry['version']}; "
+                  f"audit: {ws.audit_log} and registry tag {entry['mlflow_tag']}")
+
+
+@app.command()
+def pull(
+    out: Annotated[Path, typer.Option("--out", help="folder (managed as a symlink) that receives the model")],
+    alias: Annotated[str | None, typer.Option("--alias", help="alias to pull (default champion)")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="version number to pull")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Write model.onnx and its model card to --out, verified against the registry's sha256.
+
+    Exit 1 when nothing could be pulled, 3 when the file failed its sha256 check; in both cases
+    --out is left as it was.
+    """
+    loaded, _ = _load(params, None)
+    _activate(loaded)
+    from medimg.pull import IntegrityError, PullError
+    from medimg.pull import pull as pull_model
+
+    try:
+        result = pull_model(loaded, out_dir=out, alias=alias, version=version)
+    except IntegrityError as err:
+        console.print(f"[bold red]integrity check failed[/] {err}")
+        raise typer.Exit(3) from None
+    except PullError as err:
+        console.print(f"[bold red]pull failed[/] {err}")
+        raise typer.Exit(1) from None
+    table = Table(title=f"pulled {result.model_name} v{result.version}", show_header=False)
+    table.add_row("sha256 (verified)", result.sha256)
+    table.add_row("out", str(result.out_dir))
+    table.add_row("release", str(result.release_dir))
+    table.add_row("data version", str(result.card["data_version"]))
+    table.add_row("gate", "passed" if result.card["gate"]["passed"] else "FAILED")
+    Console(stderr=True).print(table)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="an .onnx file, or an alias (champion) or version (3) of the registered model")],
+    paths: Annotated[list[Path], typer.Argument(help="DICOM, PNG or JPEG files, or folders of them")],
+    out: Annotated[Path | None, typer.Option("--out", help="write the rows here instead of stdout")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Run the model over images with the preprocessing from its own metadata; bad files get a reason."""
+    import tempfile
+
+    from medimg.predict import OnnxModel, collect_files, predict_files, registry_model, render
+
+    if fmt not in ("csv", "json"):
+        console.print(f"[bold red]--format {fmt!r}[/]: expected csv or json")
+        raise typer.Exit(2)
+    with tempfile.TemporaryDirectory(prefix="medimg-predict-") as scratch:
+        candidate = Path(model)
+        if candidate.suffix.lower() == ".onnx" or candidate.is_file():
+            if not candidate.is_file():
+                console.print(f"[bold red]no such model file[/] {candidate}")
+                raise typer.Exit(2)
+            source = str(candidate)
+        else:
+            loaded, _ = _load(params, None)
+            _activate(loaded)
+            from medimg.pull import PullError
+
+            try:
+                candidate, info = registry_model(loaded.registry.model_name, model, Path(scratch))
+            except PullError as err:
+                console.print(f"[bold red]model {model!r}[/] {err}")
+                raise typer.Exit(1) from None
+            source = f"{info.name} v{info.version} (sha256 verified)"
+        onnx_model = OnnxModel(candidate)
+        files = collect_files(paths)
+        console.print(f"model {source}; ONNX Runtime provider: {onnx_model.provider}; {len(files)} file(s)")
+        predictions = predict_files(onnx_model, files, batch_size=batch_size, show_progress=len(files) >= 32,
+                                    console=console)
+    text = render(predictions, fmt)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(out)
+    bad = [p for p in predictions if p.error]
+    console.print(f"{len(predictions) - len(bad)} predicted, {len(bad)} not usable"
+                  + (": " + ", ".join(f"{Path(p.file).name} ({p.error})" for p in bad[:10]) if bad else ""))
+    if len(bad) == len(predictions):  # nothing predicted (no files, or all unusable)
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- ingest and validate
+
+SOURCE_KINDS = ("medmnist", "image_folder", "dicom_folder")
+SourceArgument = Annotated[
+    str | None,
+    typer.Argument(help="a source kind (medmnist | image_folder | dicom_folder) or the folder/.npz to ingest; "
+                        "default: data.source and data.root from params"),
+]
+KindOption = Annotated[str | None, typer.Option("--kind", help="source kind for a SOURCE path (default: from "
+                                                "params, or guessed: a folder with .dcm files is dicom_folder)")]
+InboxOption = Annotated[Path | None, typer.Option("--inbox", help="folder of new files to add incrementally")]
+
+
+def _data_errors() -> tuple[type[BaseException], ...]:
+    """Errors about the data or its configuration: reported in one line, exit status 1."""
+    from medimg.data.deid import MissingSecretError
+    from medimg.data.medmnist import DataSourceError
+    from medimg.data.quarantine import QuarantineThresholdError
+    from medimg.data.sources import SourceLayoutError
+
+    return (DataSourceError, MissingSecretError, QuarantineThresholdError, SourceLayoutError)
+
+
+def source_overrides(source: str | None, kind: str | None, inbox: Path | None, configured: str) -> dict:
+    """``medimg ingest SOURCE --kind K --inbox I`` as params overrides of the ``data`` section."""
+    if kind is not None and kind not in SOURCE_KINDS:
+        raise ConfigError(f"--kind {kind!r}: expected one of {', '.join(SOURCE_KINDS)}")
+    data: dict = {}
+    if source in SOURCE_KINDS:
+        kind, source = kind or source, None
+    if source is not None:
+        path = Path(source).expanduser().resolve()
+        if not path.exists():
+            raise ConfigError(f"{source}: no such file or folder (nor a source kind: {', '.join(SOURCE_KINDS)})")
+        if path.is_file():
+            if path.suffix != ".npz":
+                raise ConfigError(f"{source}: a file source must be a MedMNIST .npz archive; give folders for images")
+            kind = kind or "medmnist"
+            data["data_dir"] = str(path.parent)
+        else:
+            if kind is None:
+                kind = configured if configured != "medmnist" else (
+                    "dicom_folder" if next(path.rglob("*.dcm"), None) is not None else "image_folder")
+            data["root"] = str(path)
+    if kind is not None:
+        data["source"] = kind
+    if inbox is not None:
+        data["inbox"] = str(inbox.expanduser().resolve())
+    return {"data": data} if data else {}
+
+
+def _console_logging() -> None:
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("medimg")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=console, show_path=False, show_time=False))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    quiet_third_party_loggers()
+
+
+@app.command()
+def ingest(source: SourceArgument = None, params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
+           kind: KindOption = None, inbox: InboxOption = None) -> None:
+    """Ingest a source: decode in parallel, de-identify, preprocess, quarantine bad files, version with DVC."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from medimg.config import deep_merge
+    from medimg.steps import ingest as ingest_step
+
+    loaded, extra = _load(params, set_)
+    try:
+        extra = deep_merge(extra, source_overrides(source, kind, inbox, loaded.data.source))
+        loaded = load_params(params, extra)
+    except ConfigError as err:
+        console.print(f"[bold red]configuration error[/] {err}")
+        raise typer.Exit(2) from None
+    ws = _activate(loaded)
+    _console_logging()
+    columns = (TextColumn("decode"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("decode", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            summary = ingest_step.run(loaded, ws, progress=progress)
+        except _data_errors() as err:
+            bar.stop()
+            console.print(f"[bold red]ingest failed[/] {err}")
+            raise typer.Exit(1) from None
+    table = Table(title=f"ingest: {summary['source_kind']}", show_header=False)
+    table.add_row("data version", f"{summary['data_version']} ({'new' if summary['new_version'] else 'unchanged'})")
+    table.add_row("images", f"{summary['n_images']} {json.dumps(summary['split_counts'])}")
+    table.add_row("files", f"{summary['n_files']} ({summary['n_decoded']} decoded, {summary['n_cached']} from the cache)")
+    table.add_row("quarantined", f"{summary['n_quarantined']} {json.dumps(summary['quarantine_by_reason'])}")
+    table.add_row("quarantine report", summary["quarantine_csv"])
+    table.add_row("contract hash", summary["contract_hash"])
+    table.add_row("workspace", str(ws.root))
     Console().print(table)
+
+
+@app.command()
+def validate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Run the Great Expectations suites on the current data version; exit 1 when a critical one fails."""
+    from medimg.data import versioning
+    from medimg.steps import validate as validate_step
+
+    loaded, _ = _load(params, set_)
+    ws = _activate(loaded)
+    _console_logging()
+    version = versioning.current_version(ws)
+    if version is None:
+        console.print(f"[bold red]no data version[/] in {ws.root}; run `medimg ingest` first")
+        raise typer.Exit(1)
+    summary = validate_step.run(loaded, ws, {"data_version": version})
+    table = Table(title=f"validate: {'passed' if summary['passed'] else 'FAILED'}", show_header=False)
+    table.add_row("data version", version)
+    table.add_row("warnings", str(summary["n_warnings"]))
+    for line in summary["failed"]:
+        table.add_row("failed", line)
+    table.add_row("warts", json.dumps(summary["warts"]))
+    table.add_row("report (JSON)", summary["report"])
+    table.add_row("report (HTML)", summary["html_report"])
+    Console().print(table)
+    if not summary["passed"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -285,6 +285,41 @@ class WorkspaceConfig(_Strict):
     )
 
 
+class DriftConfig(_Strict):
+    """Compare each new data version with the champion's training data before retraining."""
+
+    enabled: bool = True
+    psi_threshold: float = Field(default=0.2, gt=0, description="population stability index above which drift is flagged")
+    pvalue_threshold: float = Field(default=0.01, gt=0, lt=1, description="two-sample KS test p-value below which drift is flagged")
+    sample_size: int = Field(default=1000, ge=50, description="images per side scored by the champion")
+    retrain_on: Literal["any_change", "drift"] = Field(
+        default="any_change", description="any_change: every new data version retrains; drift: only a drifted one does"
+    )
+
+
+class ScheduleConfig(_Strict):
+    cron: str = Field(default="0 2 * * 1", min_length=9, description="cron expression of the scheduled retrain")
+    timezone: str = "UTC"
+    deployment_name: str = Field(default="retrain-scheduled", min_length=1)
+    work_pool: str | None = Field(default=None, description="null: flow.serve in this process; else a work pool name")
+    collision_strategy: Literal["cancel_new", "enqueue"] = Field(
+        default="cancel_new", description="what a run that would overlap a running one does"
+    )
+    inbox_poll_seconds: int = Field(default=60, ge=1, description="how often the inbox watcher looks for new files")
+
+
+class OrchestrationConfig(_Strict):
+    task_retries: int = Field(default=2, ge=0, description="retries of steps that talk to servers or storage")
+    retry_delay_seconds: list[float] = Field(default=[5.0, 30.0], min_length=1, description="backoff between retries")
+    train_timeout_seconds: float | None = Field(default=None, gt=0, description="fail training that runs longer")
+    io_timeout_seconds: float = Field(default=900.0, gt=0, description="timeout of ingest, export and register")
+    skip_if_up_to_date: bool = Field(
+        default=True, description="a run whose data, params and code match the last completed run trains nothing"
+    )
+    notify_webhook_url: str | None = Field(default=None, description="POSTed a JSON message when a run fails or is gated")
+    notify_block: str | None = Field(default=None, description="name of a saved Prefect notification block to use instead")
+
+
 class Params(_Strict):
     workspace: WorkspaceConfig = WorkspaceConfig()
     data: DataConfig = DataConfig()
@@ -295,6 +330,9 @@ class Params(_Strict):
     gates: GateConfig = GateConfig()
     export: ExportConfig = ExportConfig()
     registry: RegistryConfig = RegistryConfig()
+    drift: DriftConfig = DriftConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @model_validator(mode="after")
     def _classes_binary(self) -> Params:

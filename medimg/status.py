@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
-from medimg import audit, registry
+from medimg import audit, registry, tracking
 from medimg.config import Params
 from medimg.workspace import Workspace
 
@@ -17,7 +17,11 @@ def champion_status(params: Params, ws: Workspace) -> dict:
     champ = registry.version_by_alias(name, registry.CHAMPION)
     challenger = registry.version_by_alias(name, registry.CHALLENGER)
     out: dict = {"model_name": name, "tracking_uri": MlflowClient().tracking_uri, "champion": None,
-                 "challenger": challenger.version if challenger else None}
+                 "challenger": challenger.version if challenger else None,
+                 "schedule": {"cron": params.schedule.cron, "timezone": params.schedule.timezone,
+                              "deployment": f"retrain/{params.schedule.deployment_name}",
+                              "work_pool": params.schedule.work_pool},
+                 "last_runs": tracking.recent_runs(params.registry.experiment, limit=10)}
     if champ is None:
         return out
     metrics = {}

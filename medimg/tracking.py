@@ -13,16 +13,22 @@ from medimg.registry import ensure_experiment
 from medimg.workspace import Workspace
 
 
+def reopen(run_id: str) -> str:
+    """Mark a crashed run as running again; its steps continue it."""
+    mlflow.MlflowClient().update_run(run_id, status="RUNNING")
+    return run_id
+
+
 def start_run(params: Params, ws: Workspace, tags: dict[str, str]) -> str:
     """Create the run, log every param, and return its id (the run is left open for the steps)."""
     local = mlflow.get_tracking_uri().startswith("sqlite:") or mlflow.get_tracking_uri().startswith("file:")
     experiment_id = ensure_experiment(params.registry.experiment, ws.mlflow_artifacts if local else None)
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
-        flat = params.flat()
-        items = list(flat.items())
-        for start in range(0, len(items), 90):
-            mlflow.log_params(dict(items[start : start + 90]))
-        return run.info.run_id
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, tags=tags)
+    items = list(params.flat().items())
+    for start in range(0, len(items), 90):
+        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start : start + 90]])
+    return run.info.run_id
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
@@ -55,3 +61,67 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
+
+
+TAG_RUN_KEY = "medimg.run_key"
+TAG_OUTCOME = "medimg.outcome"
+TAG_REASON = "medimg.reason"
+
+
+def run_key(data_version: str, params_hash: str, git_commit: str) -> str:
+    """What makes two retrains the same: data version, params and code."""
+    import hashlib
+
+    return hashlib.sha256(f"{data_version}|{params_hash}|{git_commit}".encode()).hexdigest()[:20]
+
+
+def runs_with_key(experiment: str, key: str) -> list:
+    """MLflow runs of this experiment carrying ``key``, newest first."""
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return mlflow.search_runs(
+        experiment_ids=[found.experiment_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{key}'",
+        order_by=["attributes.start_time DESC"], output_format="list",
+    )
+
+
+def last_completed(experiment: str, key: str):
+    """The newest run with ``key`` that finished end to end, or None."""
+    for run in runs_with_key(experiment, key):
+        if run.info.status == "FINISHED" and run.data.tags.get(TAG_OUTCOME) in ("promoted", "not_promoted"):
+            return run
+    return None
+
+
+def unfinished(experiment: str, key: str):
+    """The newest run with ``key`` that crashed or was killed part way, to be continued."""
+    for run in runs_with_key(experiment, key):
+        if run.info.status in ("RUNNING", "FAILED", "KILLED") and TAG_OUTCOME not in run.data.tags:
+            return run
+    return None
+
+
+def recent_runs(experiment: str, limit: int = 10) -> list[dict]:
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = mlflow.search_runs(experiment_ids=[found.experiment_id], order_by=["attributes.start_time DESC"],
+                              max_results=limit, output_format="list")
+    return [{
+        "run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
+        "outcome": r.data.tags.get(TAG_OUTCOME), "reason": r.data.tags.get(TAG_REASON),
+        "data_version": r.data.tags.get("medimg.data_version"), "flow_run_id": r.data.tags.get("medimg.flow_run_id"),
+        "model_version": r.data.tags.get("medimg.model_version"),
+    } for r in runs]
+
+
+def record_outcome_only(params: Params, ws: Workspace, outcome: str, reason: str, tags: dict[str, str]) -> str:
+    """A run that trained nothing (up to date, no drift), so status and audits still see it happened."""
+    experiment_id = ensure_experiment(params.registry.experiment, ws.mlflow_artifacts
+                                      if mlflow.get_tracking_uri().startswith(("sqlite:", "file:")) else None)
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, tags={**tags, TAG_OUTCOME: outcome, TAG_REASON: reason},
+                            run_name=f"{outcome}")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id

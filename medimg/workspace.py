@@ -9,6 +9,9 @@ the process that starts a flow, because both read their settings from the enviro
 from __future__ import annotations
 
 import os
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +71,14 @@ class Workspace:
     def audit_log(self) -> Path:
         return self.root / "audit.jsonl"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".retrain.lock"
+
+    @property
+    def prefect_results(self) -> Path:
+        return self.prefect_home / "results"
+
     def default_tracking_uri(self) -> str:
         return f"sqlite:///{self.mlflow_db}"
 
@@ -95,3 +106,28 @@ def activate(workspace: Workspace, tracking_uri: str | None = None, prefect_api_
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "medimg")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(workspace.prefect_results))
+
+
+@contextlib.contextmanager
+def exclusive(workspace: Workspace) -> Iterator[bool]:
+    """Hold the workspace's retrain lock; yields False at once when another process holds it.
+
+    An OS file lock, so a crashed holder never leaves it stuck. Deployments add Prefect's own
+    concurrency limit on top; this guards direct ``medimg run`` calls on one machine.
+    """
+    workspace.root.mkdir(parents=True, exist_ok=True)
+    with open(workspace.lock_file, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,65 +1,103 @@
-"""The retraining pipeline's Prefect tasks: names, retries and logging around ``medimg.steps``."""
+"""The retraining pipeline's Prefect tasks: names, retries, timeouts and caching around ``medimg.steps``.
+
+Steps after ingest are cached under the run key (data version, params, code): a flow run that
+crashed part way is started again and Prefect returns the finished steps' persisted results
+instead of running them twice. Training itself continues from its last epoch checkpoint.
+"""
 
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from medimg import tracking
 from medimg.config import Params
 from medimg.provenance import git_commit
-from medimg.steps import evaluate, export, gate, ingest, register, train, validate
+from medimg.steps import drift, evaluate, export, gate, ingest, register, train, validate
 from medimg.workspace import Workspace
 
 
-@task(name="open-mlflow-run")
-def open_run(params: Params, ws: Workspace) -> str:
-    return tracking.start_run(params, ws, {
-        "medimg.flow_run_id": str(flow_run.id or "none"),
-        "medimg.flow_run_name": str(flow_run.name or "none"),
-        "medimg.git_commit": git_commit(),
-        "medimg.params_hash": params.fingerprint(),
-    })
+def _by_run_key(step: str):
+    def key(_context, arguments: dict) -> str:
+        return f"medimg-{step}-{arguments['run_key']}"
+
+    return key
 
 
-@task(name="ingest", retries=1, retry_delay_seconds=5)
-def ingest_data(params: Params, ws: Workspace, run_id: str) -> dict:
-    summary = ingest.run(params, ws)
-    tracking.set_tags(run_id, {"medimg.data_version": summary["data_version"]})
-    tracking.log_json(run_id, summary, "data/ingest.json")
-    return summary
+def cached(step: str, **options):
+    """A task whose result is persisted and reused for the same run key."""
+    return task(name=step, cache_key_fn=_by_run_key(step), persist_result=True, **options)
 
 
-@task(name="validate")
-def validate_data(params: Params, ws: Workspace, run_id: str, ingested: dict) -> dict:
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest_data(params: Params, ws: Workspace) -> dict:
+    return ingest.run(params, ws)
+
+
+@task(name="drift-check", cache_policy=NO_CACHE)
+def check_drift(params: Params, ws: Workspace, data_version: str) -> dict:
+    return drift.run(params, ws, data_version)
+
+
+@task(name="open-mlflow-run", cache_policy=NO_CACHE)
+def open_run(params: Params, ws: Workspace, run_key: str, ingested: dict, drift_result: dict) -> str:
+    """A new MLflow run, or the unfinished one with the same run key (a crashed attempt)."""
+    previous = tracking.unfinished(params.registry.experiment, run_key)
+    if previous is not None:
+        run_id = tracking.reopen(previous.info.run_id)
+        tracking.set_tags(run_id, {"medimg.resumed_by_flow_run": str(flow_run.id or "none")})
+    else:
+        run_id = tracking.start_run(params, ws, {
+            "medimg.flow_run_id": str(flow_run.id or "none"),
+            "medimg.flow_run_name": str(flow_run.name or "none"),
+            "medimg.git_commit": git_commit(),
+            "medimg.params_hash": params.fingerprint(),
+            "medimg.data_version": ingested["data_version"],
+            tracking.TAG_RUN_KEY: run_key,
+        })
+    tracking.log_json(run_id, ingested, "data/ingest.json")
+    if ingested.get("quarantine_csv"):  # the files set aside at ingest, with their reasons
+        tracking.log_artifact(run_id, ingested["quarantine_csv"], "data")
+    tracking.log_json(run_id, drift_result, "data/drift.json")
+    for feature in drift_result.get("features", []):
+        tracking.log_metrics(run_id, {f"drift_{feature['feature']}_psi": feature["psi"],
+                                      f"drift_{feature['feature']}_ks_pvalue": feature["ks_pvalue"]})
+    return run_id
+
+
+@cached("validate")
+def validate_data(params: Params, ws: Workspace, run_id: str, run_key: str, ingested: dict) -> dict:
     summary = validate.run(params, ws, ingested)
     tracking.log_artifact(run_id, summary["report"], "validation")
+    if summary.get("html_report"):  # the offline HTML report beside the JSON
+        tracking.log_artifact(run_id, summary["html_report"], "validation")
     tracking.set_tags(run_id, {"medimg.validation_passed": summary["passed"]})
     return summary
 
 
-@task(name="train")
-def train_model(params: Params, ws: Workspace, run_id: str, validated: dict) -> dict:
+@cached("train")
+def train_model(params: Params, ws: Workspace, run_id: str, run_key: str, validated: dict) -> dict:
     return train.run(params, ws, run_id, validated)
 
 
-@task(name="evaluate")
-def evaluate_model(params: Params, ws: Workspace, run_id: str, validated: dict, trained: dict) -> dict:
+@cached("evaluate")
+def evaluate_model(params: Params, ws: Workspace, run_id: str, run_key: str, validated: dict, trained: dict) -> dict:
     return evaluate.run(params, ws, run_id, validated, trained)
 
 
-@task(name="gate", retries=2, retry_delay_seconds=10)
+@task(name="gate", cache_policy=NO_CACHE)
 def gate_model(params: Params, ws: Workspace, run_id: str, evaluated: dict) -> dict:
     return gate.run(params, ws, run_id, evaluated)
 
 
-@task(name="export-onnx")
-def export_model(params: Params, ws: Workspace, run_id: str, ingested: dict, validated: dict, trained: dict,
-                 evaluated: dict) -> dict:
+@cached("export-onnx")
+def export_model(params: Params, ws: Workspace, run_id: str, run_key: str, ingested: dict, validated: dict,
+                 trained: dict, evaluated: dict) -> dict:
     return export.run(params, ws, run_id, ingested, validated, trained, evaluated)
 
 
-@task(name="register", retries=2, retry_delay_seconds=10)
+@task(name="register", cache_policy=NO_CACHE)
 def register_model(params: Params, ws: Workspace, run_id: str, ingested: dict, validated: dict, gated: dict,
                    exported: dict) -> dict:
     return register.run(params, ws, run_id, str(flow_run.id or "none"), ingested, validated, gated, exported)

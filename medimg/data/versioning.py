@@ -69,6 +69,9 @@ def commit_and_push(ws: Workspace) -> DataVersion:
     is_new = not kept.is_file() and previous != out["md5"]
     if not kept.is_file():
         shutil.copyfile(dvc_file, kept)
+    manifest_copy = ws.data_versions / f"{version_id}.manifest.parquet"
+    if not manifest_copy.is_file() and (ws.data / "manifest.parquet").is_file():
+        shutil.copyfile(ws.data / "manifest.parquet", manifest_copy)
     return DataVersion(
         md5=out["md5"], dvc_file=kept, n_files=int(out.get("nfiles", 0)), size=int(out.get("size", 0)), is_new=is_new
     )
@@ -79,6 +82,12 @@ def current_version(ws: Workspace) -> str | None:
     if not dvc_file.is_file():
         return None
     return read_dvc_file(dvc_file)["md5"].removesuffix(".dir")
+
+
+def version_manifest(ws: Workspace, version_id: str) -> Path | None:
+    """The manifest of a data version, kept beside its .dvc file for drift checks and audits."""
+    path = ws.data_versions / f"{version_id}.manifest.parquet"
+    return path if path.is_file() else None
 
 
 def fetch_commands(ws: Workspace, version_id: str) -> list[str]:

@@ -1,0 +1,72 @@
+"""Drift check: the new data version against the champion's training data and outputs.
+
+Two features: image intensity (per-image mean, from the manifests of both data versions) and
+the champion's output (its positive-class probability on its own test split, from its MLflow
+run, against the same ONNX model on a sample of the new data). The verdict and every number go
+to the MLflow run; ``drift.retrain_on`` decides whether a new version without drift retrains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+from medimg import preprocess, registry
+from medimg.config import Params, PreprocessConfig
+from medimg.data import manifest, versioning
+from medimg.drift import compare
+from medimg.export.onnx_export import onnx_logits, read_metadata, session, softmax_positive
+from medimg.training.data import load_split
+from medimg.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def _champion_outputs(params: Params, ws: Workspace, champion: registry.VersionInfo, frame: pd.DataFrame) -> dict | None:
+    client = MlflowClient()
+    try:
+        local = client.download_artifacts(champion.run_id, "evaluation/test_predictions.csv", str(ws.runs / "drift-ref"))
+    except Exception as err:  # an old or foreign champion without predictions: intensity drift only
+        log.warning("champion v%s has no stored test predictions (%s): output drift not checked", champion.version, err)
+        return None
+    reference = pd.read_csv(local)["probability"].to_numpy()
+    path = registry.download_onnx(params.registry.model_name, champion.version, ws.runs / "champion-cache" / champion.version)
+    contract = json.loads(read_metadata(path)["medimg.preprocessing"])
+    config = PreprocessConfig(size=contract["size"], channels=contract["channels"], mean=contract["mean"], std=contract["std"])
+    sample = frame.sample(n=min(params.drift.sample_size, len(frame)), random_state=params.train.seed)
+    images = np.concatenate([load_split(ws.data, sample, split).images for split in sample["split"].unique()])
+    current = softmax_positive(onnx_logits(session(path), preprocess.apply(images, config).numpy()))
+    return compare("champion_output", reference, current, params.drift.psi_threshold, params.drift.pvalue_threshold)
+
+
+def run(params: Params, ws: Workspace, data_version: str) -> dict:
+    champion = registry.version_by_alias(params.registry.model_name, registry.CHAMPION)
+    if champion is None:
+        return {"checked": False, "drifted": None, "reason": "no champion yet: nothing to compare with"}
+    reference_version = champion.tags.get(registry.TAG_DATA_VERSION)
+    if reference_version == data_version:
+        return {"checked": True, "drifted": False, "reason": "same data version as the champion's",
+                "reference_version": reference_version, "features": []}
+    frame = manifest.read(ws.data)
+    ref_manifest = versioning.version_manifest(ws, reference_version) if reference_version else None
+    features = []
+    if ref_manifest is not None:
+        reference = pd.read_parquet(ref_manifest)
+        features.append(compare("pixel_mean", reference["pixel_mean"].to_numpy(), frame["pixel_mean"].to_numpy(),
+                                params.drift.psi_threshold, params.drift.pvalue_threshold))
+    else:
+        log.warning("manifest of the champion's data version %s is not in this workspace: intensity drift not checked",
+                    reference_version)
+    outputs = _champion_outputs(params, ws, champion, frame)
+    if outputs:
+        features.append(outputs)
+    drifted = any(f["drifted"] for f in features) if features else None
+    summary = ", ".join(f"{f['feature']} PSI {f['psi']:.3f} KS p {f['ks_pvalue']:.3g}" for f in features) or "nothing comparable"
+    log.info("drift against champion v%s (data %s): %s -> %s", champion.version, reference_version, summary,
+             "DRIFT" if drifted else "no drift" if drifted is False else "unknown")
+    return {"checked": bool(features), "drifted": drifted, "reason": summary, "reference_version": reference_version,
+            "champion_version": champion.version, "features": features}

@@ -1,0 +1,44 @@
+"""Failure signals: a Prefect event for automations, and a notification through a Prefect block."""
+
+from __future__ import annotations
+
+import logging
+
+from prefect import task
+from prefect.blocks.notifications import CustomWebhookNotificationBlock, NotificationBlock
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.runtime import flow_run
+
+from medimg.config import Params
+
+log = logging.getLogger("medimg.notify")
+
+EVENT_PREFIX = "medimg.retrain"
+
+
+@task(name="signal", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+def signal(params: Params, outcome: str, message: str, payload: dict | None = None) -> None:
+    """Emit ``medimg.retrain.<outcome>`` and notify, when configured, with the reason."""
+    emit_event(
+        event=f"{EVENT_PREFIX}.{outcome}",
+        resource={"prefect.resource.id": f"medimg.model.{params.registry.model_name}",
+                  "prefect.resource.name": params.registry.model_name},
+        related=[{"prefect.resource.id": f"prefect.flow-run.{flow_run.id}", "prefect.resource.role": "flow-run"}]
+        if flow_run.id else None,
+        payload={"message": message, **(payload or {})},
+    )
+    cfg = params.orchestration
+    subject = f"medimg retrain {outcome}: {params.registry.model_name}"
+    if cfg.notify_block:
+        NotificationBlock.load(cfg.notify_block).notify(body=message, subject=subject)
+    elif cfg.notify_webhook_url:
+        block = CustomWebhookNotificationBlock(
+            name="medimg-webhook", url=cfg.notify_webhook_url, method="POST",
+            json_data={"subject": "{{subject}}", "body": "{{body}}", "outcome": outcome,
+                       "model": params.registry.model_name, "flow_run_id": str(flow_run.id or "none")},
+        )
+        block.notify(body=message, subject=subject)
+    else:
+        return
+    log.info("notified: %s", subject)
