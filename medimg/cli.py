@@ -421,6 +421,36 @@ def validate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None)
         raise typer.Exit(1)
 
 
+@app.command()
+def schedule(
+    params: ParamsOption = Path("params.yaml"),
+    work_pool: Annotated[str | None, typer.Option("--work-pool", help="register with this Prefect work pool "
+                                                  "instead of serving here (default: schedule.work_pool)")] = None,
+) -> None:
+    """Run retraining on the cron schedule in params (and the inbox watcher when data.inbox is set).
+
+    Without a work pool this process serves the deployments until stopped (Ctrl-C); with one,
+    the deployments are registered and a `prefect worker start --pool POOL` runs them.
+    Scheduled runs never overlap: each deployment has a concurrency limit of one.
+    """
+    loaded, _ = _load(params, None)
+    _activate(loaded)
+    quiet_third_party_loggers()
+    from flows.deployments import deploy_to_pool, runner_deployments
+
+    pool = work_pool or loaded.schedule.work_pool
+    if pool:
+        ids = deploy_to_pool(loaded, params, pool)
+        console.print(f"registered {len(ids)} deployment(s) with work pool {pool!r}: {', '.join(ids)}; "
+                      f"start a worker with `prefect worker start --pool {pool}`")
+        return
+    import prefect
+
+    console.print(f"serving retrain on '{loaded.schedule.cron}' ({loaded.schedule.timezone})"
+                  + (f" and the inbox watcher every {loaded.schedule.inbox_poll_seconds} s" if loaded.data.inbox else ""))
+    prefect.serve(*runner_deployments(loaded, params))
+
+
 def main() -> None:
     try:
         app()
