@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 from medimg import preprocess
@@ -15,12 +16,17 @@ from medimg.export.onnx_export import INPUT_NAME, check_parity, export, file_sha
 from medimg.training.models import build_model
 
 
-def test_export_parity_and_metadata(data_dir, tmp_path):
+@pytest.fixture
+def model_and_inputs(data_dir, tmp_path):
     params = parse_params({})
     torch.manual_seed(0)
     model = build_model(params.model, 1, 2).eval()
     images, _ = locate("pneumoniamnist", data_dir, tmp_path, download=False).load()["test"]
-    x = preprocess.apply(images[:64], params.preprocess)
+    return params, model, preprocess.apply(images[:64], params.preprocess)
+
+
+def test_export_parity_and_metadata(model_and_inputs, tmp_path):
+    params, model, x = model_and_inputs
     path = export(model, x, tmp_path / "m.onnx", 18, {"medimg.preprocessing": preprocess.contract(params.preprocess),
                                                        "medimg.threshold": 0.42})
     parity = check_parity(model, path, x, atol=1e-4)
@@ -34,12 +40,8 @@ def test_export_parity_and_metadata(data_dir, tmp_path):
     assert not list(tmp_path.glob("*.data")), "the model must be one self-contained file"
 
 
-def test_parity_detects_a_different_model(data_dir, tmp_path):
-    params = parse_params({})
-    torch.manual_seed(0)
-    model = build_model(params.model, 1, 2).eval()
-    images, _ = locate("pneumoniamnist", data_dir, tmp_path, download=False).load()["test"]
-    x = preprocess.apply(images[:32], params.preprocess)
+def test_parity_detects_a_different_model(model_and_inputs, tmp_path):
+    _, model, x = model_and_inputs
     path = export(model, x, tmp_path / "m.onnx", 18, {})
     with torch.no_grad():
         for p in model.parameters():

@@ -55,11 +55,8 @@ def official_info(flag: str) -> dict:
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def candidate_paths(flag: str, data_dir: Path | None) -> list[Path]:
