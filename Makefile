@@ -30,6 +30,13 @@ run: $(STAMP)
 	$(VENV)/bin/medimg run
 
 test: $(STAMP)
+	@# The integration tests need the real servers: started here (and stopped after) unless the
+	@# caller already exported MEDIMG_TEST_PREFECT_API_URL (as .ci/run does, or `eval "$$(scripts/services.sh env)"`).
+	scripts/system_packages.sh
+	if [ -z "$${MEDIMG_TEST_PREFECT_API_URL:-}" ]; then \
+	  trap 'scripts/services.sh stop' EXIT; \
+	  scripts/services.sh start && eval "$$(scripts/services.sh env)" || exit 1; \
+	fi; \
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-quick: $(STAMP)

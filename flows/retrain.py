@@ -21,9 +21,8 @@ from prefect.states import Cancelled, Completed
 from medimg import tracking
 from medimg.config import load_params
 from medimg.provenance import git_commit
-from medimg.steps.validate import raise_if_failed
 from medimg.workspace import Workspace, activate, exclusive
-from tasks.notify import signal
+from tasks.notify import retry_transient, signal
 from tasks.retrain import (
     check_drift,
     evaluate_model,
@@ -31,6 +30,7 @@ from tasks.retrain import (
     gate_model,
     ingest_data,
     open_run,
+    result_storage,
     register_model,
     train_model,
     validate_data,
@@ -51,6 +51,13 @@ def retrain(params_path: str = "params.yaml", overrides: dict | None = None, for
         return _retrain(params, ws, force, logger)
 
 
+def _signal(logger, params, outcome: str, message: str, payload: dict) -> None:
+    """Notify without letting a dead webhook change the run's outcome (the model is already registered)."""
+    state = signal(params, outcome, message, payload, return_state=True)
+    if state.is_failed():
+        logger.warning("notification for outcome %s could not be delivered: %s", outcome, state.message)
+
+
 def _tags(version: str, key: str, params) -> dict[str, str]:
     from prefect.runtime import flow_run
 
@@ -62,11 +69,16 @@ def _tags(version: str, key: str, params) -> dict[str, str]:
 def _retrain(params, ws, force: bool, logger):
     opts = params.orchestration
     io = {"retries": opts.task_retries, "retry_delay_seconds": opts.retry_delay_seconds,
+          "retry_condition_fn": retry_transient,
           "timeout_seconds": opts.io_timeout_seconds}
     timings: dict[str, float] = {}
 
+    storage = result_storage(ws)
+
     def timed(name, task, *args, **options):
         started = time.perf_counter()
+        if task.cache_key_fn is not None:
+            options["result_storage"] = storage
         result = (task.with_options(**options) if options else task)(*args)
         timings[name] = round(time.perf_counter() - started, 2)
         return result
@@ -91,6 +103,8 @@ def _retrain(params, ws, force: bool, logger):
         tracking.record_outcome_only(params, ws, "no_drift", message, _tags(version, key, params))
         return Completed(name="NoDrift", message=message, data={"data_version": version, "drift": drift_result})
 
+    from medimg.steps.validate import raise_if_failed  # loads Great Expectations: only when training
+
     run_id = timed("open_run", open_run, params, ws, key, ingested, drift_result)
     try:
         validated = timed("validate", validate_data, params, ws, run_id, key, ingested)
@@ -107,7 +121,8 @@ def _retrain(params, ws, force: bool, logger):
         tracking.set_tags(run_id, {tracking.TAG_OUTCOME: "failed", tracking.TAG_REASON: reason})
         tracking.finish(run_id, "FAILED")
         if isinstance(err, Exception):
-            signal(params, "failed", f"retrain failed: {reason}", {"mlflow_run_id": run_id, "data_version": version})
+            _signal(logger, params, "failed", f"retrain failed: {reason}",
+                    {"mlflow_run_id": run_id, "data_version": version})
         raise
     tracking.log_metrics(run_id, {f"step_seconds_{k}": v for k, v in timings.items()})
     summary = {
@@ -130,7 +145,7 @@ def _retrain(params, ws, force: bool, logger):
                    "champion unchanged")
         tracking.set_tags(run_id, {tracking.TAG_OUTCOME: "not_promoted", tracking.TAG_REASON: message})
         tracking.finish(run_id)
-        signal(params, "not-promoted", message, {"mlflow_run_id": run_id, "version": registered["version"],
+        _signal(logger, params, "not-promoted", message, {"mlflow_run_id": run_id, "version": registered["version"],
                                                  "failed_rules": gated["failed"]})
         return Completed(name="NotPromoted", message=message, data=summary)
     tracking.set_tags(run_id, {tracking.TAG_OUTCOME: "promoted",

@@ -77,20 +77,18 @@ def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
     loaded, overrides = _load(params, set_)
     ws = _activate(loaded)
     from flows.retrain import retrain
-    from medimg.data.medmnist import DataSourceError
-    from medimg.steps.validate import ValidationFailed
 
     quiet_third_party_loggers()
 
     try:
         state = retrain(params_path=str(params.resolve()), overrides=overrides, force=force, return_state=True)
-    except (DataSourceError, ValidationFailed, ConfigError, *_data_errors()) as err:
+    except (ConfigError, *_run_errors()) as err:
         console.print(f"[bold red]run failed[/] {err}")
         raise typer.Exit(1) from None
     if state.is_failed():
         try:
             state.result()
-        except (DataSourceError, ValidationFailed, ConfigError, *_data_errors()) as err:
+        except (ConfigError, *_run_errors()) as err:
             console.print(f"[bold red]run failed[/] {err}")
             raise typer.Exit(1) from None
     if state.is_cancelled():
@@ -101,6 +99,13 @@ def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
         return
     summary = state.result()
     _print_run(summary, state.name, state.message, ws)
+
+
+def _run_errors() -> tuple[type[BaseException], ...]:
+    """A failed validation or bad data; imported only while matching an error (GX loads slowly)."""
+    from medimg.steps.validate import ValidationFailed
+
+    return (ValidationFailed, *_data_errors())
 
 
 def _print_run(summary: dict, state_name: str, message: str | None, ws: Workspace) -> None:
@@ -342,13 +347,12 @@ def source_overrides(source: str | None, kind: str | None, inbox: Path | None, c
 
 
 def _console_logging() -> None:
+    """medimg's log lines (quarantined files, warts) on the console, unless logging is set up already."""
     from rich.logging import RichHandler
 
     logger = logging.getLogger("medimg")
-    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+    if not logging.getLogger().handlers and not any(isinstance(h, RichHandler) for h in logger.handlers):
         logger.addHandler(RichHandler(console=console, show_path=False, show_time=False))
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
     quiet_third_party_loggers()
 
 
@@ -422,6 +426,53 @@ def validate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None)
 
 
 @app.command()
+def lineage(
+    ref: Annotated[str, typer.Argument(help="NAME@ALIAS, NAME@VERSION, or a version number")] = "champion",
+    html: Annotated[Path | None, typer.Option("--html", help="write a self-contained HTML report here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Trace a model version to its run, params, code, data version, checks, gate decision, file and promotions."""
+    loaded, _ = _load(params, None)
+    ws = _activate(loaded)
+    from medimg import lineage as lineage_lib
+
+    try:
+        report = lineage_lib.lineage(loaded, ws, ref)
+    except lineage_lib.LineageError as err:
+        console.print(f"[bold red]lineage[/] {err}")
+        raise typer.Exit(1) from None
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(lineage_lib.render_html(report), encoding="utf-8")
+        console.print(f"HTML report: {html}")
+    if as_json:
+        typer.echo(lineage_lib.to_json(report))
+    elif html is None:
+        Console().print(lineage_lib.render_text(report), markup=False, highlight=False)
+
+
+@app.command()
+def reproduce(
+    version: Annotated[str, typer.Argument(help="the model version (or champion, NAME@ALIAS) to reproduce")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Restore that version's data with DVC and its run's params, retrain, and compare the metrics."""
+    loaded, _ = _load(params, None)
+    ws = _activate(loaded)
+    quiet_third_party_loggers()
+    from medimg import reproduce as reproduce_lib
+    from medimg.lineage import LineageError
+
+    try:
+        result = reproduce_lib.reproduce(params, ws, version)
+    except (LineageError, reproduce_lib.ReproduceError) as err:
+        console.print(f"[bold red]reproduce[/] {err}")
+        raise typer.Exit(1) from None
+    Console().print(reproduce_lib.render_text(result), markup=False, highlight=False)
+
+
+@app.command()
 def schedule(
     params: ParamsOption = Path("params.yaml"),
     work_pool: Annotated[str | None, typer.Option("--work-pool", help="register with this Prefect work pool "
@@ -436,6 +487,13 @@ def schedule(
     loaded, _ = _load(params, None)
     _activate(loaded)
     quiet_third_party_loggers()
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():  # the ephemeral API runs no scheduler: the cron would never fire
+        console.print("[bold red]no Prefect server[/] schedules need a running one (Prefect's embedded API has no "
+                      "scheduler): start it with `prefect server start` (or `scripts/services.sh start`) and "
+                      "export PREFECT_API_URL=http://127.0.0.1:4200/api")
+        raise typer.Exit(2)
     from flows.deployments import deploy_to_pool, runner_deployments
 
     pool = work_pool or loaded.schedule.work_pool

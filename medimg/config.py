@@ -226,7 +226,7 @@ class DistributedConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(default=20, ge=1)
+    epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(default=3e-3, gt=0)
@@ -341,8 +341,12 @@ class Params(_Strict):
         return self
 
     def fingerprint(self) -> str:
-        """A stable hash of every value, used to tag runs and models."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """A stable hash of every value that shapes the model, used to tag runs and models.
+
+        The workspace section (where state lives) is left out, so a moved or cloned workspace
+        keeps its run keys and params hashes.
+        """
+        blob = json.dumps(self.model_dump(mode="json", exclude={"workspace"}), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def flat(self) -> dict[str, str]:

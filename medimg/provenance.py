@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.lru_cache(maxsize=8)
 def git_commit(root: Path = PROJECT_ROOT) -> str:
-    """``<sha>`` or ``<sha>-dirty``; ``unknown`` outside a git checkout."""
+    """``<sha>`` or ``<sha>-dirty``; ``unknown`` outside a git checkout.
+
+    Read once per process, so every tag a run writes names the same commit even if the
+    checkout moves on while the run is going.
+    """
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True,
                              timeout=10).stdout.strip()

@@ -32,6 +32,12 @@ TAG_FLOW_RUN = "medimg.flow_run_id"
 TAG_PROMOTED_AT = "medimg.promoted_at"
 TAG_PROMOTION_REASON = "medimg.promotion_reason"
 TAG_PREVIOUS_CHAMPION = "medimg.previous_champion"
+TAG_PROMOTION_FORCED = "medimg.promotion_forced"
+TAG_ROLLED_BACK_AT = "medimg.rolled_back_at"
+TAG_ROLLBACK_REASON = "medimg.rollback_reason"
+#: Registered-model tags ``medimg.audit.000001``, ``...000002``: one JSON audit event each, the same
+#: line as in the workspace's ``audit.jsonl``, readable in the MLflow UI beside the model.
+AUDIT_TAG_PREFIX = "medimg.audit."
 
 
 @dataclass(frozen=True)
@@ -104,4 +110,23 @@ def download_onnx(model_name: str, version: str, dest: Path | None = None) -> Pa
     dest = Path(dest or tempfile.mkdtemp(prefix="medimg-model-"))
     location = client().get_model_version_download_uri(model_name, str(version))
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{ONNX_FILE}", dst_path=str(dest))
+    return Path(local)
+
+
+def model_tags(model_name: str) -> dict[str, str]:
+    """Tags of the registered model itself (not of a version)."""
+    return dict(client().get_registered_model(model_name).tags or {})
+
+
+def set_model_tag(model_name: str, key: str, value: str) -> None:
+    client().set_registered_model_tag(model_name, key, str(value))
+
+
+def delete_alias(model_name: str, alias: str) -> None:
+    client().delete_registered_model_alias(model_name, alias)
+
+
+def download_run_artifact(run_id: str, artifact_path: str, dest: Path) -> Path:
+    """One artifact of an MLflow run, downloaded into ``dest``."""
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dest))
     return Path(local)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from prefect import task
@@ -15,6 +16,23 @@ from medimg.config import Params
 log = logging.getLogger("medimg.notify")
 
 EVENT_PREFIX = "medimg.retrain"
+
+
+PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, KeyError)
+
+
+def retry_transient(_task, _task_run, state) -> bool:
+    """Retry only what may pass on a second try: I/O, network and server errors, not bad data or config."""
+    try:
+        state.result()
+    except PERMANENT:
+        return False
+    except (OSError, ConnectionError, TimeoutError):
+        return True
+    except Exception as err:  # MLflow and HTTP clients wrap transport errors in their own types
+        text = f"{type(err).__name__} {err}".lower()
+        return any(word in text for word in ("connection", "timeout", "timed out", "unavailable", "503", "502"))
+    return False
 
 
 @task(name="signal", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
@@ -36,7 +54,8 @@ def signal(params: Params, outcome: str, message: str, payload: dict | None = No
         block = CustomWebhookNotificationBlock(
             name="medimg-webhook", url=cfg.notify_webhook_url, method="POST",
             json_data={"subject": "{{subject}}", "body": "{{body}}", "outcome": outcome,
-                       "model": params.registry.model_name, "flow_run_id": str(flow_run.id or "none")},
+                       "model": params.registry.model_name, "flow_run_id": str(flow_run.id or "none"),
+                       "details": json.loads(json.dumps(payload or {}, default=str))},  # e.g. failed_rules
         )
         block.notify(body=message, subject=subject)
     else:

@@ -3,9 +3,14 @@
 Steps after ingest are cached under the run key (data version, params, code): a flow run that
 crashed part way is started again and Prefect returns the finished steps' persisted results
 instead of running them twice. Training itself continues from its last epoch checkpoint.
+The step modules are imported inside the tasks: an up-to-date run never loads torch, ONNX or
+Great Expectations, so it ends in seconds.
 """
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -14,15 +19,24 @@ from prefect.runtime import flow_run
 from medimg import tracking
 from medimg.config import Params
 from medimg.provenance import git_commit
-from medimg.steps import drift, evaluate, export, gate, ingest, register, train, validate
 from medimg.workspace import Workspace
 
 
 def _by_run_key(step: str):
     def key(_context, arguments: dict) -> str:
-        return f"medimg-{step}-{arguments['run_key']}"
+        where = hashlib.sha256(str(arguments["ws"].root).encode()).hexdigest()[:12]
+        return f"medimg-{step}-{arguments['run_key']}-{where}"
 
     return key
+
+
+def result_storage(ws: Workspace) -> Path:
+    """Persisted step results live in the workspace, whatever Prefect home the process started with.
+
+    A ``Path``, which Prefect turns into a local file system itself: an unsaved ``LocalFileSystem``
+    block is refused by ``Task.with_options`` ("must be persisted server-side").
+    """
+    return ws.prefect_results
 
 
 def cached(step: str, **options):
@@ -32,11 +46,16 @@ def cached(step: str, **options):
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest_data(params: Params, ws: Workspace) -> dict:
-    return ingest.run(params, ws)
+    """The ingest, or the last one's summary when the source is unchanged (see ``source_check``)."""
+    from medimg.steps import source_check
+
+    return source_check.run(params, ws)
 
 
 @task(name="drift-check", cache_policy=NO_CACHE)
 def check_drift(params: Params, ws: Workspace, data_version: str) -> dict:
+    from medimg.steps import drift
+
     return drift.run(params, ws, data_version)
 
 
@@ -68,6 +87,8 @@ def open_run(params: Params, ws: Workspace, run_key: str, ingested: dict, drift_
 
 @cached("validate")
 def validate_data(params: Params, ws: Workspace, run_id: str, run_key: str, ingested: dict) -> dict:
+    from medimg.steps import validate
+
     summary = validate.run(params, ws, ingested)
     tracking.log_artifact(run_id, summary["report"], "validation")
     if summary.get("html_report"):  # the offline HTML report beside the JSON
@@ -78,26 +99,36 @@ def validate_data(params: Params, ws: Workspace, run_id: str, run_key: str, inge
 
 @cached("train")
 def train_model(params: Params, ws: Workspace, run_id: str, run_key: str, validated: dict) -> dict:
+    from medimg.steps import train
+
     return train.run(params, ws, run_id, validated)
 
 
 @cached("evaluate")
 def evaluate_model(params: Params, ws: Workspace, run_id: str, run_key: str, validated: dict, trained: dict) -> dict:
+    from medimg.steps import evaluate
+
     return evaluate.run(params, ws, run_id, validated, trained)
 
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate_model(params: Params, ws: Workspace, run_id: str, evaluated: dict) -> dict:
+    from medimg.steps import gate
+
     return gate.run(params, ws, run_id, evaluated)
 
 
 @cached("export-onnx")
 def export_model(params: Params, ws: Workspace, run_id: str, run_key: str, ingested: dict, validated: dict,
                  trained: dict, evaluated: dict) -> dict:
+    from medimg.steps import export
+
     return export.run(params, ws, run_id, ingested, validated, trained, evaluated)
 
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_model(params: Params, ws: Workspace, run_id: str, ingested: dict, validated: dict, gated: dict,
                    exported: dict) -> dict:
+    from medimg.steps import register
+
     return register.run(params, ws, run_id, str(flow_run.id or "none"), ingested, validated, gated, exported)

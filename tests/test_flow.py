@@ -75,10 +75,11 @@ def test_first_run_registers_a_champion_with_lineage_tags(workspace, champion_ru
     assert json.loads(meta["medimg.preprocessing"])["size"] == 28
     assert float(meta["medimg.threshold"]) == pytest.approx(summary["threshold"])
 
+    epochs = yaml.safe_load(params_file.read_text())["train"]["epochs"]
     run = mlflow.MlflowClient().get_run(champ.run_id)
-    assert run.data.params["train.epochs"] == "20"
+    assert run.data.params["train.epochs"] == str(epochs)
     history = mlflow.MlflowClient().get_metric_history(champ.run_id, "val_auc")
-    assert len(history) == 20
+    assert len(history) == epochs
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(champ.run_id, "evaluation/figures")}
     assert {"evaluation/figures/roc_curve.png", "evaluation/figures/confusion_matrix.png"} <= artifacts
 

@@ -1,21 +1,61 @@
-"""Ingest: turn a source into the workspace's dataset folder (images as PNG plus the manifest).
+"""Ingest: turn a source into the workspace's dataset folder (contract images as PNG plus the manifest).
 
-The folder's content is a pure function of the source, so ingesting the same archive twice gives
-byte-identical files and therefore the same DVC data version.
+The folder's content is a pure function of the source (and inbox), the preprocessing contract,
+the split settings and the de-identification secret, so ingesting the same input twice gives
+byte-identical files and therefore the same DVC data version, and a changed input a new one.
+
+Sources: a MedMNIST archive (:func:`ingest_medmnist`), or a folder of PNG/JPEG files or of DICOM
+files (:func:`ingest_files`). For folders:
+
+* every file is hashed, decoded and preprocessed in worker processes, through the decode cache
+  (:mod:`medimg.data.decode_pool`): a file whose bytes were ingested before is not decoded again,
+  and the dataset's PNGs are hard links to the cache's (copies where links are impossible);
+* a file that cannot be used is quarantined with its reason (the reasons of
+  :data:`medimg.data.images.REASONS`, plus ``unknown_class`` and ``no_label``) and the batch
+  goes on; :class:`~medimg.data.quarantine.QuarantineThresholdError` is raised, before anything
+  is written to the dataset, when the quarantined share exceeds ``data.max_bad_fraction``;
+* splits: the split folders of an image folder (or the labels CSV's split column) are kept; a
+  split layout without ``val`` gets one carved from ``train`` by patient
+  (``data.split.val_fraction``); files without a split are split by patient, stratified and
+  seeded (:func:`medimg.data.splitting.split_by_patient`). Inbox files of a patient already in
+  the data join that patient's split; new inbox patients get a split from their pseudonym (a
+  uniform keyed hash, in ``data.split.fractions``), so adding files never moves existing ones;
+* patients, studies, series, ids and DICOM file names become keyed pseudonyms.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import shutil
-from dataclasses import dataclass
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
-from medimg.config import DataConfig
-from medimg.data import manifest
+from medimg import preprocess
+from medimg.config import DataConfig, PreprocessConfig
+from medimg.data import manifest, sources
+from medimg.data.decode_pool import DecodeJob, DecodeOptions, cache_folder, decode
+from medimg.data.deid import pseudonym
+from medimg.data.images import REASONS, DecodedImage
 from medimg.data.medmnist import SPLITS, MedMNISTArchive
+from medimg.data.quarantine import Quarantine
+from medimg.data.splitting import split_by_patient
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+MAX_LOGGED_QUARANTINE = 50
+EXTRA_REASONS = {
+    "unknown_class": "the class folder is not one of the configured classes",
+    "no_label": "the labels CSV has no (usable) label for the file",
+}
 
 
 @dataclass(frozen=True)
@@ -25,16 +65,33 @@ class IngestResult:
     split_counts: dict[str, int]
     source: str
     source_md5: str
+    source_kind: str = "medmnist"
+    n_files: int = 0
+    n_decoded: int = 0
+    n_cached: int = 0
+    contract_hash: str = ""
+    quarantine: Quarantine = field(default_factory=Quarantine, repr=False)
 
 
-def ingest_medmnist(archive: MedMNISTArchive, config: DataConfig, folder: Path) -> IngestResult:
+# --------------------------------------------------------------------------- MedMNIST
+
+
+def ingest_medmnist(archive: MedMNISTArchive, config: DataConfig, folder: Path,
+                    contract: PreprocessConfig | None = None) -> IngestResult:
+    """The archive's splits as they are, each image through the contract (a no-op at 28 px defaults)."""
+    contract = contract or PreprocessConfig()
+    chash = preprocess.contract_hash(contract)
     arrays = archive.load()
     rows: list[dict] = []
     for split in SPLITS:
         images, labels = arrays[split]
         _check_labels(archive.path, split, labels, config.class_names)
-        split_rows = manifest.rows_for_split(split, images, labels, config.class_names, archive.path.name)
-        _write_pngs(folder, split_rows, images)
+        stored = _contract_images(images, contract)
+        split_rows = manifest.rows_for_split(
+            split, stored, labels, config.class_names, archive.path.name, source_images=images,
+            modality=config.modality, contract_hash=chash,
+        )
+        _write_pngs(folder, split_rows, stored)
         rows.extend(split_rows)
     frame = manifest.to_frame(rows)
     _remove_stale(folder, set(frame["path"]))
@@ -45,7 +102,24 @@ def ingest_medmnist(archive: MedMNISTArchive, config: DataConfig, folder: Path) 
         split_counts={split: int((frame["split"] == split).sum()) for split in SPLITS},
         source=str(archive.path),
         source_md5=archive.md5,
+        source_kind="medmnist",
+        n_files=1,
+        contract_hash=chash,
     )
+
+
+def _contract_images(images: np.ndarray, contract: PreprocessConfig) -> np.ndarray:
+    identity = (contract.intensity == "auto" and images.shape[1:] == (contract.size, contract.size)
+                and contract.resize == "stretch" and contract.denoise == "none" and not contract.clahe)
+    if identity:
+        return images
+    out = np.empty((len(images), contract.size, contract.size), dtype=np.uint8)
+    for i, image in enumerate(images):
+        decoded = DecodedImage(pixels=image.astype(np.float32), original_height=image.shape[0],
+                               original_width=image.shape[1], bit_depth=8, photometric="MONOCHROME2",
+                               modality=None, source_kind="npz")
+        out[i] = preprocess.prepare(decoded, contract)
+    return out
 
 
 def _check_labels(path: Path, split: str, labels: np.ndarray, class_names: tuple[str, ...]) -> None:
@@ -58,14 +132,354 @@ def _write_pngs(folder: Path, rows: list[dict], images: np.ndarray) -> None:
     for row, image in zip(rows, images, strict=True):
         target = folder / row["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)  # never write through a hard link into the decode cache
         Image.fromarray(image, mode="L").save(target, format="PNG", optimize=False)
 
 
 def _remove_stale(folder: Path, keep: set[str]) -> None:
     images_root = folder / "images"
+    if not images_root.is_dir():
+        return
     for path in images_root.rglob("*.png"):
         if path.relative_to(folder).as_posix() not in keep:
             path.unlink()
     for sub in sorted(images_root.rglob("*"), reverse=True):
         if sub.is_dir() and not any(sub.iterdir()):
             shutil.rmtree(sub)
+
+
+# --------------------------------------------------------------------------- image and DICOM folders
+
+
+def ingest_files(
+    kind: str,
+    config: DataConfig,
+    contract: PreprocessConfig,
+    folder: Path,
+    secret: bytes,
+    root: Path,
+    inbox: Path | None = None,
+    cache_root: Path | None = None,
+    quarantine_csv: Path | None = None,
+    progress: Progress | None = None,
+) -> IngestResult:
+    """Ingest an ``image_folder`` or ``dicom_folder`` source (and its inbox) into ``folder``.
+
+    ``cache_root`` None (or ``config.cache`` False) decodes every file into a temporary folder.
+    The quarantine list is written to ``quarantine_csv`` (when given) before the threshold is
+    checked, so a failed run still says which files were bad and why.
+    """
+    if kind not in ("image_folder", "dicom_folder"):
+        raise ValueError(f"ingest_files: unknown source kind {kind!r}")
+    files, table = _scan(kind, config, root, inbox)
+    chash = preprocess.contract_hash(contract)
+    quarantine = Quarantine()
+    refs = {f.place: _ref(kind, f, secret) for f in files}
+    labelled: dict[str, tuple[int | None, str | None]] = {}
+    jobs = []
+    for file in files:
+        label, split, reason = _label_before_decode(kind, config, file, table)
+        if reason:
+            _quarantine(quarantine, refs[file.place], reason)
+            continue
+        labelled[file.place] = (label, split)
+        jobs.append(DecodeJob(path=str(file.path), ref=file.place, kind="dicom" if kind == "dicom_folder" else "raster"))
+    by_place = {f.place: f for f in files}
+
+    temp = None
+    use_cache = config.cache and cache_root is not None
+    if use_cache:
+        cache_dir = cache_folder(cache_root, chash, secret, config.min_side, config.dicom.allow_burned_in)
+    else:
+        temp = tempfile.TemporaryDirectory(prefix="medimg-decode-")
+        cache_dir = Path(temp.name)
+    options = DecodeOptions(preprocess=contract, cache_dir=str(cache_dir), min_side=config.min_side,
+                            allow_burned_in=config.dicom.allow_burned_in, secret=secret, use_cache=use_cache)
+    try:
+        rows, n_decoded, n_cached = [], 0, 0
+        sop_index = _sop_index(kind, config, table, secret)
+        workers = config.workers or _cpu_count()
+        hashes: dict[str, str | None] = {}
+        for done, (job, meta, cached) in enumerate(decode(jobs, options, workers), start=1):
+            n_cached += cached
+            n_decoded += not cached
+            file = by_place[job.ref]
+            hashes[file.place] = meta.get("sha256")
+            if meta["status"] != "ok":
+                _quarantine(quarantine, refs[file.place], meta["reason"], meta.get("detail", ""))
+            else:
+                label, split = labelled[file.place]
+                if label is None:  # keyed by SOPInstanceUID: known only now
+                    entry = sop_index.get(meta.get("sop_pseudonym") or "")
+                    label = sources.class_index(entry.label, config.class_names) if entry else None
+                    split = entry.split if entry else None
+                    if label is None:
+                        _quarantine(quarantine, refs[file.place], "no_label")
+                        continue
+                rows.append(_row(kind, config, file, meta, label, split, secret, refs[file.place], root, inbox, chash,
+                                 contract.size))
+            if progress is not None:
+                progress(done, len(jobs))
+            elif len(jobs) >= 500 and done % max(1, len(jobs) // 10) == 0:
+                log.info("decoded %d of %d files (%d from the cache)", done, len(jobs), n_cached)
+        n_total = len(files)
+        log.info("%s: %d files, %d decoded, %d from the cache, %d quarantined", root.name, n_total, n_decoded,
+                 n_cached, len(quarantine))
+        if len(quarantine):
+            counts = ", ".join(f"{k}: {v}" for k, v in quarantine.counts_by_reason().items())
+            log.warning("quarantined %d of %d files (%s)", len(quarantine), n_total, counts)
+        if quarantine_csv is not None:
+            quarantine.write_csv(quarantine_csv)
+        quarantine.check_threshold(n_total, config.max_bad_fraction)
+        if not rows:
+            raise sources.SourceLayoutError(f"{root}: no usable image among {n_total} files")
+        _assign_splits(rows, config)
+        frame = manifest.to_frame(_ordered(rows))
+        _store(folder, frame, rows, cache_dir, linked=True)
+    finally:
+        if temp is not None:
+            temp.cleanup()
+    return IngestResult(
+        folder=folder,
+        n_images=len(frame),
+        split_counts={split: int((frame["split"] == split).sum()) for split in SPLITS},
+        source=str(root),
+        source_md5=_fingerprint(files, hashes),
+        source_kind=kind,
+        n_files=len(files),
+        n_decoded=n_decoded,
+        n_cached=n_cached,
+        contract_hash=chash,
+        quarantine=quarantine,
+    )
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _scan(kind: str, config: DataConfig, root: Path, inbox: Path | None):
+    table: dict[str, sources.LabelEntry] = {}
+    if kind == "image_folder":
+        files = sources.scan_images(root, "source", config.image_folder.patient_id)
+        files += sources.inbox_files(inbox, kind, config.image_folder.patient_id)
+        return files, table
+    cfg = config.dicom
+    csv_path = (root / cfg.labels_csv) if cfg.labels_csv else None
+    if csv_path is None:
+        raise sources.SourceLayoutError("data.dicom.labels_csv is not set: DICOM folders need a labels CSV")
+    table = sources.read_label_table(csv_path, cfg.key_column, cfg.label_column, cfg.split_column)
+    files = sources.scan_dicom(root, "source", {csv_path})
+    if inbox is not None and cfg.labels_csv and (inbox / cfg.labels_csv).is_file():
+        extra = sources.read_label_table(inbox / cfg.labels_csv, cfg.key_column, cfg.label_column, cfg.split_column)
+        table = {**table, **{k: v for k, v in extra.items() if k not in table}}
+    files += sources.inbox_files(inbox, kind, labels_csv=cfg.labels_csv)
+    return files, table
+
+
+def _ref(kind: str, file: sources.SourceFile, secret: bytes) -> str:
+    """How a file is named in outputs: its relative path, or for DICOM a keyed pseudonym of it."""
+    if kind == "dicom_folder":
+        return pseudonym(file.place, secret, "file")
+    return file.rel if file.origin == "source" else f"inbox/{file.rel}"
+
+
+def _quarantine(quarantine: Quarantine, ref: str, reason: str, detail: str = "") -> None:
+    text = f"{ref}: {reason} ({detail or REASONS.get(reason) or EXTRA_REASONS.get(reason, reason)})"
+    quarantine.add(ref, reason, text)
+    if len(quarantine) <= MAX_LOGGED_QUARANTINE:
+        log.warning("quarantined %s", text)
+    elif len(quarantine) == MAX_LOGGED_QUARANTINE + 1:
+        log.warning("more files quarantined; the quarantine CSV lists all of them")
+
+
+def _label_before_decode(kind, config: DataConfig, file: sources.SourceFile, table):
+    """(label or None when it needs the decoded header, split, quarantine reason or None)."""
+    if kind == "image_folder":
+        label = sources.class_index(file.class_name, config.class_names, config.image_folder.class_folders)
+        return (label, file.split, None) if label is not None else (None, None, "unknown_class")
+    if config.dicom.label_key == "sop_instance_uid":
+        return None, None, None
+    entry = sources.lookup_dicom_label(file, table, config.dicom.label_key)
+    label = sources.class_index(entry.label, config.class_names) if entry else None
+    if label is None:
+        return None, None, "no_label"
+    return label, entry.split, None
+
+
+def _sop_index(kind: str, config: DataConfig, table, secret: bytes) -> dict:
+    if kind != "dicom_folder" or config.dicom.label_key != "sop_instance_uid":
+        return {}
+    return {pseudonym(uid, secret, "sop"): entry for uid, entry in table.items()}
+
+
+def _row(kind, config: DataConfig, file: sources.SourceFile, meta: dict, label: int, split: str | None,
+         secret: bytes, ref: str, root: Path, inbox: Path | None, chash: str, size: int) -> dict:
+    image_id = pseudonym(file.place, secret, "img")
+    if kind == "image_folder":
+        patient = pseudonym(file.patient_key or file.place, secret, "pat")
+        study = series = None
+    else:
+        patient = meta.get("patient_pseudonym") or meta.get("study_pseudonym") or pseudonym(file.place, secret, "pat")
+        study, series = meta.get("study_pseudonym"), meta.get("series_pseudonym")
+    return {
+        "id": image_id,
+        "sha256": meta["sha256"],
+        "label": int(label),
+        "label_name": config.class_names[int(label)],
+        "split": split,
+        "source": (root if file.origin == "source" else inbox).name,
+        "path": None,  # set once the split is known
+        "height": size,
+        "width": size,
+        "pixel_mean": meta["pixel_mean"],
+        "pixel_std": meta["pixel_std"],
+        "patient_id": patient,
+        "study_id": study,
+        "series_id": series,
+        "source_kind": kind,
+        "source_file": ref,
+        "file_format": meta["file_format"],
+        "modality": meta.get("modality") or config.modality,
+        "original_height": meta["original_height"],
+        "original_width": meta["original_width"],
+        "bit_depth": meta["bit_depth"],
+        "photometric": meta["photometric"],
+        "contract_hash": chash,
+        "_origin": file.origin,
+        "_explicit_split": split is not None,
+    }
+
+
+def _assign_splits(rows: list[dict], config: DataConfig) -> None:
+    """Fill ``split`` and ``path`` of every row (rules in the module docstring)."""
+    base = [r for r in rows if r["_origin"] == "source"]
+    inbox = [r for r in rows if r["_origin"] == "inbox"]
+    explicit = [r for r in base if r["_explicit_split"]]
+    seed = config.split.seed
+    # a split layout without val: carve val out of train, by patient
+    present = {r["split"] for r in explicit}
+    if explicit and "val" not in present and "train" in present and config.split.val_fraction > 0:
+        train = [r for r in explicit if r["split"] == "train"]
+        vf = config.split.val_fraction
+        _split_group(train, {"train": 1 - vf, "val": vf}, seed)
+    # base rows without a split: by patient (a patient already placed keeps its split)
+    known = _patient_splits(explicit)
+    rest = [r for r in base if not r["_explicit_split"]]
+    fresh = []
+    for row in rest:
+        if row["patient_id"] in known:
+            row["split"] = known[row["patient_id"]]
+        else:
+            fresh.append(row)
+    if fresh:
+        _split_group(fresh, config.split.fractions, seed)
+    # inbox rows: a known patient keeps its split, a new one is placed by its pseudonym
+    known = _patient_splits(base)
+    for row in inbox:
+        if row["_explicit_split"]:
+            continue
+        row["split"] = known.get(row["patient_id"]) or _hash_split(row["patient_id"], config.split.fractions)
+    for row in rows:
+        row["path"] = f"images/{row['split']}/{row['id']}.png"
+
+
+def _split_group(rows: list[dict], fractions: dict[str, float], seed: int) -> None:
+    frame = pd.DataFrame({"patient": [r["patient_id"] for r in rows], "label": [r["label"] for r in rows]})
+    n_folds = _folds_needed(fractions)
+    if frame["patient"].nunique() >= n_folds and frame["label"].value_counts().max() >= n_folds:
+        splits = split_by_patient(frame, fractions, seed=seed).tolist()
+    else:  # too few patients or images for stratified folds: the keyed-hash rule, still by patient
+        log.warning("%d images of %d patients are too few for %d stratified folds: split by patient pseudonym hash",
+                    len(frame), frame["patient"].nunique(), n_folds)
+        splits = [_hash_split(p, fractions) for p in frame["patient"]]
+    for row, split in zip(rows, splits, strict=True):
+        row["split"] = split
+
+
+def _folds_needed(fractions: dict[str, float]) -> int:
+    from medimg.data.splitting import _fold_counts
+
+    return sum(_fold_counts(fractions).values())
+
+
+def _patient_splits(rows: list[dict]) -> dict[str, str]:
+    """patient -> the split holding most of its images (ties: train, then val, then test)."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for row in rows:
+        if row["split"] is not None:
+            counts[row["patient_id"]][row["split"]] += 1
+    rank = {s: i for i, s in enumerate(SPLITS)}
+    return {p: sorted(c.items(), key=lambda kv: (-kv[1], rank.get(kv[0], 9)))[0][0] for p, c in counts.items()}
+
+
+def _hash_split(patient: str, fractions: dict[str, float]) -> str:
+    digest = hashlib.sha256(patient.encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    edge = 0.0
+    chosen = None
+    for split in SPLITS:
+        share = fractions.get(split, 0.0)
+        if share <= 0:
+            continue
+        chosen = split
+        edge += share
+        if u < edge:
+            return split
+    return chosen or "train"
+
+
+def _ordered(rows: list[dict]) -> list[dict]:
+    rank = {s: i for i, s in enumerate(SPLITS)}
+    ordered = sorted(rows, key=lambda r: (rank[r["split"]], r["id"]))
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in ordered]
+
+
+def _store(folder: Path, frame: pd.DataFrame, rows: list[dict], cache_dir: Path, linked: bool) -> None:
+    """Put each row's contract image at its ``path``: a hard link to the cache file when ``linked``.
+
+    Cache files are only ever replaced (written aside, then renamed), never changed in place, so
+    a link never sees its content change; a file system without hard links gets copies.
+    """
+    import os
+
+    from medimg.data.decode_pool import DecodeCache
+
+    cache = DecodeCache(cache_dir)
+    made: set[Path] = set()
+    for row in rows:
+        target = folder / row["path"]
+        source = cache.image_path(row["sha256"])
+        if target.parent not in made:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made.add(target.parent)
+        if target.exists():
+            if linked and os.path.samefile(source, target):
+                continue
+            if target.read_bytes() == source.read_bytes():
+                continue
+            target.unlink()
+        try:
+            if not linked:
+                raise OSError("copy wanted")
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+    _remove_stale(folder, set(frame["path"]))
+    manifest.write(frame, folder)
+
+
+def _fingerprint(files: list[sources.SourceFile], hashes: dict[str, str | None]) -> str:
+    """MD5 over the sorted (place, sha256) pairs: changes exactly when the input files do.
+
+    Files set aside before decoding (no label, unknown class) are hashed here.
+    """
+    from medimg.data.image_folder import file_sha256
+
+    digest = hashlib.md5()
+    for place, path in sorted((f.place, f.path) for f in files):
+        sha = hashes.get(place) or file_sha256(path)
+        digest.update(f"{place}\0{sha}\n".encode())
+    return digest.hexdigest()

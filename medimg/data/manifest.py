@@ -1,7 +1,23 @@
 """The manifest: one row per image, the contract between ingest, validation and training.
 
-Columns are fixed here and nowhere else. ``sha256`` is the hash of the image's pixel bytes as
-delivered by the source, so byte-identical images collide whatever file they came in.
+Columns are fixed here and nowhere else (:data:`COLUMNS`). What each one promises:
+
+* ``id`` unique per row and stable across ingests of the same input (MedMNIST: ``<split>-<index>``;
+  files: a keyed pseudonym of the file's place in the source, ``img-<16 hex>``); ``path`` the
+  stored PNG, relative to the dataset folder, already preprocessed by the contract whose hash is
+  ``contract_hash`` (``height`` x ``width`` is the contract size);
+* ``sha256`` the hash of the source bytes: the file's bytes for PNG/JPEG/DICOM, the image's pixel
+  bytes for a MedMNIST archive, so byte-identical inputs collide whatever they are called;
+* ``label``/``label_name``, ``split`` (train/val/test);
+* ``patient_id``/``study_id``/``series_id``: keyed pseudonyms (HMAC, :mod:`medimg.data.deid`),
+  never a raw identifier; None when the source cannot say (MedMNIST has no patients);
+* ``source`` the source folder's or archive's name, ``source_kind`` (medmnist, image_folder,
+  dicom_folder), ``source_file`` the file's path relative to its folder for PNG/JPEG, a keyed
+  pseudonym for DICOM (DICOM file names are often UIDs, which identify), the archive entry for
+  MedMNIST; ``file_format`` (npz, png, jpeg, dicom);
+* ``modality`` (DICOM's own, else the one declared in params), ``original_height``/
+  ``original_width``/``bit_depth``/``photometric`` of the source file;
+* ``pixel_mean``/``pixel_std`` of the stored image (0..255), for blank-image checks.
 """
 
 from __future__ import annotations
@@ -26,7 +42,22 @@ COLUMNS = (
     "width",
     "pixel_mean",
     "pixel_std",
+    "patient_id",
+    "study_id",
+    "series_id",
+    "source_kind",
+    "source_file",
+    "file_format",
+    "modality",
+    "original_height",
+    "original_width",
+    "bit_depth",
+    "photometric",
+    "contract_hash",
 )
+
+INT_COLUMNS = ("label", "height", "width", "original_height", "original_width", "bit_depth")
+STRING_COLUMNS = ("patient_id", "study_id", "series_id", "modality", "photometric")
 
 
 def pixel_sha256(image: np.ndarray) -> str:
@@ -39,14 +70,20 @@ def rows_for_split(
     labels: np.ndarray,
     class_names: tuple[str, ...],
     source: str,
+    source_images: np.ndarray | None = None,
+    modality: str = "DX",
+    contract_hash: str = "",
 ) -> list[dict]:
+    """Manifest rows of one MedMNIST split; ``images`` are the stored (contract) images and
+    ``source_images`` the archive's (hashed and measured as the original), the same by default."""
+    originals = images if source_images is None else source_images
     rows = []
-    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+    for index, (image, original, label) in enumerate(zip(images, originals, labels, strict=True)):
         image_id = f"{split}-{index:05d}"
         rows.append(
             {
                 "id": image_id,
-                "sha256": pixel_sha256(image),
+                "sha256": pixel_sha256(original),
                 "label": int(label),
                 "label_name": class_names[int(label)],
                 "split": split,
@@ -56,6 +93,18 @@ def rows_for_split(
                 "width": int(image.shape[1]),
                 "pixel_mean": float(image.mean()),
                 "pixel_std": float(image.std()),
+                "patient_id": None,
+                "study_id": None,
+                "series_id": None,
+                "source_kind": "medmnist",
+                "source_file": f"{source}:{split}_images[{index}]",
+                "file_format": "npz",
+                "modality": modality,
+                "original_height": int(original.shape[0]),
+                "original_width": int(original.shape[1]),
+                "bit_depth": 8,
+                "photometric": "MONOCHROME2",
+                "contract_hash": contract_hash,
             }
         )
     return rows
@@ -63,12 +112,23 @@ def rows_for_split(
 
 def to_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    return frame.astype({"label": "int64", "height": "int64", "width": "int64"})
+    frame = frame.astype({c: "int64" for c in INT_COLUMNS})
+    for column in STRING_COLUMNS:  # all-None columns must still be strings in Parquet
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame
 
 
 def write(frame: pd.DataFrame, folder: Path) -> Path:
+    import pyarrow as pa
+
     path = folder / MANIFEST_FILE
-    frame.to_parquet(path, index=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+    for column in STRING_COLUMNS:  # an all-None column would otherwise be written as type null
+        index = schema.get_field_index(column)
+        if index >= 0:
+            schema = schema.set(index, pa.field(column, pa.string()))
+    frame.to_parquet(path, index=False, schema=schema)
     return path
 
 

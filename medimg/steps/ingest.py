@@ -1,32 +1,115 @@
-"""Step 1: source -> versioned dataset (images, manifest) in the workspace."""
+"""Step 1: source -> versioned dataset (contract images, manifest) in the workspace.
+
+The source kind comes from ``data.source``: ``medmnist`` (the official archive), ``image_folder``
+(PNG/JPEG in the Kaggle layout) or ``dicom_folder`` (DICOM with a labels CSV). Folder sources
+need the de-identification secret (``MEDIMG_DEID_SECRET``); with ``data.deid.demo`` the public
+demo key is used instead when the variable is unset, and a warning says so on every ingest.
+
+Outputs besides the dataset: ``reports/quarantine.csv`` (and a copy named after the data
+version), ``reports/ingest-latest.json`` (this step's summary) and ``pipeline/data-version.json``
+(the data version and its counts only: the ``dvc.yaml`` stage output; ``pipeline/`` because the
+workspace's DVC project ignores ``reports/``).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+from collections.abc import Callable
 
+from medimg import preprocess
 from medimg.config import Params
 from medimg.data import versioning
-from medimg.data.ingest import ingest_medmnist
-from medimg.data.medmnist import locate
+from medimg.data.deid import SECRET_ENV, secret_from_env
+from medimg.data.ingest import IngestResult, ingest_files, ingest_medmnist
+from medimg.data.medmnist import DataSourceError, locate
 from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
+QUARANTINE_CSV = "quarantine.csv"
+SUMMARY_FILE = "ingest-latest.json"
+#: What the data is (not how this run got there): changes exactly when the data version does.
+#: The ``dvc.yaml`` ingest stage's output and the validate stage's dependency.
+VERSION_FILE = "data-version.json"
 
-def run(params: Params, ws: Workspace) -> dict:
-    archive = locate(
-        params.data.medmnist_flag,
-        params.data.resolved_data_dir(),
-        download_dir=ws.root / "downloads",
-        download=params.data.download,
-    )
-    log.info("source %s (md5 %s verified)", archive.path, archive.md5)
-    result = ingest_medmnist(archive, params.data, ws.data)
+
+def deid_secret(params: Params) -> bytes:
+    """The pseudonymisation key; raises ``MissingSecretError`` unless it is set or demo mode allows the demo key."""
+    import os
+
+    secret = secret_from_env(demo=params.data.deid.demo)
+    if not os.environ.get(SECRET_ENV):
+        log.warning(
+            "%s is not set: using the PUBLIC demo de-identification key (data.deid.demo). Pseudonyms made "
+            "with it protect nothing; use it for public demo data only", SECRET_ENV,
+        )
+    return secret
+
+
+def pipeline_dir(ws: Workspace):
+    """Where the files ``dvc.yaml`` tracks live (outside ``reports/``, which the workspace's DVC ignores)."""
+    return ws.root / "pipeline"
+
+
+def cache_root(ws: Workspace):
+    return ws.root / "cache" / "decoded"
+
+
+def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | None = None) -> dict:
+    ws.ensure()
+    kind = params.data.source
+    quarantine_csv = ws.reports / QUARANTINE_CSV
+    if kind == "medmnist":
+        archive = locate(
+            params.data.medmnist_flag,
+            params.data.resolved_data_dir(),
+            download_dir=ws.root / "downloads",
+            download=params.data.download,
+        )
+        log.info("source %s (md5 %s verified)", archive.path, archive.md5)
+        result = ingest_medmnist(archive, params.data, ws.data, params.preprocess)
+        quarantine_csv = result.quarantine.write_csv(quarantine_csv)
+    else:
+        root = params.data.resolve_path(params.data.root)
+        if root is None:
+            raise DataSourceError(f"data.source is {kind} but data.root is not set: name the folder to ingest")
+        if not root.is_dir():
+            raise DataSourceError(f"{root}: source folder not found (data.root; a relative root is looked up under "
+                                  f"data.data_dir or $MEDIMG_DATA_DIR, else the current folder)")
+        inbox = params.data.resolve_path(params.data.inbox)
+        secret = deid_secret(params)
+        log.info("source %s (%s)%s; contract %s", root, kind, f", inbox {inbox}" if inbox else "",
+                 preprocess.contract_hash(params.preprocess))
+        result = ingest_files(kind, params.data, params.preprocess, ws.data, secret, root, inbox,
+                              cache_root=cache_root(ws), quarantine_csv=quarantine_csv, progress=progress)
     version = versioning.commit_and_push(ws)
+    _dvc_ignore_cache(ws)
+    kept_csv = ws.reports / f"quarantine-{version.id}.csv"
+    shutil.copyfile(quarantine_csv, kept_csv)
     log.info(
         "data version %s (%s): %d images %s", version.id, "new" if version.is_new else "unchanged",
         result.n_images, result.split_counts,
     )
+    summary = _summary(result, version, ws, kept_csv)
+    (ws.reports / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
+    stable = {k: summary[k] for k in ("data_version", "n_images", "split_counts", "n_quarantined",
+                                      "quarantine_by_reason", "contract_hash", "source_kind")}
+    pipeline_dir(ws).mkdir(parents=True, exist_ok=True)
+    (pipeline_dir(ws) / VERSION_FILE).write_text(json.dumps(stable, indent=1, sort_keys=True) + "\n")
+    return summary
+
+
+def _dvc_ignore_cache(ws: Workspace) -> None:
+    """Keep DVC from walking the decode cache (thousands of files) on every ``dvc add``."""
+    ignore = ws.root / ".dvcignore"
+    if ignore.is_file() and "cache/" not in ignore.read_text().split():
+        with open(ignore, "a") as handle:
+            handle.write("cache/\n")
+
+
+def _summary(result: IngestResult, version, ws: Workspace, quarantine_csv) -> dict:
     return {
         "data_version": version.id,
         "new_version": version.is_new,
@@ -34,6 +117,14 @@ def run(params: Params, ws: Workspace) -> dict:
         "split_counts": result.split_counts,
         "source": result.source,
         "source_md5": result.source_md5,
+        "source_kind": result.source_kind,
+        "n_files": result.n_files,
+        "n_decoded": result.n_decoded,
+        "n_cached": result.n_cached,
+        "n_quarantined": len(result.quarantine),
+        "quarantine_by_reason": result.quarantine.counts_by_reason(),
+        "quarantine_csv": str(quarantine_csv),
+        "contract_hash": result.contract_hash,
         "dvc_file": str(version.dvc_file),
         "fetch_commands": versioning.fetch_commands(ws, version.id),
     }

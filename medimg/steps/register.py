@@ -6,7 +6,7 @@ import logging
 
 import mlflow
 
-from medimg import audit, registry, tracking
+from medimg import promotion, registry, tracking
 from medimg.config import Params
 from medimg.export.onnx_export import file_sha256
 from medimg.provenance import git_commit
@@ -43,21 +43,10 @@ def run(params: Params, ws: Workspace, run_id: str, flow_run_id: str, ingested: 
         )
     previous = registry.version_by_alias(name, registry.CHAMPION)
     if gated["passed"]:
+        # the same audited code path as `medimg promote`: alias, version tags, audit.jsonl, audit tag
         reason = "all gates passed: " + ", ".join(r["name"] for r in gated["rules"])
-        registry.set_alias(name, registry.CHAMPION, version.version)
-        registry.set_tags(name, version.version, {
-            registry.TAG_PROMOTED_AT: audit.now_iso(),
-            registry.TAG_PROMOTION_REASON: reason,
-            registry.TAG_PREVIOUS_CHAMPION: previous.version if previous else "none",
-        })
-        audit.record(ws.audit_log, {
-            "action": "promote", "model": name, "alias": registry.CHAMPION, "version": version.version,
-            "previous": previous.version if previous else None, "reason": reason, "flow_run_id": flow_run_id,
-            "mlflow_run_id": run_id,
-        })
+        promotion.promote(params, ws, version.version, reason, flow_run_id=flow_run_id)
         alias = registry.CHAMPION
-        log.info("model %s v%s is the new champion (previous: %s)", name, version.version,
-                 f"v{previous.version}" if previous else "none")
     else:
         registry.set_alias(name, registry.CHALLENGER, version.version)
         alias = registry.CHALLENGER

@@ -1,12 +1,22 @@
-"""Step 2: the Great Expectations suites over the manifest; a critical failure stops the run."""
+"""Step 2: the Great Expectations suites over the manifest; a critical failure stops the run.
+
+Writes ``reports/validation-<version>.json`` (the outcome, the warts with the files they concern,
+and GX's own result JSON) and ``reports/validation-<version>.html`` (the same, readable offline),
+plus ``pipeline/validation-latest.{json,html}`` copies for the ``dvc.yaml`` stage. The summary returned names both
+(``report``, ``html_report``) so the flow can log them to MLflow.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 
+from medimg import preprocess
 from medimg.config import Params
 from medimg.data import manifest
+from medimg.steps.ingest import pipeline_dir
+from medimg.validation.report import render_html
 from medimg.validation.suite import validate_manifest
 from medimg.workspace import Workspace
 
@@ -27,16 +37,46 @@ def _describe(item: dict) -> str:
     )
 
 
+def _wart_details(frame, warts: dict) -> dict:
+    """The warts with files named by ``source_file`` (never a raw identifier: see the manifest)."""
+    name = dict(zip(frame["id"], frame["source_file"] if "source_file" in frame.columns else frame["id"], strict=True))
+    return {
+        "within_split": [{"split": g["split"], "sha256": g["sha256"], "files": [name.get(i, i) for i in g["ids"]]}
+                         for g in warts["within_split"]],
+        "across_splits": [{"splits": g["splits"], "sha256": g["sha256"], "files": [name.get(i, i) for i in g["ids"]]}
+                          for g in warts["across_splits"]],
+        "patients_across_splits": warts.get("patients_across_splits_list", []),
+    }
+
+
 def run(params: Params, ws: Workspace, ingested: dict) -> dict:
     frame = manifest.read(ws.data)
-    outcome = validate_manifest(frame, params.validation, list(range(len(params.data.class_names))))
-    report = ws.reports / f"validation-{ingested['data_version']}.json"
-    report.write_text(json.dumps({"data_version": ingested["data_version"], **outcome.to_json()}, indent=1, default=str))
+    chash = preprocess.contract_hash(params.preprocess)
+    outcome = validate_manifest(
+        frame, params.validation, list(range(len(params.data.class_names))),
+        contract_hash=chash, contract_size=params.preprocess.size,
+    )
+    version = ingested["data_version"]
+    payload = {"data_version": version, "contract_hash": chash, **outcome.to_json()}
+    payload["wart_details"] = _wart_details(frame, outcome.warts)
+    payload["warts"] = {k: v for k, v in outcome.warts.items()
+                        if k not in ("within_split", "across_splits", "patients_across_splits_list")}
+    ws.reports.mkdir(parents=True, exist_ok=True)
+    report = ws.reports / f"validation-{version}.json"
+    report.write_text(json.dumps(payload, indent=1, default=str))
+    html_report = ws.reports / f"validation-{version}.html"
+    html_report.write_text(render_html(json.loads(report.read_text())), encoding="utf-8")
+    pipeline_dir(ws).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(report, pipeline_dir(ws) / "validation-latest.json")
+    shutil.copyfile(html_report, pipeline_dir(ws) / "validation-latest.html")
     warts = outcome.warts
     log.info(
-        "warts: duplicate groups within split %s (extra copies %s); %d hashes shared across splits (%d images)",
+        "warts: duplicate groups within split %s (extra copies %s); %d hashes shared across splits (%d images); "
+        "%d patients in two or more splits (%d images) %s",
         warts["duplicate_groups_within_split"], warts["extra_copies_within_split"],
         warts["hashes_across_splits"], warts["images_across_splits"],
+        warts["patients_across_splits"], warts["images_of_patients_across_splits"],
+        warts["patients_across_splits_by_splits"],
     )
     for item in outcome.warnings:
         log.warning("validation warning: %s", _describe(item))
@@ -45,13 +85,15 @@ def run(params: Params, ws: Workspace, ingested: dict) -> dict:
     summary = {
         "passed": outcome.passed,
         "report": str(report),
+        "html_report": str(html_report),
         "n_warnings": len(outcome.warnings),
         "failed": [_describe(f) for f in outcome.failed_critical],
         "dropped_ids": outcome.dropped_ids,
-        "warts": {k: v for k, v in warts.items() if k not in ("within_split", "across_splits")},
+        "warts": payload["warts"],
     }
     for item in outcome.failed_critical:
         log.error("validation failed: %s", _describe(item))
+    log.info("validation %s: %s (offline HTML %s)", "passed" if outcome.passed else "FAILED", report, html_report)
     return summary
 
 

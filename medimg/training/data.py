@@ -26,11 +26,25 @@ class SplitArrays:
 
 
 def load_split(folder: Path, manifest: pd.DataFrame, split: str, exclude: set[str] | None = None) -> SplitArrays:
+    """The split's stored images (``path`` relative to ``folder``, or absolute), sorted by id.
+
+    Every source kind stores grey uint8 PNGs already at the contract size (see
+    :mod:`medimg.preprocess`); images of different sizes mean the dataset mixes contracts and
+    raise ``ValueError`` naming one of each size (re-ingest).
+    """
     rows = manifest[(manifest["split"] == split) & ~manifest["id"].isin(exclude or set())]
     rows = rows.sort_values("id")
-    images = [np.asarray(Image.open(folder / rel).convert("L")) for rel in rows["path"]]
+    images = []
+    for rel in rows["path"]:
+        with Image.open(folder / rel) as image:
+            images.append(np.asarray(image if image.mode == "L" else image.convert("L")))
     if not images:
         raise ValueError(f"{folder}: split {split!r} has no images")
+    shapes = {}
+    for rel, image in zip(rows["path"], images, strict=True):
+        shapes.setdefault(image.shape, rel)
+    if len(shapes) > 1:
+        raise ValueError(f"{folder}: split {split!r} mixes image sizes {dict(shapes)}; re-ingest with one contract")
     return SplitArrays(ids=rows["id"].tolist(), images=np.stack(images), labels=rows["label"].to_numpy(np.int64, copy=True))
 
 

@@ -1,10 +1,16 @@
-"""The Great Expectations suites that gate a dataset before training.
+"""The Great Expectations suites that gate a dataset before training, one pair per source kind.
 
 Two suites run on plain DataFrames with an ephemeral GX context (nothing written to disk by GX):
-``manifest`` checks every row (schema, labels, ids, blank images, duplicates, cross-split
-leakage) and ``split_summary`` checks per-split counts and class balance. Wart expectations
-carry the severity chosen by the policy in params: ``warning`` reports without stopping the run,
-``critical`` stops it. The run passes when no critical expectation fails.
+``<kind>.manifest`` checks every row and ``<kind>.split_summary`` per-split counts and class
+balance, where ``<kind>`` is the manifest's source kind (``medmnist``, ``image_folder``,
+``dicom_folder``). Every kind checks: the schema (exact column set), not-null keys, unique ids,
+the label and split sets, no blank or near-constant images, no sha256 duplicates within a split
+or across splits, source bit depth and sizes in range, modality in the allowed set, and (when
+given) that the stored images were made with the current preprocessing contract at its size.
+Folder kinds add: a pseudonymous patient id on every row, no patient in two splits, the file
+formats and photometric interpretations the kind can have. Wart expectations (duplicates,
+patient overlap) carry the severity chosen by the policy in params: ``warning`` reports without
+stopping the run, ``critical`` stops it. The run passes when no critical expectation fails.
 """
 
 from __future__ import annotations
@@ -47,18 +53,35 @@ def _severity(policy: WartPolicy) -> str:
     return "critical" if policy == WartPolicy.FAIL else "warning"
 
 
-def manifest_expectations(config: ValidationConfig, class_labels: list[int]) -> list:
+FILE_FORMATS = {"medmnist": ["npz"], "image_folder": ["png", "jpeg"], "dicom_folder": ["dicom"]}
+PHOTOMETRICS = {
+    "medmnist": ["MONOCHROME2"],
+    "image_folder": ["MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL"],
+    "dicom_folder": ["MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
+                     "PALETTE COLOR"],
+}
+CHECK_COLUMNS = ("copies_in_split", "splits_with_hash", "splits_with_patient")
+
+
+def manifest_expectations(config: ValidationConfig, class_labels: list[int], source_kind: str = "medmnist",
+                          contract_hash: str | None = None, contract_size: int | None = None) -> list:
+    """The row-level suite for one source kind (see the module docstring)."""
     import great_expectations.expectations as gxe
 
-    schema = list(COLUMNS) + ["copies_in_split", "splits_with_hash"]
-    return [
+    schema = list(COLUMNS) + list(CHECK_COLUMNS)
+    lo_bits, hi_bits = config.bit_depth_range
+    lo_side, hi_side = config.original_side_range
+    out = [
         gxe.ExpectTableColumnsToMatchSet(column_set=schema, exact_match=True),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("id", "sha256", "label", "split", "path")],
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c)
+          for c in ("id", "sha256", "label", "split", "path", "source_kind", "contract_hash")],
         gxe.ExpectColumnValuesToBeUnique(column="id"),
         gxe.ExpectColumnValueLengthsToEqual(column="sha256", value=64),
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=class_labels),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(wartlib.SPLIT_ORDER)),
+        gxe.ExpectColumnValuesToBeInSet(column="source_kind", value_set=[source_kind],
+                                        description=f"every row comes from a {source_kind} source"),
         gxe.ExpectColumnValuesToBeBetween(
             column="pixel_std", min_value=config.min_pixel_std, description="no blank or near-constant images"
         ),
@@ -74,7 +97,37 @@ def manifest_expectations(config: ValidationConfig, class_labels: list[int]) -> 
             severity=_severity(config.duplicates_across_splits),
             description="no image shared between splits (leakage)",
         ),
+        gxe.ExpectColumnValuesToBeBetween(column="bit_depth", min_value=lo_bits, max_value=hi_bits,
+                                          description="source bit depth in range"),
+        *[gxe.ExpectColumnValuesToBeBetween(column=c, min_value=lo_side, max_value=hi_side,
+                                            description="source image size in range")
+          for c in ("original_height", "original_width")],
+        gxe.ExpectColumnValuesToBeInSet(column="modality", value_set=list(config.allowed_modalities),
+                                        description="modality in the allowed set"),
+        gxe.ExpectColumnValuesToBeInSet(column="file_format", value_set=FILE_FORMATS.get(source_kind, []),
+                                        description=f"file formats a {source_kind} source has"),
+        gxe.ExpectColumnValuesToBeInSet(column="photometric", value_set=PHOTOMETRICS.get(source_kind, []),
+                                        description="photometric interpretation a grey image can come from"),
     ]
+    if source_kind != "medmnist":
+        out += [
+            gxe.ExpectColumnValuesToNotBeNull(column="patient_id", description="every image has a patient pseudonym"),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="splits_with_patient",
+                max_value=1,
+                severity=_severity(config.patient_overlap),
+                description="no patient in two splits (leakage)",
+            ),
+        ]
+    if contract_hash is not None:
+        out.append(gxe.ExpectColumnValuesToBeInSet(
+            column="contract_hash", value_set=[contract_hash],
+            description="images stored by the current preprocessing contract (re-ingest after changing it)"))
+    if contract_size is not None:
+        out += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=contract_size, max_value=contract_size,
+                                                  description="stored images at the contract size")
+                for c in ("height", "width")]
+    return out
 
 
 def summary_expectations(config: ValidationConfig) -> list:
@@ -97,6 +150,7 @@ def summary_expectations(config: ValidationConfig) -> list:
 def _run_suite(context, name: str, frame: pd.DataFrame, expectations: list) -> tuple[dict, list[dict]]:
     import great_expectations as gx
 
+    frame = _gx_frame(frame)
     asset = context.data_sources.add_pandas(name).add_dataframe_asset(name)
     batch = asset.add_batch_definition_whole_dataframe(name).get_batch(batch_parameters={"dataframe": frame})
     suite = context.suites.add(gx.ExpectationSuite(name=name))
@@ -135,6 +189,15 @@ def _run_suite(context, name: str, frame: pd.DataFrame, expectations: list) -> t
     return result.to_json_dict(), failures
 
 
+def _gx_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Plain object columns for GX: it predates pandas' ``str`` dtype and its NaN for missing strings."""
+    out = frame.copy()
+    for column in out.columns:
+        if pd.api.types.is_string_dtype(out[column]) and not pd.api.types.is_numeric_dtype(out[column]):
+            out[column] = out[column].astype(object).where(out[column].notna(), None)
+    return out
+
+
 def _unexpected_keys(result: dict, index_cols: list[str]) -> list:
     rows = result.get("unexpected_index_list") or []
     keys = [row.get(index_cols[0]) if isinstance(row, dict) else row for row in rows]
@@ -149,15 +212,25 @@ def _jsonable(value):
     return str(value)
 
 
-def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig, class_labels: list[int]) -> ValidationOutcome:
-    """Apply the wart policy, run both suites, and say whether training may proceed."""
+def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig, class_labels: list[int],
+                      source_kind: str | None = None, contract_hash: str | None = None,
+                      contract_size: int | None = None) -> ValidationOutcome:
+    """Apply the wart policy, run the source kind's two suites, and say whether training may proceed.
+
+    ``source_kind`` defaults to the manifest's own (its most common ``source_kind``), else
+    ``medmnist``; ``contract_hash``/``contract_size`` None skip the contract checks.
+    """
     import great_expectations as gx
 
+    if source_kind is None:
+        kinds = manifest["source_kind"].dropna() if "source_kind" in manifest.columns else pd.Series([], dtype=object)
+        source_kind = str(kinds.mode().iloc[0]) if len(kinds) else "medmnist"
     found = wartlib.find_warts(manifest)
     dropped = wartlib.rows_to_drop(
         manifest,
         within=config.duplicates_within_split == WartPolicy.DROP,
         across=config.duplicates_across_splits == WartPolicy.DROP,
+        patients=config.patient_overlap == WartPolicy.DROP,
     )
     kept = manifest[~manifest["id"].isin(dropped)].reset_index(drop=True)
     checked = wartlib.add_check_columns(kept)
@@ -169,8 +242,12 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig, class_la
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    manifest_json, manifest_failures = _run_suite(context, "manifest", checked, manifest_expectations(config, class_labels))
-    summary_json, summary_failures = _run_suite(context, "split_summary", summary, summary_expectations(config))
+    manifest_suite, summary_suite = f"{source_kind}.manifest", f"{source_kind}.split_summary"
+    manifest_json, manifest_failures = _run_suite(
+        context, manifest_suite, checked,
+        manifest_expectations(config, class_labels, source_kind, contract_hash, contract_size),
+    )
+    summary_json, summary_failures = _run_suite(context, summary_suite, summary, summary_expectations(config))
     failures = manifest_failures + summary_failures
     critical = [f for f in failures if f["severity"] == "critical"]
     warnings = [f for f in failures if f["severity"] != "critical"]
@@ -179,11 +256,13 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig, class_la
         failed_critical=critical,
         warnings=warnings,
         dropped_ids=dropped,
-        warts={**found.summary(), "within_split": found.within_split, "across_splits": found.across_splits},
+        warts={**found.summary(), "within_split": found.within_split, "across_splits": found.across_splits,
+               "patients_across_splits_list": found.patients_across_splits},
         statistics={
+            "source_kind": source_kind,
             "n_rows": len(manifest),
             "n_kept": len(kept),
             "split_summary": summary.drop(columns=["expected_n_images"], errors="ignore").to_dict("records"),
         },
-        results={"manifest": manifest_json, "split_summary": summary_json},
+        results={manifest_suite: manifest_json, summary_suite: summary_json},
     )

@@ -1,0 +1,295 @@
+"""Parallel, streaming, cached decoding of source files into contract images.
+
+Each file is decoded and preprocessed (:func:`medimg.preprocess.decode_file` and
+:func:`~medimg.preprocess.prepare`) in a pool of worker *processes*: decoding is CPU-bound, and
+:func:`medimg.data.dicom.decode_dicom` captures warnings with :func:`warnings.catch_warnings`,
+which is process-wide state, so threads would interfere. Workers come from a ``forkserver``
+(never ``fork``: the parent may be a Prefect flow with threads and locks that a forked child
+would inherit in an undefined state). As with ``spawn``, each worker imports the parent's main
+module, so a script that ingests with more than one worker needs the usual
+``if __name__ == "__main__":`` guard (the ``medimg`` command, pytest and Prefect have it).
+
+Promises:
+
+* **Streaming.** :func:`decode` yields one small metadata dict per file as it is done (in input
+  order among the decoded files);
+  the image itself goes to a file in the cache folder, never through the parent, so the parent's
+  memory does not grow with the number of images and a worker holds one image at a time.
+* **Cache.** Results are stored as ``<cache>/<sha256[:2]>/<sha256>.png`` plus a line in an
+  index (:class:`DecodeCache`), keyed by the SHA-256 of the source bytes, in a folder whose name includes the contract hash,
+  the rejection options, a key id of the de-identification secret and :data:`CACHE_VERSION`. A
+  worker reads the file, hashes it and looks it up first: a file whose bytes were seen before
+  under the same contract and secret is not decoded again (incremental ingest). Hashing happens
+  in the workers, in parallel. Two identical files in one batch may both be decoded when they
+  are processed at the same moment (same result, written twice). Bad files are cached too, with
+  their reason.
+* **Privacy.** What a worker returns and what the cache holds are sizes, codes and keyed
+  pseudonyms (:func:`medimg.data.deid.safe_metadata`), never a DICOM value or a file name.
+  Errors that are not :class:`~medimg.data.images.BadImage` become ``decode_error`` with the
+  exception's type name only, since their text may quote file contents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medimg.config import PreprocessConfig
+
+#: Bump when decoding or the cached fields change, so old cache entries are not reused.
+CACHE_VERSION = 2
+
+_HEADER_TAGS = [
+    "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality",
+    "PhotometricInterpretation", "Rows", "Columns", "BitsStored", "BodyPartExamined", "ViewPosition",
+]
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """One file to decode. ``ref`` identifies it to the caller (it is not written anywhere)."""
+
+    path: str
+    ref: str
+    kind: str | None = None  # "dicom" or "raster"; None: told by the file's DICM marker
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    preprocess: PreprocessConfig
+    cache_dir: str
+    min_side: int = 16
+    allow_burned_in: bool = False
+    secret: bytes | None = None  # needed for DICOM pseudonyms
+    use_cache: bool = True  # False: decode every file (the cache folder is still where images go)
+
+
+def cache_folder(cache_root: Path, contract_hash: str, secret: bytes | None, min_side: int = 16,
+                 allow_burned_in: bool = False) -> Path:
+    """``<cache_root>/v<version>-<contract hash>-<options>-<key id>``: one folder per way of decoding.
+
+    Everything that changes a file's outcome is in the name: the contract, the rejection
+    options (minimum side, burned-in annotation allowed) and the secret (pseudonyms). The key id
+    is a pseudonym of a constant under the secret: it tells secrets apart without revealing
+    anything about them.
+    """
+    from medimg.data.deid import pseudonym
+
+    key = pseudonym("cache", secret, "key").split("-", 1)[1][:8] if secret else "nokey"
+    return cache_root / f"v{CACHE_VERSION}-{contract_hash}-m{min_side}{'b' if allow_burned_in else ''}-{key}"
+
+
+class DecodeCache:
+    """One cache folder: ``<sha256[:2]>/<sha256>.png`` images and ``index/*.jsonl`` metadata.
+
+    Each process appends its entries (one JSON line per file: ``sha256`` plus the metadata) to
+    its own index file, so writers never share a file and a lookup costs no file system call;
+    :meth:`load` reads all index files (the last line for a hash wins). An image is written
+    beside its final name and renamed into place before its index line is appended, so an
+    indexed image is always complete, and an existing image file is never changed in place (the
+    dataset's hard links to it keep their content).
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._entries: dict[str, dict] | None = None
+        self._index = None
+        self._made: set[Path] = set()
+
+    def image_path(self, sha256: str) -> Path:
+        return self.folder / sha256[:2] / f"{sha256}.png"
+
+    def load(self) -> dict[str, dict]:
+        entries: dict[str, dict] = {}
+        for path in sorted((self.folder / "index").glob("*.jsonl")):
+            for line in path.read_text().splitlines():
+                try:
+                    item = json.loads(line)
+                    entries[item.pop("sha256")] = item
+                except (ValueError, KeyError, AttributeError):
+                    continue  # a line cut by a crash: that file is decoded again
+        self._entries = entries
+        return entries
+
+    def get(self, sha256: str) -> dict | None:
+        meta = (self._entries if self._entries is not None else self.load()).get(sha256)
+        if meta is None or (meta.get("status") == "ok" and not self.image_path(sha256).is_file()):
+            return None
+        return meta
+
+    def put(self, sha256: str, image: np.ndarray | None, meta: dict) -> None:
+        """Store one result; unexpected errors (``detail`` starting "unexpected") are not kept."""
+        from PIL import Image
+
+        if meta.get("status") != "ok" and str(meta.get("detail", "")).startswith("unexpected"):
+            return
+        if image is not None:
+            target = self.image_path(sha256)
+            if target.parent not in self._made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._made.add(target.parent)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            Image.fromarray(image, mode="L").save(tmp, "PNG")
+            os.replace(tmp, target)
+        if self._index is None:
+            (self.folder / "index").mkdir(parents=True, exist_ok=True)
+            self._index = open(self.folder / "index" / f"{os.getpid()}-{os.urandom(4).hex()}.jsonl", "a")
+        self._index.write(json.dumps({"sha256": sha256, **meta}, sort_keys=True) + "\n")
+        self._index.flush()
+        if self._entries is not None:
+            self._entries[sha256] = dict(meta)
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+
+# --------------------------------------------------------------------------- worker side
+
+_OPTIONS: DecodeOptions | None = None
+
+
+_CACHE: DecodeCache | None = None
+
+
+def _init(options: DecodeOptions) -> None:
+    global _OPTIONS, _CACHE
+    _OPTIONS = options
+    _CACHE = DecodeCache(options.cache_dir)
+    if options.use_cache:
+        _CACHE.load()
+    warnings.simplefilter("ignore")  # library warnings can quote header values; nothing to say here
+
+
+def _dicom_header(path: str, secret: bytes | None) -> dict:
+    import pydicom
+
+    from medimg.data.deid import pseudonym, safe_metadata
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+            if secret is None:
+                return {"modality": str(ds.get("Modality", "") or "").strip().upper() or None}
+            meta = safe_metadata(ds, secret)
+            sop = str(ds.get("SOPInstanceUID", "") or "").strip()
+            meta["sop_pseudonym"] = pseudonym(sop, secret, "sop") if sop else None
+            return meta
+    except Exception:  # decode_dicom will say what is wrong with the file
+        return {}
+
+
+def process(job: DecodeJob) -> tuple[DecodeJob, dict, bool]:
+    """Hash, look up, or decode, preprocess and cache one file.
+
+    Returns the job, its metadata (``sha256`` always set; see the module docstring) and whether
+    it came from the cache. A file that cannot be read is ``bad`` with reason ``not_an_image``.
+    """
+    options, cache = _OPTIONS, _CACHE
+    if options is None or cache is None:
+        raise RuntimeError("decode worker not initialised")
+    try:
+        sha = hashlib.sha256(Path(job.path).read_bytes()).hexdigest()
+    except OSError as err:
+        return job, {"status": "bad", "reason": "not_an_image", "detail": f"unreadable ({type(err).__name__})",
+                     "sha256": None}, False
+    if options.use_cache:
+        cached = cache.get(sha)
+        if cached is not None:
+            return job, {**cached, "sha256": sha}, True
+    meta, image = _decode(job, options)
+    cache.put(sha, image, meta)  # unexpected errors are not cached: their cause may pass
+    return job, {**meta, "sha256": sha}, False
+
+
+def _decode(job: DecodeJob, options: DecodeOptions) -> tuple[dict, np.ndarray | None]:
+    from medimg import preprocess
+    from medimg.data.images import BadImage
+
+    header: dict = {}
+    try:
+        dicom = job.kind == "dicom" if job.kind else preprocess.is_dicom_file(job.path)
+        if dicom:
+            header = _dicom_header(job.path, options.secret)
+        decoded = preprocess.decode_file(job.path, options.preprocess, options.min_side, options.allow_burned_in,
+                                         modality=header.get("modality"), kind="dicom" if dicom else "raster")
+        image = preprocess.prepare(decoded, options.preprocess)
+    except BadImage as err:
+        return {"status": "bad", "reason": err.reason, "detail": err.detail}, None
+    except MemoryError:
+        raise
+    except Exception as err:  # an unexpected failure: the text is not trusted
+        return {"status": "bad", "reason": "decode_error", "detail": f"unexpected {type(err).__name__}"}, None
+    meta = {
+        "status": "ok",
+        "file_format": decoded.source_kind,
+        "original_height": int(decoded.original_height),
+        "original_width": int(decoded.original_width),
+        "bit_depth": int(decoded.bit_depth),
+        "photometric": decoded.photometric,
+        "modality": decoded.modality,
+        "pixel_mean": float(image.mean()),
+        "pixel_std": float(image.std()),
+    }
+    for key in ("patient_pseudonym", "study_pseudonym", "series_pseudonym", "sop_pseudonym"):
+        if key in header:
+            meta[key] = header[key]
+    return meta, image
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def decode(jobs: Iterable[DecodeJob], options: DecodeOptions,
+           workers: int = 2) -> Iterator[tuple[DecodeJob, dict, bool]]:
+    """Yield ``(job, meta, from_cache)`` for every job, in input order.
+
+    ``options.use_cache`` False decodes every job (what a first ingest costs). ``workers`` <= 1
+    works in this process.
+    """
+    yield from _run(list(jobs), options, workers)
+
+
+def _run(todo: list[DecodeJob], options: DecodeOptions, workers: int) -> Iterator[tuple[DecodeJob, dict, bool]]:
+    global _OPTIONS, _CACHE
+    if not todo:
+        return
+    Path(options.cache_dir).mkdir(parents=True, exist_ok=True)
+    workers = min(workers, len(todo))
+    if workers <= 1:
+        saved = _OPTIONS, _CACHE
+        _OPTIONS, _CACHE = options, DecodeCache(options.cache_dir)
+        if options.use_cache:
+            _CACHE.load()
+        try:
+            for job in todo:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    result = process(job)
+                yield result
+        finally:
+            _CACHE.close()
+            _OPTIONS, _CACHE = saved
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    # A worker that dies (a decoder crashing on a hostile file) raises BrokenProcessPool here
+    # instead of hanging the ingest, which is why this is not multiprocessing.Pool.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["medimg.data.decode_pool", "medimg.preprocess", "medimg.data.dicom"])
+    chunksize = max(1, min(8, len(todo) // (workers * 16)))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(options,))
+    try:
+        yield from pool.map(process, todo, chunksize=chunksize)
+    finally:  # a consumer that stops early (an error, a threshold) does not wait for the rest
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,189 @@
+"""File sources: what to ingest from an image folder or a DICOM folder (and their inbox).
+
+Scanning is cheap: it reads no file. It lists the files and what the *layout* says about each:
+its class folder, split folder and (Kermany names) patient for image folders; its place in the
+tree for DICOM folders, whose labels come from a CSV (:func:`read_label_table`). The files'
+SHA-256 (the manifest's ``sha256`` and the decode cache's key) is computed by the decoding
+workers, in parallel, from the bytes they read anyway. The layout rules for image folders are
+those of :func:`medimg.data.image_folder.scan_image_folder`, whose helpers are used here.
+
+The inbox is a second folder scanned the same way (``origin == "inbox"``): new files dropped
+there are ingested together with the source on the next run, and only they are decoded (the
+rest comes from the cache). It may use the split layout or the plain ``<CLASS>/`` one.
+
+Nothing here is written anywhere: raw patient keys and paths stay in memory and are turned into
+keyed pseudonyms by the ingest before they reach the manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from medimg.data.image_folder import IMAGE_SUFFIXES, SPLIT_NAMES, _visible_dirs, kermany_patient_key
+
+log = logging.getLogger(__name__)
+
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ""})
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a source. ``rel`` is its posix path relative to its folder."""
+
+    path: Path
+    rel: str
+    origin: str  # "source" or "inbox"
+    sha256: str | None = None  # known once a worker has read the file
+    class_name: str | None = None  # the class folder (image folders)
+    split: str | None = None  # the split folder (image folders) or the CSV's split column
+    patient_key: str | None = None  # raw, from the file name (image folders); never stored
+
+    @property
+    def place(self) -> str:
+        """``<origin>/<rel>``: unique over source and inbox; input to the id and file pseudonyms."""
+        return f"{self.origin}/{self.rel}"
+
+
+class SourceLayoutError(ValueError):
+    """The source folder is missing or not in a layout medimg can read."""
+
+
+def scan_images(root: Path, origin: str, patient_id: str = "kermany") -> list[SourceFile]:
+    """Every PNG/JPEG of an image folder, sorted by (split, class, name), without reading them.
+
+    Layouts, skipped files and errors as :func:`medimg.data.image_folder.scan_image_folder`:
+    ``<root>/<split>/<CLASS>/`` or ``<root>/<CLASS>/``; :class:`SourceLayoutError` for a missing
+    folder, split folders mixed with class folders, or no image at all.
+    """
+    if not root.is_dir():
+        raise SourceLayoutError(f"image folder {root} does not exist or is not a folder")
+    top = _visible_dirs(root)
+    split_dirs = [d for d in top if d.name.lower() in SPLIT_NAMES]
+    if split_dirs and len(split_dirs) != len(top):
+        others = sorted(d.name for d in top if d not in split_dirs)
+        raise SourceLayoutError(
+            f"{root}: mixes split folders {sorted(d.name for d in split_dirs)} with other folders {others}; "
+            "expected either <root>/<split>/<class>/ or <root>/<class>/"
+        )
+    class_dirs = ([(d.name.lower(), c) for d in split_dirs for c in _visible_dirs(d)] if split_dirs
+                  else [(None, c) for c in top])
+    out = []
+    for split, class_dir in class_dirs:
+        for file in class_dir.iterdir():
+            if file.name.startswith(".") or file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
+                continue
+            rel = "/".join(p for p in (split, class_dir.name, file.name) if p)
+            out.append(SourceFile(path=file, rel=rel, origin=origin, class_name=class_dir.name, split=split,
+                                  patient_key=kermany_patient_key(file.name) if patient_id == "kermany" else rel))
+    if not out and origin == "source":
+        raise SourceLayoutError(f"{root}: no .jpeg/.jpg/.png images found in class folders")
+    order = {name: i for i, name in enumerate(SPLIT_NAMES)}
+    out.sort(key=lambda f: (order.get(f.split, -1), f.class_name, f.path.name))
+    return out
+
+
+def scan_dicom(root: Path, origin: str, skip: set[Path] | None = None) -> list[SourceFile]:
+    """Every ``*.dcm``, ``*.dicom`` or suffix-less file under ``root`` (hidden ones skipped), sorted."""
+    if not root.is_dir():
+        raise SourceLayoutError(f"DICOM folder {root} does not exist or is not a folder")
+    skip = {p.resolve() for p in (skip or set())}
+    out = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix.lower() not in DICOM_SUFFIXES or path.resolve() in skip:
+            continue
+        out.append(SourceFile(path=path, rel=rel.as_posix(), origin=origin))
+    if not out and origin == "source":
+        raise SourceLayoutError(f"{root}: no DICOM files (*.dcm, *.dicom or no suffix) found")
+    return out
+
+
+def inbox_files(inbox: Path | None, kind: str, patient_id: str = "kermany", labels_csv: str | None = None) -> list[SourceFile]:
+    """The inbox's files; a missing or empty inbox has none (a missing one is logged)."""
+    if inbox is None:
+        return []
+    if not inbox.is_dir():
+        log.warning("inbox %s does not exist: nothing new to ingest from it", inbox)
+        return []
+    if kind == "dicom_folder":
+        skip = {inbox / labels_csv} if labels_csv else set()
+        return scan_dicom(inbox, "inbox", skip)
+    return scan_images(inbox, "inbox", patient_id)
+
+
+@dataclass(frozen=True)
+class LabelEntry:
+    label: str
+    split: str | None
+
+
+def read_label_table(path: Path, key_column: str, label_column: str, split_column: str | None) -> dict[str, LabelEntry]:
+    """key -> (label as written, split or None) from a CSV with a header row.
+
+    Raises :class:`SourceLayoutError` for a missing file or column, a duplicated key with two
+    different labels, or a split outside train/val/test. Keys and values are stripped.
+    """
+    if not path.is_file():
+        raise SourceLayoutError(f"label file {path} not found")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c for c in (key_column, label_column, split_column) if c]
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SourceLayoutError(f"{path.name}: missing column(s) {missing}; has {reader.fieldnames}")
+        table: dict[str, LabelEntry] = {}
+        for line, row in enumerate(reader, start=2):
+            key = (row[key_column] or "").strip()
+            if not key:
+                continue
+            split = (row[split_column] or "").strip().lower() or None if split_column else None
+            if split is not None and split not in SPLITS:
+                raise SourceLayoutError(f"{path.name} line {line}: split {split!r} is not one of {SPLITS}")
+            entry = LabelEntry((row[label_column] or "").strip(), split)
+            if key in table and table[key] != entry:
+                raise SourceLayoutError(f"{path.name} line {line}: a key appears twice with different labels")
+            table[key] = entry
+    return table
+
+
+def class_index(name: str | None, class_names: tuple[str, ...], class_folders: dict[str, str] | None = None) -> int | None:
+    """The class index a folder name or CSV label stands for, or None.
+
+    ``class_folders`` maps folder names to class names first; then a class name matches ignoring
+    case, and a plain integer is taken as the index.
+    """
+    if name is None:
+        return None
+    text = str(name).strip()
+    if class_folders:
+        text = class_folders.get(text, text)
+    lowered = [c.lower() for c in class_names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    if text.isdigit() and int(text) < len(class_names):
+        return int(text)
+    return None
+
+
+def lookup_dicom_label(file: SourceFile, table: dict[str, LabelEntry], label_key: str) -> LabelEntry | None:
+    """The CSV entry for a DICOM file keyed by ``file`` or ``folder`` (SOP UIDs are looked up after decoding).
+
+    ``file``: the path relative to the file's folder (source or inbox), else its bare name.
+    ``folder``: the deepest folder above the file (relative path) that the table names.
+    """
+    if label_key == "file":
+        return table.get(file.rel) or table.get(Path(file.rel).name)
+    if label_key == "folder":
+        parts = Path(file.rel).parts[:-1]
+        for depth in range(len(parts), 0, -1):
+            entry = table.get("/".join(parts[:depth]))
+            if entry is not None:
+                return entry
+        return None
+    raise ValueError(f"label_key {label_key!r} is resolved after decoding")

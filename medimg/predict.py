@@ -1,0 +1,190 @@
+"""``medimg predict``: ONNX Runtime inference over DICOM, PNG and JPEG files, from the model's metadata.
+
+The preprocessing comes only from the ONNX file's own ``medimg.preprocessing`` contract
+(:func:`medimg.preprocess.config_from_contract`), never from ``params.yaml``, so a model predicts
+the way it was exported whatever the local configuration says. Each file goes through exactly
+the functions ingest used for the training images: :func:`medimg.preprocess.prepare_file`
+(decode with :func:`~medimg.data.dicom.decode_dicom` or :func:`~medimg.data.images.decode_raster`,
+grey uint8 by the contract's rules, resize policy, resize, filters) and then
+:func:`medimg.preprocess.apply` (scale, normalise, channels).
+
+Promises:
+
+* a file that cannot be used becomes a row with ``error`` set to its :class:`BadImage` reason
+  code (``truncated``, ``not_an_image``, ...; ``not_found`` and ``unreadable`` for a path that
+  cannot be read) and no probability; the batch goes on;
+* every other row has ``probability`` = softmax(logits)[:, 1] in [0, 1] and ``label`` = the
+  positive class when ``probability >= threshold`` (the threshold stored in the model), else
+  the negative one;
+* rows come back in input order (folders expanded in sorted order);
+* the session runs on CUDA where ONNX Runtime has it, otherwise on the CPU; :attr:`OnnxModel.provider`
+  says which one actually runs.
+
+Which file is which kind is read from its bytes (the ``DICM`` marker at offset 128), not its
+name, so extension-less DICOM files work. Folders are searched recursively for ``.dcm``,
+``.dicom``, ``.png``, ``.jpg``, ``.jpeg`` and extension-less files; hidden files are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medimg import preprocess
+from medimg.config import PreprocessConfig
+from medimg.data.images import BadImage
+from medimg.export.onnx_export import INPUT_NAME, OUTPUT_NAME, read_metadata, session, softmax_positive
+
+IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
+META_PREPROCESSING = "medimg.preprocessing"
+FIELDS = ("file", "probability", "label", "error")
+
+
+class ModelMetadataError(ValueError):
+    """The ONNX file lacks the medimg metadata needed to preprocess and interpret its input."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    file: str
+    probability: float | None
+    label: str | None
+    error: str | None = None
+
+
+class OnnxModel:
+    """An ONNX Runtime session plus what the file's metadata says about using it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        meta = read_metadata(self.path)
+        try:
+            contract = json.loads(meta[META_PREPROCESSING])
+            self.threshold = float(meta["medimg.threshold"])
+            self.class_names = list(json.loads(meta["medimg.class_names"]))
+        except (KeyError, ValueError, TypeError) as err:
+            raise ModelMetadataError(f"{self.path.name}: not a medimg model, metadata incomplete ({err})") from None
+        self.contract = contract
+        self.config = preprocess.config_from_contract(contract)
+        self.input_name = meta.get("medimg.input_name", INPUT_NAME)
+        self.metadata = meta
+        self.session = session(self.path)
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def label(self, probability: float) -> str:
+        return self.class_names[1] if probability >= self.threshold else self.class_names[0]
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        logits = self.session.run([OUTPUT_NAME], {self.input_name: x.astype(np.float32, copy=False)})[0]
+        return softmax_positive(logits)
+
+
+def load_grey_uint8(path: str | Path, config: PreprocessConfig | None = None) -> np.ndarray:
+    """One file -> grey uint8 ``[H, W]`` at its own size, by the contract's intensity rules.
+
+    Raises :class:`BadImage` (with ``.reason``) when the file is unusable.
+    """
+    config = config or PreprocessConfig()
+    return preprocess.grey_uint8(preprocess.decode_file(Path(path), config), config)
+
+
+def collect_files(paths: list[str | Path]) -> list[Path]:
+    """Files named directly (whatever their suffix) plus image files found in named folders."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix == "")
+            ))
+        else:
+            out.append(path)
+    return out
+
+
+def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, show_progress: bool = False,
+                  console=None) -> list[Prediction]:
+    """Predictions for ``files`` in order; bad files carry their reason and do not stop the batch."""
+    results: list[Prediction | None] = [None] * len(files)
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        x = np.concatenate([tensor for _, tensor in pending])
+        for (index, _), prob in zip(pending, model.probabilities(x)):
+            results[index] = Prediction(str(files[index]), float(prob), model.label(float(prob)))
+        pending.clear()
+
+    progress = None
+    if show_progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=console, transient=False)
+        progress.start()
+        task = progress.add_task("predict", total=len(files))
+    try:
+        for index, path in enumerate(files):
+            try:
+                grey = preprocess.prepare_file(path, model.config)  # uint8 [size, size], as ingest stores it
+            except BadImage as err:
+                results[index] = Prediction(str(path), None, None, err.reason)
+            except FileNotFoundError:
+                results[index] = Prediction(str(path), None, None, "not_found")
+            except OSError:
+                results[index] = Prediction(str(path), None, None, "unreadable")
+            except Exception:  # noqa: BLE001 - one undecodable file must not stop the batch
+                results[index] = Prediction(str(path), None, None, "decode_error")
+            else:
+                pending.append((index, preprocess.apply(grey, model.config).numpy()))
+                if len(pending) >= batch_size:
+                    flush()
+            if progress is not None:
+                progress.advance(task)
+        flush()
+    finally:
+        if progress is not None:
+            progress.stop()
+    return [r for r in results if r is not None]
+
+
+def to_rows(predictions: list[Prediction]) -> list[dict]:
+    return [asdict(p) for p in predictions]
+
+
+def render(predictions: list[Prediction], fmt: str) -> str:
+    """CSV (header ``file,probability,label,error``) or a JSON list of rows."""
+    if fmt == "json":
+        return json.dumps(to_rows(predictions), indent=1)
+    if fmt != "csv":
+        raise ValueError(f"unknown format {fmt!r}; expected csv or json")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in to_rows(predictions):
+        writer.writerow({k: ("" if v is None else (repr(v) if isinstance(v, float) else v)) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def registry_model(model_name: str, spec: str, dest: Path):
+    """``spec`` (``champion``, ``challenger``, ``3`` or ``v3``) -> (verified ONNX path, VersionInfo).
+
+    The file is checked against the version's sha256 tag like ``medimg pull`` does.
+    """
+    from medimg.pull import fetch_verified_onnx, resolve_version
+
+    text = spec.strip()
+    number = text[1:] if text[:1] in ("v", "V") and text[1:].isdigit() else text
+    info = resolve_version(model_name, version=number) if number.isdigit() else resolve_version(model_name, alias=text)
+    return fetch_verified_onnx(info, dest), info

@@ -1,0 +1,164 @@
+"""``medimg predict`` on the real DICOM, PNG and JPEG samples, bad files included.
+
+The model is the champion of the shared registry (``registry_fixtures``), pulled and verified.
+PNG inputs are the real PneumoniaMNIST test images the flow ingested, and a 16-bit PNG written
+here from a real chest X-ray; everything else is read straight from the shared data folder.
+Broken files (a truncated JPEG, a text file named .png, an empty .dcm) are made in tmp_path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+from typer.testing import CliRunner
+
+from medimg import preprocess, registry
+from medimg.cli import app
+from medimg.config import parse_params
+from medimg.data.dicom import decode_dicom
+from medimg.data.images import decode_raster
+from medimg.predict import OnnxModel, collect_files, load_grey_uint8, predict_files, render
+from medimg.pull import pull
+from registry_fixtures import MODEL, registry_ws  # noqa: F401 - pytest fixture
+
+FULLRES_GREY = "chest_xray_fullres/NORMAL/IM-0117-0001.jpeg"
+
+
+def _text(result) -> str:
+    return " ".join(result.output.split())
+
+
+def chest_jpegs(data_dir: Path, n: int = 3) -> list[Path]:
+    """The first ``n`` test JPEGs of each class of the 224x224 Kermany set (RGB files)."""
+    return [p for cls in ("NORMAL", "PNEUMONIA") for p in sorted((data_dir / "chest_xray/test" / cls).glob("*.jpeg"))[:n]]
+
+
+def sixteen_bit_png(data_dir: Path, dest: Path) -> Path:
+    """A 16-bit PNG made from a real chest X-ray: its 8-bit values times 257 (full 16-bit range)."""
+    grey = np.asarray(Image.open(data_dir / FULLRES_GREY).convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(grey.astype(np.uint16)).save(dest)
+    return dest
+
+
+def broken_files(data_dir: Path, folder: Path) -> dict[str, str]:
+    """File -> the reason medimg must give for it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = (data_dir / FULLRES_GREY).read_bytes()
+    (folder / "cut.jpeg").write_bytes(source[: len(source) * 6 // 10])
+    (folder / "notes.png").write_text("this is a text file, not an image\n")
+    (folder / "empty.dcm").write_bytes(b"")
+    return {str(folder / "cut.jpeg"): "truncated", str(folder / "notes.png"): "not_an_image",
+            str(folder / "empty.dcm"): "empty", str(data_dir / "dicom/mr/MR_truncated.dcm"): "truncated"}
+
+
+@pytest.fixture(scope="module")
+def champion_onnx(registry_ws, tmp_path_factory) -> Path:
+    return pull(registry_ws.params, out_dir=tmp_path_factory.mktemp("pulled") / "model").onnx
+
+
+@pytest.mark.slow
+def test_predict_cli_on_real_dicom_png_jpeg_with_bad_files(registry_ws, champion_onnx, data_dir, tmp_path):
+    bad = broken_files(data_dir, tmp_path / "bad")
+    pngs = sorted((registry_ws.dataset / "images" / "test").glob("*.png"))[:8]
+    inputs = [data_dir / "dicom" / "xray", data_dir / "dicom" / "ct", data_dir / "dicom" / "mr",
+              data_dir / "chest_xray_fullres", *chest_jpegs(data_dir), *pngs,
+              sixteen_bit_png(data_dir, tmp_path / "chest16.png"), tmp_path / "bad"]
+    out = tmp_path / "rows.json"
+    result = CliRunner().invoke(app, ["predict", "champion", *map(str, inputs), "--format", "json", "--out", str(out),
+                                      "--params", str(registry_ws.params_file)])
+    assert result.exit_code == 0, result.output
+    text = _text(result)
+    assert "ONNX Runtime provider: CPUExecutionProvider" in text or "ONNX Runtime provider: CUDAExecutionProvider" in text
+    assert f"{MODEL} v1 (sha256 verified)" in text
+
+    rows = json.loads(out.read_text())
+    expected_files = [str(p) for p in collect_files(inputs)]
+    assert [r["file"] for r in rows] == expected_files, "one row per file, in input order"
+    n_dicom = sum(1 for f in expected_files if f.endswith(".dcm"))
+    assert len(rows) == 11 + 30 + 6 + 8 + 1 + 3 and n_dicom == 11 + 1
+    by_file = {r["file"]: r for r in rows}
+    for file, reason in bad.items():
+        assert by_file[file]["error"] == reason and by_file[file]["probability"] is None, by_file[file]
+    model = OnnxModel(champion_onnx)
+    good = [r for r in rows if r["file"] not in bad]
+    assert len(good) == len(rows) - 4
+    for row in good:
+        assert row["error"] is None and 0.0 <= row["probability"] <= 1.0, row
+        assert row["label"] == ("pneumonia" if row["probability"] >= model.threshold else "normal")
+    assert f"{len(good)} predicted, 4 not usable" in text
+
+
+@pytest.mark.slow
+def test_png_predictions_reproduce_the_evaluation(registry_ws, champion_onnx, tmp_path):
+    """The ingested test PNGs through predict give the probabilities the flow's PyTorch evaluation logged."""
+    v1 = registry.get_version(MODEL, "1")
+    csv = MlflowClient().download_artifacts(v1.run_id, "evaluation/test_predictions.csv", str(tmp_path))
+    evaluated = pd.read_csv(csv, dtype={"id": str}).set_index("id")["probability"]
+    ids = evaluated.index[:48].tolist()
+    files = [registry_ws.dataset / "images" / "test" / f"{i}.png" for i in ids]
+    predictions = predict_files(OnnxModel(champion_onnx), files, batch_size=16)
+    got = np.array([p.probability for p in predictions])
+    assert np.max(np.abs(got - evaluated.loc[ids].to_numpy())) < 1e-4
+
+
+@pytest.mark.slow
+def test_predict_csv_keeps_going_and_a_16bit_png_equals_its_8bit_source(champion_onnx, data_dir, tmp_path):
+    bad = broken_files(data_dir, tmp_path / "bad")
+    files = [data_dir / FULLRES_GREY, sixteen_bit_png(data_dir, tmp_path / "chest16.png"), *map(Path, bad),
+             tmp_path / "missing.png", *chest_jpegs(data_dir, 20)]
+    result = CliRunner().invoke(app, ["predict", str(champion_onnx), *map(str, files), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False)
+    assert list(frame.columns) == ["file", "probability", "label", "error"] and len(frame) == len(files)
+    assert frame.loc[0, "probability"] == frame.loc[1, "probability"], "16-bit x257 must map back to the 8-bit values"
+    errors = dict(zip(frame["file"], frame["error"]))
+    assert all(errors[f] == reason for f, reason in bad.items())
+    assert errors[str(tmp_path / "missing.png")] == "not_found"
+    assert f"{len(files)}/{len(files)}" in result.output, "a long batch shows a progress bar"
+
+
+def test_grey_uint8_mapping_is_the_documented_one(data_dir, tmp_path):
+    # 8-bit grey PNG/JPEG: kept exactly
+    grey = np.asarray(Image.open(data_dir / FULLRES_GREY).convert("L"))
+    assert np.array_equal(load_grey_uint8(data_dir / FULLRES_GREY), grey)
+    # 16-bit PNG: scaled by its full range, so x257 maps back exactly
+    assert np.array_equal(load_grey_uint8(sixteen_bit_png(data_dir, tmp_path / "c16.png")), grey)
+    # RGB JPEG: BT.601 luminance, rounded half to even
+    rgb_file = chest_jpegs(data_dir, 1)[0]
+    rgb = np.asarray(Image.open(rgb_file), dtype=np.float64)
+    assert rgb.ndim == 3
+    assert np.array_equal(load_grey_uint8(rgb_file), np.rint(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint8))
+    # CT: windowed onto [0, 1] by decode_dicom, then x 255
+    ct = decode_dicom(data_dir / "dicom/ct/CT_small.dcm")
+    assert ct.window is not None
+    assert np.array_equal(load_grey_uint8(data_dir / "dicom/ct/CT_small.dcm"),
+                          np.rint(ct.pixels.astype(np.float64) * 255).astype(np.uint8))
+    # other DICOM: the image's own min..max onto 0..255
+    mr = decode_dicom(data_dir / "dicom/mr/MR_small.dcm")
+    u = load_grey_uint8(data_dir / "dicom/mr/MR_small.dcm")
+    v = mr.pixels.astype(np.float64)
+    assert u.min() == 0 and u.max() == 255
+    assert np.array_equal(u, np.rint((v - v.min()) / (v.max() - v.min()) * 255).astype(np.uint8))
+    # deterministic, and the same rules are what the ONNX metadata tells a consumer
+    assert np.array_equal(u, preprocess.grey_uint8(decode_dicom(data_dir / "dicom/mr/MR_small.dcm")))
+    assert decode_raster(data_dir / FULLRES_GREY).bit_depth == 8
+    assert "16-bit scaled" in preprocess.contract(parse_params({}).preprocess)["grey_uint8"]["png_jpeg"]
+
+
+def test_render_formats_round_trip():
+    from medimg.predict import Prediction
+
+    rows = [Prediction("a.png", 0.25, "normal"), Prediction("b.dcm", None, None, "truncated")]
+    assert json.loads(render(rows, "json"))[1] == {"file": "b.dcm", "probability": None, "label": None,
+                                                   "error": "truncated"}
+    lines = render(rows, "csv").splitlines()
+    assert lines == ["file,probability,label,error", "a.png,0.25,normal,", "b.dcm,,,truncated"]
+    with pytest.raises(ValueError, match="csv or json"):
+        render(rows, "xml")
