@@ -51,13 +51,18 @@ GOOD_DICOM = [
 
 
 def _fullres_folder(tmp: Path, repeat: int) -> list[Path]:
-    """<tmp>/src/{NORMAL,PNEUMONIA}/r<k>-<name>: symlinks to the 30 originals, ``repeat`` times."""
+    """<tmp>/src/{NORMAL,PNEUMONIA}/<stem>-<k>.jpeg: symlinks to the 30 originals, ``repeat`` times.
+
+    The appended image number keeps Kermany's patient rule working (``IM-0115-0001-7`` is still
+    patient ``IM-0115``), so the copies group by patient as real repeat images do.
+    """
     out = []
+    sep = {"NORMAL": "-", "PNEUMONIA": "_"}
     for cls in ("NORMAL", "PNEUMONIA"):
         (tmp / "src" / cls).mkdir(parents=True)
         for src in sorted((DATA / "chest_xray_fullres" / cls).iterdir()):
             for k in range(repeat):
-                link = tmp / "src" / cls / f"r{k:03d}-{src.name}"
+                link = tmp / "src" / cls / f"{src.stem}{sep[cls]}{k}{src.suffix}"
                 link.symlink_to(src)
                 out.append(link)
     return out
@@ -116,7 +121,7 @@ def run_one(config: dict) -> dict:
             params = parse_params({
                 "preprocess": {"size": 64, "interpolation": "area", "jpeg_dct_scaling": config["dct"]},
                 "data": {"source": "dicom_folder" if dicom else "image_folder", "workers": config["workers"],
-                         "cache": False, "image_folder": {"patient_id": "file"},
+                         "cache": False,
                          "dicom": {"label_key": "folder"}},
             })
             result = ingest_files(params.data.source, params.data, params.preprocess, tmp / "dataset", DEMO_SECRET,

@@ -17,7 +17,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from medimg import preprocess, registry
-from medimg.config import Params, PreprocessConfig
+from medimg.config import Params
 from medimg.data import manifest, versioning
 from medimg.drift import compare
 from medimg.export.onnx_export import onnx_logits, read_metadata, session, softmax_positive
@@ -37,7 +37,7 @@ def _champion_outputs(params: Params, ws: Workspace, champion: registry.VersionI
     reference = pd.read_csv(local)["probability"].to_numpy()
     path = registry.download_onnx(params.registry.model_name, champion.version, ws.runs / "champion-cache" / champion.version)
     contract = json.loads(read_metadata(path)["medimg.preprocessing"])
-    config = PreprocessConfig(size=contract["size"], channels=contract["channels"], mean=contract["mean"], std=contract["std"])
+    config = preprocess.config_from_contract(contract)
     # Like with like: the reference is the champion on held-out images, so the new data is scored on
     # its held-out splits too; on its own training images the champion is overconfident, and that
     # alone read as output drift (PSI 0.11, KS p 0.002) on an unchanged data set.

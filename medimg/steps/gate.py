@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from medimg import preprocess, registry, tracking
-from medimg.config import Params, PreprocessConfig
+from medimg.config import Params
 from medimg.data import manifest
 from medimg.evaluation import gates
 from medimg.evaluation.bootstrap import paired_auc_difference
@@ -28,7 +28,7 @@ def champion_probabilities(params: Params, ws: Workspace, champion: registry.Ver
     """The champion's positive-class probabilities on the candidate's test images (ONNX Runtime)."""
     path = registry.download_onnx(params.registry.model_name, champion.version, ws.runs / "champion-cache" / champion.version)
     contract = json.loads(read_metadata(path)[META_PREPROCESSING])
-    config = PreprocessConfig(size=contract["size"], channels=contract["channels"], mean=contract["mean"], std=contract["std"])
+    config = preprocess.config_from_contract(contract)
     frame = manifest.read(ws.data)
     test = load_split(ws.data, frame[frame["id"].isin(ids)], "test")
     order = {image_id: i for i, image_id in enumerate(test.ids)}
