@@ -65,40 +65,21 @@ def scan_image_folder(root: str | Path) -> list[dict]:
     Raises ``FileNotFoundError`` when ``root`` is not a folder, and ``ValueError`` when it mixes
     split folders with class folders (an ambiguous layout) or holds no images at all.
     """
+    from medimg.data.sources import scan_images
+
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
-    top = _visible_dirs(root)
-    split_dirs = [d for d in top if d.name.lower() in SPLIT_NAMES]
-    if split_dirs and len(split_dirs) != len(top):
-        others = sorted(d.name for d in top if d not in split_dirs)
-        raise ValueError(
-            f"{root}: mixes split folders {sorted(d.name for d in split_dirs)} with other folders "
-            f"{others}; expected either <root>/<split>/<class>/ or <root>/<class>/"
-        )
-    if split_dirs:
-        class_dirs = [(d.name.lower(), c) for d in split_dirs for c in _visible_dirs(d)]
-    else:
-        class_dirs = [(None, c) for c in top]
-    records = []
-    for split, class_dir in class_dirs:
-        for file in class_dir.iterdir():
-            if file.name.startswith(".") or not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            records.append(
-                {
-                    "path": str(file.resolve()),
-                    "class_name": class_dir.name,
-                    "split": split,
-                    "patient_key": kermany_patient_key(file.name),
-                    "sha256": file_sha256(file),
-                }
-            )
-    if not records:
-        raise ValueError(f"{root}: no .jpeg/.jpg/.png images found in class folders")
-    order = {name: i for i, name in enumerate(SPLIT_NAMES)}
-    records.sort(key=lambda r: (order.get(r["split"], -1), r["class_name"], Path(r["path"]).name))
-    return records
+    return [
+        {
+            "path": str(file.path.resolve()),
+            "class_name": file.class_name,
+            "split": file.split,
+            "patient_key": file.patient_key,
+            "sha256": file_sha256(file.path),
+        }
+        for file in scan_images(root, origin="source")
+    ]
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
