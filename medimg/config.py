@@ -191,7 +191,7 @@ class PreprocessConfig(_Strict):
 
 class ModelConfig(_Strict):
     architecture: Literal["compact_resnet", "simple_cnn", "resnet18", "resnet50", "densenet121"] = "compact_resnet"
-    width: int = Field(default=32, ge=4, le=512, description="base width of the compact models")
+    width: int = Field(default=48, ge=4, le=512, description="base width of the compact models")
     dropout: float = Field(default=0.2, ge=0, lt=1)
     pretrained_weights: str | None = Field(
         default=None, description="local file with torchvision weights for resnet*/densenet121 (never downloaded)"

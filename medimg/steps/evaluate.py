@@ -48,6 +48,23 @@ def gradcam_review(model, split, probs: np.ndarray, threshold: float, params: Pa
     return grid_png(split.images[index], heat, titles, path)
 
 
+GROUP_COLUMNS = ("modality", "site", "sex")
+
+
+def subgroup_metrics(frame: pd.DataFrame, ids: list[str], labels: np.ndarray, probs: np.ndarray,
+                     threshold: float) -> dict:
+    """Test metrics per value of each group column the manifest has with more than one value."""
+    rows = frame.set_index("id").reindex(ids)
+    out: dict = {}
+    for column in GROUP_COLUMNS:
+        if column not in rows.columns or rows[column].nunique(dropna=True) < 2:
+            continue
+        out[column] = {}
+        for value, index in rows.reset_index().groupby(column).indices.items():
+            out[column][str(value)] = binary_metrics(labels[index], probs[index], threshold)
+    return out
+
+
 def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: dict) -> dict:
     frame = manifest.read(ws.data)
     exclude = set(validated.get("dropped_ids") or [])
@@ -88,6 +105,7 @@ def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: di
         "test_ci95": {k: list(v) for k, v in ci.items()},
         "val": val_metrics,
         "n_test": len(test_split.labels),
+        "subgroups": subgroup_metrics(frame, test_split.ids, test_split.labels, p_test, threshold),
         "bootstrap_samples": params.gates.bootstrap_samples,
     })
     metrics_file = out / "metrics.json"
