@@ -60,7 +60,6 @@ size, so their cost does not grow with the original resolution.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -321,9 +320,7 @@ def decode_file(path: str | Path, config: PreprocessConfig, min_size: int = 16, 
                 modality = _dicom_modality(path)
             window = tuple(config.ct_window) if modality == "CT" else None
         return decode_dicom(path, window=window, min_size=min_size, allow_burned_in=allow_burned_in)
-    if config.jpeg_dct_scaling:
-        return _decode_jpeg_scaled(path, 2 * config.size, min_size)
-    return decode_raster(path, min_size=min_size)
+    return decode_raster(path, min_size=min_size, jpeg_min_side=2 * config.size if config.jpeg_dct_scaling else None)
 
 
 def prepare_file(path: str | Path, config: PreprocessConfig, min_size: int = 16,
@@ -350,56 +347,6 @@ def _dicom_modality(path: Path) -> str | None:
         return str(ds.get("Modality", "") or "").strip().upper() or None
     except Exception:  # decode_dicom reports the real problem with its reason code
         return None
-
-
-def _decode_jpeg_scaled(path: Path, min_side: int, min_size: int):
-    """:func:`~medimg.data.images.decode_raster` for JPEGs, decoded at 1/2, 1/4 or 1/8 scale.
-
-    Same checks and the same grey conversion as ``decode_raster`` (whose helpers it uses); only
-    libjpeg's DCT scaling is switched on, keeping the shorter side >= ``min_side``. Anything that
-    is not a plain single-frame JPEG goes to ``decode_raster`` itself.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    from medimg.data.images import BadImage, DecodedImage, _check_end_marker, _to_grey_array, decode_raster
-
-    data = path.read_bytes()
-    if not data[:3] == b"\xff\xd8\xff":
-        return decode_raster(path, min_size=min_size)
-    try:
-        image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return decode_raster(path, min_size=min_size)
-    with image:
-        if image.format != "JPEG" or int(getattr(image, "n_frames", 1)) > 1:
-            return decode_raster(path, min_size=min_size)
-        width, height = image.size
-        if min(height, width) < min_size:
-            raise BadImage(path, "too_small", f"{height}x{width}, minimum side {min_size}")
-        scale = 1
-        while scale < 8 and min(height, width) // (scale * 2) >= min_side:
-            scale *= 2
-        if scale > 1:
-            image.draft(image.mode, (-(-width // scale), -(-height // scale)))
-        try:
-            image.load()
-        except OSError as err:
-            if "truncated" in str(err).lower():
-                raise BadImage(path, "truncated", "decoder ran out of data") from None
-            raise BadImage(path, "decode_error", type(err).__name__) from None
-        except (SyntaxError, ValueError) as err:
-            raise BadImage(path, "decode_error", type(err).__name__) from None
-        _check_end_marker(path, "jpeg", data)
-        pixels, bit_depth, photometric = _to_grey_array(path, image)
-    return DecodedImage(
-        pixels=pixels.astype(np.float32),
-        original_height=height,
-        original_width=width,
-        bit_depth=bit_depth,
-        photometric=photometric,
-        modality=None,
-        source_kind="jpeg",
-    )
 
 
 # --------------------------------------------------------------------------- grey uint8 -> tensor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -70,8 +71,6 @@ TAG_REASON = "medimg.reason"
 
 def run_key(data_version: str, params_hash: str, git_commit: str) -> str:
     """What makes two retrains the same: data version, params and code."""
-    import hashlib
-
     return hashlib.sha256(f"{data_version}|{params_hash}|{git_commit}".encode()).hexdigest()[:20]
 
 

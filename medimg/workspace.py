@@ -106,7 +106,6 @@ def activate(workspace: Workspace, tracking_uri: str | None = None, prefect_api_
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "medimg")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
-    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(workspace.prefect_results))
 
 
 @contextlib.contextmanager

@@ -123,7 +123,7 @@ _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _RASTER_KINDS: dict[str, SourceKind] = {"PNG": "png", "JPEG": "jpeg"}
 
 
-def decode_raster(path: str | Path, min_size: int = 16) -> DecodedImage:
+def decode_raster(path: str | Path, min_size: int = 16, jpeg_min_side: int | None = None) -> DecodedImage:
     """Decode a PNG or JPEG file into a grey :class:`DecodedImage`.
 
     Raises :class:`BadImage` with reason ``empty``, ``not_an_image``, ``unsupported_format``
@@ -133,6 +133,8 @@ def decode_raster(path: str | Path, min_size: int = 16) -> DecodedImage:
     8- and 16-bit grey values are kept in their native range; colour (RGB, RGBA with alpha
     dropped, palette, CMYK) becomes luminance. Pillow keeps only 8 bits of 16-bit colour PNGs, and
     ``bit_depth`` says 8 then, which is what the pixels really have.
+    With ``jpeg_min_side``, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling)
+    as long as its shorter side stays >= that; the original size is still what is reported.
     """
     path = Path(path)
     data = path.read_bytes()
@@ -151,6 +153,15 @@ def decode_raster(path: str | Path, min_size: int = 16) -> DecodedImage:
         n_frames = int(getattr(image, "n_frames", 1))
         if n_frames > 1:
             raise BadImage(path, "multiframe", f"{n_frames} frames")
+        width, height = image.size
+        if min(height, width) < min_size:
+            raise BadImage(path, "too_small", f"{height}x{width}, minimum side {min_size}")
+        if kind == "jpeg" and jpeg_min_side:
+            scale = 1
+            while scale < 8 and min(height, width) // (scale * 2) >= jpeg_min_side:
+                scale *= 2
+            if scale > 1:
+                image.draft(image.mode, (-(-width // scale), -(-height // scale)))
         try:
             image.load()  # LOAD_TRUNCATED_IMAGES is False: a short file raises here
         except OSError as err:
@@ -161,9 +172,6 @@ def decode_raster(path: str | Path, min_size: int = 16) -> DecodedImage:
             raise BadImage(path, "decode_error", type(err).__name__) from None
         _check_end_marker(path, kind, data)
         pixels, bit_depth, photometric = _to_grey_array(path, image)
-    height, width = pixels.shape
-    if min(height, width) < min_size:
-        raise BadImage(path, "too_small", f"{height}x{width}, minimum side {min_size}")
     return DecodedImage(
         pixels=pixels.astype(np.float32),
         original_height=height,

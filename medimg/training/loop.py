@@ -28,7 +28,7 @@ from torch import nn
 from medimg import preprocess
 from medimg.config import Params, TrainConfig
 from medimg.training.data import SplitArrays, augment_batch
-from medimg.training.models import build_model, head_parameters, set_trainable
+from medimg.training.models import build_model, set_trainable
 
 EpochCallback = Callable[[dict], None]
 
@@ -234,5 +234,3 @@ def train(
         stopped_early=stopped_early,
     )
 
-
-__all__ = ["TrainResult", "head_parameters", "predict_proba", "train"]
