@@ -14,8 +14,10 @@ Contenders, each in a fresh process (so peak memory is its own):
 * ``pipeline``: :func:`medimg.data.ingest.ingest_files`, the ingest step minus DVC: scan and
   SHA-256 of every file, decoding and the kermany64 contract (64 px, area) in a process pool,
   de-identification, quarantine checks, splitting by patient, PNGs and the Parquet manifest
-  written. ``w1``/``w2``: one or two decoding processes; ``dct``: JPEG DCT-domain scaling on (the
-  kermany64 contract), ``nodct``: off.
+  written. ``w1``/``w2``: one or two decoding processes; ``reduced``: the contract's reduced-
+  resolution decoding on (``jpeg_dct_scaling``: JPEG DCT-domain scaling, as in the kermany64
+  params; ``jpeg2000_reduce``: JPEG 2000 decoded at a coarser wavelet level), ``full``: both off
+  (the default params), every image decoded at full resolution.
 
 Reported per run: images/s (wall clock, pool start-up included, imports excluded), peak RSS of
 the whole process tree (the benchmark process and all its children, sampled every 20 ms), and
@@ -119,7 +121,8 @@ def run_one(config: dict) -> dict:
             n = len(files)
         else:
             params = parse_params({
-                "preprocess": {"size": 64, "interpolation": "area", "jpeg_dct_scaling": config["dct"]},
+                "preprocess": {"size": 64, "interpolation": "area", "jpeg_dct_scaling": config["reduced"],
+                               "jpeg2000_reduce": config["reduced"]},
                 "data": {"source": "dicom_folder" if dicom else "image_folder", "workers": config["workers"],
                          "cache": False,
                          "dicom": {"label_key": "folder"}},
@@ -211,11 +214,10 @@ def main() -> None:
     plan = []
     for workload, (small, large) in sizes.items():
         for repeat in (small, large):
-            plan.append({"workload": workload, "repeat": repeat, "contender": "baseline", "workers": 1, "dct": False})
-            plan.append({"workload": workload, "repeat": repeat, "contender": "pipeline", "workers": 2, "dct": True})
-        plan.append({"workload": workload, "repeat": large, "contender": "pipeline", "workers": 1, "dct": True})
-        if workload == "fullres":
-            plan.append({"workload": workload, "repeat": large, "contender": "pipeline", "workers": 2, "dct": False})
+            plan.append({"workload": workload, "repeat": repeat, "contender": "baseline", "workers": 1, "reduced": False})
+            plan.append({"workload": workload, "repeat": repeat, "contender": "pipeline", "workers": 2, "reduced": True})
+        plan.append({"workload": workload, "repeat": large, "contender": "pipeline", "workers": 1, "reduced": True})
+        plan.append({"workload": workload, "repeat": large, "contender": "pipeline", "workers": 2, "reduced": False})
     headroom = [parallel_headroom()]
     runs: dict[int, list[dict]] = {i: [] for i in range(len(plan))}
     for _ in range(args.trials):
@@ -233,7 +235,7 @@ def main() -> None:
           f"{'CPU s':>7} {'images/CPU s':>12}")
     for r in results:
         label = r["contender"] if r["contender"] == "baseline" else \
-            f"pipeline w{r['workers']} {'dct' if r['dct'] else 'nodct'}"
+            f"pipeline w{r['workers']} {'reduced' if r['reduced'] else 'full'}"
         ratio = r["images_per_s"] / base[(r["workload"], r["repeat"])]
         r["x_baseline"] = round(ratio, 2)
         per_cpu = r["n_images"] / r["tree_cpu_s"] if r["tree_cpu_s"] else float("nan")

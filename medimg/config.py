@@ -175,6 +175,10 @@ class PreprocessConfig(_Strict):
     jpeg_dct_scaling: bool = Field(
         default=False, description="decode large JPEGs at 1/2, 1/4 or 1/8 scale (>= 2x size) before resizing"
     )
+    jpeg2000_reduce: bool = Field(
+        default=False,
+        description="decode JPEG 2000 DICOM at its coarsest wavelet resolution level keeping >= 2x size before resizing",
+    )
     channels: Literal[1, 3] = 1
     mean: float = Field(default=0.5, description="normalisation after scaling to [0, 1]")
     std: float = Field(default=0.5, gt=0)

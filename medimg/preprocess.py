@@ -53,8 +53,14 @@ version 2 behaviour):
 
 ``jpeg_dct_scaling`` lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 of its size (Pillow
 ``draft``), the largest reduction that keeps the shorter side at least ``2 * size``; the
-resize then starts from that. Filtering and resizing run after the reduction, at the contract
-size, so their cost does not grow with the original resolution.
+resize then starts from that. ``jpeg2000_reduce`` (contract version 4; off in older contracts)
+does the same for JPEG 2000 DICOM: OpenJPEG decodes only the coarsest wavelet resolution level
+(1/2^r per side) whose shorter side stays at least ``2 * size``
+(:mod:`medimg.data.jpeg2000`), the image the wavelet's low-pass filter leaves, instead of the
+full image. Both change the resize's input slightly (a pre-filtered, smaller image), never the
+rest of the contract; they are declared here so a model predicts on what it was trained on.
+Filtering and resizing run after the reduction, at the contract size, so their cost does not
+grow with the original resolution.
 """
 
 from __future__ import annotations
@@ -71,7 +77,7 @@ from medimg.config import PreprocessConfig
 if TYPE_CHECKING:
     import torch
 
-CONTRACT_VERSION = 3
+CONTRACT_VERSION = 4
 
 #: How medimg turns a decoded file into the contract's grey uint8 input (see the module docstring).
 GREY_UINT8 = {
@@ -129,6 +135,7 @@ def contract(config: PreprocessConfig) -> dict:
         "clahe": config.clahe,
         "clahe_clip_limit": config.clahe_clip_limit,
         "jpeg_dct_scaling": config.jpeg_dct_scaling,
+        "jpeg2000_reduce": config.jpeg2000_reduce,
         "order": ["decode", "grey_uint8", "resize_policy", "resize", "denoise", "clahe", "scale", "normalise",
                   "channels"],
     }
@@ -138,6 +145,7 @@ _CONTRACT_FIELDS = {
     "size": "size", "resize_policy": "resize", "interpolation": "interpolation", "antialias": "antialias",
     "intensity": "intensity", "percentiles": "percentiles", "ct_window": "ct_window", "denoise": "denoise",
     "clahe": "clahe", "clahe_clip_limit": "clahe_clip_limit", "jpeg_dct_scaling": "jpeg_dct_scaling",
+    "jpeg2000_reduce": "jpeg2000_reduce",
     "channels": "channels", "mean": "mean", "std": "std",
 }
 
@@ -145,7 +153,7 @@ _CONTRACT_FIELDS = {
 def config_from_contract(data: dict) -> PreprocessConfig:
     """The :class:`PreprocessConfig` a contract (e.g. from ONNX metadata) describes.
 
-    Keys a version 1 or 2 contract lacks take their defaults, which are exactly what those
+    Keys a version 1, 2 or 3 contract lacks take their defaults, which are exactly what those
     versions did, so every model preprocesses the way it was trained.
     """
     values = {field: data[key] for key, field in _CONTRACT_FIELDS.items() if data.get(key) is not None}
@@ -307,7 +315,8 @@ def decode_file(path: str | Path, config: PreprocessConfig, min_size: int = 16, 
     name. ``ct_window`` is passed to
     :func:`~medimg.data.dicom.decode_dicom` for CT files only (``modality`` when the caller
     already read the header, else it is read here). JPEGs are decoded at a reduced scale when
-    ``jpeg_dct_scaling`` is on (see the module docstring).
+    ``jpeg_dct_scaling`` is on, JPEG 2000 DICOM at a reduced resolution level when
+    ``jpeg2000_reduce`` is (see the module docstring).
     """
     from medimg.data.dicom import decode_dicom
     from medimg.data.images import decode_raster
@@ -319,7 +328,8 @@ def decode_file(path: str | Path, config: PreprocessConfig, min_size: int = 16, 
             if modality is None:
                 modality = _dicom_modality(path)
             window = tuple(config.ct_window) if modality == "CT" else None
-        return decode_dicom(path, window=window, min_size=min_size, allow_burned_in=allow_burned_in)
+        return decode_dicom(path, window=window, min_size=min_size, allow_burned_in=allow_burned_in,
+                            jpeg2000_min_side=2 * config.size if config.jpeg2000_reduce else None)
     return decode_raster(path, min_size=min_size, jpeg_min_side=2 * config.size if config.jpeg_dct_scaling else None)
 
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs beyond Python: Chromium (the lineage report is rendered in
-# headless Chromium) and PostgreSQL (scripts/services.sh). Installs only what is missing.
+# headless Chromium), PostgreSQL (scripts/services.sh) and OpenJPEG's libopenjp2 (glymur calls it to
+# decode JPEG 2000 DICOM at a reduced resolution; without it ingest decodes in full). Installs only
+# what is missing.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+/sbin/ldconfig -p 2>/dev/null | grep 'libopenjp2\.so\.7' >/dev/null || missing+=(libopenjp2-7)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from PIL import Image
@@ -245,6 +246,35 @@ def test_every_bad_dicom_kind_is_quarantined_and_the_rest_lands(tmp_path, secret
     allowed = params.model_copy(update={"data": params.data.model_copy(update={
         "dicom": params.data.dicom.model_copy(update={"allow_burned_in": True})})})
     assert ingest.run(allowed, ws)["n_images"] == 11
+
+
+def test_jpeg2000_reduce_changes_only_the_jpeg2000_images_and_keeps_the_original_sizes(tmp_path, secret):
+    root = tmp_path / "dicom"
+    _dicom_folder(root)
+    frames, images = {}, {}
+    for reduce in (False, True):
+        ws = Workspace.at(tmp_path / f"ws-{reduce}")
+        params = _params(ws.root, source="dicom_folder", root=str(root), dicom={"label_key": "folder"},
+                         max_bad_fraction=0.5, split={"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}})
+        params = params.model_copy(update={"preprocess": params.preprocess.model_copy(
+            update={"interpolation": "area", "jpeg2000_reduce": reduce})})
+        ingest.run(params, ws)
+        frame = manifest.read(ws.data).set_index("sha256").sort_index()
+        frames[reduce] = frame
+        images[reduce] = {sha: np.asarray(Image.open(ws.data / rel), dtype=np.float64) for sha, rel in frame["path"].items()}
+    full, fast = frames[False], frames[True]
+    same = ["original_height", "original_width", "bit_depth", "photometric", "modality", "patient_id", "split", "label"]
+    pd.testing.assert_frame_equal(full[same], fast[same])
+    assert full["contract_hash"].nunique() == fast["contract_hash"].nunique() == 1
+    assert full["contract_hash"].iloc[0] != fast["contract_hash"].iloc[0]
+    changed = {sha for sha in full.index if not np.array_equal(images[False][sha], images[True][sha])}
+    # RG1_J2KI and MR2_J2KI are the JPEG 2000 files large enough to reduce (693_J2KI's header and
+    # codestream disagree on the bit depth, so it is decoded in full): exactly those two change
+    big_j2k = {file_sha256(DICOM / rel) for rel in ("xray/RG1_J2KI.dcm", "mr/MR2_J2KI.dcm")}
+    assert changed == big_j2k
+    for sha in changed:
+        a, b = images[False][sha].ravel(), images[True][sha].ravel()
+        assert np.corrcoef(a, b)[0, 1] > 0.97
 
 
 def test_dicom_labels_keyed_by_file_or_sop_instance_uid(tmp_path, secret):

@@ -29,23 +29,28 @@ def test_default_contract_keeps_the_version_2_keys_and_defaults_describe_them():
     c = preprocess.contract(PreprocessConfig())
     for key in ("size", "resize", "resize_sampling", "grey_uint8", "scale", "mean", "std", "channels", "layout"):
         assert key in c
-    assert c["resize"] == "bilinear, no antialias, aspect ratio not kept" and c["version"] == 3
+    assert c["resize"] == "bilinear, no antialias, aspect ratio not kept" and c["version"] == 4
     # a version 2 contract (no v3 keys) means the defaults, i.e. what v2 did
     v2 = {k: c[k] for k in ("size", "mean", "std", "channels")}
     assert preprocess.config_from_contract(v2) == PreprocessConfig(size=c["size"])
+    # a version 3 contract has no jpeg2000_reduce: JPEG 2000 was decoded in full then
+    v3 = {k: v for k, v in c.items() if k != "jpeg2000_reduce"}
+    assert preprocess.config_from_contract(v3).jpeg2000_reduce is False
 
 
 def test_contract_round_trips_through_json_and_the_hash_sees_every_field():
     config = parse_params({"preprocess": {"size": 64, "resize": "pad", "interpolation": "area", "clahe": True,
                                           "intensity": "percentile", "percentiles": [1, 99], "ct_window": [-600, 1500],
-                                          "denoise": "median3", "jpeg_dct_scaling": True, "channels": 3}}).preprocess
+                                          "denoise": "median3", "jpeg_dct_scaling": True, "jpeg2000_reduce": True,
+                                          "channels": 3}}).preprocess
     back = preprocess.config_from_contract(json.loads(json.dumps(preprocess.contract(config))))
     assert back == config
     hashes = {preprocess.contract_hash(config)}
     for change in ({"resize": "crop"}, {"interpolation": "bicubic"}, {"clahe": False}, {"denoise": "none"},
-                   {"jpeg_dct_scaling": False}, {"percentiles": (2.0, 98.0)}, {"ct_window": None}):
+                   {"jpeg_dct_scaling": False}, {"jpeg2000_reduce": False}, {"percentiles": (2.0, 98.0)},
+                   {"ct_window": None}):
         hashes.add(preprocess.contract_hash(config.model_copy(update=change)))
-    assert len(hashes) == 8
+    assert len(hashes) == 9
 
 
 @pytest.mark.parametrize(("policy", "expected_black_rows"), [("pad", 16), ("crop", 0), ("stretch", 0)])

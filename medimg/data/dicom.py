@@ -21,6 +21,10 @@ What a caller can rely on:
   ``multiframe``, ``burned_in_annotation``, ``unsupported_transfer_syntax`` (no transfer syntax,
   or none of the installed pixel-data plugins decodes it), ``unsupported_photometric``,
   ``invalid_header``, ``decode_error``, ``too_small``.
+* **Resolution.** Pixels are at the file's full resolution, except that with
+  ``jpeg2000_min_side`` a JPEG 2000 grey image is decoded at the coarsest wavelet resolution
+  level whose shorter side stays >= that (:mod:`medimg.data.jpeg2000`; any case that module
+  declines is decoded in full). ``original_height``/``original_width`` are always the file's.
 * **Privacy.** Error messages contain the file *name* and the reason only, never a value read
   from the file (pydicom's own messages and warnings can quote element values, so they are
   swallowed and replaced by the exception type). Exceptions are raised ``from None`` so no
@@ -39,10 +43,12 @@ import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
-from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, JPEG2000TransferSyntaxes
 
+from medimg.data import jpeg2000
 from medimg.data.images import BadImage, DecodedImage, to_grey
 
 #: (level, width) in HU for CT files that carry no VOI and get no ``window`` argument: the
@@ -61,6 +67,7 @@ def decode_dicom(
     window: tuple[float, float] | None = None,
     min_size: int = 16,
     allow_burned_in: bool = False,
+    jpeg2000_min_side: int | None = None,
 ) -> DecodedImage:
     """Decode one single-frame DICOM image file (see the module docstring for the promises).
 
@@ -74,6 +81,9 @@ def decode_dicom(
 
     ``BurnedInAnnotation == 'YES'`` means identifying text may be part of the pixels, which no
     header de-identification removes: such files are refused unless ``allow_burned_in``.
+
+    ``jpeg2000_min_side`` lets a JPEG 2000 image decode at a reduced resolution level (see the
+    module docstring); the caller resizes anyway, to a size at most half that side.
     """
     path = Path(path)
     if window is not None:
@@ -86,7 +96,9 @@ def decode_dicom(
         ds = _read(path)
         _check_complete(path, ds, size, caught)
         header = _check_header(path, ds, min_size, allow_burned_in)
-        arr = _decode_pixels(path, ds, header["rows"], header["columns"])
+        arr = _reduced_jpeg2000(ds, header, jpeg2000_min_side) if jpeg2000_min_side else None
+        if arr is None:
+            arr = _decode_pixels(path, ds, header["rows"], header["columns"])
         pixels, applied = _to_display(path, ds, arr, header, window)
     return DecodedImage(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
@@ -221,6 +233,24 @@ def _decode_pixels(path: Path, ds: Dataset, rows: int, columns: int) -> np.ndarr
     if arr.shape[:2] != (rows, columns) or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
         raise BadImage(path, "decode_error", f"decoded shape {arr.shape} does not match {rows}x{columns}")
     return arr
+
+
+def _reduced_jpeg2000(ds: Dataset, header: dict, min_side: int) -> np.ndarray | None:
+    """A grey JPEG 2000 frame at a reduced resolution level, or None to decode it in full."""
+    if ds.file_meta.get("TransferSyntaxUID") not in JPEG2000TransferSyntaxes or header["photometric"] not in _GREY:
+        return None
+    if "PixelData" not in ds or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    if jpeg2000.reduction_level(header["rows"], header["columns"], min_side, max_level=1) == 0:
+        return None  # already small: nothing to gain
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=1)
+    except Exception:
+        return None
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    reduced = jpeg2000.decode_reduced(frame, header["rows"], header["columns"], header["bits_stored"], signed,
+                                      min_side)
+    return None if reduced is None else reduced.pixels
 
 
 def _to_display(
