@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated
@@ -44,13 +46,20 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
-def _load(params: Path, overrides: list[str] | None) -> tuple[Params, dict]:
+@contextmanager
+def _exit_on(errors: type[Exception] | tuple[type[Exception], ...], label: str, code: int = 1) -> Iterator[None]:
+    """Turn the expected errors of a command into a red ``label: message`` line and exit ``code``."""
     try:
+        yield
+    except errors as err:
+        console.print(f"[bold red]{label}[/] {err}")
+        raise typer.Exit(code) from None
+
+
+def _load(params: Path, overrides: list[str] | None) -> tuple[Params, dict]:
+    with _exit_on(ConfigError, "configuration error", code=2):
         extra = parse_overrides(overrides)
         return load_params(params, extra), extra
-    except ConfigError as err:
-        console.print(f"[bold red]configuration error[/] {err}")
-        raise typer.Exit(2) from None
 
 
 def quiet_third_party_loggers() -> None:
@@ -80,17 +89,10 @@ def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
 
     quiet_third_party_loggers()
 
-    try:
+    with _exit_on((ConfigError, *_run_errors()), "run failed"):
         state = retrain(params_path=str(params.resolve()), overrides=overrides, force=force, return_state=True)
-    except (ConfigError, *_run_errors()) as err:
-        console.print(f"[bold red]run failed[/] {err}")
-        raise typer.Exit(1) from None
-    if state.is_failed():
-        try:
+        if state.is_failed():
             state.result()
-        except (ConfigError, *_run_errors()) as err:
-            console.print(f"[bold red]run failed[/] {err}")
-            raise typer.Exit(1) from None
     if state.is_cancelled():
         console.print(f"[yellow]refused[/] {state.message}")
         raise typer.Exit(3)
@@ -179,11 +181,8 @@ def promote(
     from medimg.promotion import PromotionRefused
     from medimg.promotion import promote as promote_version
 
-    try:
+    with _exit_on(PromotionRefused, "promotion refused"):
         entry = promote_version(loaded, ws, version, reason, force=force)
-    except PromotionRefused as err:
-        console.print(f"[bold red]promotion refused[/] {err}")
-        raise typer.Exit(1) from None
     forced = " [bold yellow](FORCED past failed gates)[/]" if entry["forced"] else ""
     console.print(f"{entry['model']} v{entry['version']} is champion (previous: {entry['previous'] or 'none'}){forced}; "
                   f"audit: {ws.audit_log} and registry tag {entry['mlflow_tag']}")
@@ -197,11 +196,8 @@ def rollback(reason: ReasonOption, params: ParamsOption = Path("params.yaml")) -
     from medimg.promotion import PromotionRefused
     from medimg.promotion import rollback as rollback_champion
 
-    try:
+    with _exit_on(PromotionRefused, "rollback refused"):
         entry = rollback_champion(loaded, ws, reason)
-    except PromotionRefused as err:
-        console.print(f"[bold red]rollback refused[/] {err}")
-        raise typer.Exit(1) from None
     console.print(f"{entry['model']}: champion rolled back from v{entry['previous']} to v{entry['version']}; "
                   f"audit: {ws.audit_log} and registry tag {entry['mlflow_tag']}")
 
@@ -223,14 +219,8 @@ def pull(
     from medimg.pull import IntegrityError, PullError
     from medimg.pull import pull as pull_model
 
-    try:
+    with _exit_on(PullError, "pull failed"), _exit_on(IntegrityError, "integrity check failed", code=3):
         result = pull_model(loaded, out_dir=out, alias=alias, version=version)
-    except IntegrityError as err:
-        console.print(f"[bold red]integrity check failed[/] {err}")
-        raise typer.Exit(3) from None
-    except PullError as err:
-        console.print(f"[bold red]pull failed[/] {err}")
-        raise typer.Exit(1) from None
     table = Table(title=f"pulled {result.model_name} v{result.version}", show_header=False)
     table.add_row("sha256 (verified)", result.sha256)
     table.add_row("out", str(result.out_dir))
@@ -269,11 +259,8 @@ def predict(
             _activate(loaded)
             from medimg.pull import PullError
 
-            try:
+            with _exit_on(PullError, f"model {model!r}"):
                 candidate, info = registry_model(loaded.registry.model_name, model, Path(scratch))
-            except PullError as err:
-                console.print(f"[bold red]model {model!r}[/] {err}")
-                raise typer.Exit(1) from None
             source = f"{info.name} v{info.version} (sha256 verified)"
         onnx_model = OnnxModel(candidate)
         files = collect_files(paths)
@@ -366,27 +353,20 @@ def ingest(source: SourceArgument = None, params: ParamsOption = Path("params.ya
     from medimg.steps import ingest as ingest_step
 
     loaded, extra = _load(params, set_)
-    try:
+    with _exit_on(ConfigError, "configuration error", code=2):
         extra = deep_merge(extra, source_overrides(source, kind, inbox, loaded.data.source))
         loaded = load_params(params, extra)
-    except ConfigError as err:
-        console.print(f"[bold red]configuration error[/] {err}")
-        raise typer.Exit(2) from None
     ws = _activate(loaded)
     _console_logging()
     columns = (TextColumn("decode"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    # the bar stops (Progress exits) before the error line is printed
+    with _exit_on(_data_errors(), "ingest failed"), Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("decode", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        try:
-            summary = ingest_step.run(loaded, ws, progress=progress)
-        except _data_errors() as err:
-            bar.stop()
-            console.print(f"[bold red]ingest failed[/] {err}")
-            raise typer.Exit(1) from None
+        summary = ingest_step.run(loaded, ws, progress=progress)
     table = Table(title=f"ingest: {summary['source_kind']}", show_header=False)
     table.add_row("data version", f"{summary['data_version']} ({'new' if summary['new_version'] else 'unchanged'})")
     table.add_row("images", f"{summary['n_images']} {json.dumps(summary['split_counts'])}")
@@ -436,12 +416,10 @@ def lineage(
     loaded, _ = _load(params, None)
     ws = _activate(loaded)
     from medimg import lineage as lineage_lib
+    from medimg.registry import VersionNotFound
 
-    try:
+    with _exit_on(VersionNotFound, "lineage"):
         report = lineage_lib.lineage(loaded, ws, ref)
-    except lineage_lib.LineageError as err:
-        console.print(f"[bold red]lineage[/] {err}")
-        raise typer.Exit(1) from None
     if html is not None:
         html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(lineage_lib.render_html(report), encoding="utf-8")
@@ -462,13 +440,10 @@ def reproduce(
     ws = _activate(loaded)
     quiet_third_party_loggers()
     from medimg import reproduce as reproduce_lib
-    from medimg.lineage import LineageError
+    from medimg.registry import VersionNotFound
 
-    try:
-        result = reproduce_lib.reproduce(params, ws, version)
-    except (LineageError, reproduce_lib.ReproduceError) as err:
-        console.print(f"[bold red]reproduce[/] {err}")
-        raise typer.Exit(1) from None
+    with _exit_on((VersionNotFound, reproduce_lib.ReproduceError), "reproduce"):
+        result = reproduce_lib.reproduce(loaded, ws, version)
     Console().print(reproduce_lib.render_text(result), markup=False, highlight=False)
 
 

@@ -34,13 +34,11 @@ import base64
 import hashlib
 import html
 import json
-import re
 import subprocess
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -56,46 +54,6 @@ GATE_ARTIFACT = "gates/gate_report.json"
 VALIDATION_DIR = "validation"
 INGEST_ARTIFACT = "data/ingest.json"
 PARITY_ARTIFACT = "export/parity.json"
-METRICS_ARTIFACT = "evaluation/metrics.json"
-
-
-class LineageError(LookupError):
-    """The reference names no registered model version."""
-
-
-# ----------------------------------------------------------------------------------------------
-# resolving a reference
-
-
-def parse_ref(ref: str, default_name: str) -> tuple[str, str | None, str | None]:
-    """``(model name, version or None, alias or None)`` for ``NAME@ALIAS``, ``NAME@VERSION``, ``VERSION``.
-
-    A bare number (``3`` or ``v3``) is a version of ``default_name``; a bare word is an alias of it
-    (``champion``); ``@champion`` likewise.
-    """
-    ref = ref.strip()
-    if not ref:
-        raise LineageError("empty model reference; expected NAME@ALIAS, NAME@VERSION or VERSION")
-    name, _, what = ref.rpartition("@") if "@" in ref else ("", "", ref)
-    name = name or default_name
-    if re.fullmatch(r"v?\d+", what):
-        return name, what.lstrip("v"), None
-    if not what:
-        raise LineageError(f"{ref!r}: nothing after '@'; expected an alias or a version number")
-    return name, None, what
-
-
-def resolve(ref: str, default_name: str) -> registry.VersionInfo:
-    name, version, alias = parse_ref(ref, default_name)
-    if alias is not None:
-        found = registry.version_by_alias(name, alias)
-        if found is None:
-            raise LineageError(f"{ref!r}: model {name!r} has no alias {alias!r}")
-        return found
-    try:
-        return registry.get_version(name, version)
-    except MlflowException as err:
-        raise LineageError(f"{ref!r}: model {name!r} has no version {version} ({err.message})") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,7 +68,7 @@ def _iso(ms: int | None) -> str | None:
 
 def _download(run_id: str, artifact_path: str, dest: Path) -> Path | None:
     try:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dest)))
+        return registry.download_run_artifact(run_id, artifact_path, dest)
     except (MlflowException, OSError):
         return None
 
@@ -131,7 +89,8 @@ def _read_json(path: Path | None) -> dict | None:
         return None
 
 
-def _metrics(run_metrics: dict[str, float]) -> dict[str, dict]:
+def key_metrics(run_metrics: dict[str, float]) -> dict[str, dict]:
+    """``{name: {"value", "ci95": [low, high] or None}}`` of the run's test metrics in :data:`KEY_METRICS`."""
     out = {}
     for name in KEY_METRICS:
         if f"test_{name}" not in run_metrics:
@@ -296,7 +255,7 @@ def _checks(report: dict) -> list[dict]:
                f"ONNX metadata {meta.get('medimg.git_commit')}"),
     ]
     if model.get("is_champion"):
-        promoted = any(e.get("action") in ("promote", "force_promote", "force-promote", "rollback")
+        promoted = any(e.get("action") in ("promote", "rollback")
                        and str(e.get("version")) == model["version"] for e in report["promotion"]["events"])
         checks.append(_check("champion_promotion_audited", promoted,
                              "an audit-log event put this version on champion" if promoted
@@ -307,9 +266,9 @@ def _checks(report: dict) -> list[dict]:
 def lineage(params: Params, ws: Workspace, ref: str) -> dict:
     """The lineage report of the model version ``ref`` (``NAME@ALIAS``, ``NAME@VERSION`` or ``VERSION``).
 
-    Raises ``LineageError`` when ``ref`` names no registered version. Read-only.
+    Raises :class:`medimg.registry.VersionNotFound` when ``ref`` names no registered version. Read-only.
     """
-    mv = resolve(ref, params.registry.model_name)
+    mv = registry.resolve(ref, params.registry.model_name)
     client = MlflowClient()
     with tempfile.TemporaryDirectory(prefix="medimg-lineage-") as scratch:
         tmp = Path(scratch)
@@ -329,10 +288,10 @@ def lineage(params: Params, ws: Workspace, ref: str) -> dict:
                     start=_iso(run.info.start_time), end=_iso(run.info.end_time), user=run.info.user_id,
                     artifact_uri=run.info.artifact_uri, params=dict(sorted(run.data.params.items())),
                     tags={k: v for k, v in run.data.tags.items() if k.startswith("medimg.")},
-                    flow_run_id=run.data.tags.get("medimg.flow_run_id"),
+                    flow_run_id=run.data.tags.get(registry.TAG_FLOW_RUN),
                     flow_run_name=run.data.tags.get("medimg.flow_run_name"),
                 )
-                run_info["metrics"] = _metrics(run_metrics)
+                run_info["metrics"] = key_metrics(run_metrics)
                 run_info["threshold"] = run_metrics.get("test_threshold")
                 run_info["n_test"] = int(run_metrics["test_n"]) if "test_n" in run_metrics else None
                 ingest = _read_json(_download(mv.run_id, INGEST_ARTIFACT, tmp))
@@ -362,19 +321,11 @@ def lineage(params: Params, ws: Workspace, ref: str) -> dict:
             "promotion": _promotions(ws, mv.name, mv.version),
             "figures": figures,
         }
-        created = _version_created(mv)
-        if created:
-            report["model"]["registered_at"] = created
+        if mv.created_ms:
+            report["model"]["registered_at"] = _iso(mv.created_ms)
     report["checks"] = _checks(report)
     report["all_checks_ok"] = all(c["ok"] for c in report["checks"])
     return report
-
-
-def _version_created(mv: registry.VersionInfo) -> str | None:
-    try:
-        return _iso(MlflowClient().get_model_version(mv.name, mv.version).creation_timestamp)
-    except MlflowException:
-        return None
 
 
 def to_json(report: dict, with_figures: bool = False) -> str:

@@ -182,9 +182,11 @@ def registry_model(model_name: str, spec: str, dest: Path):
 
     The file is checked against the version's sha256 tag like ``medimg pull`` does.
     """
-    from medimg.pull import fetch_verified_onnx, resolve_version
+    from medimg import registry
+    from medimg.pull import PullError, fetch_verified_onnx
 
-    text = spec.strip()
-    number = text[1:] if text[:1] in ("v", "V") and text[1:].isdigit() else text
-    info = resolve_version(model_name, version=number) if number.isdigit() else resolve_version(model_name, alias=text)
+    try:
+        info = registry.resolve(spec, model_name)
+    except registry.VersionNotFound as err:
+        raise PullError(str(err)) from None
     return fetch_verified_onnx(info, dest), info

@@ -56,12 +56,10 @@ def _check_reason(reason: str | None, act: str) -> str:
 
 
 def _version(name: str, version: str) -> registry.VersionInfo:
-    from mlflow.exceptions import MlflowException
-
     try:
-        return registry.get_version(name, str(version))
-    except MlflowException:
-        raise PromotionRefused(f"model {name!r} has no version {version!r}") from None
+        return registry.resolve(str(version), name)
+    except registry.VersionNotFound as err:
+        raise PromotionRefused(str(err)) from None
 
 
 def _record(ws: Workspace, name: str, event: dict) -> dict:

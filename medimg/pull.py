@@ -110,20 +110,13 @@ class PullResult:
 
 def resolve_version(model_name: str, alias: str | None = None, version: str | int | None = None) -> registry.VersionInfo:
     """The version to pull: ``version`` when given, else the one ``alias`` (default champion) names."""
-    from mlflow.exceptions import MlflowException
-
     if version is not None and alias is not None:
         raise PullError("give either an alias or a version, not both")
-    if version is not None:
-        try:
-            return registry.get_version(model_name, str(version))
-        except MlflowException:
-            raise PullError(f"model {model_name!r} has no version {version!r}") from None
-    alias = alias or registry.CHAMPION
-    info = registry.version_by_alias(model_name, alias)
-    if info is None:
-        raise PullError(f"model {model_name!r} has no version with alias {alias!r}")
-    return info
+    ref = str(version) if version is not None else (alias or registry.CHAMPION)
+    try:
+        return registry.resolve(f"{model_name}@{ref}", model_name)
+    except registry.VersionNotFound as err:
+        raise PullError(str(err)) from None
 
 
 def fetch_verified_onnx(info: registry.VersionInfo, dest: Path) -> Path:

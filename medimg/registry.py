@@ -1,12 +1,14 @@
 """MLflow Model Registry I/O: register ONNX models, read and move aliases, read lineage tags.
 
 Aliases, not stages: ``champion`` is the version deployment pipelines pull, ``challenger`` a
-registered candidate that did not pass its gates. Only ``set_champion`` moves ``champion``, and
-the flow calls it only when every gate passed.
+registered candidate that did not pass its gates. ``champion`` moves only through
+:mod:`medimg.promotion` (the flow's register step, ``medimg promote``, ``medimg rollback``), and
+the flow moves it only when every gate passed.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,11 @@ class VersionInfo:
     tags: dict[str, str]
     aliases: list[str]
     source: str
+    created_ms: int | None = None
+
+
+class VersionNotFound(LookupError):
+    """A model reference that is malformed or names no registered version."""
 
 
 def client() -> MlflowClient:
@@ -67,7 +74,41 @@ def _info(mv) -> VersionInfo:
     return VersionInfo(
         name=mv.name, version=str(mv.version), run_id=mv.run_id, tags=dict(mv.tags or {}),
         aliases=list(getattr(mv, "aliases", []) or []), source=mv.source,
+        created_ms=getattr(mv, "creation_timestamp", None),
     )
+
+
+def parse_ref(ref: str, default_name: str) -> tuple[str, str | None, str | None]:
+    """``(model name, version or None, alias or None)`` for ``NAME@ALIAS``, ``NAME@VERSION``, ``VERSION``.
+
+    A bare number (``3``, ``v3`` or ``V3``) is a version of ``default_name``; a bare word is an
+    alias of it (``champion``); ``@champion`` likewise. MLflow refuses aliases that look like
+    versions, so the reading is never ambiguous.
+    """
+    ref = ref.strip()
+    if not ref:
+        raise VersionNotFound("empty model reference; expected NAME@ALIAS, NAME@VERSION or VERSION")
+    name, _, what = ref.rpartition("@") if "@" in ref else ("", "", ref)
+    name = name or default_name
+    if re.fullmatch(r"[vV]?\d+", what):
+        return name, what.lstrip("vV"), None
+    if not what:
+        raise VersionNotFound(f"{ref!r}: nothing after '@'; expected an alias or a version number")
+    return name, None, what
+
+
+def resolve(ref: str, default_name: str) -> VersionInfo:
+    """The registered version ``ref`` names (see :func:`parse_ref`); :class:`VersionNotFound` if none."""
+    name, version, alias = parse_ref(ref, default_name)
+    if alias is not None:
+        found = version_by_alias(name, alias)
+        if found is None:
+            raise VersionNotFound(f"{ref!r}: model {name!r} has no alias {alias!r}")
+        return found
+    try:
+        return get_version(name, version)
+    except MlflowException as err:
+        raise VersionNotFound(f"{ref!r}: model {name!r} has no version {version} ({err.message})") from None
 
 
 def version_by_alias(model_name: str, alias: str) -> VersionInfo | None:

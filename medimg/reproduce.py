@@ -14,9 +14,8 @@ Promises:
 * Params are rebuilt exactly or not at all: the rebuilt params must flatten back to the very
   strings MLflow stored, else ``ReproduceError``. Only ``workspace.*`` is replaced (by the
   current workspace), since it says where to run, not what to compute. ``params_hash_matches``
-  compares the rebuilt params' fingerprint with the run's ``medimg.params_hash`` tag; the
-  fingerprint covers ``workspace.path`` too, so a workspace moved (and its MLflow paths
-  rewritten) after the run reports a mismatch although every training value is the same.
+  compares the rebuilt params' fingerprint with the run's ``medimg.params_hash`` tag (the
+  fingerprint leaves ``workspace`` out, so a moved workspace still matches).
 * Training is seeded (``medimg.training.loop``): on the CPU with the same torch build, data and
   params the reproduced metrics equal the originals; ``identical`` says whether they did, and
   ``auc_within_original_ci`` whether the new AUC at least lies in the original 95% CI.
@@ -35,7 +34,6 @@ from pathlib import Path
 from types import UnionType
 from typing import Literal, Union, get_args, get_origin
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
@@ -43,9 +41,9 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from medimg import registry, tracking
-from medimg.config import ConfigError, Params, load_params, parse_params
+from medimg.config import ConfigError, Params, parse_params
 from medimg.data import manifest, versioning
-from medimg.lineage import KEY_METRICS, resolve
+from medimg.lineage import key_metrics
 from medimg.provenance import git_commit
 from medimg.steps import evaluate, train
 from medimg.validation.suite import validate_manifest
@@ -126,21 +124,11 @@ def params_from_run(flat: dict[str, str]) -> Params:
     return params
 
 
-def _original_metrics(run_metrics: dict[str, float]) -> dict[str, dict]:
-    out = {}
-    for name in KEY_METRICS:
-        if f"test_{name}" in run_metrics:
-            lo, hi = run_metrics.get(f"test_{name}_ci_low"), run_metrics.get(f"test_{name}_ci_high")
-            out[name] = {"value": run_metrics[f"test_{name}"], "ci95": [lo, hi] if lo is not None and hi is not None else None}
-    return out
-
-
 def _prediction_diff(original_run: str, new_predictions: Path) -> float | None:
     """Largest |p_original - p_reproduced| over the test images, matched by id; None if the artifact is gone."""
     with tempfile.TemporaryDirectory(prefix="medimg-repro-") as tmp:
         try:
-            path = mlflow.artifacts.download_artifacts(run_id=original_run, artifact_path=f"evaluation/{evaluate.PREDICTIONS_FILE}",
-                                                       dst_path=tmp)
+            path = registry.download_run_artifact(original_run, f"evaluation/{evaluate.PREDICTIONS_FILE}", Path(tmp))
         except (MlflowException, OSError):
             return None
         old = pd.read_csv(path, dtype={"id": str}).set_index("id")["probability"]
@@ -150,15 +138,15 @@ def _prediction_diff(original_run: str, new_predictions: Path) -> float | None:
     return float(np.max(np.abs(old.sort_index().to_numpy() - new.sort_index().to_numpy())))
 
 
-def reproduce(params_path: str | Path, ws: Workspace, version: str) -> dict:
+def reproduce(current: Params, ws: Workspace, version: str) -> dict:
     """Retrain model version ``version`` (a number, ``NAME@VERSION`` or ``NAME@ALIAS``) from its recorded inputs.
 
-    ``params_path`` supplies only the registry model name and where to run (``workspace.*``); what
-    is computed comes from the original run. Returns the comparison (see the module docstring).
+    ``current`` (the caller's params) supplies only the registry model name and where to run
+    (``workspace.*``); what is computed comes from the original run. Returns the comparison (see
+    the module docstring). Raises :class:`medimg.registry.VersionNotFound` for an unknown version.
     """
     started = time.perf_counter()
-    current = load_params(params_path)
-    mv = resolve(str(version), current.registry.model_name)
+    mv = registry.resolve(str(version), current.registry.model_name)
     if not mv.run_id:
         raise ReproduceError(f"model {mv.name} v{mv.version} has no MLflow run to reproduce")
     client = MlflowClient()
@@ -192,8 +180,7 @@ def reproduce(params_path: str | Path, ws: Workspace, version: str) -> dict:
             "medimg.reproduces_model": mv.name,
             registry.TAG_DATA_VERSION: data_version,
             registry.TAG_GIT_COMMIT: git_commit(),
-            registry.TAG_PARAMS_HASH: params.fingerprint(),
-            "medimg.recorded_params_hash": params_hash,
+            registry.TAG_PARAMS_HASH: params_hash,
         })
         log.info("reproducing %s v%s (run %s) on data version %s in MLflow run %s", mv.name, mv.version, mv.run_id,
                  data_version, run_id)
@@ -207,7 +194,7 @@ def reproduce(params_path: str | Path, ws: Workspace, version: str) -> dict:
         if previous_data and previous_data != data_version and (ws.data_versions / f"{previous_data}.dvc").is_file():
             versioning.checkout(ws, previous_data)
 
-    before = _original_metrics(dict(original.data.metrics))
+    before = key_metrics(dict(original.data.metrics))
     metrics = {}
     for name in COMPARED:
         if name not in evaluated["test"]:
@@ -260,8 +247,8 @@ def render_text(result: dict) -> str:
         f" -> MLflow run {result['run_id']}",
         f"  data version {result['data_version']} restored with DVC; params hash {result['params_hash']}"
         + (f" (matches the recorded {result['params_hash_recorded']})" if result["params_hash_matches"] else
-           f" (differs from the recorded {result['params_hash_recorded']}: params changed after the run, or the"
-           " workspace was moved, whose path is part of the hash)"),
+           f" (differs from the recorded {result['params_hash_recorded']}: the params or their hashing changed"
+           " after the run)"),
         f"  code then {result['git_commit_original']}, now {result['git_commit_now']}",
         f"  threshold original {result['threshold']['original']}, reproduced {result['threshold']['reproduced']}",
         f"  {'metric':<12} {'original':>9} {'95% CI':>17}   {'reproduced':>10} {'diff':>10}",

@@ -47,11 +47,11 @@ def champion_report(lineage_ws):
 
 def test_refs_resolve_to_the_same_version(lineage_ws):
     for ref in (f"{MODEL}@champion", f"{MODEL}@1", "1", "v1", "champion", "@champion"):
-        assert lineage.resolve(ref, MODEL).version == "1", ref
-    assert lineage.resolve(f"{MODEL}@challenger", MODEL).version == "2"
-    for bad in (f"{MODEL}@9", f"{MODEL}@nosuchalias", "other-model@1", f"{MODEL}@"):
-        with pytest.raises(lineage.LineageError):
-            lineage.resolve(bad, MODEL)
+        assert registry.resolve(ref, MODEL).version == "1", ref
+    assert registry.resolve(f"{MODEL}@challenger", MODEL).version == "2"
+    for bad in (f"{MODEL}@9", f"{MODEL}@nosuchalias", "other-model@1", f"{MODEL}@", ""):
+        with pytest.raises(registry.VersionNotFound):
+            registry.resolve(bad, MODEL)
 
 
 def test_champion_lineage_has_every_link(lineage_ws, champion_report):

@@ -121,7 +121,7 @@ def test_pull_refuses_a_real_directory_and_unknown_versions(registry_ws, tmp_pat
     assert (taken / "model.onnx").read_bytes() == b"someone else's file"
     with pytest.raises(PullError, match="no version '9'"):
         pull(registry_ws.params, out_dir=tmp_path / "m", version="9")
-    with pytest.raises(PullError, match="no version with alias 'staging'"):
+    with pytest.raises(PullError, match="has no alias 'staging'"):
         pull(registry_ws.params, out_dir=tmp_path / "m", alias="staging")
     empty = tmp_path / "empty"
     empty.mkdir()
