@@ -75,6 +75,12 @@ def _activate(params: Params) -> Workspace:
     return ws
 
 
+def _open(params: Path, overrides: list[str] | None = None) -> tuple[Params, Workspace]:
+    """Load params (exit 2 when bad) and point Prefect and MLflow at their workspace."""
+    loaded, _ = _load(params, overrides)
+    return loaded, _activate(loaded)
+
+
 @app.command()
 def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
         force: Annotated[bool, typer.Option("--force", help="retrain even when nothing changed")] = False) -> None:
@@ -133,8 +139,7 @@ def _print_run(summary: dict, state_name: str, message: str | None, ws: Workspac
 @app.command()
 def status(params: ParamsOption = Path("params.yaml"), as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The champion: version, metrics, data version, ONNX sha256, when and why it was promoted."""
-    loaded, _ = _load(params, None)
-    ws = _activate(loaded)
+    loaded, ws = _open(params)
     from medimg.status import champion_status
 
     info = champion_status(loaded, ws)
@@ -176,8 +181,7 @@ def promote(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Make VERSION the champion: refused unless it passed its gates, or --force with a reason."""
-    loaded, _ = _load(params, None)
-    ws = _activate(loaded)
+    loaded, ws = _open(params)
     from medimg.promotion import PromotionRefused
     from medimg.promotion import promote as promote_version
 
@@ -191,8 +195,7 @@ def promote(
 @app.command()
 def rollback(reason: ReasonOption, params: ParamsOption = Path("params.yaml")) -> None:
     """Move champion back to the version the current champion replaced."""
-    loaded, _ = _load(params, None)
-    ws = _activate(loaded)
+    loaded, ws = _open(params)
     from medimg.promotion import PromotionRefused
     from medimg.promotion import rollback as rollback_champion
 
@@ -214,8 +217,7 @@ def pull(
     Exit 1 when nothing could be pulled, 3 when the file failed its sha256 check; in both cases
     --out is left as it was.
     """
-    loaded, _ = _load(params, None)
-    _activate(loaded)
+    loaded, _ = _open(params)
     from medimg.pull import IntegrityError, PullError
     from medimg.pull import pull as pull_model
 
@@ -255,8 +257,7 @@ def predict(
                 raise typer.Exit(2)
             source = str(candidate)
         else:
-            loaded, _ = _load(params, None)
-            _activate(loaded)
+            loaded, _ = _open(params)
             from medimg.pull import PullError
 
             with _exit_on(PullError, f"model {model!r}"):
@@ -384,8 +385,7 @@ def validate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None)
     from medimg.data import versioning
     from medimg.steps import validate as validate_step
 
-    loaded, _ = _load(params, set_)
-    ws = _activate(loaded)
+    loaded, ws = _open(params, set_)
     _console_logging()
     version = versioning.current_version(ws)
     if version is None:
@@ -413,8 +413,7 @@ def lineage(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Trace a model version to its run, params, code, data version, checks, gate decision, file and promotions."""
-    loaded, _ = _load(params, None)
-    ws = _activate(loaded)
+    loaded, ws = _open(params)
     from medimg import lineage as lineage_lib
     from medimg.registry import VersionNotFound
 
@@ -436,8 +435,7 @@ def reproduce(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Restore that version's data with DVC and its run's params, retrain, and compare the metrics."""
-    loaded, _ = _load(params, None)
-    ws = _activate(loaded)
+    loaded, ws = _open(params)
     quiet_third_party_loggers()
     from medimg import reproduce as reproduce_lib
     from medimg.registry import VersionNotFound
@@ -459,8 +457,7 @@ def schedule(
     the deployments are registered and a `prefect worker start --pool POOL` runs them.
     Scheduled runs never overlap: each deployment has a concurrency limit of one.
     """
-    loaded, _ = _load(params, None)
-    _activate(loaded)
+    loaded, _ = _open(params)
     quiet_third_party_loggers()
     from prefect.settings import PREFECT_API_URL
 

@@ -340,19 +340,14 @@ def pull(params: Params, *, out_dir: str | Path, alias: str | None = None, versi
     rel.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=rel))
     try:
-        downloaded = fetch_verified_onnx(info, partial / "download")
-        onnx_path = partial / registry.ONNX_FILE
-        os.replace(downloaded, onnx_path)
-        sha256 = file_sha256(onnx_path)
-        if sha256 != info.tags[registry.TAG_ONNX_SHA256]:  # moved file re-read: the bytes we ship
-            raise IntegrityError(f"model {name} v{info.version}: ONNX file changed while being installed")
+        onnx_path = fetch_verified_onnx(info, partial)  # partial/model.onnx, its sha256 checked
+        sha256 = info.tags[registry.TAG_ONNX_SHA256]
         card = build_card(info, onnx_path, sha256, partial / ".work", alias if version is None else None)
         _write_synced(partial / CARD_JSON, json.dumps(card, indent=1, sort_keys=True, default=str))
         _write_synced(partial / CARD_MD, card_markdown(card))
         with open(onnx_path, "rb") as handle:
             os.fsync(handle.fileno())
-        for scratch in ("download", ".work"):
-            shutil.rmtree(partial / scratch, ignore_errors=True)
+        shutil.rmtree(partial / ".work", ignore_errors=True)
         partial.chmod(0o755)  # mkdtemp makes it 0700; deployment readers may be other users
         _fsync_dir(partial)
         release = rel / f"{name}-v{info.version}-{sha256[:12]}-{partial.name[len(PARTIAL_PREFIX):]}"

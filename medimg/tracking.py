@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 
 from medimg.config import Params
-from medimg.registry import ensure_experiment
+from medimg.registry import TAG_DATA_VERSION, TAG_FLOW_RUN, ensure_experiment
 from medimg.workspace import Workspace
 
 
@@ -20,15 +20,17 @@ def reopen(run_id: str) -> str:
     return run_id
 
 
+def _experiment_id(params: Params, ws: Workspace) -> str:
+    """The params' experiment; with a local store, new experiments keep artifacts in the workspace."""
+    local = mlflow.get_tracking_uri().startswith(("sqlite:", "file:"))
+    return ensure_experiment(params.registry.experiment, ws.mlflow_artifacts if local else None)
+
+
 def start_run(params: Params, ws: Workspace, tags: dict[str, str]) -> str:
     """Create the run, log every param, and return its id (the run is left open for the steps)."""
-    local = mlflow.get_tracking_uri().startswith("sqlite:") or mlflow.get_tracking_uri().startswith("file:")
-    experiment_id = ensure_experiment(params.registry.experiment, ws.mlflow_artifacts if local else None)
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, tags=tags)
-    items = list(params.flat().items())
-    for start in range(0, len(items), 90):
-        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start : start + 90]])
+    run = client.create_run(_experiment_id(params, ws), tags=tags)
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in params.flat().items()])
     return run.info.run_id
 
 
@@ -49,9 +51,7 @@ def log_json(run_id: str, data: dict, artifact_file: str) -> None:
 
 
 def set_tags(run_id: str, tags: dict[str, str]) -> None:
-    client = mlflow.MlflowClient()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, str(value))
+    mlflow.MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def finish(run_id: str, status: str = "FINISHED") -> None:
@@ -110,17 +110,15 @@ def recent_runs(experiment: str, limit: int = 10) -> list[dict]:
     return [{
         "run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
         "outcome": r.data.tags.get(TAG_OUTCOME), "reason": r.data.tags.get(TAG_REASON),
-        "data_version": r.data.tags.get("medimg.data_version"), "flow_run_id": r.data.tags.get("medimg.flow_run_id"),
+        "data_version": r.data.tags.get(TAG_DATA_VERSION), "flow_run_id": r.data.tags.get(TAG_FLOW_RUN),
         "model_version": r.data.tags.get("medimg.model_version"),
     } for r in runs]
 
 
 def record_outcome_only(params: Params, ws: Workspace, outcome: str, reason: str, tags: dict[str, str]) -> str:
     """A run that trained nothing (up to date, no drift), so status and audits still see it happened."""
-    experiment_id = ensure_experiment(params.registry.experiment, ws.mlflow_artifacts
-                                      if mlflow.get_tracking_uri().startswith(("sqlite:", "file:")) else None)
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, tags={**tags, TAG_OUTCOME: outcome, TAG_REASON: reason},
+    run = client.create_run(_experiment_id(params, ws), tags={**tags, TAG_OUTCOME: outcome, TAG_REASON: reason},
                             run_name=f"{outcome}")
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
