@@ -306,31 +306,31 @@ def prepare(image, config: PreprocessConfig) -> np.ndarray:
     return to_contract_size(grey_uint8(image, config), config)
 
 
-def decode_file(path: str | Path, config: PreprocessConfig, min_size: int = 16, allow_burned_in: bool = False,
-                modality: str | None = None, kind: str | None = None):
+def decode_file(path: str | Path, config: PreprocessConfig, min_size: int = 16, allow_burned_in: bool = False, *,
+                kind: str | None = None, data: bytes | None = None, secret: bytes | None = None):
     """Decode a DICOM, PNG or JPEG file the way the contract says (raises ``BadImage``).
 
     ``kind`` "dicom" or "raster" says which decoder to use (a DICOM folder's text file is then
     ``not_an_image`` for the DICOM reason); None tells DICOM by its ``DICM`` marker, not its
-    name. ``ct_window`` is passed to
-    :func:`~medimg.data.dicom.decode_dicom` for CT files only (``modality`` when the caller
-    already read the header, else it is read here). JPEGs are decoded at a reduced scale when
-    ``jpeg_dct_scaling`` is on, JPEG 2000 DICOM at a reduced resolution level when
-    ``jpeg2000_reduce`` is (see the module docstring).
+    name. ``ct_window`` windows CT files only (:func:`~medimg.data.dicom.decode_dicom`'s
+    ``ct_window``). JPEGs are decoded at a reduced scale when ``jpeg_dct_scaling`` is on, JPEG
+    2000 DICOM at a reduced resolution level when ``jpeg2000_reduce`` is (see the module
+    docstring). ``data`` is the file's bytes when the caller has read them (the file is then not
+    read again); ``secret`` is passed to DICOM decoding for the header's keyed pseudonyms.
     """
     from medimg.data.dicom import decode_dicom
     from medimg.data.images import decode_raster
 
     path = Path(path)
-    if kind == "dicom" or (kind is None and is_dicom_file(path)):
-        window = None
-        if config.ct_window is not None:
-            if modality is None:
-                modality = _dicom_modality(path)
-            window = tuple(config.ct_window) if modality == "CT" else None
-        return decode_dicom(path, window=window, min_size=min_size, allow_burned_in=allow_burned_in,
-                            jpeg2000_min_side=2 * config.size if config.jpeg2000_reduce else None)
-    return decode_raster(path, min_size=min_size, jpeg_min_side=2 * config.size if config.jpeg_dct_scaling else None)
+    if kind is None:
+        kind = "dicom" if (_has_dicm(data) if data is not None else is_dicom_file(path)) else "raster"
+    if kind == "dicom":
+        return decode_dicom(path, min_size=min_size, allow_burned_in=allow_burned_in,
+                            jpeg2000_min_side=2 * config.size if config.jpeg2000_reduce else None,
+                            ct_window=tuple(config.ct_window) if config.ct_window is not None else None,
+                            data=data, secret=secret)
+    return decode_raster(path, min_size=min_size, jpeg_min_side=2 * config.size if config.jpeg_dct_scaling else None,
+                         data=data)
 
 
 def prepare_file(path: str | Path, config: PreprocessConfig, min_size: int = 16,
@@ -346,17 +346,11 @@ def is_dicom_file(path: str | Path) -> bool:
             head = handle.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return _has_dicm(head)
 
 
-def _dicom_modality(path: Path) -> str | None:
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
-        return str(ds.get("Modality", "") or "").strip().upper() or None
-    except Exception:  # decode_dicom reports the real problem with its reason code
-        return None
+def _has_dicm(data: bytes) -> bool:
+    return len(data) >= 132 and data[128:132] == b"DICM"
 
 
 # --------------------------------------------------------------------------- grey uint8 -> tensor

@@ -1,27 +1,28 @@
 """What is new in an inbox folder since the last look: a snapshot of names, sizes and mtimes.
 
 The snapshot is cheap (no file is read) and kept in the workspace, so a watcher started again
-after a restart does not retrigger on files it already handed to a retrain.
+after a restart does not retrigger on files it already handed to a retrain. It is taken by the
+same walk as the ingest's skip check (:func:`medimg.steps.source_check.tree`), so both agree on
+which files exist (symbolic links followed), limited to the files an ingest reads as images
+(:data:`medimg.data.sources.IMAGE_SUFFIXES`, nothing hidden).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""}
+from medimg.data.sources import IMAGE_SUFFIXES
+from medimg.steps.source_check import tree
 
 
 def snapshot(folder: Path) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    if not folder.is_dir():
-        return out
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            stat = path.stat()
-            out[path.relative_to(folder).as_posix()] = [stat.st_size, stat.st_mtime_ns]
-    return out
+    return {rel: stat for rel, stat in tree(folder).items() if _is_image(PurePosixPath(rel))}
+
+
+def _is_image(rel: PurePosixPath) -> bool:
+    return rel.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in rel.parts)
 
 
 def changed(previous: dict[str, list[int]], current: dict[str, list[int]]) -> list[str]:

@@ -137,6 +137,36 @@ def test_explicit_window_applies_to_mr_too():
         decode_dicom(MR_SMALL, window=(600.0, 0.0))
 
 
+def test_ct_window_applies_to_ct_only():
+    lung = (-600.0, 1500.0)
+    ct = decode_dicom(CT_UNC, ct_window=lung)
+    assert ct.window == lung
+    np.testing.assert_array_equal(ct.pixels, decode_dicom(CT_UNC, window=lung).pixels)
+    mr = decode_dicom(MR_SMALL, ct_window=lung)
+    assert mr.window is None
+    np.testing.assert_array_equal(mr.pixels, decode_dicom(MR_SMALL).pixels)
+    with pytest.raises(ValueError):
+        decode_dicom(MR_SMALL, ct_window=(600.0, 0.0))
+
+
+def test_bytes_already_read_and_pseudonyms_come_from_the_one_parse():
+    from medimg.data.deid import identity_pseudonyms
+
+    secret = b"test-secret-for-the-dicom-decoder"
+    given = decode_dicom(Path("renamed.dcm"), data=SIIM.read_bytes(), secret=secret)
+    np.testing.assert_array_equal(given.pixels, decode_dicom(SIIM).pixels)
+    assert decode_dicom(SIIM).pseudonyms is None
+    assert given.pseudonyms == identity_pseudonyms(pydicom.dcmread(SIIM), secret)
+    assert given.pseudonyms["patient_pseudonym"].startswith("pat-") and given.pseudonyms["sop_pseudonym"]
+    with pytest.raises(BadImage) as info:
+        decode_dicom(SIIM, data=b"")
+    assert info.value.reason == "empty"
+    cut = SIIM.read_bytes()[:1000]
+    with pytest.raises(BadImage) as info:
+        decode_dicom(SIIM, data=cut, secret=secret)
+    assert info.value.reason == "truncated" and str(info.value).startswith(SIIM.name)
+
+
 def test_monochrome1_header_variant_is_inverted():
     original, fake = decode_dicom(SIIM), decode_dicom(FAKE_M1)
     # Fake_MONOHR1.dcm has the very same pixel data as the original and only says MONOCHROME1,

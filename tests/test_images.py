@@ -171,3 +171,29 @@ def test_to_grey_rejects_wrong_shapes():
     with pytest.raises(ValueError):
         to_grey(np.zeros((4, 4)))
     np.testing.assert_array_equal(to_grey(np.full((2, 2, 3), 7.0)), np.full((2, 2), 7.0))
+
+
+@pytest.mark.parametrize("min_side", [128, 256, 448])
+def test_jpeg_dct_scaling_takes_the_largest_reduction_that_keeps_the_shorter_side(min_side):
+    """Every full-resolution JPEG: scale 1/s for the largest s in (1, 2, 4, 8) with min side >= s * min_side.
+
+    Pillow picks its own scale from the size asked of ``draft``; asking for the reduced size
+    (ceil(side / s)) made it round down to s / 2 for about half of these files.
+    """
+    for path in sorted(FULLRES.rglob("*.jpeg")):
+        with Image.open(path) as image:
+            width, height = image.size
+        s = max(k for k in (1, 2, 4, 8) if k == 1 or min(height, width) >= k * min_side)
+        decoded = decode_raster(path, jpeg_min_side=min_side)
+        assert decoded.pixels.shape == (-(-height // s), -(-width // s)), path.name
+        assert s == 1 or min(decoded.pixels.shape) >= min_side
+        assert (decoded.original_height, decoded.original_width) == (height, width)
+
+
+def test_bytes_already_read_decode_like_the_file():
+    data = TRAIN_PNEUMONIA.read_bytes()
+    given = decode_raster(Path("elsewhere.jpeg"), data=data, jpeg_min_side=128)
+    np.testing.assert_array_equal(given.pixels, decode_raster(TRAIN_PNEUMONIA, jpeg_min_side=128).pixels)
+    with pytest.raises(BadImage) as info:
+        decode_raster(TRAIN_PNEUMONIA, data=b"")
+    assert info.value.reason == "empty"

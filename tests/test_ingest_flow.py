@@ -23,7 +23,7 @@ from prefect.testing.utilities import prefect_test_harness
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
-from datapaths import DATA_DIR
+from datapaths import CHEST, copy_chest_subset, copy_dicom_samples
 from medimg import registry
 from medimg.cli import app
 from medimg.config import deep_merge
@@ -33,8 +33,6 @@ from medimg.export.onnx_export import read_metadata
 from medimg.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
-CHEST = DATA_DIR / "chest_xray"
-DICOM = DATA_DIR / "dicom"
 pytestmark = pytest.mark.slow
 RELAXED = {"min_auc": 0.0, "min_accuracy": 0.0, "benchmark": {"margin": 1.0}, "bootstrap_samples": 200}
 
@@ -55,11 +53,7 @@ def _params_file(tmp: Path, base: Path, ws: Path) -> Path:
 
 def _kermany_subset(root: Path, per_class: int = 150) -> str:
     """``per_class`` images per split/class, plus all images of one patient found in train and test."""
-    for split in ("train", "test"):
-        for cls in ("NORMAL", "PNEUMONIA"):
-            (root / split / cls).mkdir(parents=True)
-            for src in sorted((CHEST / split / cls).iterdir())[:per_class]:
-                shutil.copy(src, root / split / cls / src.name)
+    copy_chest_subset(root, per_class)
     keys = {s: {kermany_patient_key(p.name) for p in (CHEST / s / "PNEUMONIA").iterdir()} for s in ("train", "test")}
     key = sorted(keys["train"] & keys["test"])[-1]
     for split in ("train", "test"):
@@ -214,11 +208,8 @@ def test_no_phi_from_the_sample_dicoms_reaches_any_output(tmp_path, harness, mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ws.default_tracking_uri())
     monkeypatch.setenv("MEDIMG_DEID_SECRET", "phi-test-secret-0123456789abcdef")
     root = tmp_path / "dicom"
-    shutil.copytree(DICOM, root)
-    for path in root.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    copy_dicom_samples(root)
     _synthetic_copies(root)
-    (root / "labels.csv").write_text("key,label\nxray,pneumonia\nct,normal\nmr,normal\n")
     sources = sorted(root.rglob("*.dcm"))
     values: set[str] = set()
     for path in sources:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from datapaths import DATA_DIR
+from datapaths import CHEST, DICOM, copy_chest_subset, copy_dicom_samples
 from medimg import preprocess
 from medimg.config import parse_params
 from medimg.data import manifest
@@ -26,8 +26,6 @@ from medimg.steps import ingest
 from medimg.validation.warts import find_warts
 from medimg.workspace import Workspace
 
-CHEST = DATA_DIR / "chest_xray"
-DICOM = DATA_DIR / "dicom"
 SECRET = "test-secret-for-medimg-ingest-0123456789"
 
 
@@ -43,24 +41,12 @@ def _params(ws: Path, **data):
     return parse_params(raw)
 
 
-def _subset(root: Path, per_class: int = 10, skip: int = 0) -> list[Path]:
-    """The first ``per_class`` files (after ``skip``) of each split/class of chest_xray, copied."""
-    copied = []
-    for split in ("train", "test"):
-        for cls in ("NORMAL", "PNEUMONIA"):
-            target = root / split / cls
-            target.mkdir(parents=True, exist_ok=True)
-            for src in sorted((CHEST / split / cls).iterdir())[skip: skip + per_class]:
-                copied.append(Path(shutil.copy(src, target / src.name)))
-    return copied
-
-
 # --------------------------------------------------------------------------- image folders
 
 
 def test_image_folder_manifest_is_pseudonymous_contract_sized_and_split_by_patient(tmp_path, secret):
     root = tmp_path / "cx"
-    files = _subset(root)
+    files = copy_chest_subset(root)
     twin = root / "train" / "NORMAL" / "copy-of-first.jpeg"
     shutil.copy(files[0], twin)  # a byte-identical duplicate within train
     params = _params(tmp_path / "ws", source="image_folder", root=str(root))
@@ -95,7 +81,7 @@ def test_image_folder_manifest_is_pseudonymous_contract_sized_and_split_by_patie
 
 def test_inbox_is_ingested_incrementally_and_versions_follow_content(tmp_path, secret):
     root, inbox = tmp_path / "cx", tmp_path / "inbox"
-    _subset(root, per_class=8)
+    copy_chest_subset(root, per_class=8)
     # a patient with two pneumonia images: the first in the source now, the second in the inbox later
     by_patient: dict[str, list[Path]] = {}
     for path in sorted((CHEST / "train" / "PNEUMONIA").iterdir())[8:]:
@@ -137,7 +123,7 @@ def test_inbox_is_ingested_incrementally_and_versions_follow_content(tmp_path, s
 def test_missing_secret_is_a_clear_error_and_demo_mode_warns(tmp_path, monkeypatch, caplog):
     monkeypatch.delenv("MEDIMG_DEID_SECRET", raising=False)
     root = tmp_path / "cx"
-    _subset(root, per_class=2)
+    copy_chest_subset(root, per_class=2)
     ws = Workspace.at(tmp_path / "ws")
     with pytest.raises(MissingSecretError, match="MEDIMG_DEID_SECRET is not set"):
         ingest.run(_params(ws.root, source="image_folder", root=str(root)), ws)
@@ -167,7 +153,7 @@ def _quarantine_rows(summary: dict) -> dict[str, str]:
 
 def test_every_bad_raster_kind_is_quarantined_and_the_rest_lands(tmp_path, secret, caplog):
     root = tmp_path / "cx"
-    _subset(root, per_class=6)
+    copy_chest_subset(root, per_class=6)
     expected = {f"train/NORMAL/{name}": reason for name, reason in _bad_rasters(root / "train" / "NORMAL").items()}
     (root / "train" / "OTHER").mkdir()
     shutil.copy(CHEST / "test" / "NORMAL" / "IM-0001-0001.jpeg", root / "train" / "OTHER" / "x.jpeg")
@@ -190,6 +176,23 @@ def test_every_bad_raster_kind_is_quarantined_and_the_rest_lands(tmp_path, secre
     assert versioning.current_version(ws) == summary["data_version"]
 
 
+def test_unreadable_files_are_quarantined_and_the_ingest_goes_on(tmp_path, secret):
+    """A file that lists as a file but cannot be read (``/proc/self/mem`` fails with EIO, even for
+    root, whom chmod 000 does not stop): quarantined, whether it was to be decoded or set aside."""
+    root = tmp_path / "cx"
+    copy_chest_subset(root, per_class=3)
+    (root / "train" / "OTHER").mkdir()
+    for folder in ("NORMAL", "OTHER"):
+        (root / "train" / folder / "unreadable.jpeg").symlink_to("/proc/self/mem")
+    ws = Workspace.at(tmp_path / "ws")
+    params = _params(ws.root, source="image_folder", root=str(root), max_bad_fraction=0.5)
+    summary = ingest.run(params, ws)
+    assert _quarantine_rows(summary) == {"train/NORMAL/unreadable.jpeg": "not_an_image",
+                                         "train/OTHER/unreadable.jpeg": "unknown_class"}
+    assert summary["n_images"] == 12 and summary["n_files"] == 14
+    assert ingest.run(params, ws)["source_md5"] == summary["source_md5"]
+
+
 # --------------------------------------------------------------------------- DICOM folders
 
 
@@ -198,9 +201,7 @@ def _dicom_folder(root: Path) -> dict[str, str]:
 
     Returns rel path -> expected quarantine reason.
     """
-    shutil.copytree(DICOM, root)
-    for path in root.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    copy_dicom_samples(root)
     bad = root / "mr"
     (bad / "empty.dcm").write_bytes(b"")
     (bad / "notes.dcm").write_text("a text file renamed .dcm\n")
@@ -217,7 +218,6 @@ def _dicom_folder(root: Path) -> dict[str, str]:
     ds.PixelData = encapsulate([ds.PixelData])
     ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG-2: no decoder
     ds.save_as(bad / "mpeg2.dcm", enforce_file_format=True)
-    (root / "labels.csv").write_text("key,label\nxray,pneumonia\nct,normal\nmr,normal\n")
     return {"mr/MR_truncated.dcm": "truncated", "mr/empty.dcm": "empty", "mr/notes.dcm": "not_an_image",
             "mr/report.dcm": "missing_pixel_data", "mr/dose.dcm": "too_small", "mr/dose_frames.dcm": "multiframe",
             "ct/burned.dcm": "burned_in_annotation", "mr/mpeg2.dcm": "unsupported_transfer_syntax"}
@@ -279,10 +279,7 @@ def test_jpeg2000_reduce_changes_only_the_jpeg2000_images_and_keeps_the_original
 
 def test_dicom_labels_keyed_by_file_or_sop_instance_uid(tmp_path, secret):
     root = tmp_path / "dicom"
-    shutil.copytree(DICOM / "xray", root / "xray")
-    shutil.copytree(DICOM / "ct", root / "ct")
-    for path in root.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    copy_dicom_samples(root, ("xray", "ct"), labels=None)
     files = sorted(p for p in root.rglob("*.dcm"))
     by_file = [(p.relative_to(root).as_posix(), "pneumonia" if "xray" in p.parts else "0") for p in files[:-1]]
     (root / "labels.csv").write_text("key,label\n" + "".join(f"{k},{v}\n" for k, v in by_file))
@@ -306,7 +303,7 @@ def test_dicom_labels_keyed_by_file_or_sop_instance_uid(tmp_path, secret):
 def test_one_or_two_decoding_processes_give_the_same_data_version(tmp_path, secret):
     """The dataset is a pure function of the input: process count and completion order do not matter."""
     root = tmp_path / "cx"
-    _subset(root, per_class=5)
+    copy_chest_subset(root, per_class=5)
     versions = set()
     for workers in (1, 2):
         ws = Workspace.at(tmp_path / f"ws{workers}")
@@ -315,6 +312,7 @@ def test_one_or_two_decoding_processes_give_the_same_data_version(tmp_path, secr
     assert len(versions) == 1
 
 
+@pytest.mark.slow
 def test_the_whole_kermany_folder_reports_its_duplicates_and_patient_overlap(tmp_path, secret):
     """All 5,840 chest_xray files at 64 px: the data README's warts are found, none is hidden.
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from datapaths import DATA_DIR
+from datapaths import CHEST, copy_chest_subset
 from medimg import preprocess
 from medimg.config import PreprocessConfig, ValidationConfig, parse_params
 from medimg.data import manifest
@@ -20,7 +20,6 @@ from medimg.steps import ingest, validate
 from medimg.validation.suite import validate_manifest
 from medimg.workspace import Workspace
 
-CHEST = DATA_DIR / "chest_xray"
 LABELS = [0, 1]
 
 
@@ -41,11 +40,7 @@ def folder_ws(tmp_path_factory):
     """A small real image folder (one patient in train and test, one duplicate file) ingested at 32 px."""
     tmp = tmp_path_factory.mktemp("val")
     root = tmp / "cx"
-    for split in ("train", "test"):
-        for cls in ("NORMAL", "PNEUMONIA"):
-            (root / split / cls).mkdir(parents=True)
-            for src in sorted((CHEST / split / cls).iterdir())[:12]:
-                shutil.copy(src, root / split / cls / src.name)
+    copy_chest_subset(root, per_class=12)
     key, train_images, test_images = _overlap_patient()
     for src in train_images:
         shutil.copy(src, root / "train" / "PNEUMONIA" / src.name)

@@ -18,13 +18,14 @@ Promises:
 * **Cache.** Results are stored as ``<cache>/<sha256[:2]>/<sha256>.png`` plus a line in an
   index (:class:`DecodeCache`), keyed by the SHA-256 of the source bytes, in a folder whose name includes the contract hash,
   the rejection options, a key id of the de-identification secret and :data:`CACHE_VERSION`. A
-  worker reads the file, hashes it and looks it up first: a file whose bytes were seen before
-  under the same contract and secret is not decoded again (incremental ingest). Hashing happens
-  in the workers, in parallel. Two identical files in one batch may both be decoded when they
+  worker reads the file once, hashes its bytes and looks them up first: a file whose bytes were
+  seen before under the same contract and secret is not decoded again (incremental ingest);
+  otherwise the same bytes are decoded, and a DICOM header is parsed once, for both the pixels
+  and the pseudonyms. Hashing happens in the workers, in parallel. Two identical files in one batch may both be decoded when they
   are processed at the same moment (same result, written twice). Bad files are cached too, with
   their reason.
 * **Privacy.** What a worker returns and what the cache holds are sizes, codes and keyed
-  pseudonyms (:func:`medimg.data.deid.safe_metadata`), never a DICOM value or a file name.
+  pseudonyms (:func:`medimg.data.deid.identity_pseudonyms`), never a DICOM value or a file name.
   Errors that are not :class:`~medimg.data.images.BadImage` become ``decode_error`` with the
   exception's type name only, since their text may quote file contents.
 """
@@ -45,12 +46,7 @@ import numpy as np
 from medimg.config import PreprocessConfig
 
 #: Bump when decoding or the cached fields change, so old cache entries are not reused.
-CACHE_VERSION = 2
-
-_HEADER_TAGS = [
-    "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality",
-    "PhotometricInterpretation", "Rows", "Columns", "BitsStored", "BodyPartExamined", "ViewPosition",
-]
+CACHE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -60,6 +56,7 @@ class DecodeJob:
     path: str
     ref: str
     kind: str | None = None  # "dicom" or "raster"; None: told by the file's DICM marker
+    hash_only: bool = False  # only read and hash it (a file set aside before decoding)
 
 
 @dataclass(frozen=True)
@@ -170,59 +167,40 @@ def _init(options: DecodeOptions) -> None:
     warnings.simplefilter("ignore")  # library warnings can quote header values; nothing to say here
 
 
-def _dicom_header(path: str, secret: bytes | None) -> dict:
-    import pydicom
-
-    from medimg.data.deid import pseudonym, safe_metadata
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-            if secret is None:
-                return {"modality": str(ds.get("Modality", "") or "").strip().upper() or None}
-            meta = safe_metadata(ds, secret)
-            sop = str(ds.get("SOPInstanceUID", "") or "").strip()
-            meta["sop_pseudonym"] = pseudonym(sop, secret, "sop") if sop else None
-            return meta
-    except Exception:  # decode_dicom will say what is wrong with the file
-        return {}
-
-
 def process(job: DecodeJob) -> tuple[DecodeJob, dict, bool]:
-    """Hash, look up, or decode, preprocess and cache one file.
+    """Read and hash, look up, or decode, preprocess and cache one file (its bytes are read once).
 
     Returns the job, its metadata (``sha256`` always set; see the module docstring) and whether
-    it came from the cache. A file that cannot be read is ``bad`` with reason ``not_an_image``.
+    it came from the cache. A file that cannot be read is ``bad`` with reason ``not_an_image``
+    and ``sha256`` None. A ``hash_only`` job is only read and hashed: ``status`` is ``hashed``.
     """
     options, cache = _OPTIONS, _CACHE
     if options is None or cache is None:
         raise RuntimeError("decode worker not initialised")
     try:
-        sha = hashlib.sha256(Path(job.path).read_bytes()).hexdigest()
+        data = Path(job.path).read_bytes()
     except OSError as err:
         return job, {"status": "bad", "reason": "not_an_image", "detail": f"unreadable ({type(err).__name__})",
                      "sha256": None}, False
+    sha = hashlib.sha256(data).hexdigest()
+    if job.hash_only:
+        return job, {"status": "hashed", "sha256": sha}, False
     if options.use_cache:
         cached = cache.get(sha)
         if cached is not None:
             return job, {**cached, "sha256": sha}, True
-    meta, image = _decode(job, options)
+    meta, image = _decode(job, options, data)
     cache.put(sha, image, meta)  # unexpected errors are not cached: their cause may pass
     return job, {**meta, "sha256": sha}, False
 
 
-def _decode(job: DecodeJob, options: DecodeOptions) -> tuple[dict, np.ndarray | None]:
+def _decode(job: DecodeJob, options: DecodeOptions, data: bytes) -> tuple[dict, np.ndarray | None]:
     from medimg import preprocess
     from medimg.data.images import BadImage
 
-    header: dict = {}
     try:
-        dicom = job.kind == "dicom" if job.kind else preprocess.is_dicom_file(job.path)
-        if dicom:
-            header = _dicom_header(job.path, options.secret)
         decoded = preprocess.decode_file(job.path, options.preprocess, options.min_side, options.allow_burned_in,
-                                         modality=header.get("modality"), kind="dicom" if dicom else "raster")
+                                         kind=job.kind, data=data, secret=options.secret)
         image = preprocess.prepare(decoded, options.preprocess)
     except BadImage as err:
         return {"status": "bad", "reason": err.reason, "detail": err.detail}, None
@@ -241,9 +219,7 @@ def _decode(job: DecodeJob, options: DecodeOptions) -> tuple[dict, np.ndarray | 
         "pixel_mean": float(image.mean()),
         "pixel_std": float(image.std()),
     }
-    for key in ("patient_pseudonym", "study_pseudonym", "series_pseudonym", "sop_pseudonym"):
-        if key in header:
-            meta[key] = header[key]
+    meta.update(decoded.pseudonyms or {})
     return meta, image
 
 

@@ -153,22 +153,35 @@ def safe_metadata(ds: Dataset, secret: bytes) -> dict:
     file has them as proper coded strings. Every value is a str, int or None, so the dict
     serialises to JSON as is.
     """
-    _check_secret(secret)
-    out: dict = {
-        "patient_pseudonym": _pseudonym_of(ds, "PatientID", secret, "pat"),
-        "study_pseudonym": _pseudonym_of(ds, "StudyInstanceUID", secret, "study"),
-        "series_pseudonym": _pseudonym_of(ds, "SeriesInstanceUID", secret, "series"),
+    out: dict = identity_pseudonyms(ds, secret)
+    del out["sop_pseudonym"]
+    out.update({
         "modality": _code(ds, "Modality"),
         "photometric": _code(ds, "PhotometricInterpretation"),
         "rows": _int(ds, "Rows"),
         "columns": _int(ds, "Columns"),
         "bits_stored": _int(ds, "BitsStored"),
-    }
+    })
     for key, keyword in (("body_part", "BodyPartExamined"), ("view_position", "ViewPosition")):
         value = _code(ds, keyword)
         if value is not None:
             out[key] = value
     return out
+
+
+def identity_pseudonyms(ds: Dataset, secret: bytes) -> dict[str, str | None]:
+    """``patient_pseudonym``, ``study_pseudonym``, ``series_pseudonym`` and ``sop_pseudonym``.
+
+    Keyed pseudonyms of Patient ID and Study, Series and SOP Instance UID; None when the element
+    is missing or empty. The grouping and label-lookup keys, and nothing else.
+    """
+    _check_secret(secret)
+    return {
+        "patient_pseudonym": _pseudonym_of(ds, "PatientID", secret, "pat"),
+        "study_pseudonym": _pseudonym_of(ds, "StudyInstanceUID", secret, "study"),
+        "series_pseudonym": _pseudonym_of(ds, "SeriesInstanceUID", secret, "series"),
+        "sop_pseudonym": _pseudonym_of(ds, "SOPInstanceUID", secret, "sop"),
+    }
 
 
 def _pseudonym_of(ds: Dataset, keyword: str, secret: bytes, kind: str) -> str | None:

@@ -4,11 +4,12 @@ What a caller can rely on:
 
 * **Values.** The Modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence) is always
   applied, so CT values are Hounsfield units before any windowing. CT is then always windowed to
-  [0, 1]: with the ``window`` argument (level, width) when given, else with the file's own VOI
-  (its first Window Center/Width, or its VOI LUT Sequence, through
+  [0, 1]: with the ``window`` or ``ct_window`` argument (level, width) when given, else with the
+  file's own VOI (its first Window Center/Width, or its VOI LUT Sequence, through
   :func:`pydicom.pixels.apply_voi_lut`), else with :data:`DEFAULT_CT_WINDOW`. Other modalities
   keep their Modality-LUT values (e.g. 0..32767 for a 15-bit CR) unless a ``window`` is passed,
-  which then applies to them as well. ``DecodedImage.window`` records any linear window applied.
+  which then applies to them as well (``ct_window`` never does). ``DecodedImage.window`` records
+  any linear window applied.
 * **Polarity.** Higher means brighter for every file: MONOCHROME1 (where low values are white,
   common for CR/DX) is inverted within its value range (the range the stored bits can hold
   after the Modality LUT, or [0, 1] after windowing), so bone is bright as in MONOCHROME2.
@@ -28,7 +29,9 @@ What a caller can rely on:
 * **Privacy.** Error messages contain the file *name* and the reason only, never a value read
   from the file (pydicom's own messages and warnings can quote element values, so they are
   swallowed and replaced by the exception type). Exceptions are raised ``from None`` so no
-  chained pydicom message leaks into a traceback that ends up in a log.
+  chained pydicom message leaks into a traceback that ends up in a log. With a ``secret``, the
+  only identifying values that leave are keyed pseudonyms (:func:`medimg.data.deid.identity_pseudonyms`)
+  in ``DecodedImage.pseudonyms``, taken from the data set the pixels were decoded from.
 
 Decoding uses :func:`warnings.catch_warnings`, which is process-global: decode in worker
 processes, not threads, when parallelising.
@@ -36,6 +39,7 @@ processes, not threads, when parallelising.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -48,7 +52,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, JPEG2000TransferSyntaxes
 
-from medimg.data import jpeg2000
+from medimg.data import deid, jpeg2000
 from medimg.data.images import BadImage, DecodedImage, to_grey
 
 #: (level, width) in HU for CT files that carry no VOI and get no ``window`` argument: the
@@ -68,10 +72,20 @@ def decode_dicom(
     min_size: int = 16,
     allow_burned_in: bool = False,
     jpeg2000_min_side: int | None = None,
+    *,
+    ct_window: tuple[float, float] | None = None,
+    data: bytes | None = None,
+    secret: bytes | None = None,
 ) -> DecodedImage:
     """Decode one single-frame DICOM image file (see the module docstring for the promises).
 
-    ``window`` is (level, width) in Modality-LUT units (HU for CT); width must be positive.
+    ``window`` is (level, width) in Modality-LUT units (HU for CT) applied to any modality;
+    ``ct_window`` the same, applied only when the file's Modality is CT (``window`` wins when both
+    are given); widths must be positive.
+
+    ``data`` is the file's bytes when the caller has read them already (the file is not read
+    again). ``secret`` adds the keyed pseudonyms of the patient, study, series and SOP instance
+    (``DecodedImage.pseudonyms``), from the same parse of the header.
 
     Multi-frame files (Number of Frames > 1) are rejected with ``multiframe``: the frames of one
     object (a cine loop, a CT/MR volume, an ultrasound clip) are not independently labelled
@@ -86,20 +100,24 @@ def decode_dicom(
     module docstring); the caller resizes anyway, to a size at most half that side.
     """
     path = Path(path)
-    if window is not None:
-        _check_window(window)
-    size = path.stat().st_size
+    for given in (window, ct_window):
+        if given is not None:
+            _check_window(given)
+    size = path.stat().st_size if data is None else len(data)
     if size == 0:
         raise BadImage(path, "empty")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = _read(path)
+        ds = _read(path, data)
         _check_complete(path, ds, size, caught)
         header = _check_header(path, ds, min_size, allow_burned_in)
+        if window is None and header["modality"] == "CT":
+            window = ct_window
         arr = _reduced_jpeg2000(ds, header, jpeg2000_min_side) if jpeg2000_min_side else None
         if arr is None:
             arr = _decode_pixels(path, ds, header["rows"], header["columns"])
         pixels, applied = _to_display(path, ds, arr, header, window)
+        pseudonyms = deid.identity_pseudonyms(ds, secret) if secret is not None else None
     return DecodedImage(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
         original_height=header["rows"],
@@ -110,6 +128,7 @@ def decode_dicom(
         source_kind="dicom",
         n_frames=header["n_frames"],
         window=applied,
+        pseudonyms=pseudonyms,
     )
 
 
@@ -119,9 +138,9 @@ def _check_window(window: tuple[float, float]) -> None:
         raise ValueError(f"window must be a finite (level, width) with width > 0, got {window!r}")
 
 
-def _read(path: Path) -> Dataset:
+def _read(path: Path, data: bytes | None) -> Dataset:
     try:
-        return pydicom.dcmread(path)
+        return pydicom.dcmread(path if data is None else io.BytesIO(data))
     except InvalidDicomError:
         raise BadImage(path, "not_an_image", "no DICOM preamble/DICM prefix") from None
     except EOFError:

@@ -20,9 +20,6 @@ import hashlib
 import re
 from pathlib import Path
 
-SPLIT_NAMES = ("train", "val", "test")
-IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
-
 # Kermany file names: person100_bacteria_475 / person1_virus_6 -> person100 / person1;
 # IM-0115-0001 (and IM-0608-0001-0001) -> IM-0115; NORMAL2-IM-0383-0001 -> NORMAL2-IM-0383.
 _KERMANY = (
@@ -49,12 +46,9 @@ def kermany_patient_key(filename: str) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of the file's bytes."""
-    digest = hashlib.sha256()
+    """Hex SHA-256 of the file's bytes (the one implementation in medimg)."""
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def scan_image_folder(root: str | Path) -> list[dict]:

@@ -82,7 +82,9 @@ class DecodedImage:
     [0, 1] whenever ``window`` is set. ``photometric`` uses the DICOM vocabulary for every source
     (``MONOCHROME2`` for a grey PNG, ``RGB`` for a colour JPEG) and describes the file, not the
     (always grey) pixels. ``modality`` is the DICOM Modality, or None when the file cannot say.
-    ``window`` is the (level, width) that was applied, None when none was.
+    ``window`` is the (level, width) that was applied, None when none was. ``pseudonyms`` holds
+    the keyed pseudonyms (:func:`medimg.data.deid.identity_pseudonyms`) of a DICOM decoded with a
+    secret, None otherwise; never a raw identifier.
     """
 
     pixels: np.ndarray
@@ -94,6 +96,7 @@ class DecodedImage:
     source_kind: SourceKind
     n_frames: int = 1
     window: tuple[float, float] | None = None
+    pseudonyms: dict[str, str | None] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.pixels, np.ndarray) or self.pixels.ndim != 2:
@@ -123,7 +126,8 @@ _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _RASTER_KINDS: dict[str, SourceKind] = {"PNG": "png", "JPEG": "jpeg"}
 
 
-def decode_raster(path: str | Path, min_size: int = 16, jpeg_min_side: int | None = None) -> DecodedImage:
+def decode_raster(path: str | Path, min_size: int = 16, jpeg_min_side: int | None = None,
+                  data: bytes | None = None) -> DecodedImage:
     """Decode a PNG or JPEG file into a grey :class:`DecodedImage`.
 
     Raises :class:`BadImage` with reason ``empty``, ``not_an_image``, ``unsupported_format``
@@ -133,11 +137,14 @@ def decode_raster(path: str | Path, min_size: int = 16, jpeg_min_side: int | Non
     8- and 16-bit grey values are kept in their native range; colour (RGB, RGBA with alpha
     dropped, palette, CMYK) becomes luminance. Pillow keeps only 8 bits of 16-bit colour PNGs, and
     ``bit_depth`` says 8 then, which is what the pixels really have.
-    With ``jpeg_min_side``, a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling)
-    as long as its shorter side stays >= that; the original size is still what is reported.
+    With ``jpeg_min_side``, a JPEG is decoded at the largest of 1/2, 1/4 and 1/8 scale (libjpeg's
+    DCT scaling) that keeps its shorter side >= that, i.e. the largest power of two ``s <= 8``
+    with ``min(height, width) >= s * jpeg_min_side``; the original size is still what is reported.
+    ``data`` is the file's bytes when the caller has read them already (the file is not read again).
     """
     path = Path(path)
-    data = path.read_bytes()
+    if data is None:
+        data = path.read_bytes()
     if not data:
         raise BadImage(path, "empty")
     try:
@@ -157,11 +164,9 @@ def decode_raster(path: str | Path, min_size: int = 16, jpeg_min_side: int | Non
         if min(height, width) < min_size:
             raise BadImage(path, "too_small", f"{height}x{width}, minimum side {min_size}")
         if kind == "jpeg" and jpeg_min_side:
-            scale = 1
-            while scale < 8 and min(height, width) // (scale * 2) >= jpeg_min_side:
-                scale *= 2
-            if scale > 1:
-                image.draft(image.mode, (-(-width // scale), -(-height // scale)))
+            # Pillow picks the largest s in (8, 4, 2) with s <= min(width // m, height // m),
+            # which for m x m is exactly the rule above.
+            image.draft(image.mode, (jpeg_min_side, jpeg_min_side))
         try:
             image.load()  # LOAD_TRUNCATED_IMAGES is False: a short file raises here
         except OSError as err:

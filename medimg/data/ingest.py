@@ -41,10 +41,11 @@ from PIL import Image
 from medimg import preprocess
 from medimg.config import DataConfig, PreprocessConfig
 from medimg.data import manifest, sources
+from medimg.data.manifest import SPLITS
 from medimg.data.decode_pool import DecodeJob, DecodeOptions, cache_folder, decode
 from medimg.data.deid import pseudonym
 from medimg.data.images import REASONS, DecodedImage
-from medimg.data.medmnist import SPLITS, MedMNISTArchive
+from medimg.data.medmnist import MedMNISTArchive
 from medimg.data.quarantine import Quarantine
 from medimg.data.splitting import split_by_patient
 
@@ -109,10 +110,6 @@ def ingest_medmnist(archive: MedMNISTArchive, config: DataConfig, folder: Path,
 
 
 def _contract_images(images: np.ndarray, contract: PreprocessConfig) -> np.ndarray:
-    identity = (contract.intensity == "auto" and images.shape[1:] == (contract.size, contract.size)
-                and contract.resize == "stretch" and contract.denoise == "none" and not contract.clahe)
-    if identity:
-        return images
     out = np.empty((len(images), contract.size, contract.size), dtype=np.uint8)
     for i, image in enumerate(images):
         decoded = DecodedImage(pixels=image.astype(np.float32), original_height=image.shape[0],
@@ -179,8 +176,9 @@ def ingest_files(
     jobs = []
     for file in files:
         label, split, reason = _label_before_decode(kind, config, file, table)
-        if reason:
+        if reason:  # hashed in the workers, for the fingerprint, but not decoded
             _quarantine(quarantine, refs[file.place], reason)
+            jobs.append(DecodeJob(path=str(file.path), ref=file.place, hash_only=True))
             continue
         labelled[file.place] = (label, split)
         jobs.append(DecodeJob(path=str(file.path), ref=file.place, kind="dicom" if kind == "dicom_folder" else "raster"))
@@ -201,23 +199,23 @@ def ingest_files(
         workers = config.workers or _cpu_count()
         hashes: dict[str, str | None] = {}
         for done, (job, meta, cached) in enumerate(decode(jobs, options, workers), start=1):
-            n_cached += cached
-            n_decoded += not cached
             file = by_place[job.ref]
             hashes[file.place] = meta.get("sha256")
-            if meta["status"] != "ok":
-                _quarantine(quarantine, refs[file.place], meta["reason"], meta.get("detail", ""))
-            else:
+            if not job.hash_only:
+                n_cached += cached
+                n_decoded += not cached
                 label, split = labelled[file.place]
-                if label is None:  # keyed by SOPInstanceUID: known only now
+                if meta["status"] == "ok" and label is None:  # keyed by SOPInstanceUID: known only now
                     entry = sop_index.get(meta.get("sop_pseudonym") or "")
                     label = sources.class_index(entry.label, config.class_names) if entry else None
                     split = entry.split if entry else None
-                    if label is None:
-                        _quarantine(quarantine, refs[file.place], "no_label")
-                        continue
-                rows.append(_row(kind, config, file, meta, label, split, secret, refs[file.place], root, inbox, chash,
-                                 contract.size))
+                if meta["status"] != "ok":
+                    _quarantine(quarantine, refs[file.place], meta["reason"], meta.get("detail", ""))
+                elif label is None:
+                    _quarantine(quarantine, refs[file.place], "no_label")
+                else:
+                    rows.append(_row(kind, config, file, meta, label, split, secret, refs[file.place], root, inbox,
+                                     chash, contract.size))
             if progress is not None:
                 progress(done, len(jobs))
             elif len(jobs) >= 500 and done % max(1, len(jobs) // 10) == 0:
@@ -235,7 +233,7 @@ def ingest_files(
             raise sources.SourceLayoutError(f"{root}: no usable image among {n_total} files")
         _assign_splits(rows, config)
         frame = manifest.to_frame(_ordered(rows))
-        _store(folder, frame, rows, cache_dir, linked=True)
+        _store(folder, frame, rows, cache_dir)
     finally:
         if temp is not None:
             temp.cleanup()
@@ -387,22 +385,20 @@ def _assign_splits(rows: list[dict], config: DataConfig) -> None:
 
 
 def _split_group(rows: list[dict], fractions: dict[str, float], seed: int) -> None:
+    """Stratified by patient; too few patients or images for the folds: the keyed-hash rule, still by patient.
+
+    ``fractions`` were validated with the params, so a ``ValueError`` of :func:`split_by_patient`
+    (or of scikit-learn's fold maker under it) means too few patients or images per class.
+    """
     frame = pd.DataFrame({"patient": [r["patient_id"] for r in rows], "label": [r["label"] for r in rows]})
-    n_folds = _folds_needed(fractions)
-    if frame["patient"].nunique() >= n_folds and frame["label"].value_counts().max() >= n_folds:
+    try:
         splits = split_by_patient(frame, fractions, seed=seed).tolist()
-    else:  # too few patients or images for stratified folds: the keyed-hash rule, still by patient
-        log.warning("%d images of %d patients are too few for %d stratified folds: split by patient pseudonym hash",
-                    len(frame), frame["patient"].nunique(), n_folds)
+    except ValueError as err:
+        log.warning("%d images of %d patients are too few for stratified folds (%s): split by patient pseudonym hash",
+                    len(frame), frame["patient"].nunique(), err)
         splits = [_hash_split(p, fractions) for p in frame["patient"]]
     for row, split in zip(rows, splits, strict=True):
         row["split"] = split
-
-
-def _folds_needed(fractions: dict[str, float]) -> int:
-    from medimg.data.splitting import _fold_counts
-
-    return sum(_fold_counts(fractions).values())
 
 
 def _patient_splits(rows: list[dict]) -> dict[str, str]:
@@ -437,8 +433,8 @@ def _ordered(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in ordered]
 
 
-def _store(folder: Path, frame: pd.DataFrame, rows: list[dict], cache_dir: Path, linked: bool) -> None:
-    """Put each row's contract image at its ``path``: a hard link to the cache file when ``linked``.
+def _store(folder: Path, frame: pd.DataFrame, rows: list[dict], cache_dir: Path) -> None:
+    """Put each row's contract image at its ``path``: a hard link to the cache file.
 
     Cache files are only ever replaced (written aside, then renamed), never changed in place, so
     a link never sees its content change; a file system without hard links gets copies.
@@ -456,14 +452,10 @@ def _store(folder: Path, frame: pd.DataFrame, rows: list[dict], cache_dir: Path,
             target.parent.mkdir(parents=True, exist_ok=True)
             made.add(target.parent)
         if target.exists():
-            if linked and os.path.samefile(source, target):
-                continue
-            if target.read_bytes() == source.read_bytes():
+            if os.path.samefile(source, target) or target.read_bytes() == source.read_bytes():
                 continue
             target.unlink()
         try:
-            if not linked:
-                raise OSError("copy wanted")
             os.link(source, target)
         except OSError:
             shutil.copyfile(source, target)
@@ -474,12 +466,10 @@ def _store(folder: Path, frame: pd.DataFrame, rows: list[dict], cache_dir: Path,
 def _fingerprint(files: list[sources.SourceFile], hashes: dict[str, str | None]) -> str:
     """MD5 over the sorted (place, sha256) pairs: changes exactly when the input files do.
 
-    Files set aside before decoding (no label, unknown class) are hashed here.
+    Every file was hashed by a worker; an unreadable one (hash None) counts as such, it is not
+    read again.
     """
-    from medimg.data.image_folder import file_sha256
-
     digest = hashlib.md5()
-    for place, path in sorted((f.place, f.path) for f in files):
-        sha = hashes.get(place) or file_sha256(path)
-        digest.update(f"{place}\0{sha}\n".encode())
+    for place in sorted(f.place for f in files):
+        digest.update(f"{place}\0{hashes.get(place)}\n".encode())
     return digest.hexdigest()

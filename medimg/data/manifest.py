@@ -30,6 +30,9 @@ import pandas as pd
 
 MANIFEST_FILE = "manifest.parquet"
 
+#: The split names, in their order; the only definition in medimg.
+SPLITS = ("train", "val", "test")
+
 COLUMNS = (
     "id",
     "sha256",
@@ -112,10 +115,21 @@ def rows_for_split(
 
 def to_frame(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    frame = frame.astype({c: "int64" for c in INT_COLUMNS})
-    for column in STRING_COLUMNS:  # all-None columns must still be strings in Parquet
-        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
-    return frame
+    return plain_strings(frame.astype({c: "int64" for c in INT_COLUMNS}), STRING_COLUMNS)
+
+
+def plain_strings(frame: pd.DataFrame, columns: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """A copy whose text ``columns`` (None: all) are object dtype with None for a missing value.
+
+    Not pandas' ``str`` dtype with NaN: the manifest's Parquet metadata records object columns
+    (so its bytes, and the data version, do not depend on the pandas default), and Great
+    Expectations predates that dtype.
+    """
+    out = frame.copy()
+    for column in out.columns if columns is None else columns:
+        if pd.api.types.is_string_dtype(out[column]) and not pd.api.types.is_numeric_dtype(out[column]):
+            out[column] = out[column].astype(object).where(out[column].notna(), None)
+    return out
 
 
 def write(frame: pd.DataFrame, folder: Path) -> Path:

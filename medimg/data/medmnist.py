@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-SPLITS = ("train", "val", "test")
+from medimg.data.manifest import SPLITS
 
 
 class DataSourceError(RuntimeError):

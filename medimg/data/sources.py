@@ -22,12 +22,16 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from medimg.data.image_folder import IMAGE_SUFFIXES, SPLIT_NAMES, _visible_dirs, kermany_patient_key
+from medimg.data.image_folder import _visible_dirs, kermany_patient_key
+from medimg.data.manifest import SPLITS
 
 log = logging.getLogger(__name__)
 
+#: File suffixes (lower case) of the files medimg reads as images: PNG/JPEG, and DICOM (which
+#: may have no suffix at all); :data:`IMAGE_SUFFIXES` is both.
+RASTER_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ""})
-SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,6 @@ class SourceFile:
     path: Path
     rel: str
     origin: str  # "source" or "inbox"
-    sha256: str | None = None  # known once a worker has read the file
     class_name: str | None = None  # the class folder (image folders)
     split: str | None = None  # the split folder (image folders) or the CSV's split column
     patient_key: str | None = None  # raw, from the file name (image folders); never stored
@@ -62,7 +65,7 @@ def scan_images(root: Path, origin: str, patient_id: str = "kermany") -> list[So
     if not root.is_dir():
         raise SourceLayoutError(f"image folder {root} does not exist or is not a folder")
     top = _visible_dirs(root)
-    split_dirs = [d for d in top if d.name.lower() in SPLIT_NAMES]
+    split_dirs = [d for d in top if d.name.lower() in SPLITS]
     if split_dirs and len(split_dirs) != len(top):
         others = sorted(d.name for d in top if d not in split_dirs)
         raise SourceLayoutError(
@@ -74,14 +77,14 @@ def scan_images(root: Path, origin: str, patient_id: str = "kermany") -> list[So
     out = []
     for split, class_dir in class_dirs:
         for file in class_dir.iterdir():
-            if file.name.startswith(".") or file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
+            if file.name.startswith(".") or file.suffix.lower() not in RASTER_SUFFIXES or not file.is_file():
                 continue
             rel = "/".join(p for p in (split, class_dir.name, file.name) if p)
             out.append(SourceFile(path=file, rel=rel, origin=origin, class_name=class_dir.name, split=split,
                                   patient_key=kermany_patient_key(file.name) if patient_id == "kermany" else rel))
     if not out and origin == "source":
         raise SourceLayoutError(f"{root}: no .jpeg/.jpg/.png images found in class folders")
-    order = {name: i for i, name in enumerate(SPLIT_NAMES)}
+    order = {name: i for i, name in enumerate(SPLITS)}
     out.sort(key=lambda f: (order.get(f.split, -1), f.class_name, f.path.name))
     return out
 

@@ -45,7 +45,11 @@ def _stat(path: Path) -> list | None:
     return [st.st_size, st.st_mtime_ns] if path.is_file() else ["dir"]
 
 
-def _tree(folder: Path | None) -> dict[str, list]:
+def tree(folder: Path | None) -> dict[str, list]:
+    """Every file under ``folder`` (symbolic links followed): relative posix path -> [size, mtime_ns].
+
+    Stat calls only; a missing folder (or None) is empty. Also the inbox watcher's snapshot.
+    """
     out: dict[str, list] = {}
     if folder is None or not folder.is_dir():
         return out
@@ -108,7 +112,7 @@ def source_fingerprint(params: Params, ws: Workspace) -> str:
         parts["source"] = {str(p): _stat(p) for p in places}
     else:
         root, inbox = data.resolve_path(data.root), data.resolve_path(data.inbox)
-        parts["source"] = {"root": str(root), "files": _tree(root), "inbox": str(inbox), "inbox_files": _tree(inbox)}
+        parts["source"] = {"root": str(root), "files": tree(root), "inbox": str(inbox), "inbox_files": tree(inbox)}
         if data.source == "dicom_folder" and root is not None and data.dicom.labels_csv:
             labels = root / data.dicom.labels_csv
             parts["labels_csv"] = [str(labels), _stat(labels)]

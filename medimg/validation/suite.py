@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from medimg.config import ValidationConfig, WartPolicy
-from medimg.data.manifest import COLUMNS
+from medimg.data.manifest import COLUMNS, SPLITS, plain_strings
 from medimg.validation import warts as wartlib
 
 ID_COLUMN = "id"
@@ -79,7 +79,7 @@ def manifest_expectations(config: ValidationConfig, class_labels: list[int], sou
         gxe.ExpectColumnValuesToBeUnique(column="id"),
         gxe.ExpectColumnValueLengthsToEqual(column="sha256", value=64),
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=class_labels),
-        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(wartlib.SPLIT_ORDER)),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
         gxe.ExpectColumnValuesToBeInSet(column="source_kind", value_set=[source_kind],
                                         description=f"every row comes from a {source_kind} source"),
         gxe.ExpectColumnValuesToBeBetween(
@@ -150,7 +150,7 @@ def summary_expectations(config: ValidationConfig) -> list:
 def _run_suite(context, name: str, frame: pd.DataFrame, expectations: list) -> tuple[dict, list[dict]]:
     import great_expectations as gx
 
-    frame = _gx_frame(frame)
+    frame = plain_strings(frame)  # GX predates pandas' str dtype and its NaN
     asset = context.data_sources.add_pandas(name).add_dataframe_asset(name)
     batch = asset.add_batch_definition_whole_dataframe(name).get_batch(batch_parameters={"dataframe": frame})
     suite = context.suites.add(gx.ExpectationSuite(name=name))
@@ -187,15 +187,6 @@ def _run_suite(context, name: str, frame: pd.DataFrame, expectations: list) -> t
             }
         )
     return result.to_json_dict(), failures
-
-
-def _gx_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """Plain object columns for GX: it predates pandas' ``str`` dtype and its NaN for missing strings."""
-    out = frame.copy()
-    for column in out.columns:
-        if pd.api.types.is_string_dtype(out[column]) and not pd.api.types.is_numeric_dtype(out[column]):
-            out[column] = out[column].astype(object).where(out[column].notna(), None)
-    return out
 
 
 def _unexpected_keys(result: dict, index_cols: list[str]) -> list:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-SPLIT_ORDER = ("train", "val", "test")
+from medimg.data.manifest import SPLITS
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,11 @@ class Warts:
             pairs[key] = pairs.get(key, 0) + 1
         return {
             "duplicate_groups_within_split": {
-                split: sum(1 for g in self.within_split if g["split"] == split) for split in SPLIT_ORDER
+                split: sum(1 for g in self.within_split if g["split"] == split) for split in SPLITS
             },
             "extra_copies_within_split": {
                 split: sum(len(g["ids"]) - 1 for g in self.within_split if g["split"] == split)
-                for split in SPLIT_ORDER
+                for split in SPLITS
             },
             "hashes_across_splits": len(self.across_splits),
             "images_across_splits": sum(len(g["ids"]) for g in self.across_splits),
@@ -109,7 +109,7 @@ def add_check_columns(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
     rows = []
-    for split in SPLIT_ORDER:
+    for split in SPLITS:
         part = manifest[manifest["split"] == split]
         n = len(part)
         rows.append(
@@ -124,4 +124,4 @@ def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def _split_rank(split: str) -> int:
-    return SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER)
+    return SPLITS.index(split) if split in SPLITS else len(SPLITS)
