@@ -2,7 +2,8 @@
 
 Both carry the cron schedule from params and a concurrency limit of one with the configured
 collision strategy (a scheduled run that would overlap a running one is cancelled or queued).
-The inbox watcher is added when ``data.inbox`` is set.
+The inbox watcher is added when ``data.inbox`` is set; an overlapping watcher run is always
+cancelled (the next poll sees the same files).
 """
 
 from __future__ import annotations
@@ -18,41 +19,34 @@ from medimg.config import Params
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _limit(params: Params) -> ConcurrencyLimitConfig:
-    strategy = {"cancel_new": ConcurrencyLimitStrategy.CANCEL_NEW, "enqueue": ConcurrencyLimitStrategy.ENQUEUE}
-    return ConcurrencyLimitConfig(limit=1, collision_strategy=strategy[params.schedule.collision_strategy])
+def _limit(strategy: str) -> ConcurrencyLimitConfig:
+    strategies = {"cancel_new": ConcurrencyLimitStrategy.CANCEL_NEW, "enqueue": ConcurrencyLimitStrategy.ENQUEUE}
+    return ConcurrencyLimitConfig(limit=1, collision_strategy=strategies[strategy])
 
 
-def _cron(params: Params) -> dict:
+def _settings(params: Params, params_path: Path) -> list[tuple]:
+    """(flow, entrypoint, deployment options) of each deployment, shared by serving and the work pool."""
     from prefect.schedules import Cron
 
-    return {"schedule": Cron(params.schedule.cron, timezone=params.schedule.timezone)}
+    common = {"parameters": {"params_path": str(params_path.resolve())}, "tags": ["medimg"]}
+    name = params.schedule.deployment_name
+    out = [(retrain, "flows/retrain.py:retrain",
+            {**common, "name": name, "concurrency_limit": _limit(params.schedule.collision_strategy),
+             "schedule": Cron(params.schedule.cron, timezone=params.schedule.timezone)})]
+    if params.data.inbox:
+        out.append((watch_inbox, "flows/watch_inbox.py:watch_inbox",
+                    {**common, "name": f"{name}-inbox", "concurrency_limit": _limit("cancel_new"),
+                     "interval": params.schedule.inbox_poll_seconds}))
+    return out
 
 
 def runner_deployments(params: Params, params_path: Path) -> list:
     """Deployments for ``prefect.serve`` in this process (no work pool needed)."""
-    arguments = {"params_path": str(params_path.resolve())}
-    out = [retrain.to_deployment(name=params.schedule.deployment_name, parameters=arguments,
-                                 concurrency_limit=_limit(params), tags=["medimg"], **_cron(params))]
-    if params.data.inbox:
-        out.append(watch_inbox.to_deployment(name=f"{params.schedule.deployment_name}-inbox", parameters=arguments,
-                                             interval=params.schedule.inbox_poll_seconds,
-                                             concurrency_limit=ConcurrencyLimitConfig(
-                                                 limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
-                                             tags=["medimg"]))
-    return out
+    return [flow.to_deployment(**options) for flow, _, options in _settings(params, params_path)]
 
 
 def deploy_to_pool(params: Params, params_path: Path, work_pool: str) -> list[str]:
     """Register the deployments with a work pool; a worker on that pool runs them from this checkout."""
-    arguments = {"params_path": str(params_path.resolve())}
-    ids = [str(retrain.from_source(source=str(ROOT), entrypoint="flows/retrain.py:retrain").deploy(
-        name=params.schedule.deployment_name, work_pool_name=work_pool, parameters=arguments,
-        concurrency_limit=_limit(params), tags=["medimg"], print_next_steps=False, **_cron(params)))]
-    if params.data.inbox:
-        ids.append(str(watch_inbox.from_source(source=str(ROOT), entrypoint="flows/watch_inbox.py:watch_inbox").deploy(
-            name=f"{params.schedule.deployment_name}-inbox", work_pool_name=work_pool, parameters=arguments,
-            interval=params.schedule.inbox_poll_seconds, print_next_steps=False,
-            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
-            tags=["medimg"])))
-    return ids
+    return [str(flow.from_source(source=str(ROOT), entrypoint=entrypoint).deploy(
+                work_pool_name=work_pool, print_next_steps=False, **options))
+            for flow, entrypoint, options in _settings(params, params_path)]

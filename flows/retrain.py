@@ -96,8 +96,7 @@ def _retrain(params, ws, force: bool, logger):
                                                                   "mlflow_run_id": done.info.run_id})
 
     drift_result = timed("drift", check_drift, params, ws, version) if params.drift.enabled else {"checked": False}
-    if (params.drift.retrain_on == "drift" and drift_result.get("drifted") is False and not force
-            and drift_result.get("reference_version") != version):
+    if params.drift.retrain_on == "drift" and drift_result.get("drifted") is False and not force:
         message = f"new data version {version} shows no drift against the champion ({drift_result['reason']}); not retrained"
         logger.info(message)
         tracking.record_outcome_only(params, ws, "no_drift", message, _tags(version, key, params))

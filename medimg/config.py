@@ -345,12 +345,18 @@ class Params(_Strict):
         return self
 
     def fingerprint(self) -> str:
-        """A stable hash of every value that shapes the model, used to tag runs and models.
+        """A stable hash of every value that shapes a retrain's result, used to tag runs and models.
 
-        The workspace section (where state lives) is left out, so a moved or cloned workspace
-        keeps its run keys and params hashes.
+        It is the params part of the run key, so it holds what makes the data, the model, its gate
+        verdict and its registration, and leaves out the sections that only say where, when and
+        whether to run: ``workspace`` (a moved or cloned workspace keeps its run keys),
+        ``schedule`` and ``orchestration`` (cron, retries, timeouts, notifications), and ``drift``.
+        Drift settings decide whether a new data version is trained at all, never what a training
+        makes of it; and a run that trained nothing (no drift) is never taken as up to date, so
+        changing them still lets the next run train.
         """
-        blob = json.dumps(self.model_dump(mode="json", exclude={"workspace"}), sort_keys=True).encode()
+        left_out = {"workspace", "schedule", "orchestration", "drift"}
+        blob = json.dumps(self.model_dump(mode="json", exclude=left_out), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def flat(self) -> dict[str, str]:

@@ -30,18 +30,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medimg import preprocess
 from medimg.config import PreprocessConfig
 from medimg.data.images import BadImage
-from medimg.export.onnx_export import INPUT_NAME, OUTPUT_NAME, read_metadata, session, softmax_positive
+from medimg.data.sources import IMAGE_SUFFIXES
+from medimg.export.onnx_export import INPUT_NAME, META_PREPROCESSING, OUTPUT_NAME, session, softmax_positive
 
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
-META_PREPROCESSING = "medimg.preprocessing"
+if TYPE_CHECKING:
+    from medimg.registry import VersionInfo
+
 FIELDS = ("file", "probability", "label", "error")
 
 
@@ -58,11 +62,15 @@ class Prediction:
 
 
 class OnnxModel:
-    """An ONNX Runtime session plus what the file's metadata says about using it."""
+    """An ONNX Runtime session plus what the file's metadata says about using it.
+
+    The file is parsed once, by ONNX Runtime; the metadata comes from the session.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        meta = read_metadata(self.path)
+        self.session = session(self.path)
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
         try:
             contract = json.loads(meta[META_PREPROCESSING])
             self.threshold = float(meta["medimg.threshold"])
@@ -73,7 +81,6 @@ class OnnxModel:
         self.config = preprocess.config_from_contract(contract)
         self.input_name = meta.get("medimg.input_name", INPUT_NAME)
         self.metadata = meta
-        self.session = session(self.path)
 
     @property
     def provider(self) -> str:
@@ -82,9 +89,12 @@ class OnnxModel:
     def label(self, probability: float) -> str:
         return self.class_names[1] if probability >= self.threshold else self.class_names[0]
 
-    def probabilities(self, x: np.ndarray) -> np.ndarray:
-        logits = self.session.run([OUTPUT_NAME], {self.input_name: x.astype(np.float32, copy=False)})[0]
-        return softmax_positive(logits)
+    def probabilities(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """softmax(logits)[:, 1] for preprocessed inputs ``[N, C, H, W]``, run ``batch_size`` at a time."""
+        x = x.astype(np.float32, copy=False)
+        logits = [self.session.run([OUTPUT_NAME], {self.input_name: x[i : i + batch_size]})[0]
+                  for i in range(0, len(x), batch_size)]
+        return softmax_positive(np.concatenate(logits))
 
 
 def load_grey_uint8(path: str | Path, config: PreprocessConfig | None = None) -> np.ndarray:
@@ -105,7 +115,7 @@ def collect_files(paths: list[str | Path]) -> list[Path]:
             out.extend(sorted(
                 p for p in path.rglob("*")
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix == "")
+                and p.suffix.lower() in IMAGE_SUFFIXES
             ))
         else:
             out.append(path)
@@ -190,3 +200,22 @@ def registry_model(model_name: str, spec: str, dest: Path):
     except registry.VersionNotFound as err:
         raise PullError(str(err)) from None
     return fetch_verified_onnx(info, dest), info
+
+
+def cached_version_model(info: VersionInfo, cache_root: Path) -> OnnxModel:
+    """A registered version's model, downloaded into ``cache_root`` once.
+
+    A registered version's file never changes, and the download is moved into place only when
+    complete, so a file already there is reused: drift and gate score the champion from one
+    download per retrain. The folder names the model, version and (when tagged) sha256.
+    """
+    from medimg import registry
+
+    sha = info.tags.get(registry.TAG_ONNX_SHA256, "")[:16]
+    folder = Path(cache_root) / info.name / (f"v{info.version}-{sha}" if sha else f"v{info.version}")
+    path = folder / registry.ONNX_FILE
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".partial-") as partial:
+            registry.download_onnx(info.name, info.version, Path(partial)).replace(path)
+    return OnnxModel(path)

@@ -9,7 +9,8 @@ import torch
 from medimg import preprocess
 from medimg.config import parse_params
 from medimg.data.medmnist import locate
-from medimg.evaluation.gradcam import grad_cam, grid_png, last_conv, pick_examples
+from medimg.evaluation.gradcam import grad_cam, last_conv, pick_examples
+from medimg.evaluation.plots import gradcam_grid_png
 from medimg.training.data import SplitArrays
 from medimg.training.loop import train
 from medimg.training.models import build_model
@@ -50,5 +51,5 @@ def test_examples_cover_each_outcome_and_grid_is_written(trained, tmp_path):
     assert chosen == {"TP": [0], "FP": [2], "TN": [3], "FN": [1]}
     params, model, test = trained
     heat = grad_cam(model, preprocess.apply(test.images[:3], params.preprocess))
-    path = grid_png(test.images[:3], heat, ["a", "b", "c"], tmp_path / "grid.png")
+    path = gradcam_grid_png(test.images[:3], heat, ["a", "b", "c"], tmp_path / "grid.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000

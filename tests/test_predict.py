@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from mlflow import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
@@ -24,8 +27,19 @@ from medimg.cli import app
 from medimg.config import parse_params
 from medimg.data.dicom import decode_dicom
 from medimg.data.images import decode_raster
-from medimg.predict import OnnxModel, collect_files, load_grey_uint8, predict_files, render
+from medimg.data.medmnist import locate
+from medimg.export.onnx_export import (
+    META_PREPROCESSING,
+    export,
+    file_sha256,
+    onnx_logits,
+    read_metadata,
+    session,
+    softmax_positive,
+)
+from medimg.predict import OnnxModel, cached_version_model, collect_files, load_grey_uint8, predict_files, render
 from medimg.pull import pull
+from medimg.training.models import build_model
 from registry_fixtures import MODEL, registry_ws  # noqa: F401 - pytest fixture
 
 FULLRES_GREY = "chest_xray_fullres/NORMAL/IM-0117-0001.jpeg"
@@ -162,3 +176,40 @@ def test_render_formats_round_trip():
     assert lines == ["file,probability,label,error", "a.png,0.25,normal,", "b.dcm,,,truncated"]
     with pytest.raises(ValueError, match="csv or json"):
         render(rows, "xml")
+
+
+@pytest.fixture(scope="module")
+def small_onnx(data_dir, tmp_path_factory) -> tuple[Path, torch.Tensor]:
+    """An untrained small CNN exported with the metadata the flow writes, and real test inputs for it."""
+    params = parse_params({"model": {"architecture": "simple_cnn", "width": 8}})
+    torch.manual_seed(0)
+    model = build_model(params.model, 1, 2).eval()
+    folder = tmp_path_factory.mktemp("small")
+    images, _ = locate("pneumoniamnist", data_dir, folder, download=False).load()["test"]
+    x = preprocess.apply(images[:40], params.preprocess)
+    meta = {META_PREPROCESSING: preprocess.contract(params.preprocess), "medimg.threshold": 0.42,
+            "medimg.class_names": list(params.data.class_names)}
+    return export(model, x, folder / "model.onnx", 18, meta), x
+
+
+def test_onnx_model_reads_its_metadata_from_the_session_and_batches(small_onnx):
+    path, x = small_onnx
+    model = OnnxModel(path)
+    assert model.metadata == read_metadata(path)
+    assert model.threshold == 0.42 and model.class_names == ["normal", "pneumonia"] and model.config.size == 28
+    whole = softmax_positive(onnx_logits(session(path), x.numpy()))
+    np.testing.assert_allclose(model.probabilities(x.numpy(), batch_size=7), whole, rtol=0, atol=1e-6)
+
+
+def test_a_registered_version_is_downloaded_once(small_onnx, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = tmp_path / "artifacts"
+    with mlflow.start_run(experiment_id=registry.ensure_experiment("cache-test", store)):
+        info = registry.register(registry.log_onnx(small_onnx[0]), "cache-test-model",
+                                 {registry.TAG_ONNX_SHA256: file_sha256(small_onnx[0])})
+    first = cached_version_model(info, tmp_path / "cache")
+    shutil.rmtree(store)  # the artifact store is gone: a second download would fail
+    second = cached_version_model(info, tmp_path / "cache")
+    assert first.path == second.path and first.path.read_bytes() == small_onnx[0].read_bytes()
+    assert first.path.parent.name == f"v{info.version}-{info.tags[registry.TAG_ONNX_SHA256][:16]}"
+    assert not list(first.path.parent.glob(".partial-*"))

@@ -3,12 +3,11 @@
 ``grad_cam`` works on any model of the zoo: it hooks the last ``Conv2d`` (or a layer given by
 name), weights its activations by the spatially averaged gradients of the chosen class's logit,
 keeps the positive part, upsamples to the input size and scales each map to [0, 1]. Prediction
-can call it on a single preprocessed image.
+can call it on a single preprocessed image. The review figure is drawn by
+:func:`medimg.evaluation.plots.gradcam_grid_png`.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,22 +63,3 @@ def pick_examples(labels: np.ndarray, probs: np.ndarray, threshold: float, per_k
         confidence = np.abs(probs[idx] - threshold)
         out[kind] = idx[np.argsort(-confidence)][:per_kind].tolist()
     return out
-
-
-def grid_png(images: np.ndarray, heatmaps: np.ndarray, titles: list[str], path: Path) -> Path:
-    """Images with their heatmaps overlaid, one column each, written as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    n = max(1, len(images))
-    fig = Figure(figsize=(2.0 * n, 2.4))
-    FigureCanvasAgg(fig)
-    for i, (image, heat, title) in enumerate(zip(images, heatmaps, titles, strict=True)):
-        ax = fig.add_subplot(1, n, i + 1)
-        ax.imshow(image, cmap="gray")
-        ax.imshow(heat, cmap="jet", alpha=0.4, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
-        ax.set_title(title, fontsize=7)
-        ax.axis("off")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return path

@@ -1,7 +1,7 @@
 """PNG figures of a model's evaluation, for reports, model cards and tracked runs.
 
-Why: reviewers judge a model from its ROC and PR curves, calibration, confusion matrix and
-training curves; these functions draw them the same way every run.
+Why: reviewers judge a model from its ROC and PR curves, calibration, confusion matrix,
+training curves and Grad-CAM heatmaps; these functions draw them the same way every run.
 
 Promises:
 
@@ -180,4 +180,19 @@ def training_curves_png(
     auc_ax.plot(cols["epoch"], cols["val_auc"], marker="o", color="tab:green")
     auc_ax.set(xlabel="epoch", ylabel="ROC AUC", title="Validation AUC")
     auc_ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def gradcam_grid_png(
+    images: NDArray[np.uint8], heatmaps: NDArray[np.floating], titles: Sequence[str], path: str | os.PathLike[str]
+) -> Path:
+    """Grey images with their Grad-CAM heatmaps overlaid, one column each, titled."""
+    n = max(1, len(images))
+    fig = _new_figure(2.0 * n, 2.4)
+    for i, (image, heat, title) in enumerate(zip(images, heatmaps, titles, strict=True)):
+        ax = fig.add_subplot(1, n, i + 1)
+        ax.imshow(image, cmap="gray")
+        ax.imshow(heat, cmap="jet", alpha=0.4, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
     return _save(fig, path)

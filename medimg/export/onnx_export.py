@@ -8,7 +8,6 @@ version, git commit, MLflow run). No patient-level value is ever written there.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from medimg.data.image_folder import file_sha256 as file_sha256  # one implementation, imported by callers here
+
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+#: Metadata key of the preprocessing contract (JSON) that consumers rebuild the input from.
+META_PREPROCESSING = "medimg.preprocessing"
 
 
 class ExportError(RuntimeError):
@@ -113,8 +116,3 @@ def softmax_positive(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e[:, 1] / e.sum(axis=1)).astype(np.float64)
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()

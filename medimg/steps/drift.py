@@ -4,40 +4,39 @@ Two features: image intensity (per-image mean, from the manifests of both data v
 the champion's output (its positive-class probability on its own test split, from its MLflow
 run, against the same ONNX model on a sample of the new data's held-out (val and test) splits).
 The verdict and every number go to the MLflow run; ``drift.retrain_on`` decides whether a new
-version without drift retrains.
+version without drift retrains. ``drifted`` is None ("not checked") when there is nothing to
+compare: no champion, or the champion's own data version (changed params or code retrain it);
+only a comparison made can say "no drift".
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
 
 from medimg import preprocess, registry
 from medimg.config import Params
 from medimg.data import manifest, versioning
 from medimg.drift import compare
-from medimg.export.onnx_export import onnx_logits, read_metadata, session, softmax_positive
+from medimg.steps.gate import champion_model
 from medimg.training.data import load_split
 from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
+PREDICTIONS_ARTIFACT = "evaluation/test_predictions.csv"
+
 
 def _champion_outputs(params: Params, ws: Workspace, champion: registry.VersionInfo, frame: pd.DataFrame) -> dict | None:
-    client = MlflowClient()
     try:
-        local = client.download_artifacts(champion.run_id, "evaluation/test_predictions.csv", str(ws.runs / "drift-ref"))
+        local = registry.download_run_artifact(champion.run_id, PREDICTIONS_ARTIFACT, ws.runs / "drift-ref")
     except Exception as err:  # an old or foreign champion without predictions: intensity drift only
         log.warning("champion v%s has no stored test predictions (%s): output drift not checked", champion.version, err)
         return None
     reference = pd.read_csv(local)["probability"].to_numpy()
-    path = registry.download_onnx(params.registry.model_name, champion.version, ws.runs / "champion-cache" / champion.version)
-    contract = json.loads(read_metadata(path)["medimg.preprocessing"])
-    config = preprocess.config_from_contract(contract)
+    model = champion_model(ws, champion)
     # Like with like: the reference is the champion on held-out images, so the new data is scored on
     # its held-out splits too; on its own training images the champion is overconfident, and that
     # alone read as output drift (PSI 0.11, KS p 0.002) on an unchanged data set.
@@ -45,7 +44,7 @@ def _champion_outputs(params: Params, ws: Workspace, champion: registry.VersionI
     frame = held_out if len(held_out) else frame
     sample = frame.sample(n=min(params.drift.sample_size, len(frame)), random_state=params.train.seed)
     images = np.concatenate([load_split(ws.data, sample, split).images for split in sample["split"].unique()])
-    current = softmax_positive(onnx_logits(session(path), preprocess.apply(images, config).numpy()))
+    current = model.probabilities(preprocess.apply(images, model.config).numpy())
     return compare("champion_output", reference, current, params.drift.psi_threshold, params.drift.pvalue_threshold)
 
 
@@ -55,8 +54,8 @@ def run(params: Params, ws: Workspace, data_version: str) -> dict:
         return {"checked": False, "drifted": None, "reason": "no champion yet: nothing to compare with"}
     reference_version = champion.tags.get(registry.TAG_DATA_VERSION)
     if reference_version == data_version:
-        return {"checked": True, "drifted": False, "reason": "same data version as the champion's",
-                "reference_version": reference_version, "features": []}
+        return {"checked": False, "drifted": None, "reason": "same data version as the champion's: nothing to compare",
+                "reference_version": reference_version, "champion_version": champion.version, "features": []}
     frame = manifest.read(ws.data)
     ref_manifest = versioning.version_manifest(ws, reference_version) if reference_version else None
     features = []

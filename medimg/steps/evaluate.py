@@ -13,7 +13,7 @@ from medimg.config import Params
 from medimg.data import manifest
 from medimg.evaluation import plots
 from medimg.evaluation.bootstrap import bootstrap_ci
-from medimg.evaluation.gradcam import grad_cam, grid_png, pick_examples
+from medimg.evaluation.gradcam import grad_cam, pick_examples
 from medimg.evaluation.gates import to_jsonable
 from medimg.evaluation.metrics import binary_metrics
 from medimg.evaluation.threshold import threshold_for_sensitivity, youden_threshold
@@ -45,7 +45,7 @@ def gradcam_review(model, split, probs: np.ndarray, threshold: float, params: Pa
     index = [i for _, i in order]
     heat = grad_cam(model, preprocess.apply(split.images[index], params.preprocess))
     titles = [f"{kind} p={probs[i]:.2f}" for kind, i in order]
-    return grid_png(split.images[index], heat, titles, path)
+    return plots.gradcam_grid_png(split.images[index], heat, titles, path)
 
 
 GROUP_COLUMNS = ("modality", "site", "sex")

@@ -8,11 +8,18 @@ import logging
 from medimg import preprocess, tracking
 from medimg.config import Params
 from medimg.data import manifest
-from medimg.export.onnx_export import ExportError, INPUT_NAME, OUTPUT_NAME, check_parity, export, file_sha256
+from medimg.export.onnx_export import (
+    INPUT_NAME,
+    META_PREPROCESSING,
+    OUTPUT_NAME,
+    ExportError,
+    check_parity,
+    export,
+    file_sha256,
+)
 from medimg.provenance import git_commit
-from medimg.steps.gate import META_PREPROCESSING
 from medimg.steps.train import run_dir
-from medimg.training.data import load_split
+from medimg.training.data import load_split, split_rows
 from medimg.training.models import load_model
 from medimg.workspace import Workspace
 
@@ -40,9 +47,9 @@ def metadata(params: Params, run_id: str, data_version: str, threshold: float) -
 def run(params: Params, ws: Workspace, run_id: str, ingested: dict, validated: dict, trained: dict,
         evaluated: dict) -> dict:
     model = load_model(params.model, params.preprocess.channels, len(params.data.class_names), trained["checkpoint"])
-    frame = manifest.read(ws.data)
-    test = load_split(ws.data, frame, "test", set(validated.get("dropped_ids") or []))
-    x = preprocess.apply(test.images[: params.export.parity_images], params.preprocess)
+    rows = split_rows(manifest.read(ws.data), "test", set(validated.get("dropped_ids") or []))
+    test = load_split(ws.data, rows.head(params.export.parity_images), "test")
+    x = preprocess.apply(test.images, params.preprocess)
     path = run_dir(ws, run_id) / "model.onnx"
     export(model, x, path, params.export.opset, metadata(params, run_id, ingested["data_version"], evaluated["threshold"]))
     parity = check_parity(model, path, x, params.export.parity_atol)

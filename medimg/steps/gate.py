@@ -13,7 +13,7 @@ from medimg.config import Params
 from medimg.data import manifest
 from medimg.evaluation import gates
 from medimg.evaluation.bootstrap import paired_auc_difference
-from medimg.export.onnx_export import onnx_logits, read_metadata, session, softmax_positive
+from medimg.predict import OnnxModel, cached_version_model
 from medimg.reference import benchmark
 from medimg.steps.train import run_dir
 from medimg.training.data import load_split
@@ -21,18 +21,19 @@ from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-META_PREPROCESSING = "medimg.preprocessing"
+
+def champion_model(ws: Workspace, champion: registry.VersionInfo) -> OnnxModel:
+    """The champion's ONNX model from the workspace's cache: drift and gate share one download."""
+    return cached_version_model(champion, ws.runs / "champion-cache")
 
 
-def champion_probabilities(params: Params, ws: Workspace, champion: registry.VersionInfo, ids: list[str]) -> np.ndarray:
-    """The champion's positive-class probabilities on the candidate's test images (ONNX Runtime)."""
-    path = registry.download_onnx(params.registry.model_name, champion.version, ws.runs / "champion-cache" / champion.version)
-    contract = json.loads(read_metadata(path)[META_PREPROCESSING])
-    config = preprocess.config_from_contract(contract)
+def champion_probabilities(ws: Workspace, champion: registry.VersionInfo, ids: list[str]) -> np.ndarray:
+    """The champion's positive-class probabilities on the candidate's test images, in ``ids`` order."""
+    model = champion_model(ws, champion)
     frame = manifest.read(ws.data)
     test = load_split(ws.data, frame[frame["id"].isin(ids)], "test")
     order = {image_id: i for i, image_id in enumerate(test.ids)}
-    probs = softmax_positive(onnx_logits(session(path), preprocess.apply(test.images, config).numpy()))
+    probs = model.probabilities(preprocess.apply(test.images, model.config).numpy())
     return probs[[order[i] for i in ids]]
 
 
@@ -53,7 +54,7 @@ def run(params: Params, ws: Workspace, run_id: str, evaluated: dict) -> dict:
     if champion is not None:
         predictions = pd.read_csv(evaluated["predictions"], dtype={"id": str})
         try:
-            champ = champion_probabilities(params, ws, champion, predictions["id"].tolist())
+            champ = champion_probabilities(ws, champion, predictions["id"].tolist())
             delta = paired_auc_difference(
                 predictions["label"].to_numpy(), predictions["probability"].to_numpy(), champ,
                 n_boot=cfg.bootstrap_samples, seed=params.train.seed,

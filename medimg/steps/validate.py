@@ -63,9 +63,10 @@ def run(params: Params, ws: Workspace, ingested: dict) -> dict:
                         if k not in ("within_split", "across_splits", "patients_across_splits_list")}
     ws.reports.mkdir(parents=True, exist_ok=True)
     report = ws.reports / f"validation-{version}.json"
-    report.write_text(json.dumps(payload, indent=1, default=str))
+    text = json.dumps(payload, indent=1, default=str)
+    report.write_text(text)
     html_report = ws.reports / f"validation-{version}.html"
-    html_report.write_text(render_html(json.loads(report.read_text())), encoding="utf-8")
+    html_report.write_text(render_html(json.loads(text)), encoding="utf-8")  # the JSON's values, as written
     pipeline_dir(ws).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(report, pipeline_dir(ws) / "validation-latest.json")
     shutil.copyfile(html_report, pipeline_dir(ws) / "validation-latest.html")

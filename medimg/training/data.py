@@ -25,6 +25,12 @@ class SplitArrays:
     labels: np.ndarray  # int64 [N]
 
 
+def split_rows(manifest: pd.DataFrame, split: str, exclude: set[str] | None = None) -> pd.DataFrame:
+    """The manifest rows :func:`load_split` decodes, in its order (by id): count or subset without decoding."""
+    rows = manifest[(manifest["split"] == split) & ~manifest["id"].isin(exclude or set())]
+    return rows.sort_values("id")
+
+
 def load_split(folder: Path, manifest: pd.DataFrame, split: str, exclude: set[str] | None = None) -> SplitArrays:
     """The split's stored images (``path`` relative to ``folder``, or absolute), sorted by id.
 
@@ -32,8 +38,7 @@ def load_split(folder: Path, manifest: pd.DataFrame, split: str, exclude: set[st
     :mod:`medimg.preprocess`); images of different sizes mean the dataset mixes contracts and
     raise ``ValueError`` naming one of each size (re-ingest).
     """
-    rows = manifest[(manifest["split"] == split) & ~manifest["id"].isin(exclude or set())]
-    rows = rows.sort_values("id")
+    rows = split_rows(manifest, split, exclude)
     images = []
     for rel in rows["path"]:
         with Image.open(folder / rel) as image:

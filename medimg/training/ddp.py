@@ -47,11 +47,10 @@ def launch(params_dict: dict, data_folder: Path, exclude: list[str], out_dir: Pa
 def main(job_file: str) -> None:
     import torch.distributed as dist
 
-    from medimg import tracking
     from medimg.config import parse_params
     from medimg.data import manifest
     from medimg.training.data import load_split
-    from medimg.training.loop import train
+    from medimg.training.loop import report_epochs, train
 
     job = json.loads(Path(job_file).read_text())
     params = parse_params(job["params"])
@@ -67,13 +66,8 @@ def main(job_file: str) -> None:
         train_split = load_split(folder, frame, "train", exclude)
         val_split = load_split(folder, frame, "val", exclude)
         out = Path(job["out_dir"])
-
-        def on_epoch(row: dict) -> None:
-            if job["run_id"]:
-                tracking.log_metrics(job["run_id"], {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-
-        result = train(params, train_split, val_split, on_epoch=on_epoch, checkpoint_dir=out / "checkpoints",
-                       resume=True)
+        result = train(params, train_split, val_split, on_epoch=report_epochs(job["run_id"], params.train.epochs),
+                       checkpoint_dir=out / "checkpoints", resume=True)
         if rank == 0:
             torch.save(result.model.state_dict(), out / "best.pt")
             (out / "ddp_result.json").write_text(json.dumps({

@@ -11,7 +11,7 @@ global batch inside DistributedDataParallel; only rank 0 reports and writes chec
 
 from __future__ import annotations
 
-import copy
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +31,24 @@ from medimg.training.data import SplitArrays, augment_batch
 from medimg.training.models import build_model, set_trainable
 
 EpochCallback = Callable[[dict], None]
+
+log = logging.getLogger(__name__)
+
+
+def report_epochs(run_id: str | None, epochs: int) -> EpochCallback:
+    """An ``on_epoch`` that logs each epoch and sends its metrics to the MLflow run, step = epoch.
+
+    Single-process and DDP training (rank 0) report alike; without a run id it only logs.
+    """
+    from medimg import tracking
+
+    def on_epoch(row: dict) -> None:
+        log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_auc %.4f", row["epoch"], epochs,
+                 row["train_loss"], row["val_loss"], row["val_auc"])
+        if run_id:
+            tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+
+    return on_epoch
 
 
 @dataclass
@@ -168,7 +186,8 @@ def train(
             set_trainable(model, head_only=epoch <= head_epochs)
             net.train()
             order = torch.randperm(len(x_train), generator=order_gen)
-            total_loss, batches = 0.0, 0
+            total_loss = torch.zeros((), dtype=torch.float64, device=device)
+            batches = 0
             for start in range(0, steps_per_epoch * global_batch, global_batch):
                 index = order[start : start + global_batch][rank * local_batch : (rank + 1) * local_batch]
                 xb, yb = x_train[index], y_train[index]
@@ -183,7 +202,7 @@ def train(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
-                total_loss += loss.item()
+                total_loss += loss.detach()
                 batches += 1
                 seen += len(index) * world
                 state["steps"] += 1
@@ -194,8 +213,8 @@ def train(
             val_loss = float(nn.functional.binary_cross_entropy(
                 torch.as_tensor(val_probs).clamp(1e-7, 1 - 1e-7), torch.as_tensor(val_split.labels, dtype=torch.float64)))
             val_auc = _auc(val_split.labels, val_probs)
-            row = {"epoch": epoch, "train_loss": total_loss / max(batches, 1), "val_loss": val_loss, "val_auc": val_auc,
-                   "lr": scheduler.get_last_lr()[0]}
+            row = {"epoch": epoch, "train_loss": total_loss.item() / max(batches, 1), "val_loss": val_loss,
+                   "val_auc": val_auc, "lr": scheduler.get_last_lr()[0]}
             state["history"].append(row)
             if val_auc > state["best_auc"]:
                 best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -211,7 +230,7 @@ def train(
                 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "order_generator": order_gen.get_state(),
                             "aug_generator": aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                            "state": copy.deepcopy(state)}, tmp)
+                            "state": state}, tmp)
                 tmp.replace(last)
             if cfg.max_steps and state["steps"] >= cfg.max_steps:
                 break
