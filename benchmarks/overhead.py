@@ -18,6 +18,9 @@ from pathlib import Path
 
 import yaml
 
+from medimg.cli import parse_overrides
+from medimg.config import deep_merge, load_params
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -33,24 +36,17 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
 
 def main(extra: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="medimg-overhead-") as tmp:
-        params = yaml.safe_load((ROOT / "params.yaml").read_text())
-        params["workspace"]["path"] = str(Path(tmp) / "ws")
-        for item in extra:
-            key, value = item.split("=", 1)
-            node = params
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = yaml.safe_load(value)
+        overrides = deep_merge(parse_overrides(extra), {"workspace": {"path": str(Path(tmp) / "ws")}})
+        params = load_params(ROOT / "params.yaml", overrides)  # a bad --set fails here, before any training
         params_file = Path(tmp) / "params.yaml"
-        params_file.write_text(yaml.safe_dump(params))
+        params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
         bare_s, bare_out = timed([str(BIN / "python"), str(ROOT / "benchmarks" / "bare_train.py"), str(params_file)], ROOT)
         flow_s, _ = timed([str(BIN / "medimg"), "run", "--params", str(params_file)], ROOT)
         bare = json.loads(bare_out.strip().splitlines()[-1])
         import mlflow
 
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'ws' / 'mlflow.db'}")
-        run = mlflow.search_runs(experiment_names=[params["registry"]["experiment"]], output_format="list")[0]
+        run = mlflow.search_runs(experiment_names=[params.registry.experiment], output_format="list")[0]
         steps = {k.removeprefix("step_seconds_"): round(v, 2) for k, v in run.data.metrics.items()
                  if k.startswith("step_seconds_")}
         report = {

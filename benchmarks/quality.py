@@ -17,18 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
-from medimg import preprocess
-from medimg.config import deep_merge, parse_params
-from medimg.data.medmnist import locate
+from bare_train import fit_and_score  # benchmarks/ is sys.path[0] when this script runs
+from medimg.cli import parse_overrides
+from medimg.config import load_params
 from medimg.evaluation.bootstrap import bootstrap_ci
-from medimg.evaluation.metrics import binary_metrics
-from medimg.steps.evaluate import choose_threshold
-from medimg.training.data import SplitArrays
-from medimg.training.loop import predict_proba, train
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference" / "benchmarks.md"
@@ -47,33 +42,16 @@ def reference_rows(path: Path) -> list[tuple[str, str, str, str]]:
 
 
 def main(argv: list[str]) -> None:
-    files = [a for a in argv if not a.startswith("--set") and "=" not in a]
-    raw = yaml.safe_load(Path(files[0] if files else ROOT / "params.yaml").read_text())
-    for item in (a.removeprefix("--set=") for a in argv if "=" in a):
-        key, value = item.split("=", 1)
-        nested: dict = {}
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-        raw = deep_merge(raw, nested)
-    params = parse_params(raw)
-    archive = locate(params.data.medmnist_flag, params.data.resolved_data_dir(), ROOT / ".medimg" / "downloads", False)
-    arrays = archive.load()
-    splits = {s: SplitArrays([f"{s}-{i}" for i in range(len(y))], x, y) for s, (x, y) in arrays.items()}
-
-    plain = json.loads(subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plain_script.py"), str(archive.path)],
-                                      capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    sets = [a.removeprefix("--set=") for a in argv if "=" in a]
+    files = [a for a in argv if a != "--set" and "=" not in a]
+    params = load_params(files[0] if files else ROOT / "params.yaml", parse_overrides(sets))
     started = time.perf_counter()
-    result = train(params, splits["train"], splits["val"])
-    p_val = predict_proba(result.model, preprocess.apply(splits["val"].images, params.preprocess))
-    p_test = predict_proba(result.model, preprocess.apply(splits["test"].images, params.preprocess))
-    threshold = choose_threshold(params, splits["val"].labels, p_val)
-    metrics = binary_metrics(splits["test"].labels, p_test, threshold)
-    ci = bootstrap_ci(splits["test"].labels, p_test, threshold, n_boot=params.gates.bootstrap_samples,
-                      seed=params.train.seed)
+    scored = fit_and_score(params)
+    result, p_test, threshold, metrics = scored.result, scored.p_test, scored.threshold, scored.metrics
+    ci = bootstrap_ci(scored.y_test, p_test, threshold, n_boot=params.gates.bootstrap_samples, seed=params.train.seed)
     seconds = time.perf_counter() - started
+    plain = json.loads(subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plain_script.py"), str(scored.archive)],
+                                      capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
 
     table = Table(title=f"PneumoniaMNIST test (n={len(p_test)}), {os.cpu_count()} CPU cores")
     for col in ("model", "input", "AUC", "ACC", "note"):

@@ -3,7 +3,8 @@
 # MLflow tracking server whose backend store is that PostgreSQL, and a Prefect server (whose
 # own database is PostgreSQL too).
 #
-#   scripts/services.sh start    install PostgreSQL if missing, start all three, wait until healthy
+#   scripts/services.sh start    install missing Debian packages (scripts/system_packages.sh: PostgreSQL
+#                                among them), start all three, wait until healthy
 #   scripts/services.sh stop     stop what `start` started
 #   scripts/services.sh env      print `export MEDIMG_TEST_...` lines for the tests (eval them)
 #   scripts/services.sh status   say what is running
@@ -31,16 +32,6 @@ pg_bin() {
     local dir
     dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
     [[ -n "$dir" && -x "$dir/initdb" ]] && echo "$dir"
-}
-
-install_postgres() {
-    [[ -n "$(pg_bin)" ]] && return 0
-    log "PostgreSQL not found: installing Debian's postgresql package"
-    local sudo=()
-    [[ "$(id -u)" -eq 0 ]] || sudo=(sudo -n)
-    "${sudo[@]}" apt-get update -q >&2
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q postgresql >&2
-    [[ -n "$(pg_bin)" ]] || die "postgresql installed but no initdb under /usr/lib/postgresql/*/bin"
 }
 
 # Run a PostgreSQL server binary as a user it accepts (it refuses root).
@@ -193,7 +184,9 @@ EOF
 start() {
     [[ -x "$VENV/bin/mlflow" && -x "$VENV/bin/prefect" ]] || die "$VENV has no mlflow/prefect: run \`make install\` first"
     "$VENV/bin/python" -c 'import psycopg2' 2>/dev/null || die "psycopg2 missing in $VENV: run \`make install\`"
-    install_postgres
+    # PostgreSQL, with the suite's other Debian packages: installs only what is missing (messages to stderr).
+    "$ROOT/scripts/system_packages.sh" >&2
+    [[ -n "$(pg_bin)" ]] || die "no initdb under /usr/lib/postgresql/*/bin after scripts/system_packages.sh"
     load_config check-ports
     start_postgres
     mkdir -p "$STATE/mlflow-artifacts" "$STATE/prefect"

@@ -2,7 +2,7 @@
 # Debian packages the test suite needs beyond Python: Chromium (the lineage report is rendered in
 # headless Chromium), PostgreSQL (scripts/services.sh) and OpenJPEG's libopenjp2 (glymur calls it to
 # decode JPEG 2000 DICOM at a reduced resolution; without it ingest decodes in full). Installs only
-# what is missing.
+# what is missing. Run by `scripts/services.sh start` and by `make test`.
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

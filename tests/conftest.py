@@ -1,4 +1,8 @@
-"""Shared fixtures: the real data, an activated temporary workspace, quiet telemetry."""
+"""Shared fixtures: the real data, an activated temporary workspace, quiet telemetry, one Prefect test server.
+
+The registry fixtures (``registry_ws``, ``fresh_registry``, ``registry_template``) and the lineage
+fixtures (``lineage_ws``, ``fresh_lineage_ws``) are plugins: every test module can request them by name.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,25 @@ from medimg.workspace import TELEMETRY_OFF
 for _key, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_key, _value)
 
+# This conftest sits in testpaths' folder (tests/, which pytest puts on sys.path), so it is an
+# initial conftest and may name plugins.
+pytest_plugins = ["registry_fixtures", "lineage_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def data_dir():
     if not PNEUMONIAMNIST.is_file():
         pytest.fail(f"real data not found at {DATA_DIR}: set MEDIMG_DATA_DIR to the shared data folder")
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server (SQLite, subprocess) for the whole session, started on first use.
+
+    Flows called in this process run against it. Each workspace keeps its own task cache (the flow's
+    result storage lives in the workspace), so tests sharing the server do not share cached steps."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from medimg.config import Params, load_params
 from medimg.workspace import Workspace
-from registry_fixtures import ROOT, relocate_mlflow_db, template
+from registry_fixtures import RegistryWorkspace, _activated, _write_params, relocate_mlflow_db
 
 
 @dataclass(frozen=True)
@@ -30,40 +29,31 @@ class FullClone:
     template_root: Path
 
 
-def full_clone(tmp_path_factory, data_dir, name: str) -> FullClone:
-    source = template(tmp_path_factory, data_dir)
-    dest = tmp_path_factory.mktemp(name)
+def full_clone(source: RegistryWorkspace, dest: Path) -> FullClone:
+    """Everything of ``source``'s workspace but Prefect's home, at ``dest``, its absolute paths rewritten."""
     ws = Workspace.at(dest / "ws")
     shutil.copytree(source.ws.root, ws.root, symlinks=True, ignore=shutil.ignore_patterns("prefect"))
     assert relocate_mlflow_db(ws.mlflow_db, str(source.ws.root), str(ws.root)) > 0
     dvc_config = ws.root / ".dvc" / "config"
     dvc_config.write_text(dvc_config.read_text().replace(str(source.ws.root), str(ws.root)))
     assert str(ws.dvc_remote) in dvc_config.read_text()
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["workspace"]["path"] = str(ws.root)
-    params_file = dest / "params.yaml"
-    params_file.write_text(yaml.safe_dump(raw))
+    params_file = _write_params(dest, ws.root)
     return FullClone(ws, params_file, load_params(params_file), source.ws.root)
 
 
 @pytest.fixture(scope="module")
-def lineage_ws(tmp_path_factory, data_dir):
+def lineage_ws(tmp_path_factory, registry_template):
     """This module's own full clone of the template, with MLflow pointed at it."""
-    clone = full_clone(tmp_path_factory, data_dir, "lineage")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", clone.ws.default_tracking_uri())
-    mp.setenv("MEDIMG_WORKSPACE", str(clone.ws.root))
-    mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    clone = full_clone(registry_template, tmp_path_factory.mktemp("lineage"))
+    mp = _activated(clone.ws)
     yield clone
     mp.undo()
 
 
 @pytest.fixture
-def fresh_lineage_ws(tmp_path_factory, data_dir):
+def fresh_lineage_ws(tmp_path_factory, registry_template):
     """A full clone for one test that tampers with artifacts."""
-    clone = full_clone(tmp_path_factory, data_dir, "lineage-fresh")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", clone.ws.default_tracking_uri())
-    mp.setenv("MEDIMG_WORKSPACE", str(clone.ws.root))
+    clone = full_clone(registry_template, tmp_path_factory.mktemp("lineage-fresh"))
+    mp = _activated(clone.ws)
     yield clone
     mp.undo()

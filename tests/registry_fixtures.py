@@ -10,7 +10,8 @@ tamper without seeing each other's changes.
 * v2: three optimiser steps with the shipped gates: it fails them (AUC far below 0.95) and is
   registered as ``challenger`` with ``medimg.gate_passed == "False"``.
 
-Import the fixtures into a test module with ``from registry_fixtures import registry_ws, fresh_registry``.
+The fixtures are registered as a plugin by ``tests/conftest.py``: request ``registry_ws`` or
+``fresh_registry`` by name (``registry_template`` is the session's read-only template).
 
 A clone is a copy of the workspace's registry part (``CLONED``) whose MLflow database has the template's absolute
 paths (artifact locations) rewritten to the clone's, so the clone's artifact store, not the
@@ -21,14 +22,13 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from medimg.config import Params, load_params
+from medimg.config import Params, deep_merge, load_params
 from medimg.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,57 +49,55 @@ class RegistryWorkspace:
     params: Params
     tracking_uri: str
     dataset: Path  # the template's ingested data set (real PneumoniaMNIST PNGs + manifest); read only
-    build_seconds: float = 0.0
-
-
-_TEMPLATE: dict[str, RegistryWorkspace] = {}
 
 
 def _merge(*parts: dict) -> dict:
-    from medimg.config import deep_merge
-
     out: dict = {}
     for part in parts:
         out = deep_merge(out, part)
     return out
 
 
-def _write_params(root: Path, ws_root: Path) -> Path:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+def _write_params(root: Path, ws_root: Path, base: Path = ROOT / "params.yaml", overrides: dict | None = None) -> Path:
+    """``root/params.yaml``: ``base`` with ``overrides`` merged in and the workspace at ``ws_root``."""
+    params = deep_merge(yaml.safe_load(base.read_text()), overrides or {})
     params["workspace"]["path"] = str(ws_root)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
 
 
-def _build_template(root: Path, data_dir: Path) -> RegistryWorkspace:
-    from prefect.testing.utilities import prefect_test_harness
+def _activated(ws: Workspace, tracking_uri: str | None = None) -> pytest.MonkeyPatch:
+    """Point MLflow (and medimg) at ``ws`` in this process; ``undo()`` the returned MonkeyPatch to restore."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", tracking_uri or ws.default_tracking_uri())
+    mp.setenv("MEDIMG_WORKSPACE", str(ws.root))
+    mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return mp
 
+
+def _build_template(root: Path, data_dir: Path) -> RegistryWorkspace:
+    """Two real flow runs in a new workspace (the caller holds the Prefect test harness)."""
     ws = Workspace.at(root / "ws")
     params_file = _write_params(root, ws.root)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", ws.default_tracking_uri())
+    mp = _activated(ws)
     mp.setenv("MEDIMG_DATA_DIR", str(data_dir))
-    started = time.perf_counter()
     try:
-        with prefect_test_harness(server_startup_timeout=120):
-            from flows.retrain import retrain
+        from flows.retrain import retrain
 
-            first = retrain(params_path=str(params_file), overrides=_merge(FAST, RELAXED_GATES), return_state=True)
-            assert first.is_completed() and first.result()["model"]["alias"] == "champion", first.message
-            second = retrain(params_path=str(params_file), overrides=_merge(FAST, WEAK), return_state=True)
-            assert second.name == "NotPromoted" and second.result()["model"]["version"] == "2", second.message
+        first = retrain(params_path=str(params_file), overrides=_merge(FAST, RELAXED_GATES), return_state=True)
+        assert first.is_completed() and first.result()["model"]["alias"] == "champion", first.message
+        second = retrain(params_path=str(params_file), overrides=_merge(FAST, WEAK), return_state=True)
+        assert second.name == "NotPromoted" and second.result()["model"]["version"] == "2", second.message
     finally:
         mp.undo()
-    return RegistryWorkspace(ws, params_file, load_params(params_file), ws.default_tracking_uri(), ws.data,
-                             round(time.perf_counter() - started, 1))
+    return RegistryWorkspace(ws, params_file, load_params(params_file), ws.default_tracking_uri(), ws.data)
 
 
-def template(tmp_path_factory, data_dir) -> RegistryWorkspace:
-    """The session's template registry (built on first use)."""
-    if "t" not in _TEMPLATE:
-        _TEMPLATE["t"] = _build_template(tmp_path_factory.mktemp("registry-template"), data_dir)
-    return _TEMPLATE["t"]
+@pytest.fixture(scope="session")
+def registry_template(tmp_path_factory, data_dir, prefect_harness) -> RegistryWorkspace:
+    """The session's template registry, built on first use; read it, clone it to change it."""
+    return _build_template(tmp_path_factory.mktemp("registry-template"), data_dir)
 
 
 def relocate_mlflow_db(db: Path, old_root: str, new_root: str) -> int:
@@ -138,26 +136,19 @@ def clone(source: RegistryWorkspace, dest: Path) -> RegistryWorkspace:
     return RegistryWorkspace(ws, params_file, load_params(params_file), ws.default_tracking_uri(), source.dataset)
 
 
-def _activated(reg: RegistryWorkspace):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", reg.tracking_uri)
-    mp.setenv("MEDIMG_WORKSPACE", str(reg.ws.root))
-    return mp
-
-
 @pytest.fixture(scope="module")
-def registry_ws(tmp_path_factory, data_dir):
+def registry_ws(tmp_path_factory, registry_template):
     """A module's own clone of the two-version registry, with MLflow pointed at it."""
-    reg = clone(template(tmp_path_factory, data_dir), tmp_path_factory.mktemp("registry"))
-    mp = _activated(reg)
+    reg = clone(registry_template, tmp_path_factory.mktemp("registry"))
+    mp = _activated(reg.ws, reg.tracking_uri)
     yield reg
     mp.undo()
 
 
 @pytest.fixture
-def fresh_registry(tmp_path_factory, data_dir):
+def fresh_registry(tmp_path_factory, registry_template):
     """A clone for one test that changes aliases or artifacts."""
-    reg = clone(template(tmp_path_factory, data_dir), tmp_path_factory.mktemp("registry-fresh"))
-    mp = _activated(reg)
+    reg = clone(registry_template, tmp_path_factory.mktemp("registry-fresh"))
+    mp = _activated(reg.ws, reg.tracking_uri)
     yield reg
     mp.undo()

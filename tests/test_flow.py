@@ -1,7 +1,8 @@
 """The real retrain flow on the real PneumoniaMNIST archive, in a temporary workspace.
 
-Real Prefect (test harness server), MLflow on SQLite, DVC with a local remote, Great
-Expectations and ONNX Runtime; nothing is mocked. The champion run uses the shipped params.
+Real Prefect (the session's test harness server, ``prefect_harness``), MLflow on SQLite, DVC with a
+local remote, Great Expectations and ONNX Runtime; nothing is mocked. The champion run uses the
+shipped params.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from medimg import audit, registry
@@ -20,27 +20,17 @@ from medimg.cli import app
 from medimg.export.onnx_export import file_sha256, read_metadata
 from medimg.steps.validate import ValidationFailed
 from medimg.workspace import Workspace
+from registry_fixtures import _activated, _write_params
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, data_dir, harness):
+def workspace(tmp_path_factory, data_dir, prefect_harness):
     root = tmp_path_factory.mktemp("flow")
     ws = Workspace.at(root / "ws")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["workspace"]["path"] = str(ws.root)
-    params_file = root / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", ws.default_tracking_uri())
+    params_file = _write_params(root, ws.root)
+    mp = _activated(ws)
     mp.setenv("MEDIMG_DATA_DIR", str(data_dir))
     yield ws, params_file
     mp.undo()

@@ -23,7 +23,6 @@ import pytest
 from medimg import lineage, registry
 from medimg.data import versioning
 from medimg.export.onnx_export import file_sha256
-from lineage_fixtures import fresh_lineage_ws, lineage_ws  # noqa: F401  (fixtures)
 from registry_fixtures import MODEL
 
 pytestmark = pytest.mark.slow

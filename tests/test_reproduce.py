@@ -18,7 +18,6 @@ from medimg import registry
 from medimg.config import load_params
 from medimg.data import versioning
 from medimg.reproduce import TAG_REPRODUCES, ReproduceError, params_from_run, render_text, reproduce
-from lineage_fixtures import lineage_ws  # noqa: F401  (fixture)
 from registry_fixtures import MODEL
 
 pytestmark = pytest.mark.slow
