@@ -183,7 +183,8 @@ def _gate(run_id: str, tmp: Path, tag: str | None) -> dict:
 
 def _onnx(name: str, version: registry.VersionInfo, tmp: Path, run_id: str) -> dict:
     """The sha256 tag, the stored file's actual hash, and the lineage keys in its own metadata."""
-    from medimg.export.onnx_export import file_sha256, read_metadata
+    from medimg.export.onnx_export import read_metadata
+    from medimg.provenance import file_sha256
 
     out: dict = {"sha256": version.tags.get(registry.TAG_ONNX_SHA256), "stored_sha256": None, "size_bytes": None,
                  "parity_max_abs_diff": version.tags.get(registry.TAG_PARITY), "parity": None, "metadata": {}}

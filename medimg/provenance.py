@@ -1,8 +1,9 @@
-"""Where a run's code came from: the git commit of the medimg checkout and whether it was dirty."""
+"""Where things came from: the git commit of the medimg checkout, and the content hash of a file."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import subprocess
 from pathlib import Path
 
@@ -24,3 +25,9 @@ def git_commit(root: Path = PROJECT_ROOT) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of the file's bytes: the identity of source images and ONNX files in medimg."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -52,7 +52,8 @@ from urllib.parse import urlsplit, urlunsplit
 from medimg import registry
 from medimg.audit import now_iso
 from medimg.config import Params
-from medimg.export.onnx_export import file_sha256, read_metadata
+from medimg.export.onnx_export import read_metadata
+from medimg.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import pytest
 
 from medimg.config import Params, load_params
 from medimg.workspace import Workspace
-from registry_fixtures import RegistryWorkspace, _activated, _write_params, relocate_mlflow_db
+from registry_fixtures import RegistryWorkspace, _activated, write_params, relocate_mlflow_db
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def full_clone(source: RegistryWorkspace, dest: Path) -> FullClone:
     dvc_config = ws.root / ".dvc" / "config"
     dvc_config.write_text(dvc_config.read_text().replace(str(source.ws.root), str(ws.root)))
     assert str(ws.dvc_remote) in dvc_config.read_text()
-    params_file = _write_params(dest, ws.root)
+    params_file = write_params(dest, ws.root)
     return FullClone(ws, params_file, load_params(params_file), source.ws.root)
 
 

@@ -58,7 +58,7 @@ def _merge(*parts: dict) -> dict:
     return out
 
 
-def _write_params(root: Path, ws_root: Path, base: Path = ROOT / "params.yaml", overrides: dict | None = None) -> Path:
+def write_params(root: Path, ws_root: Path, base: Path = ROOT / "params.yaml", overrides: dict | None = None) -> Path:
     """``root/params.yaml``: ``base`` with ``overrides`` merged in and the workspace at ``ws_root``."""
     params = deep_merge(yaml.safe_load(base.read_text()), overrides or {})
     params["workspace"]["path"] = str(ws_root)
@@ -79,7 +79,7 @@ def _activated(ws: Workspace, tracking_uri: str | None = None) -> pytest.MonkeyP
 def _build_template(root: Path, data_dir: Path) -> RegistryWorkspace:
     """Two real flow runs in a new workspace (the caller holds the Prefect test harness)."""
     ws = Workspace.at(root / "ws")
-    params_file = _write_params(root, ws.root)
+    params_file = write_params(root, ws.root)
     mp = _activated(ws)
     mp.setenv("MEDIMG_DATA_DIR", str(data_dir))
     try:
@@ -132,7 +132,7 @@ def clone(source: RegistryWorkspace, dest: Path) -> RegistryWorkspace:
         else:
             shutil.copy2(src, ws.root / name)
     assert relocate_mlflow_db(ws.mlflow_db, str(source.ws.root), str(ws.root)) > 0
-    params_file = _write_params(dest, ws.root)
+    params_file = write_params(dest, ws.root)
     return RegistryWorkspace(ws, params_file, load_params(params_file), ws.default_tracking_uri(), source.dataset)
 
 

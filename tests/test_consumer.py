@@ -19,7 +19,6 @@ import pytest
 
 from medimg.predict import OnnxModel, predict_files
 from medimg.pull import pull
-from registry_fixtures import registry_ws  # noqa: F401 - pytest fixture
 from test_predict import chest_jpegs, sixteen_bit_png
 
 CONSUMER = textwrap.dedent('''

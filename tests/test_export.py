@@ -12,7 +12,8 @@ import torch
 from medimg import preprocess
 from medimg.config import parse_params
 from medimg.data.medmnist import locate
-from medimg.export.onnx_export import INPUT_NAME, check_parity, export, file_sha256, read_metadata
+from medimg.export.onnx_export import INPUT_NAME, check_parity, export, read_metadata
+from medimg.provenance import file_sha256
 from medimg.training.models import build_model
 
 

@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 
 from medimg import audit, registry
 from medimg.cli import app
-from medimg.export.onnx_export import file_sha256, read_metadata
+from medimg.export.onnx_export import read_metadata
+from medimg.provenance import file_sha256
 from medimg.steps.validate import ValidationFailed
 from medimg.workspace import Workspace
-from registry_fixtures import _activated, _write_params
+from registry_fixtures import _activated, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.slow
 def workspace(tmp_path_factory, data_dir, prefect_harness):
     root = tmp_path_factory.mktemp("flow")
     ws = Workspace.at(root / "ws")
-    params_file = _write_params(root, ws.root)
+    params_file = write_params(root, ws.root)
     mp = _activated(ws)
     mp.setenv("MEDIMG_DATA_DIR", str(data_dir))
     yield ws, params_file

@@ -18,15 +18,13 @@ from pathlib import Path
 import mlflow
 import pydicom
 import pytest
-import yaml
-from prefect.testing.utilities import prefect_test_harness
 from pydicom.uid import generate_uid
 from typer.testing import CliRunner
 
 from datapaths import CHEST, copy_chest_subset, copy_dicom_samples
+from registry_fixtures import write_params
 from medimg import registry
 from medimg.cli import app
-from medimg.config import deep_merge
 from medimg.data.deid import PHI_KEYWORDS
 from medimg.data.image_folder import kermany_patient_key
 from medimg.export.onnx_export import read_metadata
@@ -35,20 +33,6 @@ from medimg.workspace import Workspace
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 RELAXED = {"min_auc": 0.0, "min_accuracy": 0.0, "benchmark": {"margin": 1.0}, "bootstrap_samples": 200}
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def _params_file(tmp: Path, base: Path, ws: Path) -> Path:
-    params = yaml.safe_load(base.read_text())
-    params["workspace"]["path"] = str(ws)
-    out = tmp / "params.yaml"
-    out.write_text(yaml.safe_dump(params))
-    return out
 
 
 def _kermany_subset(root: Path, per_class: int = 150) -> str:
@@ -62,7 +46,7 @@ def _kermany_subset(root: Path, per_class: int = 150) -> str:
     return key
 
 
-def test_retrain_flow_on_a_kermany_subset_at_64px(tmp_path, harness, monkeypatch):
+def test_retrain_flow_on_a_kermany_subset_at_64px(tmp_path, prefect_harness, monkeypatch):
     """Relaxed gates and 2 epochs; the shipped kermany64 params otherwise, incl. the demo de-id key."""
     from flows.retrain import retrain
 
@@ -71,7 +55,7 @@ def test_retrain_flow_on_a_kermany_subset_at_64px(tmp_path, harness, monkeypatch
     monkeypatch.delenv("MEDIMG_DEID_SECRET", raising=False)
     root = tmp_path / "chest_xray"
     key = _kermany_subset(root)
-    params_file = _params_file(tmp_path, ROOT / "params" / "kermany64.yaml", ws.root)
+    params_file = write_params(tmp_path, ws.root, base=ROOT / "params" / "kermany64.yaml")
     overrides = {"data": {"root": str(root)}, "train": {"epochs": 2}, "gates": RELAXED}
     state = retrain(params_path=str(params_file), overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
@@ -197,7 +181,7 @@ def _leaks(path: Path, values: list[bytes]) -> list[str]:
     return found
 
 
-def test_no_phi_from_the_sample_dicoms_reaches_any_output(tmp_path, harness, monkeypatch, caplog, capfd):
+def test_no_phi_from_the_sample_dicoms_reaches_any_output(tmp_path, prefect_harness, monkeypatch, caplog, capfd):
     """CLI ingest + validate, then the whole flow, on the samples and re-identified copies of them:
     every file under the workspace (manifest, reports, logs, DVC cache and remote, MLflow database
     and artifacts, ONNX model, checkpoints), the Prefect database and the captured console and log
@@ -220,17 +204,11 @@ def test_no_phi_from_the_sample_dicoms_reaches_any_output(tmp_path, harness, mon
     assert {"1CT1", "4MR1", "9RG1", "CQ500-CT-310", "CompressedSamples", "JFK IMAGING CENTER"} <= set(searched)
     assert len(searched) > 150
 
-    base = yaml.safe_load((ROOT / "params.yaml").read_text())
-    base["workspace"]["path"] = str(ws.root)
-    base["data"].update({"source": "dicom_folder", "root": str(root), "max_bad_fraction": 0.1,
-                         "dicom": {**base["data"]["dicom"], "label_key": "folder"},
-                         "split": {**base["data"]["split"], "fractions": {"train": 0.5, "val": 0.25, "test": 0.25}}})
-    base["preprocess"]["size"] = 32
-    base["validation"]["expected_split_sizes"] = None
-    base["train"].update({"epochs": 1})
-    base = deep_merge(base, {"gates": RELAXED})
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(base))
+    params_file = write_params(tmp_path, ws.root, overrides={
+        "data": {"source": "dicom_folder", "root": str(root), "max_bad_fraction": 0.1, "dicom": {"label_key": "folder"},
+                 "split": {"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}}},
+        "preprocess": {"size": 32}, "validation": {"expected_split_sizes": None}, "train": {"epochs": 1},
+        "gates": RELAXED})
 
     log_file = ws.root / "captured.log"
     ws.root.mkdir(parents=True, exist_ok=True)

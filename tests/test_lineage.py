@@ -22,7 +22,7 @@ import pytest
 
 from medimg import lineage, registry
 from medimg.data import versioning
-from medimg.export.onnx_export import file_sha256
+from medimg.provenance import file_sha256
 from registry_fixtures import MODEL
 
 pytestmark = pytest.mark.slow

@@ -31,16 +31,16 @@ from medimg.data.medmnist import locate
 from medimg.export.onnx_export import (
     META_PREPROCESSING,
     export,
-    file_sha256,
     onnx_logits,
     read_metadata,
     session,
     softmax_positive,
 )
 from medimg.predict import OnnxModel, cached_version_model, collect_files, load_grey_uint8, predict_files, render
+from medimg.provenance import file_sha256
 from medimg.pull import pull
 from medimg.training.models import build_model
-from registry_fixtures import MODEL, registry_ws  # noqa: F401 - pytest fixture
+from registry_fixtures import MODEL
 
 FULLRES_GREY = "chest_xray_fullres/NORMAL/IM-0117-0001.jpeg"
 

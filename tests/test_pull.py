@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from medimg import promotion, registry
 from medimg.cli import app
-from medimg.export.onnx_export import file_sha256
+from medimg.provenance import file_sha256
 from medimg.pull import IntegrityError, PullError, _public_uri, pull, read_pulled, releases_dir
 from registry_fixtures import MODEL
 

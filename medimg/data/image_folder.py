@@ -16,9 +16,10 @@ Records are sorted by (split, class, file name), so two scans of the same folder
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
+
+from medimg.provenance import file_sha256
 
 # Kermany file names: person100_bacteria_475 / person1_virus_6 -> person100 / person1;
 # IM-0115-0001 (and IM-0608-0001-0001) -> IM-0115; NORMAL2-IM-0383-0001 -> NORMAL2-IM-0383.
@@ -43,12 +44,6 @@ def kermany_patient_key(filename: str) -> str:
         if match:
             return match.group(1)
     return stem
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of the file's bytes (the one implementation in medimg)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def scan_image_folder(root: str | Path) -> list[dict]:

@@ -16,8 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from medimg.data.image_folder import file_sha256 as file_sha256  # one implementation, imported by callers here
-
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 #: Metadata key of the preprocessing contract (JSON) that consumers rebuild the input from.

@@ -15,9 +15,8 @@ from medimg.export.onnx_export import (
     ExportError,
     check_parity,
     export,
-    file_sha256,
 )
-from medimg.provenance import git_commit
+from medimg.provenance import file_sha256, git_commit
 from medimg.steps.train import run_dir
 from medimg.training.data import load_split, split_rows
 from medimg.training.models import load_model

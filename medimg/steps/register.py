@@ -8,7 +8,7 @@ import mlflow
 
 from medimg import promotion, registry, tracking
 from medimg.config import Params
-from medimg.export.onnx_export import file_sha256
+from medimg.provenance import file_sha256
 from medimg.provenance import git_commit
 from medimg.workspace import Workspace
 
