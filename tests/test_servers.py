@@ -158,8 +158,32 @@ def _prefect(servers: Servers):
         yield client
 
 
-def _task_states(servers: Servers, flow_run_id: str) -> dict[str, str]:
-    """Task name (``validate``, ``train``, ...) -> state name, for one flow run on the server."""
+def _eventually(read, done, timeout: float = 60.0, every: float = 1.0):
+    """``read()`` again until ``done(value)`` or ``timeout`` seconds: the last value either way.
+
+    The Prefect server records task runs and events from an event stream that it writes in batches
+    (every 5 s by default), so what a finished process emitted is readable a few seconds later, not at
+    once; the caller asserts on the value returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+FINAL_TASK_STATES = {"Completed", "Cached", "Failed", "Crashed", "Cancelled"}
+
+
+def _task_states(servers: Servers, flow_run_id: str, expect: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
+    """Task name (``validate``, ``train``, ...) -> state name, for one flow run on the server.
+
+    Waits (up to a minute) until every task named in ``expect`` is recorded in a final state."""
+    return _eventually(lambda: _read_task_states(servers, flow_run_id),
+                       lambda states: all(states.get(name) in FINAL_TASK_STATES for name in expect))
+
+
+def _read_task_states(servers: Servers, flow_run_id: str) -> dict[str, str]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with _prefect(servers) as client:
@@ -176,9 +200,13 @@ def _events(servers: Servers, name: str, resource_id: str) -> list[dict]:
     import httpx
 
     body = {"filter": {"event": {"name": [name]}, "resource": {"id": [resource_id]}}, "limit": 10}
-    response = httpx.post(f"{servers.prefect}/events/filter", json=body, timeout=30)
-    response.raise_for_status()
-    return response.json()["events"]
+
+    def read() -> list[dict]:
+        response = httpx.post(f"{servers.prefect}/events/filter", json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()["events"]
+
+    return _eventually(read, bool)  # events are persisted in batches: wait for the first
 
 
 def _alias(servers: Servers, model: str, alias: str) -> str | None:
@@ -237,7 +265,7 @@ def test_repeat_run_with_nothing_changed_trains_nothing(servers, champion_ws):
     flow_run = _flow_run(servers, repeat.data.tags["medimg.flow_run_id"])
     assert flow_run.state.name == "UpToDate" and flow_run.state.is_completed()
     assert "up to date" in flow_run.state.message
-    assert set(_task_states(servers, str(flow_run.id))) == {"ingest"}
+    assert set(_task_states(servers, str(flow_run.id), expect={"ingest"})) == {"ingest"}
 
 
 def test_failed_gate_notifies_with_the_failed_rules_and_leaves_the_champion(servers, champion_ws, tmp_path):
@@ -371,7 +399,7 @@ def test_two_runs_at_once_give_one_run_and_one_refusal_and_a_killed_run_resumes(
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
     resumed_by = run.data.tags["medimg.resumed_by_flow_run"]
     assert resumed_by != run.data.tags["medimg.flow_run_id"]
-    states = _task_states(servers, resumed_by)
+    states = _task_states(servers, resumed_by, expect={"ingest", "validate", "train", "register"})
     assert states["validate"] == "Cached", states
     assert states["ingest"] == "Completed" and states["train"] == "Completed" and states["register"] == "Completed"
     assert _flow_run(servers, resumed_by).state.is_completed()
