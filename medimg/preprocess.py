@@ -363,6 +363,8 @@ def apply(images: np.ndarray | torch.Tensor, config: PreprocessConfig) -> torch.
     normalised; others go through :func:`to_contract_size` first, one by one.
     """
     import torch  # here, so decoding workers that only prepare images never load torch
+    if isinstance(images, np.ndarray) and not images.flags.writeable:  # e.g. np.asarray(PIL image)
+        images = images.copy()  # torch cannot share a read-only buffer; the uint8 copy is a quarter of the output
     x = torch.as_tensor(images)
     if x.ndim == 2:
         x = x[None]
