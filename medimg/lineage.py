@@ -42,18 +42,13 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from medimg import audit, registry
+from medimg import artifacts, audit, registry
 from medimg.config import Params
 from medimg.data import versioning
 from medimg.provenance import PROJECT_ROOT
 from medimg.workspace import Workspace
 
 KEY_METRICS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "brier", "ece")
-ROC_ARTIFACT = "evaluation/figures/roc_curve.png"
-GATE_ARTIFACT = "gates/gate_report.json"
-VALIDATION_DIR = "validation"
-INGEST_ARTIFACT = "data/ingest.json"
-PARITY_ARTIFACT = "export/parity.json"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,7 +134,7 @@ def _data(ws: Workspace, data_version: str | None, run_data_version: str | None,
 
 
 def _validation(run_id: str, tmp: Path, run_tag: str | None) -> dict:
-    files = [p for p in _list(run_id, VALIDATION_DIR) if p.endswith(".json")]
+    files = [p for p in _list(run_id, artifacts.VALIDATION_DIR) if p.endswith(".json")]
     out: dict = {"artifact": files[0] if files else None, "found": False, "passed": None, "run_tag": run_tag}
     report = _read_json(_download(run_id, files[0], tmp)) if files else None
     if report is None:
@@ -164,8 +159,8 @@ def _validation(run_id: str, tmp: Path, run_tag: str | None) -> dict:
 
 
 def _gate(run_id: str, tmp: Path, tag: str | None) -> dict:
-    report = _read_json(_download(run_id, GATE_ARTIFACT, tmp))
-    out: dict = {"artifact": GATE_ARTIFACT, "found": report is not None, "passed": None, "decision": "UNKNOWN",
+    report = _read_json(_download(run_id, artifacts.GATE_REPORT, tmp))
+    out: dict = {"artifact": artifacts.GATE_REPORT, "found": report is not None, "passed": None, "decision": "UNKNOWN",
                  "registry_tag": tag}
     if report is None:
         return out
@@ -188,7 +183,7 @@ def _onnx(name: str, version: registry.VersionInfo, tmp: Path, run_id: str) -> d
 
     out: dict = {"sha256": version.tags.get(registry.TAG_ONNX_SHA256), "stored_sha256": None, "size_bytes": None,
                  "parity_max_abs_diff": version.tags.get(registry.TAG_PARITY), "parity": None, "metadata": {}}
-    out["parity"] = _read_json(_download(run_id, PARITY_ARTIFACT, tmp)) if run_id else None
+    out["parity"] = _read_json(_download(run_id, artifacts.PARITY_REPORT, tmp)) if run_id else None
     try:
         path = registry.download_onnx(name, version.version, tmp / "onnx")
     except (MlflowException, OSError) as err:
@@ -295,11 +290,11 @@ def lineage(params: Params, ws: Workspace, ref: str) -> dict:
                 run_info["metrics"] = key_metrics(run_metrics)
                 run_info["threshold"] = run_metrics.get("test_threshold")
                 run_info["n_test"] = int(run_metrics["test_n"]) if "test_n" in run_metrics else None
-                ingest = _read_json(_download(mv.run_id, INGEST_ARTIFACT, tmp))
-                roc = _download(mv.run_id, ROC_ARTIFACT, tmp)
+                ingest = _read_json(_download(mv.run_id, artifacts.INGEST_REPORT, tmp))
+                roc = _download(mv.run_id, artifacts.ROC_CURVE, tmp)
                 if roc is not None and roc.is_file():
                     blob = roc.read_bytes()
-                    figures["roc_curve"] = {"artifact": ROC_ARTIFACT, "sha256": hashlib.sha256(blob).hexdigest(),
+                    figures["roc_curve"] = {"artifact": artifacts.ROC_CURVE, "sha256": hashlib.sha256(blob).hexdigest(),
                                             "png_base64": base64.b64encode(blob).decode("ascii")}
         data_version = mv.tags.get(registry.TAG_DATA_VERSION)
         report = {

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from medimg import registry
+from medimg import artifacts, registry
 from medimg.audit import now_iso
 from medimg.config import Params
 from medimg.export.onnx_export import read_metadata
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
 CARD_VERSION = 1
-GATE_REPORT_ARTIFACT = "gates/gate_report.json"
 PRUNE_AFTER_S = 600
 PARTIAL_PREFIX = ".partial-"
 COUNT_METRICS = {"tp", "fp", "tn", "fn", "n"}
@@ -181,7 +180,7 @@ def build_card(info: registry.VersionInfo, onnx_path: Path, sha256: str, work: P
         run = client.get_run(info.run_id)
         metrics, params = dict(run.data.metrics), dict(run.data.params)
         try:
-            gate_file = registry.download_run_artifact(info.run_id, GATE_REPORT_ARTIFACT, work / "gate")
+            gate_file = registry.download_run_artifact(info.run_id, artifacts.GATE_REPORT, work / "gate")
             gate_report = json.loads(gate_file.read_text())
         except Exception as err:  # noqa: BLE001 - a card without the report says so instead of failing
             log.warning("model %s v%s: no gate report artifact (%s)", info.name, info.version, type(err).__name__)

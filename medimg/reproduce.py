@@ -40,7 +40,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
-from medimg import registry, tracking
+from medimg import artifacts, registry, tracking
 from medimg.config import ConfigError, Params, parse_params
 from medimg.data import manifest, versioning
 from medimg.lineage import key_metrics
@@ -128,7 +128,7 @@ def _prediction_diff(original_run: str, new_predictions: Path) -> float | None:
     """Largest |p_original - p_reproduced| over the test images, matched by id; None if the artifact is gone."""
     with tempfile.TemporaryDirectory(prefix="medimg-repro-") as tmp:
         try:
-            path = registry.download_run_artifact(original_run, f"evaluation/{evaluate.PREDICTIONS_FILE}", Path(tmp))
+            path = registry.download_run_artifact(original_run, artifacts.TEST_PREDICTIONS, Path(tmp))
         except (MlflowException, OSError):
             return None
         old = pd.read_csv(path, dtype={"id": str}).set_index("id")["probability"]
@@ -234,7 +234,7 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
         "identical": bool(all(m["diff"] == 0 for m in metrics.values()) and pred_diff == 0.0),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    tracking.log_json(run_id, result, "reproduction/comparison.json")
+    tracking.log_json(run_id, result, artifacts.REPRODUCTION_REPORT)
     tracking.set_tags(run_id, {"medimg.reproduction_auc_within_ci": within, "medimg.reproduction_identical": result["identical"]})
     tracking.finish(run_id)
     return result

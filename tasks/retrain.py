@@ -16,7 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from medimg import tracking
+from medimg import artifacts, tracking
 from medimg.config import Params
 from medimg.provenance import git_commit
 from medimg.workspace import Workspace
@@ -75,10 +75,10 @@ def open_run(params: Params, ws: Workspace, run_key: str, ingested: dict, drift_
             "medimg.data_version": ingested["data_version"],
             tracking.TAG_RUN_KEY: run_key,
         })
-    tracking.log_json(run_id, ingested, "data/ingest.json")
+    tracking.log_json(run_id, ingested, artifacts.INGEST_REPORT)
     if ingested.get("quarantine_csv"):  # the files set aside at ingest, with their reasons
-        tracking.log_artifact(run_id, ingested["quarantine_csv"], "data")
-    tracking.log_json(run_id, drift_result, "data/drift.json")
+        tracking.log_artifact(run_id, ingested["quarantine_csv"], artifacts.QUARANTINE_DIR)
+    tracking.log_json(run_id, drift_result, artifacts.DRIFT_REPORT)
     for feature in drift_result.get("features", []):
         tracking.log_metrics(run_id, {f"drift_{feature['feature']}_psi": feature["psi"],
                                       f"drift_{feature['feature']}_ks_pvalue": feature["ks_pvalue"]})
@@ -90,9 +90,9 @@ def validate_data(params: Params, ws: Workspace, run_id: str, run_key: str, inge
     from medimg.steps import validate
 
     summary = validate.run(params, ws, ingested)
-    tracking.log_artifact(run_id, summary["report"], "validation")
+    tracking.log_artifact(run_id, summary["report"], artifacts.VALIDATION_DIR)
     if summary.get("html_report"):  # the offline HTML report beside the JSON
-        tracking.log_artifact(run_id, summary["html_report"], "validation")
+        tracking.log_artifact(run_id, summary["html_report"], artifacts.VALIDATION_DIR)
     tracking.set_tags(run_id, {"medimg.validation_passed": summary["passed"]})
     return summary
 

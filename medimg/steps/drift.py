@@ -16,7 +16,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from medimg import preprocess, registry
+from medimg import artifacts, preprocess, registry
 from medimg.config import Params
 from medimg.data import manifest, versioning
 from medimg.drift import compare
@@ -26,12 +26,10 @@ from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_ARTIFACT = "evaluation/test_predictions.csv"
-
 
 def _champion_outputs(params: Params, ws: Workspace, champion: registry.VersionInfo, frame: pd.DataFrame) -> dict | None:
     try:
-        local = registry.download_run_artifact(champion.run_id, PREDICTIONS_ARTIFACT, ws.runs / "drift-ref")
+        local = registry.download_run_artifact(champion.run_id, artifacts.TEST_PREDICTIONS, ws.runs / "drift-ref")
     except Exception as err:  # an old or foreign champion without predictions: intensity drift only
         log.warning("champion v%s has no stored test predictions (%s): output drift not checked", champion.version, err)
         return None

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from medimg import preprocess, tracking
+from medimg import artifacts, preprocess, tracking
 from medimg.config import Params
 from medimg.data import manifest
 from medimg.evaluation import plots
@@ -25,7 +25,6 @@ from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "test_predictions.csv"
 
 
 def choose_threshold(params: Params, y_val: np.ndarray, p_val: np.ndarray) -> float:
@@ -80,15 +79,15 @@ def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: di
     val_metrics = binary_metrics(val_split.labels, p_val, threshold)
 
     out = run_dir(ws, run_id)
-    predictions = out / PREDICTIONS_FILE
+    predictions = out / artifacts.filename(artifacts.TEST_PREDICTIONS)
     pd.DataFrame({"id": test_split.ids, "label": test_split.labels, "probability": p_test}).to_csv(predictions, index=False)
-    val_predictions = out / "val_predictions.csv"
+    val_predictions = out / artifacts.filename(artifacts.VAL_PREDICTIONS)
     pd.DataFrame({"id": val_split.ids, "label": val_split.labels, "probability": p_val}).to_csv(val_predictions, index=False)
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     names = list(params.data.class_names)
     pngs = [
-        plots.roc_curve_png(test_split.labels, p_test, figures / "roc_curve.png", "ROC, test split"),
+        plots.roc_curve_png(test_split.labels, p_test, figures / artifacts.filename(artifacts.ROC_CURVE), "ROC, test split"),
         plots.pr_curve_png(test_split.labels, p_test, figures / "pr_curve.png", "Precision-recall, test split"),
         plots.calibration_png(test_split.labels, p_test, figures / "calibration.png", "Calibration, test split"),
         plots.confusion_matrix_png(int(metrics["tp"]), int(metrics["fp"]), int(metrics["tn"]), int(metrics["fn"]),
@@ -115,11 +114,11 @@ def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: di
     tracking.log_metrics(run_id, {f"test_{k}_ci_low": v[0] for k, v in ci.items()})
     tracking.log_metrics(run_id, {f"test_{k}_ci_high": v[1] for k, v in ci.items()})
     tracking.log_metrics(run_id, {f"val_{k}": v for k, v in val_metrics.items()})
-    tracking.log_artifact(run_id, metrics_file, "evaluation")
-    tracking.log_artifact(run_id, predictions, "evaluation")
-    tracking.log_artifact(run_id, val_predictions, "evaluation")
+    tracking.log_artifact(run_id, metrics_file, artifacts.EVALUATION_DIR)
+    tracking.log_artifact(run_id, predictions, artifacts.folder(artifacts.TEST_PREDICTIONS))
+    tracking.log_artifact(run_id, val_predictions, artifacts.folder(artifacts.VAL_PREDICTIONS))
     for png in filter(None, pngs):
-        tracking.log_artifact(run_id, png, "evaluation/figures")
+        tracking.log_artifact(run_id, png, artifacts.FIGURES_DIR)
     log.info(
         "test (n=%d, threshold %.3f): AUC %.4f [%.4f, %.4f], accuracy %.4f [%.4f, %.4f], sensitivity %.4f, specificity %.4f",
         len(test_split.labels), threshold, metrics["roc_auc"], *ci["roc_auc"], metrics["accuracy"], *ci["accuracy"],

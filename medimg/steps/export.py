@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from medimg import preprocess, tracking
+from medimg import artifacts, preprocess, tracking
 from medimg.config import Params
 from medimg.data import manifest
 from medimg.export.onnx_export import (
@@ -53,7 +53,7 @@ def run(params: Params, ws: Workspace, run_id: str, ingested: dict, validated: d
     export(model, x, path, params.export.opset, metadata(params, run_id, ingested["data_version"], evaluated["threshold"]))
     parity = check_parity(model, path, x, params.export.parity_atol)
     sha256 = file_sha256(path)
-    tracking.log_json(run_id, parity.to_json(), "export/parity.json")
+    tracking.log_json(run_id, parity.to_json(), artifacts.PARITY_REPORT)
     tracking.log_metrics(run_id, {"onnx_parity_max_abs_diff": parity.max_abs_diff})
     log.info("ONNX %s sha256 %s; parity on %d test images: max |logit diff| %.2e, labels identical: %s",
              path.name, sha256, parity.n_images, parity.max_abs_diff, parity.labels_identical)

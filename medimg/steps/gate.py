@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from medimg import preprocess, registry, tracking
+from medimg import artifacts, preprocess, registry, tracking
 from medimg.config import Params
 from medimg.data import manifest
 from medimg.evaluation import gates
@@ -76,9 +76,9 @@ def run(params: Params, ws: Workspace, run_id: str, evaluated: dict) -> dict:
         "threshold": evaluated["threshold"],
         "test_metrics": {k: metrics[k] for k in ("roc_auc", "accuracy", "sensitivity", "specificity", "n")},
     }
-    path = run_dir(ws, run_id) / "gate_report.json"
+    path = run_dir(ws, run_id) / artifacts.filename(artifacts.GATE_REPORT)
     path.write_text(json.dumps(gates.to_jsonable(report), indent=1))
-    tracking.log_artifact(run_id, path, "gates")
+    tracking.log_artifact(run_id, path, artifacts.folder(artifacts.GATE_REPORT))
     tracking.set_tags(run_id, {"medimg.gate_passed": decision["passed"],
                                "medimg.gate_failed_rules": ",".join(decision["failed"]) or "none"})
     for rule in results:
