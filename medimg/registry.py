@@ -82,13 +82,14 @@ def parse_ref(ref: str, default_name: str) -> tuple[str, str | None, str | None]
     """``(model name, version or None, alias or None)`` for ``NAME@ALIAS``, ``NAME@VERSION``, ``VERSION``.
 
     A bare number (``3``, ``v3`` or ``V3``) is a version of ``default_name``; a bare word is an
-    alias of it (``champion``); ``@champion`` likewise. MLflow refuses aliases that look like
-    versions, so the reading is never ambiguous.
+    alias of it (``champion``); ``@champion`` likewise. Digits (``3``, ``v3``) always name a
+    version, as in MLflow's own ``models:/name/3``; MLflow refuses ``v3`` as an alias but not
+    ``3``, and an alias ``3`` cannot be reached this way.
     """
     ref = ref.strip()
     if not ref:
         raise VersionNotFound("empty model reference; expected NAME@ALIAS, NAME@VERSION or VERSION")
-    name, _, what = ref.rpartition("@") if "@" in ref else ("", "", ref)
+    name, _, what = ref.rpartition("@")
     name = name or default_name
     if re.fullmatch(r"[vV]?\d+", what):
         return name, what.lstrip("vV"), None
@@ -129,6 +130,12 @@ def log_onnx(onnx_path: Path) -> str:
     proto = onnx.load(str(onnx_path))
     info = mlflow.onnx.log_model(onnx_model=proto, name=MODEL_ARTIFACT, save_as_external_data=False)
     return info.model_uri
+
+
+def version_of_run(model_name: str, run_id: str) -> VersionInfo | None:
+    """The version of ``model_name`` registered from MLflow run ``run_id``, if there is one."""
+    found = client().search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    return _info(max(found, key=lambda mv: int(mv.version))) if found else None
 
 
 def register(model_uri: str, model_name: str, tags: dict[str, str]) -> VersionInfo:
