@@ -45,8 +45,7 @@ from medimg.config import ConfigError, Params, parse_params
 from medimg.data import manifest, versioning
 from medimg.lineage import key_metrics
 from medimg.provenance import git_commit
-from medimg.steps import evaluate, train
-from medimg.validation.suite import validate_manifest
+from medimg.steps import evaluate, train, validate
 from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -169,7 +168,7 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
         if restored != data_version:
             raise ReproduceError(f"DVC restored data version {restored}, not {data_version}")
         frame = manifest.read(ws.data)
-        outcome = validate_manifest(frame, params.validation, list(range(len(params.data.class_names))))
+        outcome = validate.check(params, frame)
         if not outcome.passed:
             raise ReproduceError(f"data version {data_version} fails validation now: {outcome.failed_critical}")
         validated = {"passed": True, "dropped_ids": outcome.dropped_ids}

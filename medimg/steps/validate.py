@@ -17,7 +17,7 @@ from medimg.config import Params
 from medimg.data import manifest
 from medimg.steps.ingest import pipeline_dir
 from medimg.validation.report import render_html
-from medimg.validation.suite import validate_manifest
+from medimg.validation.suite import ValidationOutcome, validate_manifest
 from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,21 @@ def _wart_details(frame, warts: dict) -> dict:
     }
 
 
+def check(params: Params, frame) -> ValidationOutcome:
+    """The manifest against every suite, the preprocessing contract of ``params`` included.
+
+    The one call that the flow and ``medimg reproduce`` share, so that data ingested under another
+    contract never trains on either path."""
+    return validate_manifest(frame, params.validation, list(range(len(params.data.class_names))),
+                             contract_hash=preprocess.contract_hash(params.preprocess),
+                             contract_size=params.preprocess.size)
+
+
 def run(params: Params, ws: Workspace, ingested: dict) -> dict:
     frame = manifest.read(ws.data)
-    chash = preprocess.contract_hash(params.preprocess)
-    outcome = validate_manifest(
-        frame, params.validation, list(range(len(params.data.class_names))),
-        contract_hash=chash, contract_size=params.preprocess.size,
-    )
+    outcome = check(params, frame)
     version = ingested["data_version"]
-    payload = {"data_version": version, "contract_hash": chash, **outcome.to_json()}
+    payload = {"data_version": version, "contract_hash": preprocess.contract_hash(params.preprocess), **outcome.to_json()}
     payload["wart_details"] = _wart_details(frame, outcome.warts)
     payload["warts"] = {k: v for k, v in outcome.warts.items()
                         if k not in ("within_split", "across_splits", "patients_across_splits_list")}
