@@ -41,7 +41,7 @@ from medimg import preprocess
 from medimg.config import PreprocessConfig
 from medimg.data.images import BadImage
 from medimg.data.sources import IMAGE_SUFFIXES
-from medimg.export.onnx_export import INPUT_NAME, META_PREPROCESSING, OUTPUT_NAME, session, softmax_positive
+from medimg.export.onnx_export import INPUT_NAME, META_PREPROCESSING, onnx_logits, session, softmax_positive
 
 if TYPE_CHECKING:
     from medimg.registry import VersionInfo
@@ -91,10 +91,7 @@ class OnnxModel:
 
     def probabilities(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """softmax(logits)[:, 1] for preprocessed inputs ``[N, C, H, W]``, run ``batch_size`` at a time."""
-        x = x.astype(np.float32, copy=False)
-        logits = [self.session.run([OUTPUT_NAME], {self.input_name: x[i : i + batch_size]})[0]
-                  for i in range(0, len(x), batch_size)]
-        return softmax_positive(np.concatenate(logits))
+        return softmax_positive(onnx_logits(self.session, x.astype(np.float32, copy=False), batch_size, self.input_name))
 
 
 def load_grey_uint8(path: str | Path, config: PreprocessConfig | None = None) -> np.ndarray:
@@ -206,10 +203,12 @@ def cached_version_model(info: VersionInfo, cache_root: Path) -> OnnxModel:
     """A registered version's model, downloaded into ``cache_root`` once.
 
     A registered version's file never changes, and the download is moved into place only when
-    complete, so a file already there is reused: drift and gate score the champion from one
-    download per retrain. The folder names the model, version and (when tagged) sha256.
+    complete (and, when the version is tagged with its sha256, only when it matches, as ``medimg
+    pull`` checks it), so a file already there is reused: drift and gate score the champion from
+    one download per retrain. The folder names the model, version and (when tagged) sha256.
     """
     from medimg import registry
+    from medimg.pull import fetch_verified_onnx
 
     sha = info.tags.get(registry.TAG_ONNX_SHA256, "")[:16]
     folder = Path(cache_root) / info.name / (f"v{info.version}-{sha}" if sha else f"v{info.version}")
@@ -217,5 +216,7 @@ def cached_version_model(info: VersionInfo, cache_root: Path) -> OnnxModel:
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".partial-") as partial:
-            registry.download_onnx(info.name, info.version, Path(partial)).replace(path)
+            downloaded = (fetch_verified_onnx(info, Path(partial)) if sha
+                          else registry.download_onnx(info.name, info.version, Path(partial)))
+            downloaded.replace(path)
     return OnnxModel(path)

@@ -68,6 +68,11 @@ class Workspace:
         return self.root / "runs"
 
     @property
+    def champion_cache(self) -> Path:
+        """Registered models downloaded for scoring (gate and drift share one download per version)."""
+        return self.runs / "champion-cache"
+
+    @property
     def audit_log(self) -> Path:
         return self.root / "audit.jsonl"
 

@@ -213,3 +213,15 @@ def test_a_registered_version_is_downloaded_once(small_onnx, tmp_path, monkeypat
     assert first.path == second.path and first.path.read_bytes() == small_onnx[0].read_bytes()
     assert first.path.parent.name == f"v{info.version}-{info.tags[registry.TAG_ONNX_SHA256][:16]}"
     assert not list(first.path.parent.glob(".partial-*"))
+
+
+def test_a_registered_version_whose_file_does_not_match_its_sha256_is_refused(small_onnx, tmp_path, monkeypatch):
+    from medimg.pull import IntegrityError
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run(experiment_id=registry.ensure_experiment("cache-test", tmp_path / "artifacts")):
+        info = registry.register(registry.log_onnx(small_onnx[0]), "cache-test-model",
+                                 {registry.TAG_ONNX_SHA256: "0" * 64})  # not this file's hash
+    with pytest.raises(IntegrityError, match="sha256"):
+        cached_version_model(info, tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.onnx"))  # nothing kept for gate or drift to score

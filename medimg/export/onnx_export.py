@@ -89,9 +89,10 @@ def session(path: Path):
     return ort.InferenceSession(str(path), providers=providers)
 
 
-def onnx_logits(sess, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def onnx_logits(sess, x: np.ndarray, batch_size: int = 256, input_name: str = INPUT_NAME) -> np.ndarray:
+    """The session's logits for ``x``, run ``batch_size`` images at a time (bounded memory)."""
     return np.concatenate(
-        [sess.run([OUTPUT_NAME], {INPUT_NAME: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+        [sess.run([OUTPUT_NAME], {input_name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
     )
 
 

@@ -20,7 +20,7 @@ from medimg import artifacts, preprocess, registry
 from medimg.config import Params
 from medimg.data import manifest, versioning
 from medimg.drift import compare
-from medimg.steps.gate import champion_model
+from medimg.predict import cached_version_model
 from medimg.training.data import load_split
 from medimg.workspace import Workspace
 
@@ -34,7 +34,7 @@ def _champion_outputs(params: Params, ws: Workspace, champion: registry.VersionI
         log.warning("champion v%s has no stored test predictions (%s): output drift not checked", champion.version, err)
         return None
     reference = pd.read_csv(local)["probability"].to_numpy()
-    model = champion_model(ws, champion)
+    model = cached_version_model(champion, ws.champion_cache)
     # Like with like: the reference is the champion on held-out images, so the new data is scored on
     # its held-out splits too; on its own training images the champion is overconfident, and that
     # alone read as output drift (PSI 0.11, KS p 0.002) on an unchanged data set.

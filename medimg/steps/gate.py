@@ -13,7 +13,7 @@ from medimg.config import Params
 from medimg.data import manifest
 from medimg.evaluation import gates
 from medimg.evaluation.bootstrap import paired_auc_difference
-from medimg.predict import OnnxModel, cached_version_model
+from medimg.predict import cached_version_model
 from medimg.reference import benchmark
 from medimg.steps.train import run_dir
 from medimg.training.data import load_split
@@ -22,14 +22,9 @@ from medimg.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-def champion_model(ws: Workspace, champion: registry.VersionInfo) -> OnnxModel:
-    """The champion's ONNX model from the workspace's cache: drift and gate share one download."""
-    return cached_version_model(champion, ws.runs / "champion-cache")
-
-
 def champion_probabilities(ws: Workspace, champion: registry.VersionInfo, ids: list[str]) -> np.ndarray:
     """The champion's positive-class probabilities on the candidate's test images, in ``ids`` order."""
-    model = champion_model(ws, champion)
+    model = cached_version_model(champion, ws.champion_cache)
     frame = manifest.read(ws.data)
     test = load_split(ws.data, frame[frame["id"].isin(ids)], "test")
     order = {image_id: i for i, image_id in enumerate(test.ids)}
