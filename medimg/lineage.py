@@ -43,6 +43,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from medimg import artifacts, audit, registry
+from medimg.promotion import events_from_tags
 from medimg.config import Params
 from medimg.data import versioning
 from medimg.provenance import PROJECT_ROOT
@@ -203,15 +204,23 @@ def _onnx(name: str, version: registry.VersionInfo, tmp: Path, run_id: str) -> d
 
 
 def _promotions(ws: Workspace, name: str, version: str) -> dict:
-    """Audit-log events for this version, the model's whole alias history, and its current aliases."""
-    events = [e for e in audit.read(ws.audit_log) if e.get("model") == name]
-    mine = [e for e in events if str(e.get("version")) == version or str(e.get("previous")) == version]
+    """Audit events for this version, the model's whole alias history, and its current aliases.
+
+    The events are the workspace's ``audit.jsonl`` merged with the copy that promotion mirrors
+    into the registered model's tags, so a lineage read from another workspace (a shared
+    registry) still sees every promotion; an event in both is listed once."""
     try:
         model = MlflowClient().get_registered_model(name)
         aliases = {alias: str(v) for alias, v in (model.aliases or {}).items()}
         model_tags = {k: v for k, v in (model.tags or {}).items() if k.startswith("medimg.")}
     except MlflowException:
         aliases, model_tags = {}, {}
+    merged: dict[tuple, dict] = {}
+    for event in [*audit.read(ws.audit_log), *events_from_tags(model_tags)]:
+        if event.get("model") == name:
+            merged.setdefault((event.get("when"), event.get("action"), str(event.get("version"))), event)
+    events = sorted(merged.values(), key=lambda e: str(e.get("when")))
+    mine = [e for e in events if str(e.get("version")) == version or str(e.get("previous")) == version]
     history = [{"when": e.get("when"), "action": e.get("action"), "alias": e.get("alias"), "version": e.get("version"),
                 "previous": e.get("previous"), "who": e.get("who"), "reason": e.get("reason")} for e in events]
     return {"audit_log": str(ws.audit_log), "events": mine, "alias_history": history, "current_aliases": aliases,

@@ -93,15 +93,14 @@ def promote(params: Params, ws: Workspace, version: str | int, reason: str, forc
             f"model {name} v{version} {state}; refusing to make it champion. "
             "Use --force with a reason to override; the override is logged."
         )
-    previous = registry.version_by_alias(name, registry.CHAMPION)
-    if previous is not None and previous.version == version:
+    if registry.CHAMPION in info.aliases:
         raise PromotionRefused(f"model {name} v{version} already is the champion")
+    previous = registry.version_by_alias(name, registry.CHAMPION)
     forced = not gate_passed
 
     registry.set_alias(name, registry.CHAMPION, version)
     cleared = []
-    challenger = registry.version_by_alias(name, registry.CHALLENGER)
-    if challenger is not None and challenger.version == version:
+    if registry.CHALLENGER in info.aliases:
         registry.delete_alias(name, registry.CHALLENGER)  # a champion is no longer a challenger
         cleared.append(registry.CHALLENGER)
     registry.set_tags(name, version, {
@@ -174,6 +173,9 @@ def rollback(params: Params, ws: Workspace, reason: str, flow_run_id: str | None
 
 def history(params: Params) -> list[dict]:
     """The promotion history as recorded on the registered model (oldest first)."""
-    tags = registry.model_tags(params.registry.model_name)
-    keys = sorted(k for k in tags if k.startswith(registry.AUDIT_TAG_PREFIX))
-    return [json.loads(tags[k]) for k in keys]
+    return events_from_tags(registry.model_tags(params.registry.model_name))
+
+
+def events_from_tags(tags: dict[str, str]) -> list[dict]:
+    """The audit events mirrored in a registered model's tags (oldest first)."""
+    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(registry.AUDIT_TAG_PREFIX))]

@@ -211,3 +211,13 @@ def test_html_report_is_self_contained_and_shows_the_key_facts_in_chromium(champ
     shot = tmp_path / "lineage.png"
     done = _chromium([f"--screenshot={shot}", "--window-size=1200,1600", path.as_uri()], tmp_path / "profile2")
     assert done.returncode == 0 and shot.is_file() and shot.stat().st_size > 20_000, done.stderr[-2000:]
+
+
+def test_promotions_are_read_from_the_registry_when_the_workspace_has_no_audit_log(fresh_registry):
+    """Lineage read from another workspace (a shared registry): the events mirrored in the model's tags count."""
+    fresh_registry.ws.audit_log.unlink()
+    report = lineage.lineage(fresh_registry.params, fresh_registry.ws, f"{MODEL}@champion")
+    check = next(c for c in report["checks"] if c["name"] == "champion_promotion_audited")
+    assert check["ok"], check
+    assert [e["action"] for e in report["promotion"]["events"]] == ["promote"]
+    assert report["promotion"]["events"][0]["version"] == "1"
