@@ -2,9 +2,10 @@
 
 The snapshot is cheap (no file is read) and kept in the workspace, so a watcher started again
 after a restart does not retrigger on files it already handed to a retrain. It is taken by the
-same walk as the ingest's skip check (:func:`medimg.steps.source_check.tree`), so both agree on
-which files exist (symbolic links followed), limited to the files an ingest reads as images
-(:data:`medimg.data.sources.IMAGE_SUFFIXES`, nothing hidden).
+same walk as the ingest's skip check and its DICOM scan (:func:`medimg.data.sources.tree`, by
+:func:`~medimg.data.sources.walk_files`), so they agree on which files exist (symbolic links
+followed, each folder once, nothing hidden), limited to the files an ingest reads as images
+(:data:`medimg.data.sources.IMAGE_SUFFIXES`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
-from medimg.data.sources import IMAGE_SUFFIXES
-from medimg.steps.source_check import tree
+from medimg.data.sources import IMAGE_SUFFIXES, tree
 
 
 def snapshot(folder: Path) -> dict[str, list[int]]:

@@ -333,3 +333,72 @@ def test_the_whole_kermany_folder_reports_its_duplicates_and_patient_overlap(tmp
     assert sum(summary["duplicate_groups_within_split"].values()) == 30 and summary["hashes_across_splits"] == 0
     assert summary["patients_across_splits"] == 170
     assert set(summary["patients_across_splits_by_splits"]) <= {"train|test", "val|test"}
+
+
+# --------------------------------------------------------------------------- decode cache, scans, walks
+
+
+def test_the_decode_cache_keeps_a_result_per_decoder_kind(tmp_path, secret):
+    """The same bytes read as a raster and as DICOM are two outcomes: a cached one never serves the other."""
+    from medimg.data.decode_pool import DecodeJob, DecodeOptions, decode
+
+    png = tmp_path / "a.png"
+    Image.open(sorted((CHEST / "train" / "NORMAL").iterdir())[0]).convert("L").save(png)
+    as_dcm = tmp_path / "dicom" / "a.dcm"  # the same bytes under a DICOM name
+    as_dcm.parent.mkdir()
+    shutil.copy(png, as_dcm)
+    dcm = DICOM / "ct" / "CT_small.dcm"
+    options = DecodeOptions(preprocess=parse_params({"preprocess": {"size": 64}}).preprocess,
+                            cache_dir=str(tmp_path / "cache"), secret=secret)
+
+    def run(*jobs):
+        return [(meta, cached) for _, meta, cached in decode(list(jobs), options, workers=1)]
+
+    first = run(DecodeJob(str(png), "png", kind="raster"), DecodeJob(str(dcm), "dcm", kind="dicom"))
+    assert [(m["status"], cached) for m, cached in first] == [("ok", False), ("ok", False)]
+    assert first[1][0]["patient_pseudonym"]
+    again = run(DecodeJob(str(png), "png", kind="raster"), DecodeJob(str(dcm), "dcm", kind="dicom"))
+    assert [cached for _, cached in again] == [True, True]
+    assert [m for m, _ in again] == [m for m, _ in first]  # the stored kind is not part of what the caller gets
+    # the other decoder: decoded again, not the cached "ok" (a raster passed off as DICOM, no pseudonyms)
+    other = run(DecodeJob(str(as_dcm), "as_dcm", kind="dicom"), DecodeJob(str(dcm), "dcm-raster", kind="raster"))
+    assert [(m["status"], m["reason"], cached) for m, cached in other] == [("bad", "not_an_image", False)] * 2
+    assert all("kind" not in m for m, _ in first + other)
+
+
+def test_file_patients_of_source_and_inbox_never_collide(tmp_path):
+    from medimg.data.sources import inbox_files, scan_images
+
+    src = sorted((CHEST / "train" / "NORMAL").iterdir())[0]
+    for folder in (tmp_path / "root", tmp_path / "inbox"):
+        (folder / "train" / "NORMAL").mkdir(parents=True)
+        shutil.copy(src, folder / "train" / "NORMAL" / "x.jpeg")
+    [source] = scan_images(tmp_path / "root", "source", patient_id="file")
+    [inbox] = inbox_files(tmp_path / "inbox", "image_folder", patient_id="file")
+    assert source.rel == inbox.rel == "train/NORMAL/x.jpeg"
+    assert source.patient_key == "train/NORMAL/x.jpeg"  # source pseudonyms unchanged
+    assert inbox.patient_key == "inbox/train/NORMAL/x.jpeg"
+
+
+def test_dicom_scan_tree_and_watcher_agree_on_symlinked_folders_and_cycles_end(tmp_path):
+    from medimg import watch
+    from medimg.data.sources import scan_dicom, tree
+
+    elsewhere = tmp_path / "elsewhere" / "batch"
+    elsewhere.mkdir(parents=True)
+    inbox = tmp_path / "inbox"
+    (inbox / "plain").mkdir(parents=True)
+    for i, rel in enumerate(("ct/CT_small.dcm", "mr/MR_small.dcm", "xray/Fake_MONOHR1.dcm")):
+        shutil.copy(DICOM / rel, (elsewhere if i else inbox / "plain") / Path(rel).name)
+    (inbox / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "up").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # a cycle through the link
+    (inbox / "plain" / "self").symlink_to(inbox, target_is_directory=True)  # and one back to the root
+    (inbox / "labels").write_text("key,label\n")  # a suffix-less labels file is no DICOM
+    (inbox / ".hidden").mkdir()
+    (inbox / ".hidden" / "h.dcm").write_bytes(b"")
+
+    scanned = [f.rel for f in scan_dicom(inbox, "inbox", "labels")]
+    # each folder once: linked/up/batch and plain/self are the folders already walked
+    assert scanned == ["linked/Fake_MONOHR1.dcm", "linked/MR_small.dcm", "plain/CT_small.dcm"]
+    assert set(tree(inbox)) == {*scanned, "labels"}
+    assert set(watch.snapshot(inbox)) == {*scanned, "labels"}

@@ -16,7 +16,8 @@ Promises:
   the image itself goes to a file in the cache folder, never through the parent, so the parent's
   memory does not grow with the number of images and a worker holds one image at a time.
 * **Cache.** Results are stored as ``<cache>/<sha256[:2]>/<sha256>.png`` plus a line in an
-  index (:class:`DecodeCache`), keyed by the SHA-256 of the source bytes, in a folder whose name includes the contract hash,
+  index (:class:`DecodeCache`), keyed by the SHA-256 of the source bytes, and valid only for the
+  job's ``kind`` (the same bytes read as DICOM and as a raster are two outcomes), in a folder whose name includes the contract hash,
   the rejection options, a key id of the de-identification secret and :data:`CACHE_VERSION`. A
   worker reads the file once, hashes its bytes and looks them up first: a file whose bytes were
   seen before under the same contract and secret is not decoded again (incremental ingest);
@@ -87,7 +88,8 @@ def cache_folder(cache_root: Path, contract_hash: str, secret: bytes | None, min
 class DecodeCache:
     """One cache folder: ``<sha256[:2]>/<sha256>.png`` images and ``index/*.jsonl`` metadata.
 
-    Each process appends its entries (one JSON line per file: ``sha256`` plus the metadata) to
+    Each process appends its entries (one JSON line per file: ``sha256``, the decoder ``kind``
+    the entry was made with, plus the metadata) to
     its own index file, so writers never share a file and a lookup costs no file system call;
     :meth:`load` reads all index files (the last line for a hash wins). An image is written
     beside its final name and renamed into place before its index line is appended, so an
@@ -116,14 +118,21 @@ class DecodeCache:
         self._entries = entries
         return entries
 
-    def get(self, sha256: str) -> dict | None:
-        meta = (self._entries if self._entries is not None else self.load()).get(sha256)
-        if meta is None or (meta.get("status") == "ok" and not self.image_path(sha256).is_file()):
-            return None
-        return meta
+    def get(self, sha256: str, kind: str | None = None) -> dict | None:
+        """The metadata stored for these bytes decoded as ``kind`` (without ``kind``), or None.
 
-    def put(self, sha256: str, image: np.ndarray | None, meta: dict) -> None:
-        """Store one result; unexpected errors (``detail`` starting "unexpected") are not kept."""
+        An entry made with another kind (or one from before kinds were stored) is a miss: the
+        same bytes read by the other decoder can have another outcome.
+        """
+        meta = (self._entries if self._entries is not None else self.load()).get(sha256)
+        if meta is None or "kind" not in meta or meta["kind"] != kind:
+            return None
+        if meta.get("status") == "ok" and not self.image_path(sha256).is_file():
+            return None
+        return {k: v for k, v in meta.items() if k != "kind"}
+
+    def put(self, sha256: str, image: np.ndarray | None, meta: dict, kind: str | None = None) -> None:
+        """Store one result of decoding as ``kind``; unexpected errors (``detail`` starting "unexpected") are not kept."""
         from PIL import Image
 
         if meta.get("status") != "ok" and str(meta.get("detail", "")).startswith("unexpected"):
@@ -139,10 +148,11 @@ class DecodeCache:
         if self._index is None:
             (self.folder / "index").mkdir(parents=True, exist_ok=True)
             self._index = open(self.folder / "index" / f"{os.getpid()}-{os.urandom(4).hex()}.jsonl", "a")
-        self._index.write(json.dumps({"sha256": sha256, **meta}, sort_keys=True) + "\n")
+        entry = {**meta, "kind": kind}
+        self._index.write(json.dumps({"sha256": sha256, **entry}, sort_keys=True) + "\n")
         self._index.flush()
         if self._entries is not None:
-            self._entries[sha256] = dict(meta)
+            self._entries[sha256] = entry
 
     def close(self) -> None:
         if self._index is not None:
@@ -186,11 +196,11 @@ def process(job: DecodeJob) -> tuple[DecodeJob, dict, bool]:
     if job.hash_only:
         return job, {"status": "hashed", "sha256": sha}, False
     if options.use_cache:
-        cached = cache.get(sha)
+        cached = cache.get(sha, job.kind)  # bytes decoded before by the same decoder
         if cached is not None:
             return job, {**cached, "sha256": sha}, True
     meta, image = _decode(job, options, data)
-    cache.put(sha, image, meta)  # unexpected errors are not cached: their cause may pass
+    cache.put(sha, image, meta, job.kind)  # unexpected errors are not cached: their cause may pass
     return job, {**meta, "sha256": sha}, False
 
 

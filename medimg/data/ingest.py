@@ -269,7 +269,7 @@ def _scan(kind: str, config: DataConfig, root: Path, inbox: Path | None):
     if csv_path is None:
         raise sources.SourceLayoutError("data.dicom.labels_csv is not set: DICOM folders need a labels CSV")
     table = sources.read_label_table(csv_path, cfg.key_column, cfg.label_column, cfg.split_column)
-    files = sources.scan_dicom(root, "source", {csv_path})
+    files = sources.scan_dicom(root, "source", cfg.labels_csv)
     if inbox is not None and cfg.labels_csv and (inbox / cfg.labels_csv).is_file():
         extra = sources.read_label_table(inbox / cfg.labels_csv, cfg.key_column, cfg.label_column, cfg.split_column)
         table = {**table, **{k: v for k, v in extra.items() if k not in table}}

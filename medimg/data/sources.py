@@ -13,14 +13,21 @@ rest comes from the cache). It may use the split layout or the plain ``<CLASS>/`
 
 Nothing here is written anywhere: raw patient keys and paths stay in memory and are turned into
 keyed pseudonyms by the ingest before they reach the manifest.
+
+Folder trees are walked by one walker, :func:`walk_files` (symbolic links followed, each folder
+once, hidden names skipped), used by the DICOM scan, by :func:`tree` (the ingest's skip check)
+and by the inbox watcher, so all three agree on which files exist.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from medimg.data.image_folder import _visible_dirs, kermany_patient_key
 from medimg.data.manifest import SPLITS
@@ -55,6 +62,62 @@ class SourceLayoutError(ValueError):
     """The source folder is missing or not in a layout medimg can read."""
 
 
+def walk_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """``(posix path relative to root, path)`` of every file under ``root``, sorted by path parts.
+
+    Symbolic links to folders are followed, but each folder (by device and inode) is walked once,
+    so a link cycle ends; hidden folders and files (name starting with ".") are skipped. Lists
+    names only (one stat per folder): what is listed may be a link to nothing or not a regular
+    file, which the caller checks when it matters. A missing folder has no files.
+    """
+    seen: set[tuple[int, int]] = set()
+    found: list[tuple[tuple[str, ...], str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a link: a cycle or an alias
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        base = Path(dirpath)
+        parts = PurePosixPath(Path(os.path.relpath(dirpath, root)).as_posix()).parts  # () for root itself
+        for name in filenames:
+            if not name.startswith("."):
+                found.append(((*parts, name), "/".join((*parts, name)), base / name))
+    found.sort(key=lambda item: item[0])
+    for _, rel, path in found:
+        yield rel, path
+
+
+def file_stat(path: Path) -> list | None:
+    """``[size, mtime_ns]`` of a file (links followed), ``["dir"]`` for anything else, None when missing."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns] if stat.S_ISREG(st.st_mode) else ["dir"]
+
+
+def tree(folder: Path | None) -> dict[str, list]:
+    """Every file :func:`walk_files` lists under ``folder``: relative posix path -> :func:`file_stat`.
+
+    Stat calls only; a missing folder (or None) is empty. The ingest's skip check and the inbox
+    watcher's snapshot.
+    """
+    out: dict[str, list] = {}
+    if folder is None or not folder.is_dir():
+        return out
+    for rel, path in walk_files(folder):
+        entry = file_stat(path)
+        if entry is not None:
+            out[rel] = entry
+    return out
+
+
 def scan_images(root: Path, origin: str, patient_id: str = "kermany") -> list[SourceFile]:
     """Every PNG/JPEG of an image folder, sorted by (split, class, name), without reading them.
 
@@ -80,8 +143,10 @@ def scan_images(root: Path, origin: str, patient_id: str = "kermany") -> list[So
             if file.name.startswith(".") or file.suffix.lower() not in RASTER_SUFFIXES or not file.is_file():
                 continue
             rel = "/".join(p for p in (split, class_dir.name, file.name) if p)
+            # "file": each file its own patient, named by its place so source and inbox never share one
+            own = rel if origin == "source" else f"{origin}/{rel}"
             out.append(SourceFile(path=file, rel=rel, origin=origin, class_name=class_dir.name, split=split,
-                                  patient_key=kermany_patient_key(file.name) if patient_id == "kermany" else rel))
+                                  patient_key=kermany_patient_key(file.name) if patient_id == "kermany" else own))
     if not out and origin == "source":
         raise SourceLayoutError(f"{root}: no .jpeg/.jpg/.png images found in class folders")
     order = {name: i for i, name in enumerate(SPLITS)}
@@ -89,19 +154,19 @@ def scan_images(root: Path, origin: str, patient_id: str = "kermany") -> list[So
     return out
 
 
-def scan_dicom(root: Path, origin: str, skip: set[Path] | None = None) -> list[SourceFile]:
-    """Every ``*.dcm``, ``*.dicom`` or suffix-less file under ``root`` (hidden ones skipped), sorted."""
+def scan_dicom(root: Path, origin: str, skip: str | None = None) -> list[SourceFile]:
+    """Every ``*.dcm``, ``*.dicom`` or suffix-less file under ``root``, as :func:`walk_files` lists them.
+
+    ``skip``: a file not to list, as a path relative to ``root`` (the labels CSV).
+    """
     if not root.is_dir():
         raise SourceLayoutError(f"DICOM folder {root} does not exist or is not a folder")
-    skip = {p.resolve() for p in (skip or set())}
+    skipped = PurePosixPath(skip).as_posix() if skip else None
     out = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+    for rel, path in walk_files(root):
+        if path.suffix.lower() not in DICOM_SUFFIXES or rel == skipped or not path.is_file():
             continue
-        if path.suffix.lower() not in DICOM_SUFFIXES or path.resolve() in skip:
-            continue
-        out.append(SourceFile(path=path, rel=rel.as_posix(), origin=origin))
+        out.append(SourceFile(path=path, rel=rel, origin=origin))
     if not out and origin == "source":
         raise SourceLayoutError(f"{root}: no DICOM files (*.dcm, *.dicom or no suffix) found")
     return out
@@ -115,8 +180,7 @@ def inbox_files(inbox: Path | None, kind: str, patient_id: str = "kermany", labe
         log.warning("inbox %s does not exist: nothing new to ingest from it", inbox)
         return []
     if kind == "dicom_folder":
-        skip = {inbox / labels_csv} if labels_csv else set()
-        return scan_dicom(inbox, "inbox", skip)
+        return scan_dicom(inbox, "inbox", labels_csv)
     return scan_images(inbox, "inbox", patient_id)
 
 

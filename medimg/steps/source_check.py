@@ -6,7 +6,8 @@ fingerprint of everything the ingest reads is taken:
 
 - the ``data`` and ``preprocess`` params and the data folder they resolve to,
 - the source files' names, sizes and modification times (the MedMNIST archive and every place
-  it is looked for, or every file under the source folder and the inbox, the labels CSV included),
+  it is looked for, or every file under the source folder and the inbox, the labels CSV included,
+  as :func:`medimg.data.sources.tree` lists them: symbolic links followed, nothing hidden),
 - the de-identification key (a truncated keyed hash, never the key) for folder sources,
 - the source text of the code that turns files into the dataset (``medimg/data``,
   ``medimg/preprocess.py``, ``medimg/steps/ingest.py``),
@@ -28,6 +29,7 @@ import os
 from pathlib import Path
 
 from medimg.config import Params
+from medimg.data.sources import file_stat, tree
 from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -35,32 +37,6 @@ log = logging.getLogger(__name__)
 STATE_FILE = "ingest-source.json"
 PACKAGE = Path(__file__).resolve().parents[1]
 INGEST_CODE = ("data", "preprocess.py", "steps/ingest.py")
-
-
-def _stat(path: Path) -> list | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns] if path.is_file() else ["dir"]
-
-
-def tree(folder: Path | None) -> dict[str, list]:
-    """Every file under ``folder`` (symbolic links followed): relative posix path -> [size, mtime_ns].
-
-    Stat calls only; a missing folder (or None) is empty. Also the inbox watcher's snapshot.
-    """
-    out: dict[str, list] = {}
-    if folder is None or not folder.is_dir():
-        return out
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            stat = _stat(path)
-            if stat is not None:
-                out[path.relative_to(folder).as_posix()] = stat
-    return out
 
 
 def _code_hash() -> str:
@@ -92,7 +68,7 @@ def dataset_fingerprint(ws: Workspace) -> str:
     from medimg.data import versioning
     from medimg.data.manifest import MANIFEST_FILE
 
-    return _hash([versioning.current_version(ws), _stat(ws.data / MANIFEST_FILE)])
+    return _hash([versioning.current_version(ws), file_stat(ws.data / MANIFEST_FILE)])
 
 
 def source_fingerprint(params: Params, ws: Workspace) -> str:
@@ -109,13 +85,13 @@ def source_fingerprint(params: Params, ws: Workspace) -> str:
 
         places = [*candidate_paths(data.medmnist_flag, data.resolved_data_dir()),
                   ws.root / "downloads" / f"{data.medmnist_flag}.npz"]
-        parts["source"] = {str(p): _stat(p) for p in places}
+        parts["source"] = {str(p): file_stat(p) for p in places}
     else:
         root, inbox = data.resolve_path(data.root), data.resolve_path(data.inbox)
         parts["source"] = {"root": str(root), "files": tree(root), "inbox": str(inbox), "inbox_files": tree(inbox)}
         if data.source == "dicom_folder" and root is not None and data.dicom.labels_csv:
             labels = root / data.dicom.labels_csv
-            parts["labels_csv"] = [str(labels), _stat(labels)]
+            parts["labels_csv"] = [str(labels), file_stat(labels)]
         parts["deid_key"] = _key_hash(params)
     return _hash(parts)
 
