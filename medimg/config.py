@@ -397,17 +397,41 @@ def parse_params(raw: object, source: str = "params") -> Params:
         raise ConfigError(_format_errors(err, source)) from None
 
 
-def load_params(path: str | Path | None = None, overrides: dict | None = None) -> Params:
-    """Load ``params.yaml`` (or ``$MEDIMG_PARAMS``), apply nested ``overrides``, validate once."""
-    path = Path(path or os.environ.get(PARAMS_ENV, "params.yaml"))
+BASE_KEY = "base"
+
+
+def read_params_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A params file as a plain dict, with the file its ``base`` key names merged beneath it.
+
+    ``base`` is a path relative to the file; the file's own keys win, section by section, so a
+    variant (``params/kermany64.yaml``) holds only what differs and never goes stale against
+    ``params.yaml``. Not validated here: :func:`load_params` validates the merged whole.
+    """
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
+    if path.resolve() in _chain:
+        raise ConfigError(f"{path}: '{BASE_KEY}' chain loops back to this file")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: '{BASE_KEY}' must be a path to another params file, got {base!r}")
+    return deep_merge(read_params_file(path.parent / base, (*_chain, path.resolve())), raw)
+
+
+def load_params(path: str | Path | None = None, overrides: dict | None = None) -> Params:
+    """Load ``params.yaml`` (or ``$MEDIMG_PARAMS``) and its ``base``, apply nested ``overrides``, validate once."""
+    path = Path(path or os.environ.get(PARAMS_ENV, "params.yaml"))
+    raw = read_params_file(path)
     if overrides:
-        raw = deep_merge(raw if isinstance(raw, dict) else {}, overrides)
+        raw = deep_merge(raw, overrides)
     return parse_params(raw, str(path))
 
 

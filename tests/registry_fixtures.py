@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medimg.config import Params, deep_merge, load_params
+from medimg.config import Params, deep_merge, load_params, read_params_file
 from medimg.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,8 +59,9 @@ def _merge(*parts: dict) -> dict:
 
 
 def write_params(root: Path, ws_root: Path, base: Path = ROOT / "params.yaml", overrides: dict | None = None) -> Path:
-    """``root/params.yaml``: ``base`` with ``overrides`` merged in and the workspace at ``ws_root``."""
-    params = deep_merge(yaml.safe_load(base.read_text()), overrides or {})
+    """``root/params.yaml``: ``base`` (with its own ``base`` merged) with ``overrides`` merged in and the
+    workspace at ``ws_root``."""
+    params = deep_merge(read_params_file(base), overrides or {})
     params["workspace"]["path"] = str(ws_root)
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params))

@@ -67,3 +67,32 @@ def test_fingerprint_ignores_where_when_and_whether_to_run():
     assert elsewhere.fingerprint() == base.fingerprint()
     for shaping in ({"preprocess": {"size": 64}}, {"gates": {"min_auc": 0.5}}, {"export": {"opset": 17}}):
         assert load_params(ROOT / "params.yaml", shaping).fingerprint() != base.fingerprint(), shaping
+
+
+def test_a_variant_holds_only_its_differences_and_inherits_the_rest_from_its_base(tmp_path):
+    base = load_params(ROOT / "params.yaml")
+    kermany = load_params(ROOT / "params" / "kermany64.yaml")
+    densenet = load_params(ROOT / "params" / "densenet224.yaml")  # based on kermany64, itself on params.yaml
+    assert kermany.preprocess.size == 64 and kermany.data.source == "image_folder"
+    assert kermany.train.lr == base.train.lr and kermany.gates == base.gates  # inherited, not copied
+    assert densenet.model.architecture == "densenet121" and densenet.preprocess.channels == 3
+    assert densenet.data.root == kermany.data.root and densenet.train.early_stopping_patience == 3
+    assert densenet.validation.expected_split_sizes is None  # a null in the variant wins over the base's value
+
+    (tmp_path / "variant.yaml").write_text("base: params.yaml\ntrain: {epochs: 2}\n")
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    variant = load_params(tmp_path / "variant.yaml")
+    assert variant.train.epochs == 2 and variant.train.batch_size == base.train.batch_size
+
+
+def test_a_missing_or_looping_base_is_a_clear_error(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: params file not found"):
+        load_params(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("base: c.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_params(tmp_path / "b.yaml")
+    (tmp_path / "d.yaml").write_text("base: [x]\n")
+    with pytest.raises(ConfigError, match="must be a path"):
+        load_params(tmp_path / "d.yaml")
