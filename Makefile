@@ -40,6 +40,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-quick: $(STAMP)
+	scripts/system_packages.sh
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean-workspace:

@@ -102,7 +102,7 @@ def _retrain(params, ws, force: bool, logger):
         tracking.record_outcome_only(params, ws, "no_drift", message, _tags(version, key, params))
         return Completed(name="NoDrift", message=message, data={"data_version": version, "drift": drift_result})
 
-    from medimg.steps.validate import raise_if_failed  # loads Great Expectations: only when training
+    from medimg.steps.validate import raise_if_failed  # ~0.8 s of imports (pydicom, Pillow, scikit-learn): only when training
 
     run_id = timed("open_run", open_run, params, ws, key, ingested, drift_result)
     try:

@@ -110,7 +110,7 @@ def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
 
 
 def _run_errors() -> tuple[type[BaseException], ...]:
-    """A failed validation or bad data; imported only while matching an error (GX loads slowly)."""
+    """A failed validation or bad data; imported when ``run`` starts, not when the CLI loads (pydicom, Pillow, scikit-learn)."""
     from medimg.steps.validate import ValidationFailed
 
     return (ValidationFailed, *_data_errors())

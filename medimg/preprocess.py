@@ -366,11 +366,12 @@ def apply(images: np.ndarray | torch.Tensor, config: PreprocessConfig) -> torch.
     if isinstance(images, np.ndarray) and not images.flags.writeable:  # e.g. np.asarray(PIL image)
         images = images.copy()  # torch cannot share a read-only buffer; the uint8 copy is a quarter of the output
     x = torch.as_tensor(images)
+    if x.dtype != torch.uint8:  # a float image would be silently truncated or mis-scaled
+        raise ValueError(f"preprocess.apply takes grey uint8 images, got {x.dtype}")
     if x.ndim == 2:
         x = x[None]
     if x.shape[-2:] != (config.size, config.size):
-        arr = x.to(torch.uint8).numpy() if x.dtype != torch.uint8 else x.numpy()
-        x = torch.from_numpy(np.stack([to_contract_size(img, config) for img in arr]))
+        x = torch.from_numpy(np.stack([to_contract_size(img, config) for img in x.numpy()]))
     x = x.to(torch.float32).unsqueeze(1) / 255.0
     x = (x - config.mean) / config.std
     if config.channels == 3:

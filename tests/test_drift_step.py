@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow  # the shared registry is built by two real flow r
 
 
 def _new_version(template, root: Path, transform: Callable[[np.ndarray], np.ndarray]) -> tuple[Workspace, str]:
-    """A workspace holding the template's train and test images through ``transform``; its manifest's
-    intensities are those of the images written. Returns it and the champion's data version."""
+    """A workspace holding the template's train and test images through ``transform`` (the test images
+    written, since only held-out images are scored); its manifest's intensities are those of the
+    transformed images. Returns it and the champion's data version."""
     champion = registry.version_by_alias(template.params.registry.model_name, registry.CHAMPION)
     reference_version = champion.tags[registry.TAG_DATA_VERSION]
     ws = Workspace.at(root / "ws")
@@ -37,11 +38,12 @@ def _new_version(template, root: Path, transform: Callable[[np.ndarray], np.ndar
     frame = manifest.read(template.dataset)
     frame = frame[frame["split"].isin(["train", "test"])].copy()
     means = []
-    for rel in frame["path"]:
+    for rel, split in zip(frame["path"], frame["split"], strict=True):
         with Image.open(template.dataset / rel) as image:
             pixels = transform(np.asarray(image))
-        (ws.data / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(ws.data / rel)
+        if split != "train":  # the step scores held-out images only; train rows count through their means
+            (ws.data / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(ws.data / rel)
         means.append(float(pixels.mean()))
     frame["pixel_mean"] = means
     frame.to_parquet(ws.data / manifest.MANIFEST_FILE)
