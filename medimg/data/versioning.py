@@ -31,19 +31,35 @@ class DataVersion:
         return self.md5.removesuffix(".dir")
 
 
+#: Workspace folders that are not data: DVC must not walk them (the decode cache alone holds
+#: thousands of files) when it hashes the dataset.
+NOT_DATA = ("prefect/", "mlartifacts/", "runs/", "reports/", "dvc-remote/", "cache/")
+
+
+def _ignore_workspace_state(ws: Workspace) -> None:
+    """``.dvcignore`` lists every :data:`NOT_DATA` folder (lines added to an older workspace's file)."""
+    ignore = ws.root / ".dvcignore"
+    present = ignore.read_text().split() if ignore.is_file() else []
+    missing = [name for name in NOT_DATA if name not in present]
+    if missing:
+        with open(ignore, "a") as handle:
+            handle.write("".join(f"{name}\n" for name in missing))
+
+
 def _repo(ws: Workspace):
     from dvc.repo import Repo
 
-    if not (ws.root / ".dvc").is_dir():
+    new = not (ws.root / ".dvc").is_dir()
+    if new:
         Repo.init(str(ws.root), no_scm=True)
-        repo = Repo(str(ws.root))
+    _ignore_workspace_state(ws)
+    repo = Repo(str(ws.root))
+    if new:
         with repo.config.edit() as conf:
             conf["remote"][REMOTE_NAME] = {"url": str(ws.dvc_remote)}
             conf["core"]["remote"] = REMOTE_NAME
             conf["core"]["analytics"] = False
-        (ws.root / ".dvcignore").write_text("prefect/\nmlartifacts/\nruns/\nreports/\ndvc-remote/\n")
-        return repo
-    return Repo(str(ws.root))
+    return repo
 
 
 def read_dvc_file(path: Path) -> dict:

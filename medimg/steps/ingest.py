@@ -85,7 +85,6 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
         result = ingest_files(kind, params.data, params.preprocess, ws.data, secret, root, inbox,
                               cache_root=cache_root(ws), quarantine_csv=quarantine_csv, progress=progress)
     version = versioning.commit_and_push(ws)
-    _dvc_ignore_cache(ws)
     kept_csv = ws.reports / f"quarantine-{version.id}.csv"
     shutil.copyfile(quarantine_csv, kept_csv)
     log.info(
@@ -99,14 +98,6 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
     pipeline_dir(ws).mkdir(parents=True, exist_ok=True)
     (pipeline_dir(ws) / VERSION_FILE).write_text(json.dumps(stable, indent=1, sort_keys=True) + "\n")
     return summary
-
-
-def _dvc_ignore_cache(ws: Workspace) -> None:
-    """Keep DVC from walking the decode cache (thousands of files) on every ``dvc add``."""
-    ignore = ws.root / ".dvcignore"
-    if ignore.is_file() and "cache/" not in ignore.read_text().split():
-        with open(ignore, "a") as handle:
-            handle.write("cache/\n")
 
 
 def _summary(result: IngestResult, version, ws: Workspace, quarantine_csv) -> dict:
