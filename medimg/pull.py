@@ -172,12 +172,17 @@ def _metrics_with_ci(metrics: dict[str, float]) -> dict[str, dict]:
 def build_card(info: registry.VersionInfo, onnx_path: Path, sha256: str, work: Path, alias: str | None) -> dict:
     """The model card as a dict: identity, lineage, metrics with CIs, gate report, contract, use."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
     meta = _decode_meta(read_metadata(onnx_path))
     metrics, params, gate_report = {}, {}, None
     if info.run_id:
-        run = client.get_run(info.run_id)
+        try:
+            run = client.get_run(info.run_id)
+        except MlflowException as err:
+            raise PullError(f"model {info.name} v{info.version}: its MLflow run {info.run_id} cannot be read "
+                            f"({err.error_code}); no card without its lineage") from None
         metrics, params = dict(run.data.metrics), dict(run.data.params)
         try:
             gate_file = registry.download_run_artifact(info.run_id, artifacts.GATE_REPORT, work / "gate")

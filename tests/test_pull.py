@@ -263,3 +263,17 @@ def test_pull_from_a_remote_tracking_server(registry_ws, tmp_path, monkeypatch):
 def test_tracking_uri_credentials_never_reach_the_card():
     assert _public_uri("https://alice:s3cret@mlflow.example.org:8443/x") == "https://mlflow.example.org:8443/x"
     assert _public_uri("sqlite:////srv/ws/mlflow.db") == "sqlite:////srv/ws/mlflow.db"
+
+
+@pytest.mark.slow
+def test_a_version_whose_run_cannot_be_read_gets_no_card(registry_ws, tmp_path):
+    """A registry that outlived its tracking data (a run purged, another server): a clear error, not a traceback."""
+    import dataclasses
+
+    from medimg.pull import build_card, fetch_verified_onnx
+
+    info = registry.get_version(MODEL, "1")
+    onnx_path = fetch_verified_onnx(info, tmp_path)
+    orphan = dataclasses.replace(info, run_id="0" * 32)
+    with pytest.raises(PullError, match=f"MLflow run {'0' * 32} cannot be read"):
+        build_card(orphan, onnx_path, info.tags[registry.TAG_ONNX_SHA256], tmp_path / "work", None)
