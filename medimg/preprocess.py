@@ -20,12 +20,15 @@ From a file to grey uint8 (contract version 2 wrote this into the metadata as ``
 version 1 models follow the same rules, they were only implicit then). ``rint`` is round half
 to even (``numpy.rint``). With ``intensity: auto`` (the default):
 
-* PNG/JPEG: the file's grey values; colour becomes BT.601 luminance ``0.299 R + 0.587 G +
+* PNG/JPEG: the file's grey values, upright (its EXIF Orientation applied, as viewers show it;
+  an MPO's primary picture); colour becomes BT.601 luminance ``0.299 R + 0.587 G +
   0.114 B`` in float64 (alpha dropped, palette expanded, exact when R == G == B); then
   ``uint8 = clip(rint(v * 255 / (2**bit_depth - 1)), 0, 255)``: 8-bit files are kept as they
   are, 16-bit files are scaled by their full range.
-* DICOM: the Modality LUT (rescale slope/intercept) is applied and MONOCHROME1 inverted
-  (:func:`medimg.data.dicom.decode_dicom`). CT is windowed onto [0, 1] (``ct_window`` when set,
+* DICOM: bits above Bits Stored cleared (DICOM PS3.5 section 8.1.1; sign-extended when signed),
+  the Modality LUT (rescale slope/intercept) applied and MONOCHROME1 inverted
+  (:func:`medimg.data.dicom.decode_dicom`); Float Pixel Data used as stored, and refused with
+  ``non_finite`` when a value is NaN or infinite. CT is windowed onto [0, 1] (``ct_window`` when set,
   else the file's VOI, else level 40 / width 400 HU) and ``uint8 = rint(v * 255)``. Every other
   DICOM is mapped by its own range: ``uint8 = rint((v - min) / (max - min) * 255)``, all zeros
   for a constant image.
@@ -180,6 +183,8 @@ def grey_uint8(image, config: PreprocessConfig | None = None) -> np.ndarray:
         # v * 255 / 255 is v: skip the float64 copies (bit-identical to the general rule below)
         return np.clip(np.rint(image.pixels), 0, 255).astype(np.uint8)
     v = np.array(image.pixels, dtype=np.float64)
+    if not np.isfinite(v).all():  # min/max would be NaN and the image silently all zeros
+        raise ValueError("grey_uint8: the image has NaN or infinite pixels (decoders refuse them as 'non_finite')")
     if mode == "auto":
         if image.source_kind == "dicom":
             if image.window is not None or image.modality == "CT":  # decode_dicom windowed it onto [0, 1]

@@ -9,12 +9,15 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.encaps import encapsulate
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.encaps import encapsulate, get_frame
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from datapaths import DATA_DIR
-from medimg.data.dicom import DEFAULT_CT_WINDOW, decode_dicom, linear_window
+from datapaths import DATA_DIR, FIELD_CASES
+from medimg.config import PreprocessConfig
+from medimg.data import jpeg2000
+from medimg.data.dicom import DEFAULT_CT_WINDOW, decode_dicom, linear_window, stored_values
 from medimg.data.images import BadImage
+from medimg.preprocess import grey_uint8, prepare_file
 
 DICOM = DATA_DIR / "dicom"
 SIIM = DICOM / "xray" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
@@ -287,3 +290,162 @@ def test_errors_carry_no_identifying_values(tmp_path):
     text = str(info.value) + repr(info.value.args)
     assert secret_name.split("^")[0] not in text and secret_id not in text
     assert info.value.__cause__ is None
+
+
+# --------------------------------------------------------------------------- stored bits, float data, library text
+
+OVERLAY = FIELD_CASES / "overlay-high-bits"
+FLOAT_CASE = FIELD_CASES / "float-pixel-data-nan"
+
+
+def test_stored_values_masks_unsigned_and_sign_extends_signed():
+    unsigned = np.array([0x0FFF, 0x8FFF, 0xF000, 0x1234], dtype=np.uint16)
+    np.testing.assert_array_equal(stored_values(unsigned, 12, signed=False), [0x0FFF, 0x0FFF, 0x0000, 0x0234])
+    assert stored_values(unsigned, 12, signed=False).dtype == np.uint16
+    # 12-bit two's complement: 0x800 is -2048, 0x7FF is 2047, whatever bits 12..15 hold
+    signed = np.array([0x0800, 0x07FF, 0x8FFF, 0x7800, 0x0001], dtype=np.uint16).view(np.int16)
+    np.testing.assert_array_equal(stored_values(signed, 12, signed=True), [-2048, 2047, -1, -2048, 1])
+    assert stored_values(signed, 12, signed=True).dtype == np.int16
+    before = unsigned.copy()
+    stored_values(unsigned, 12, signed=False)
+    np.testing.assert_array_equal(unsigned, before)  # the input is not changed
+    full = np.array([0xFFFF], dtype=np.uint16)
+    assert stored_values(full, 16, signed=False) is full  # nothing above Bits Stored
+    floats = np.array([1.5, -2.0], dtype=np.float32)
+    assert stored_values(floats, 12, signed=False) is floats
+
+
+def test_overlay_bits_are_not_image_data_in_any_encoding():
+    """Field case: a 12-bit DX with an overlay plane in bit 15, native, RLE and JPEG 2000 lossless."""
+    reference = pydicom.dcmread(OVERLAY / "reference_no_overlay.dcm")
+    assert (int(reference.BitsStored), int(reference.BitsAllocated), int(reference.PixelRepresentation)) == (12, 16, 0)
+    expected = decode_dicom(OVERLAY / "reference_no_overlay.dcm")
+    np.testing.assert_array_equal(expected.pixels, reference.pixel_array.astype(np.float32))
+    assert expected.pixels.max() <= 4095
+    # pydicom 3.0.2 itself masks the native and RLE files but hands back the overlay in JPEG 2000
+    j2k = pydicom.dcmread(OVERLAY / "overlay_j2k_lossless.dcm")
+    assert j2k.pixel_array.max() > 4095
+    for name in ("overlay_native.dcm", "overlay_rle.dcm", "overlay_j2k_lossless.dcm"):
+        image = decode_dicom(OVERLAY / name)
+        np.testing.assert_array_equal(image.pixels, expected.pixels, err_msg=name)
+        # the reduced-resolution JPEG 2000 path declines a codestream that carries bits above Bits
+        # Stored (precision 16 here), so the full, masked decode is what comes back
+        reduced = decode_dicom(OVERLAY / name, jpeg2000_min_side=128)
+        np.testing.assert_array_equal(reduced.pixels, expected.pixels, err_msg=name)
+    config = PreprocessConfig(size=64, jpeg2000_reduce=True)
+    np.testing.assert_array_equal(prepare_file(OVERLAY / "overlay_j2k_lossless.dcm", config),
+                                  prepare_file(OVERLAY / "reference_no_overlay.dcm", config))
+
+
+def test_reduced_jpeg2000_of_the_clean_image_is_the_codestream_level(tmp_path):
+    """Where the codestream holds only the stored bits, the reduced path is used and passes through unchanged."""
+    ds = pydicom.dcmread(OVERLAY / "reference_no_overlay.dcm")
+    ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")  # precision 12, as Bits Stored says
+    path = tmp_path / "clean_j2k.dcm"
+    ds.save_as(path)
+    frame = get_frame(pydicom.dcmread(path).PixelData, 0, number_of_frames=1)
+    level = jpeg2000.decode_reduced(frame, 1024, 1024, 12, False, min_side=128)
+    assert level is not None and level.level == 3
+    reduced = decode_dicom(path, jpeg2000_min_side=128)
+    assert reduced.pixels.shape == (128, 128)
+    np.testing.assert_array_equal(reduced.pixels, level.pixels.astype(np.float32))
+    np.testing.assert_array_equal(decode_dicom(path).pixels, decode_dicom(OVERLAY / "reference_no_overlay.dcm").pixels)
+
+
+@pytest.mark.parametrize("syntax", ["native", "rle", "j2k"])
+def test_signed_data_is_sign_extended_from_bits_stored(tmp_path, syntax):
+    """A 14-bit signed CT with junk in bits 14 and 15 decodes to its 14-bit values in every encoding."""
+    ds = pydicom.dcmread(CT_UNC)
+    assert (int(ds.BitsStored), int(ds.PixelRepresentation)) == (14, 1)
+    values = ds.pixel_array.astype(np.int16)
+    junk = (np.arange(values.size, dtype=np.uint16).reshape(values.shape) % 4) << 14  # bits 14-15
+    dirty = (values.view(np.uint16) & 0x3FFF | junk).view(np.int16)
+    assert not np.array_equal(dirty, values)
+    ds.PixelData = dirty.tobytes()
+    if syntax == "rle":
+        ds.compress(RLELossless, encoding_plugin="pydicom")
+    elif syntax == "j2k":
+        ds.BitsStored = 16  # so the encoder keeps all 16 bits, then the header says 14 again
+        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+        ds.BitsStored = 14
+    path = tmp_path / f"dirty_{syntax}.dcm"
+    ds.save_as(path)
+    np.testing.assert_array_equal(decode_dicom(path).pixels, decode_dicom(CT_UNC).pixels)
+
+
+def test_float_pixel_data_with_nan_is_refused_not_blank():
+    """Field case: 32-bit Float Pixel Data with 4 NaN pixels; its twin without them decodes."""
+    with pytest.raises(BadImage) as info:
+        decode_dicom(FLOAT_CASE / "float_with_nan.dcm")
+    assert info.value.reason == "non_finite" and "4 of 65536" in info.value.detail
+    with pytest.raises(BadImage) as info:  # the contract's entry point, used by ingest and predict
+        prepare_file(FLOAT_CASE / "float_with_nan.dcm", PreprocessConfig(size=64))
+    assert info.value.reason == "non_finite"
+    twin = pydicom.dcmread(FLOAT_CASE / "reference_float_no_nan.dcm")
+    assert "FloatPixelData" in twin and "PixelData" not in twin
+    image = decode_dicom(FLOAT_CASE / "reference_float_no_nan.dcm")
+    np.testing.assert_array_equal(image.pixels, twin.pixel_array)  # values as stored, no Modality LUT
+    assert image.bit_depth == 32 and image.window is None
+    grey = grey_uint8(image)  # the contract: by the image's own min and max
+    v = twin.pixel_array.astype(np.float64)
+    expected = np.rint((v - v.min()) / (v.max() - v.min()) * 255)
+    np.testing.assert_array_equal(grey, expected.astype(np.uint8))
+    prepared = prepare_file(FLOAT_CASE / "reference_float_no_nan.dcm", PreprocessConfig(size=64))
+    assert prepared.std() > 20  # not blank
+
+
+def test_float_rules_monochrome1_rescale_double_and_infinity(tmp_path):
+    base = pydicom.dcmread(FLOAT_CASE / "reference_float_no_nan.dcm")
+    values = base.pixel_array.astype(np.float64)
+    ds = pydicom.dcmread(FLOAT_CASE / "reference_float_no_nan.dcm")
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.RescaleSlope, ds.RescaleIntercept = 2, 100  # not part of the float pixel modules: ignored
+    ds.save_as(tmp_path / "m1.dcm")
+    inverted = decode_dicom(tmp_path / "m1.dcm").pixels
+    np.testing.assert_allclose(inverted, values.min() + values.max() - values, atol=1e-6)  # about the data range
+
+    ds = pydicom.dcmread(FLOAT_CASE / "reference_float_no_nan.dcm")
+    ds.Modality, ds.WindowCenter, ds.WindowWidth = "CT", 0.5, 0.4  # a float CT with its own window
+    ds.save_as(tmp_path / "ct.dcm")
+    ct = decode_dicom(tmp_path / "ct.dcm")
+    assert ct.window == (0.5, 0.4)
+    np.testing.assert_allclose(ct.pixels, np.clip((values - 0.3) / 0.4, 0, 1), atol=1e-6)
+
+    ds = pydicom.dcmread(FLOAT_CASE / "reference_float_no_nan.dcm")
+    del ds.FloatPixelData
+    ds.BitsAllocated = 64
+    ds.DoubleFloatPixelData = values.astype("<f8").tobytes()
+    ds.save_as(tmp_path / "double.dcm")
+    np.testing.assert_array_equal(decode_dicom(tmp_path / "double.dcm").pixels, values.astype(np.float32))
+    bad = values.copy()
+    bad[10, 20], bad[30, 40] = np.inf, -np.inf
+    ds.DoubleFloatPixelData = bad.astype("<f8").tobytes()
+    ds.save_as(tmp_path / "infinite.dcm")
+    with pytest.raises(BadImage) as info:
+        decode_dicom(tmp_path / "infinite.dcm")
+    assert info.value.reason == "non_finite" and "2 of" in info.value.detail
+
+
+def test_library_messages_reach_the_error_but_not_its_text_nor_the_logs(caplog):
+    import logging
+    import pickle
+
+    caplog.set_level(logging.DEBUG)
+    broken = get_testdata_file("JPEG2000-embedded-sequence-delimiter.dcm")  # no decoder reads its codestream
+    with pytest.raises(BadImage) as info:
+        decode_dicom(broken)
+    error = info.value
+    assert error.reason == "decode_error" and "Unable to decode" in error.library_message
+    assert "Unable to decode" not in str(error) and "Unable to decode" not in repr(error.args)
+    again = pickle.loads(pickle.dumps(error))  # as it comes back from a worker process
+    assert (again.library_message, str(again)) == (error.library_message, str(error))
+    short = get_testdata_file("emri_small_jpeg_2k_lossless_too_short.dcm")  # pydicom logs its path
+    with pytest.raises(BadImage) as info:
+        decode_dicom(short)
+    assert info.value.reason == "truncated" and "End of file" in info.value.library_message
+    assert not [r for r in caplog.records if r.name.startswith("pydicom")], "pydicom logged while decoding"
+    assert logging.getLogger("pydicom").propagate  # restored afterwards
+    # without medimg's guard the same decode does log (so the check above can fail)
+    with pytest.raises(RuntimeError, match="Unable to decode"):
+        _ = pydicom.dcmread(broken).pixel_array
+    assert [r for r in caplog.records if r.name.startswith("pydicom")]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datapaths import DATA_DIR
+from datapaths import DATA_DIR, FIELD_CASES
 from medimg.data.images import REASONS, BadImage, DecodedImage, decode_raster, to_grey
 
 CHEST = DATA_DIR / "chest_xray"
@@ -197,3 +197,182 @@ def test_bytes_already_read_decode_like_the_file():
     with pytest.raises(BadImage) as info:
         decode_raster(TRAIN_PNEUMONIA, data=b"")
     assert info.value.reason == "empty"
+
+
+# --------------------------------------------------------------------------- orientation and JPEG variants
+
+FIELD_EXIF = FIELD_CASES / "exif-orientation"
+
+#: EXIF/TIFF Orientation (tag 0x0112) -> how the stored rows and columns are shown, written with
+#: numpy from the tag's definition (row 0 / column 0 of the stored image is the visual ...):
+#: 1 top-left, 2 top-right (mirrored), 3 bottom-right (180), 4 bottom-left (flipped), 5 left-top
+#: (transposed), 6 right-top (turn 90 degrees clockwise), 7 right-bottom (transverse), 8 left-bottom
+#: (turn 90 degrees counter-clockwise).
+DISPLAY = {
+    1: lambda a: a,
+    2: np.fliplr,
+    3: lambda a: np.rot90(a, 2),
+    4: np.flipud,
+    5: lambda a: a.T,
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).T,
+    8: lambda a: np.rot90(a, 1),
+}
+#: the stored image that each orientation shows as the given upright one
+STORED = {**{k: DISPLAY[k] for k in (1, 2, 3, 4, 5, 7)}, 6: lambda a: np.rot90(a, 1), 8: lambda a: np.rot90(a, -1)}
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
+
+
+def _upright_chest() -> np.ndarray:
+    """A real chest X-ray, grey, reduced to 240 x 180 (not square, so every orientation shows)."""
+    with Image.open(FULLRES / "NORMAL" / "IM-0117-0001.jpeg") as pil:
+        return np.asarray(pil.convert("L").resize((180, 240), Image.BILINEAR))
+
+
+def test_field_case_rotated_jpeg_decodes_upright_exactly():
+    """IM-9001-0001.jpeg is stored sideways with Orientation 6; reference_upright.png is the picture upright.
+
+    Measured: identical, pixel for pixel (the PNG holds exactly the JPEG's decoded samples turned
+    upright, and the orientation is a lossless transpose of the decoded samples).
+    """
+    rotated, upright = FIELD_EXIF / "IM-9001-0001.jpeg", FIELD_EXIF / "reference_upright.png"
+    with Image.open(rotated) as pil:
+        assert pil.getexif().get(0x0112) == 6 and pil.size == (1152, 1422)  # stored: 1422 rows, 1152 columns
+    jpeg, png = decode_raster(rotated), decode_raster(upright)
+    assert jpeg.pixels.shape == png.pixels.shape == (1152, 1422)
+    assert (jpeg.original_height, jpeg.original_width) == (png.original_height, png.original_width) == (1152, 1422)
+    np.testing.assert_array_equal(jpeg.pixels, png.pixels)
+    assert _centre_to_lungs(jpeg.pixels) > 1.1  # the spine runs down the middle, as in an upright chest
+
+
+def test_field_case_draft_decoding_is_turned_upright_too():
+    rotated = FIELD_EXIF / "IM-9001-0001.jpeg"
+    reduced = decode_raster(rotated, jpeg_min_side=128)
+    # 1/8 scale of 1422 x 1152 stored, then turned: 144 x 178 shown, the original size as shown
+    assert reduced.pixels.shape == (144, 178)
+    assert (reduced.original_height, reduced.original_width) == (1152, 1422)
+    with Image.open(rotated) as pil:
+        pil.draft("L", (128, 128))
+        stored = np.asarray(pil, dtype=np.float32)
+    np.testing.assert_array_equal(reduced.pixels, np.rot90(stored, -1))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_of_a_png_shows_the_upright_picture_exactly(tmp_path, orientation):
+    upright = _upright_chest()
+    path = tmp_path / f"o{orientation}.png"
+    Image.fromarray(np.ascontiguousarray(STORED[orientation](upright))).save(path, exif=_exif(orientation))
+    with Image.open(path) as pil:  # the eXIf chunk is really there
+        assert pil.getexif().get(0x0112) == orientation
+    image = decode_raster(path)
+    np.testing.assert_array_equal(image.pixels, upright.astype(np.float32))
+    assert (image.original_height, image.original_width) == upright.shape == (240, 180)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_of_a_jpeg_is_applied_to_the_decoded_samples(tmp_path, orientation):
+    upright = _upright_chest()
+    path = tmp_path / f"o{orientation}.jpeg"
+    Image.fromarray(np.ascontiguousarray(STORED[orientation](upright))).save(path, quality=95, exif=_exif(orientation))
+    with Image.open(path) as pil:
+        stored = np.asarray(pil, dtype=np.float32)  # Pillow's decode as stored, not turned
+    image = decode_raster(path)
+    np.testing.assert_array_equal(image.pixels, DISPLAY[orientation](stored))
+    assert image.pixels.shape == (image.original_height, image.original_width) == (240, 180)
+    # and it is the picture upright (JPEG at quality 95: measured 0.83 to 0.85 grey levels from the source)
+    assert np.abs(image.pixels - upright).mean() < 2.0
+
+
+def test_sixteen_bit_png_with_orientation_keeps_its_values(tmp_path):
+    upright = _upright_chest().astype(np.uint16) * 257
+    path = tmp_path / "o6_16bit.png"
+    Image.fromarray(np.ascontiguousarray(STORED[6](upright))).save(path, exif=_exif(6))
+    image = decode_raster(path)
+    assert image.bit_depth == 16
+    np.testing.assert_array_equal(image.pixels, upright.astype(np.float32))
+
+
+def test_progressive_jpeg_is_decoded_upright(tmp_path):
+    upright = _upright_chest()
+    path = tmp_path / "progressive.jpeg"
+    Image.fromarray(np.ascontiguousarray(STORED[8](upright))).save(path, progressive=True, quality=95, exif=_exif(8))
+    with Image.open(path) as pil:
+        assert pil.info.get("progressive") and pil.format == "JPEG"
+        stored = np.asarray(pil, dtype=np.float32)
+    image = decode_raster(path)
+    np.testing.assert_array_equal(image.pixels, DISPLAY[8](stored))
+    # the draft (DCT scaling) path decodes progressive files as well, then turns them
+    reduced = decode_raster(path, jpeg_min_side=60)
+    assert reduced.pixels.shape == (120, 90) and (reduced.original_height, reduced.original_width) == (240, 180)
+
+
+def test_cmyk_jpeg_becomes_the_grey_picture(tmp_path):
+    upright = _upright_chest()
+    path = tmp_path / "cmyk.jpeg"
+    cmyk = Image.fromarray(np.ascontiguousarray(STORED[6](upright))).convert("RGB").convert("CMYK")
+    cmyk.save(path, quality=95, exif=_exif(6))
+    with Image.open(path) as pil:
+        assert pil.mode == "CMYK" and "adobe" in pil.info  # Pillow writes CMYK JPEGs with an Adobe APP14 marker
+        stored_rgb = np.asarray(pil.convert("RGB"), dtype=np.float64)
+    image = decode_raster(path)
+    assert image.photometric == "RGB" and image.bit_depth == 8
+    np.testing.assert_allclose(image.pixels, DISPLAY[6](stored_rgb @ np.array([0.299, 0.587, 0.114])), atol=1e-4)
+    assert np.abs(image.pixels - upright).mean() < 2.0  # measured 0.84 grey levels (JPEG at quality 95)
+
+
+def test_mpo_decodes_its_primary_picture_upright(tmp_path):
+    upright = _upright_chest()
+    primary = Image.fromarray(np.ascontiguousarray(STORED[6](upright))).convert("RGB")
+    second = Image.fromarray(255 - np.ascontiguousarray(STORED[6](upright))).convert("RGB")  # e.g. the other eye
+    path = tmp_path / "camera.mpo"
+    primary.save(path, format="MPO", save_all=True, append_images=[second], quality=95, exif=_exif(6))
+    with Image.open(path) as pil:
+        assert pil.format == "MPO" and pil.n_frames == 2
+        stored = np.asarray(pil.convert("L"), dtype=np.float32)  # frame 0
+        size = pil.mpinfo[0xB002][0]["Size"]
+    image = decode_raster(path)
+    assert image.source_kind == "jpeg" and image.n_frames == 1
+    np.testing.assert_array_equal(image.pixels, DISPLAY[6](stored))
+    assert np.abs(image.pixels - upright).mean() < 2.0  # the primary, not the inverted second picture
+    data = path.read_bytes()
+    cut = tmp_path / "cut.mpo"
+    cut.write_bytes(data[: size // 2])  # inside the primary picture
+    with pytest.raises(BadImage) as info:
+        decode_raster(cut)
+    assert info.value.reason == "truncated"
+
+
+def test_damaged_exif_is_refused_not_guessed(tmp_path):
+    """An EXIF block whose first IFD (where Orientation lives) is cut: the orientation is unknown."""
+    path = tmp_path / "bad_exif.jpeg"
+    # a TIFF header announcing one IFD0 entry, then only its first two bytes (the Orientation tag number)
+    Image.fromarray(_upright_chest()).save(path, exif=b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12")
+    with pytest.raises(BadImage) as info, pytest.warns(UserWarning, match="Corrupt EXIF"):
+        decode_raster(path)
+    assert info.value.reason == "invalid_header" and "EXIF" in info.value.detail
+    assert "Corrupt EXIF" in info.value.library_message
+    # a whole EXIF block without an Orientation tag is simply shown as stored
+    plain = tmp_path / "exif_without_orientation.jpeg"
+    exif = Image.Exif()
+    exif[0x010F] = "Scanner maker"
+    Image.fromarray(_upright_chest()).save(plain, exif=exif)
+    assert decode_raster(plain).pixels.shape == (240, 180)
+
+
+def test_library_message_is_kept_apart_from_the_message(tmp_path):
+    data = TRAIN_PNEUMONIA.read_bytes()
+    path = tmp_path / "cut.jpeg"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadImage) as info:
+        decode_raster(path)
+    error = info.value
+    assert error.reason == "truncated" and "truncated" in error.library_message  # Pillow's own words
+    assert error.library_message not in str(error) and str(error) == "cut.jpeg: truncated (decoder ran out of data)"
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.library_message, str(again), again.reason) == (error.library_message, str(error), error.reason)
+    assert BadImage("x.png", "empty").library_message is None

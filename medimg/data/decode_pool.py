@@ -47,7 +47,7 @@ import numpy as np
 from medimg.config import PreprocessConfig
 
 #: Bump when decoding or the cached fields change, so old cache entries are not reused.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,21 @@
 
 What a caller can rely on:
 
+* **Stored values.** Bits above Bits Stored are not image data (DICOM PS3.5 section 8.1.1: they
+  may hold an overlay plane or anything else), whatever the transfer syntax. pydicom 3.0.2's
+  ``pixel_array`` clears them for native, Deflated, RLE and JPEG (process 1/2/4/14) data, but not
+  for JPEG 2000 (whose codestream may carry all 16 bits) or unsigned JPEG-LS. So every integer
+  array, from pydicom or from the reduced-resolution JPEG 2000 path, goes through
+  :func:`stored_values`, the one place this rule is applied: unsigned samples keep their
+  ``Bits Stored`` low bits, signed ones (Pixel Representation 1) are sign-extended from bit
+  ``Bits Stored - 1``. No value outside the declared range reaches the Modality LUT.
+* **Float pixel data.** Float (7FE0,0008) and Double Float (7FE0,0009) Pixel Data are used as
+  they are: the Parametric Map IOD that introduced them (PS3.3 A.75, Supplement 172) stores real
+  world values, which its VOI LUT renders directly, so medimg applies no Rescale Slope/Intercept
+  or Modality LUT Sequence to them, even when a file carries one. MONOCHROME1 is inverted about
+  the data's own range; a CT's own window applies to the values as they are (LINEAR_EXACT,
+  PS3.3 C.11.2.1.3.2), and the contract maps any other modality by the image's min and max. A NaN or infinite pixel is refused with ``non_finite``, never mapped
+  to a blank or clipped image.
 * **Values.** The Modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence) is always
   applied, so CT values are Hounsfield units before any windowing. CT is then always windowed to
   [0, 1]: with the ``window`` or ``ct_window`` argument (level, width) when given, else with the
@@ -21,26 +36,36 @@ What a caller can rely on:
   native pixel data is shorter than Rows x Columns x Bits Allocated), ``missing_pixel_data``,
   ``multiframe``, ``burned_in_annotation``, ``unsupported_transfer_syntax`` (no transfer syntax,
   or none of the installed pixel-data plugins decodes it), ``unsupported_photometric``,
-  ``invalid_header``, ``decode_error``, ``too_small``.
+  ``invalid_header``, ``decode_error``, ``too_small``, ``non_finite`` (a NaN or infinite pixel value).
 * **Resolution.** Pixels are at the file's full resolution, except that with
   ``jpeg2000_min_side`` a JPEG 2000 grey image is decoded at the coarsest wavelet resolution
   level whose shorter side stays >= that (:mod:`medimg.data.jpeg2000`; any case that module
   declines is decoded in full). ``original_height``/``original_width`` are always the file's.
 * **Privacy.** Error messages contain the file *name* and the reason only, never a value read
   from the file (pydicom's own messages and warnings can quote element values, so they are
-  swallowed and replaced by the exception type). Exceptions are raised ``from None`` so no
-  chained pydicom message leaks into a traceback that ends up in a log. With a ``secret``, the
-  only identifying values that leave are keyed pseudonyms (:func:`medimg.data.deid.identity_pseudonyms`)
-  in ``DecodedImage.pseudonyms``, taken from the data set the pixels were decoded from.
+  replaced by the exception type in the message). The library's own text goes only into
+  ``BadImage.library_message``, for the quarantine report inside the workspace, never into
+  ``str(error)``. Exceptions are raised ``from None`` so no chained pydicom message leaks into a
+  traceback that ends up in a log. With a ``secret``, the only identifying values that leave are
+  keyed pseudonyms (:func:`medimg.data.deid.identity_pseudonyms`) in ``DecodedImage.pseudonyms``,
+  taken from the data set the pixels were decoded from.
 
-Decoding uses :func:`warnings.catch_warnings`, which is process-global: decode in worker
-processes, not threads, when parallelising.
+pydicom also *logs* what it warns about and every plugin failure (``warn_and_log``, and
+``LOGGER.exception`` in its decoders), with texts that can hold the file's path or element
+values; while a file is decoded the ``pydicom`` logger does not propagate, so none of that reaches
+a handler of the application (Prefect's console, a log file).
+
+Decoding uses :func:`warnings.catch_warnings` and switches the ``pydicom`` logger's propagation,
+both process-global: decode in worker processes, not threads, when parallelising.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +131,7 @@ def decode_dicom(
     size = path.stat().st_size if data is None else len(data)
     if size == 0:
         raise BadImage(path, "empty")
-    with warnings.catch_warnings(record=True) as caught:
+    with _pydicom_unlogged(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = _read(path, data)
         _check_complete(path, ds, size, caught)
@@ -116,7 +141,9 @@ def decode_dicom(
         arr = _reduced_jpeg2000(ds, header, jpeg2000_min_side) if jpeg2000_min_side else None
         if arr is None:
             arr = _decode_pixels(path, ds, header["rows"], header["columns"])
+        arr = _declared_values(path, ds, arr)
         pixels, applied = _to_display(path, ds, arr, header, window)
+        _check_finite(path, pixels, "after the Modality LUT and window")
         pseudonyms = deid.identity_pseudonyms(ds, secret) if secret is not None else None
     return DecodedImage(
         pixels=np.ascontiguousarray(pixels, dtype=np.float32),
@@ -132,6 +159,18 @@ def decode_dicom(
     )
 
 
+@contextlib.contextmanager
+def _pydicom_unlogged() -> Iterator[None]:
+    """pydicom's log records stop at its own logger (a NullHandler) instead of reaching the root's handlers."""
+    logger = logging.getLogger("pydicom")
+    saved = logger.propagate
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.propagate = saved
+
+
 def _check_window(window: tuple[float, float]) -> None:
     level, width = window
     if not (np.isfinite(level) and np.isfinite(width) and width > 0):
@@ -141,12 +180,12 @@ def _check_window(window: tuple[float, float]) -> None:
 def _read(path: Path, data: bytes | None) -> Dataset:
     try:
         return pydicom.dcmread(path if data is None else io.BytesIO(data))
-    except InvalidDicomError:
-        raise BadImage(path, "not_an_image", "no DICOM preamble/DICM prefix") from None
-    except EOFError:
-        raise BadImage(path, "truncated", "file ends inside the header") from None
+    except InvalidDicomError as err:
+        raise BadImage(path, "not_an_image", "no DICOM preamble/DICM prefix", str(err)) from None
+    except EOFError as err:
+        raise BadImage(path, "truncated", "file ends inside the header", str(err)) from None
     except Exception as err:  # pydicom raises many types on garbage; their text may quote values
-        raise BadImage(path, "invalid_header", f"unreadable header ({type(err).__name__})") from None
+        raise BadImage(path, "invalid_header", f"unreadable header ({type(err).__name__})", str(err)) from None
 
 
 def _check_complete(path: Path, ds: Dataset, size: int, caught: list) -> None:
@@ -156,8 +195,10 @@ def _check_complete(path: Path, ds: Dataset, size: int, caught: list) -> None:
     drops an encapsulated pixel data element whose delimiter is missing and only warns. So the
     declared lengths and offsets of the top-level elements are checked against the file size.
     """
-    if any("End of file reached" in str(w.message) for w in caught):
-        raise BadImage(path, "truncated", "file ends inside a sequence or encapsulated pixel data")
+    for warning in caught:
+        if "End of file reached" in str(warning.message):
+            raise BadImage(path, "truncated", "file ends inside a sequence or encapsulated pixel data",
+                           str(warning.message))
     tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if tsuid == DeflatedExplicitVRLittleEndian:
         return  # offsets refer to the inflated stream, not to the file
@@ -199,8 +240,9 @@ def _check_header(path: Path, ds: Dataset, min_size: int, allow_burned_in: bool)
         photometric = str(ds.PhotometricInterpretation).strip().upper()
         if photometric == "PALETTE COLOR":  # the pixels will hold LUT entries, not stored values
             bits_stored = int(ds.RedPaletteColorLookupTableDescriptor[2])
-    except (AttributeError, KeyError, TypeError, ValueError) as err:
-        raise BadImage(path, "invalid_header", f"image pixel module incomplete ({type(err).__name__})") from None
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as err:
+        raise BadImage(path, "invalid_header", f"image pixel module incomplete ({type(err).__name__})",
+                       str(err)) from None
     if n_frames > 1:
         raise BadImage(path, "multiframe", f"{n_frames} frames")
     if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES" and not allow_burned_in:
@@ -228,8 +270,8 @@ def _check_decoder(path: Path, tsuid: UID) -> None:
     name = tsuid.name if tsuid.is_transfer_syntax else f"unknown UID {tsuid}"
     try:
         decoder = get_decoder(tsuid)
-    except NotImplementedError:
-        raise BadImage(path, "unsupported_transfer_syntax", f"no decoder for {name}") from None
+    except NotImplementedError as err:
+        raise BadImage(path, "unsupported_transfer_syntax", f"no decoder for {name}", str(err)) from None
     if not decoder.is_available:
         raise BadImage(
             path, "unsupported_transfer_syntax", f"no installed pixel-data plugin decodes {name}"
@@ -239,19 +281,62 @@ def _check_decoder(path: Path, tsuid: UID) -> None:
 def _decode_pixels(path: Path, ds: Dataset, rows: int, columns: int) -> np.ndarray:
     try:
         arr = ds.pixel_array
-    except NotImplementedError:
-        raise BadImage(path, "unsupported_transfer_syntax", "pydicom cannot decode it") from None
+    except NotImplementedError as err:
+        raise BadImage(path, "unsupported_transfer_syntax", "pydicom cannot decode it", str(err)) from None
     except ValueError as err:
         if "less than expected" in str(err):
-            raise BadImage(path, "truncated", "pixel data shorter than the image size") from None
-        raise BadImage(path, "decode_error", type(err).__name__) from None
+            raise BadImage(path, "truncated", "pixel data shorter than the image size", str(err)) from None
+        raise BadImage(path, "decode_error", type(err).__name__, str(err)) from None
     except (AttributeError, KeyError, TypeError) as err:
-        raise BadImage(path, "invalid_header", f"pixel description unusable ({type(err).__name__})") from None
+        raise BadImage(path, "invalid_header", f"pixel description unusable ({type(err).__name__})",
+                       str(err)) from None
     except Exception as err:
-        raise BadImage(path, "decode_error", f"pixel decoding failed ({type(err).__name__})") from None
+        raise BadImage(path, "decode_error", f"pixel decoding failed ({type(err).__name__})", str(err)) from None
     if arr.shape[:2] != (rows, columns) or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
         raise BadImage(path, "decode_error", f"decoded shape {arr.shape} does not match {rows}x{columns}")
     return arr
+
+
+def stored_values(arr: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:
+    """Integer samples reduced to their ``bits_stored`` bits: DICOM PS3.5 section 8.1.1.
+
+    ``arr`` is any integer array (a frame, or frame x samples); a new array of the same shape and
+    dtype is returned (the input is not changed). Unsigned data (``signed`` False, Pixel
+    Representation 0) keeps ``value & (2**bits_stored - 1)``; signed data (Pixel Representation 1)
+    is sign-extended from bit ``bits_stored - 1``, so the result lies in ``[-2**(bits_stored-1),
+    2**(bits_stored-1) - 1]``. The dtype's bits are what is masked whatever its signedness, so a
+    signed value pydicom left in an unsigned array (or the reverse) is read the way the header
+    says. Arrays that are not integers, or whose items have no more than ``bits_stored`` bits,
+    come back unchanged.
+    """
+    width = arr.dtype.itemsize * 8
+    if arr.dtype.kind not in "iu" or not 0 < bits_stored < width:
+        return arr
+    shift = width - bits_stored
+    as_declared = arr.view(np.dtype(f"{'i' if signed else 'u'}{arr.dtype.itemsize}"))
+    # a left then right shift in the declared signedness: logical (masks) for unsigned, arithmetic
+    # (sign-extends) for signed
+    out = np.right_shift(np.left_shift(as_declared, shift), shift)
+    return out.view(arr.dtype)
+
+
+def _declared_values(path: Path, ds: Dataset, arr: np.ndarray) -> np.ndarray:
+    """The decoded array as the header declares it: stored bits only, or finite floats."""
+    if "PixelData" not in ds:  # Float / Double Float Pixel Data: no bits to mask, but NaN/inf possible
+        _check_finite(path, arr, "in the Float Pixel Data")
+        return arr
+    try:
+        bits_stored = int(ds.get("BitsStored") or ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError) as err:
+        raise BadImage(path, "invalid_header", f"Bits Stored unusable ({type(err).__name__})", str(err)) from None
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    return stored_values(arr, bits_stored, signed)
+
+
+def _check_finite(path: Path, values: np.ndarray, where: str) -> None:
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        raise BadImage(path, "non_finite", f"{bad} of {values.size} pixel values NaN or infinite {where}")
 
 
 def _reduced_jpeg2000(ds: Dataset, header: dict, min_side: int) -> np.ndarray | None:
@@ -281,7 +366,9 @@ def _to_display(
             arr = apply_color_lut(arr, ds)
         return to_grey(arr), None
     try:
-        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+        # Float pixel data has no Modality LUT (see the module docstring): its values as they are
+        modality_lut = "PixelData" in ds
+        values = np.asarray(apply_modality_lut(arr, ds) if modality_lut else arr, dtype=np.float64)
         applied: tuple[float, float] | None = None
         if window is not None:
             values, applied = linear_window(values, *window), (float(window[0]), float(window[1]))
@@ -290,7 +377,7 @@ def _to_display(
         windowed = window is not None or header["modality"] == "CT"
         lo, hi = (0.0, 1.0) if windowed else _modality_range(ds, header["bits_stored"], values)
     except Exception as err:
-        raise BadImage(path, "invalid_header", f"LUT/window unusable ({type(err).__name__})") from None
+        raise BadImage(path, "invalid_header", f"LUT/window unusable ({type(err).__name__})", str(err)) from None
     if photometric == "MONOCHROME1":
         values = lo + hi - values
     return values, applied
@@ -315,6 +402,10 @@ def _file_or_default_window(ds: Dataset, values: np.ndarray) -> tuple[np.ndarray
     if has_window:
         center = _first(ds["WindowCenter"])
         width = _first(ds["WindowWidth"])
+        if width > 0 and "PixelData" not in ds:
+            # float pixel data has no stored-bit range for pydicom's windowing: the window as it is
+            # (LINEAR_EXACT, PS3.3 C.11.2.1.3.2)
+            return linear_window(values, center, width), (center, width)
         if width > 0:
             out = apply_voi_lut(values, ds, index=0, prefer_lut=False)
             y_min, y_max = _windowing_output_range(ds)

@@ -14,10 +14,16 @@ What a caller can rely on:
   pydicom would give at that resolution: glymur or libopenjp2 missing, not one grey component,
   a precision or signedness other than the caller expects, a resolution level the codestream
   lacks, an image origin other than (0, 0), or any OpenJPEG error. The caller then decodes in
-  full, which also classifies a damaged codestream the usual way.
+  full, which also classifies a damaged codestream the usual way. In particular a codestream
+  whose precision exceeds the header's Bits Stored (an overlay or other data in the bits above,
+  which PS3.5 section 8.1.1 says are not image data) is declined: its low-pass band mixes those
+  bits into the picture, and no mask applied afterwards could separate them again; the full
+  decode is masked exactly instead.
 * At level 0 the samples are exactly the full decode; at level ``r`` the array has
   ``ceil(rows / 2^r)`` x ``ceil(columns / 2^r)`` samples in the stored value range (the
-  wavelet's low-pass band is normalised to it), so a Modality LUT or window applies unchanged.
+  wavelet's low-pass band is normalised to it, and OpenJPEG clips its output to the precision),
+  so a Modality LUT or window applies unchanged; the caller still passes the array through
+  :func:`medimg.data.dicom.stored_values`, like every decode.
 
 OpenJPEG reads from a file here: the codestream is written to a private temporary file that is
 deleted before the function returns.
