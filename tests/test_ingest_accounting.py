@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from datapaths import CHEST, DICOM, FIELD_CASES
 from pydicom.data import get_testdata_file
+from registry_fixtures import write_params
 from typer.testing import CliRunner
 
-from datapaths import CHEST, DICOM, FIELD_CASES
 from medimg.cli import app
 from medimg.config import load_params
 from medimg.data import manifest
@@ -27,7 +28,6 @@ from medimg.data.deid import pseudonym
 from medimg.data.sop_classes import is_image_storage, non_image_object
 from medimg.steps import ingest
 from medimg.workspace import Workspace
-from registry_fixtures import write_params
 
 SECRET = "test-secret-for-medimg-accounting-0123456789"
 CD_EXPORT = FIELD_CASES / "dicomdir-cd-export"
