@@ -12,7 +12,7 @@ import posixpath
 
 INGEST_REPORT = "data/ingest.json"
 DRIFT_REPORT = "data/drift.json"
-QUARANTINE_DIR = "data"  # the CSV of the files set aside at ingest, with their reasons
+QUARANTINE_DIR = "data"  # the CSV of the files set aside at ingest: pseudonyms and reason codes
 VALIDATION_DIR = "validation"  # the Great Expectations report, JSON and HTML
 EVALUATION_DIR = "evaluation"  # metrics.json and the prediction CSVs
 TEST_PREDICTIONS = "evaluation/test_predictions.csv"

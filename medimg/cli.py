@@ -291,8 +291,10 @@ SourceArgument = Annotated[
     typer.Argument(help="a source kind (medmnist | image_folder | dicom_folder) or the folder/.npz to ingest; "
                         "default: data.source and data.root from params"),
 ]
-KindOption = Annotated[str | None, typer.Option("--kind", help="source kind for a SOURCE path (default: from "
-                                                "params, or guessed: a folder with .dcm files is dicom_folder)")]
+KindOption = Annotated[str | None, typer.Option("--kind", help=(
+    "source kind for a SOURCE folder (default: data.source from params unless medmnist, else told by the layout: "
+    "top-level folders named after a class or a split (NORMAL/, train/...) -> image_folder, whatever the files "
+    "(PNG, JPEG or DICOM); else a labels CSV (data.dicom.labels_csv) at the top -> dicom_folder)"))]
 InboxOption = Annotated[Path | None, typer.Option("--inbox", help="folder of new files to add incrementally")]
 
 
@@ -306,8 +308,15 @@ def _data_errors() -> tuple[type[BaseException], ...]:
     return (DataSourceError, MissingSecretError, QuarantineThresholdError, SourceLayoutError)
 
 
-def source_overrides(source: str | None, kind: str | None, inbox: Path | None, configured: str) -> dict:
-    """``medimg ingest SOURCE --kind K --inbox I`` as params overrides of the ``data`` section."""
+def source_overrides(source: str | None, kind: str | None, inbox: Path | None, configured: str,
+                     data_config=None) -> dict:
+    """``medimg ingest SOURCE --kind K --inbox I`` as params overrides of the ``data`` section.
+
+    A SOURCE folder without ``--kind`` takes ``configured`` (``data.source``) unless it is medmnist;
+    else its kind is told by its layout (:func:`medimg.data.sources.guess_kind`, with the class
+    names, class folders and labels CSV of ``data_config``, a ``DataConfig``; defaults when None):
+    class or split folders -> image_folder, else a labels CSV -> dicom_folder, else a ``ConfigError``.
+    """
     if kind is not None and kind not in SOURCE_KINDS:
         raise ConfigError(f"--kind {kind!r}: expected one of {', '.join(SOURCE_KINDS)}")
     data: dict = {}
@@ -324,14 +333,27 @@ def source_overrides(source: str | None, kind: str | None, inbox: Path | None, c
             data["data_dir"] = str(path.parent)
         else:
             if kind is None:
-                kind = configured if configured != "medmnist" else (
-                    "dicom_folder" if next(path.rglob("*.dcm"), None) is not None else "image_folder")
+                kind = configured if configured != "medmnist" else _guess_kind(path, data_config)
             data["root"] = str(path)
     if kind is not None:
         data["source"] = kind
     if inbox is not None:
         data["inbox"] = str(inbox.expanduser().resolve())
     return {"data": data} if data else {}
+
+
+def _guess_kind(path: Path, data_config) -> str:
+    from medimg.config import DataConfig
+    from medimg.data.sources import guess_kind
+
+    cfg = data_config or DataConfig()
+    guessed = guess_kind(path, cfg.class_names, cfg.image_folder.class_folders, cfg.dicom.labels_csv)
+    if guessed is None:
+        raise ConfigError(
+            f"{path}: cannot tell the source kind: no top-level class or split folder "
+            f"({', '.join(cfg.class_names)}, train/val/test; any case) and no {cfg.dicom.labels_csv or 'labels CSV'}; "
+            "give --kind image_folder or --kind dicom_folder")
+    return guessed
 
 
 def _console_logging() -> None:
@@ -347,7 +369,12 @@ def _console_logging() -> None:
 @app.command()
 def ingest(source: SourceArgument = None, params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
            kind: KindOption = None, inbox: InboxOption = None) -> None:
-    """Ingest a source: decode in parallel, de-identify, preprocess, quarantine bad files, version with DVC."""
+    """Ingest a source: decode in parallel, de-identify, preprocess, quarantine bad files, version with DVC.
+
+    Every file under the source is ingested, quarantined (a bad image, with its reason) or skipped
+    (not an image: hidden files, the labels CSV, DICOMDIR and other non-image DICOM objects); both
+    lists are in the workspace's reports. See --kind for how a SOURCE folder's kind is told.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from medimg.config import deep_merge
@@ -355,7 +382,7 @@ def ingest(source: SourceArgument = None, params: ParamsOption = Path("params.ya
 
     loaded, extra = _load(params, set_)
     with _exit_on(ConfigError, "configuration error", code=2):
-        extra = deep_merge(extra, source_overrides(source, kind, inbox, loaded.data.source))
+        extra = deep_merge(extra, source_overrides(source, kind, inbox, loaded.data.source, loaded.data))
         loaded = load_params(params, extra)
     ws = _activate(loaded)
     _console_logging()
@@ -374,6 +401,10 @@ def ingest(source: SourceArgument = None, params: ParamsOption = Path("params.ya
     table.add_row("files", f"{summary['n_files']} ({summary['n_decoded']} decoded, {summary['n_cached']} from the cache)")
     table.add_row("quarantined", f"{summary['n_quarantined']} {json.dumps(summary['quarantine_by_reason'])}")
     table.add_row("quarantine report", summary["quarantine_csv"])
+    if "n_skipped_files" in summary:  # summaries of ingests before the skip list have none
+        table.add_row("skipped (not images)",
+                      f"{summary['n_skipped_files']} {json.dumps(summary['skipped_files_by_reason'])}")
+        table.add_row("skip report", summary["skipped_files_csv"])
     table.add_row("contract hash", summary["contract_hash"])
     table.add_row("workspace", str(ws.root))
     Console().print(table)

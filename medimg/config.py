@@ -116,7 +116,8 @@ class DataConfig(_Strict):
     deid: DeidConfig = DeidConfig()
     min_side: int = Field(default=16, ge=1, description="files with a smaller side are quarantined (too_small)")
     max_bad_fraction: float = Field(
-        default=0.05, ge=0, le=1, description="the ingest fails when a larger share of the files is quarantined"
+        default=0.05, ge=0, le=1,
+        description="the ingest fails when a larger share of the images is quarantined (skipped non-images do not count)",
     )
     workers: int | None = Field(default=2, ge=1, description="decoding processes; null: one per CPU")
     cache: bool = Field(default=True, description="reuse decoded images by sha256 of the file (incremental ingest)")

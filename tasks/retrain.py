@@ -76,8 +76,9 @@ def open_run(params: Params, ws: Workspace, run_key: str, ingested: dict, drift_
             tracking.TAG_RUN_KEY: run_key,
         })
     tracking.log_json(run_id, ingested, artifacts.INGEST_REPORT)
-    if ingested.get("quarantine_csv"):  # the files set aside at ingest, with their reasons
-        tracking.log_artifact(run_id, ingested["quarantine_csv"], artifacts.QUARANTINE_DIR)
+    # the files set aside at ingest: pseudonyms and reasons only (the workspace's own report names the files)
+    if ingested.get("quarantine_pseudonymous_csv"):
+        tracking.log_artifact(run_id, ingested["quarantine_pseudonymous_csv"], artifacts.QUARANTINE_DIR)
     tracking.log_json(run_id, drift_result, artifacts.DRIFT_REPORT)
     for feature in drift_result.get("features", []):
         tracking.log_metrics(run_id, {f"drift_{feature['feature']}_psi": feature["psi"],

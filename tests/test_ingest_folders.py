@@ -164,8 +164,14 @@ def test_every_bad_raster_kind_is_quarantined_and_the_rest_lands(tmp_path, secre
         summary = ingest.run(_params(ws.root, source="image_folder", root=str(root), max_bad_fraction=0.5), ws)
     assert _quarantine_rows(summary) == expected
     assert summary["n_images"] == 24 and summary["n_files"] == 30 and summary["n_quarantined"] == 6
+    with open(summary["quarantine_csv"], newline="") as handle:  # the owner's report: where each file is
+        assert {row["file"]: row["reason"] for row in csv.DictReader(handle)} == {
+            f"source/{name}": reason for name, reason in expected.items()}
+    # the log names files by pseudonym only (file names can hold patient names)
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert all(f"quarantined {name}: {reason}" in logged for name, reason in expected.items())
+    assert all(f"quarantined {pseudonym(f'source/{name}', secret, 'file')}: {reason}" in logged
+               for name, reason in expected.items())
+    assert not any(Path(name).name in logged for name in expected)
 
     # a stricter threshold fails the run, writes the list anyway and leaves the data version alone
     (ws.reports / "quarantine.csv").unlink()
@@ -206,7 +212,10 @@ def _dicom_folder(root: Path) -> dict[str, str]:
     bad = root / "mr"
     (bad / "empty.dcm").write_bytes(b"")
     (bad / "notes.dcm").write_text("a text file renamed .dcm\n")
-    shutil.copy(get_testdata_file("reportsi.dcm"), bad / "report.dcm")  # no pixel data
+    shutil.copy(get_testdata_file("reportsi.dcm"), bad / "report.dcm")  # a structured report: skipped, not bad
+    ds = pydicom.dcmread(DICOM / "mr" / "MR_small.dcm")
+    del ds.PixelData  # an MR image without its pixels: a broken image
+    ds.save_as(bad / "no_pixels.dcm")
     shutil.copy(get_testdata_file("rtdose_1frame.dcm"), bad / "dose.dcm")  # 10 x 10
     shutil.copy(get_testdata_file("rtdose.dcm"), bad / "dose_frames.dcm")  # 15 frames
     ds = pydicom.dcmread(DICOM / "ct" / "CT_small.dcm")
@@ -220,7 +229,7 @@ def _dicom_folder(root: Path) -> dict[str, str]:
     ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG-2: no decoder
     ds.save_as(bad / "mpeg2.dcm", enforce_file_format=True)
     return {"mr/MR_truncated.dcm": "truncated", "mr/empty.dcm": "empty", "mr/notes.dcm": "not_an_image",
-            "mr/report.dcm": "missing_pixel_data", "mr/dose.dcm": "too_small", "mr/dose_frames.dcm": "multiframe",
+            "mr/no_pixels.dcm": "missing_pixel_data", "mr/dose.dcm": "too_small", "mr/dose_frames.dcm": "multiframe",
             "ct/burned.dcm": "burned_in_annotation", "mr/mpeg2.dcm": "unsupported_transfer_syntax"}
 
 
@@ -233,8 +242,12 @@ def test_every_bad_dicom_kind_is_quarantined_and_the_rest_lands(tmp_path, secret
     summary = ingest.run(params, ws)
     refs = {pseudonym(f"source/{rel}", secret, "file"): reason for rel, reason in expected.items()}
     assert _quarantine_rows(summary) == refs  # named by pseudonym: DICOM file names can be UIDs
+    # the structured report is no image: skipped with its SOP Class, beside the labels CSV
+    with open(summary["skipped_files_csv"], newline="") as handle:
+        assert [tuple(row.values()) for row in csv.DictReader(handle)] == [
+            ("source/labels.csv", "labels_csv", ""), ("source/mr/report.dcm", "non_image_dicom", "Basic Text SR Storage")]
     frame = manifest.read(ws.data)
-    assert len(frame) == 10 and summary["n_files"] == 18
+    assert len(frame) == 10 and summary["n_files"] == 18 and summary["n_skipped_files"] == 2
     assert set(frame["modality"]) == {"CR", "CT", "MR"} and set(frame["file_format"]) == {"dicom"}
     assert frame.groupby("label")["source_file"].count().to_dict() == {0: 7, 1: 3}
     assert frame["patient_id"].str.match(r"^pat-[0-9a-f]{16}$").all() and frame["study_id"].notna().all()

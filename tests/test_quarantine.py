@@ -52,7 +52,27 @@ def test_write_csv(quarantine, tmp_path):
     assert rows[0]["path"] == str(DATA_DIR / "dicom" / "mr" / "MR_truncated.dcm")
     assert rows[1]["message"] == "empty.png: empty (the file has zero bytes)"
     empty = Quarantine().write_csv(tmp_path / "none.csv")
-    assert empty.read_text().splitlines() == ["path,reason,message"]
+    assert empty.read_text().splitlines() == ["path,reason,message,file,pseudonym,library_message"]
+
+
+def test_the_workspace_report_finds_the_file_and_the_pseudonymous_copy_names_none(tmp_path):
+    """The owner's report gives the file's place and the library's text; the copy that may leave the
+    workspace (MLflow) has the pseudonym and the reason code only."""
+    q = Quarantine()
+    q.add("file-0123456789abcdef", "truncated", "file-0123456789abcdef: truncated (cut)",
+          file="source/DOE^JANE/IM000001", pseudonym="file-0123456789abcdef",
+          library_message="cannot read DOE^JANE: end of file")
+    q.add("train/NORMAL/x.jpeg", "empty", "train/NORMAL/x.jpeg: empty", file="source/train/NORMAL/x.jpeg",
+          pseudonym="file-fedcba9876543210")
+    with open(q.write_csv(tmp_path / "quarantine.csv"), newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["file"], r["pseudonym"], r["reason"], r["library_message"]) for r in rows] == [
+        ("source/DOE^JANE/IM000001", "file-0123456789abcdef", "truncated", "cannot read DOE^JANE: end of file"),
+        ("source/train/NORMAL/x.jpeg", "file-fedcba9876543210", "empty", ""),
+    ]
+    public = q.write_pseudonymous_csv(tmp_path / "pseudonymous" / "quarantine.csv").read_text()
+    assert public.splitlines() == ["pseudonym,reason", "file-0123456789abcdef,truncated", "file-fedcba9876543210,empty"]
+    assert Quarantine().write_pseudonymous_csv(tmp_path / "none.csv").read_text().splitlines() == ["pseudonym,reason"]
 
 
 def test_fraction_and_threshold(quarantine):

@@ -25,10 +25,19 @@ Promises:
   and the pseudonyms. Hashing happens in the workers, in parallel. Two identical files in one batch may both be decoded when they
   are processed at the same moment (same result, written twice). Bad files are cached too, with
   their reason.
+* **Not an image.** A DICOM object that is no image (a DICOMDIR, a structured report, ...: the
+  SOP Class rule of :mod:`medimg.data.sop_classes`) is not decoded: its status is ``skipped``
+  with the reason and the SOP Class name as ``detail``. A ``hash_only`` job (a file set aside
+  before decoding, e.g. for want of a label) is checked the same way from its header, so a
+  label-less DICOMDIR is a skip, not an unlabelled image.
 * **Privacy.** What a worker returns and what the cache holds are sizes, codes and keyed
-  pseudonyms (:func:`medimg.data.deid.identity_pseudonyms`), never a DICOM value or a file name.
-  Errors that are not :class:`~medimg.data.images.BadImage` become ``decode_error`` with the
-  exception's type name only, since their text may quote file contents.
+  pseudonyms (:func:`medimg.data.deid.identity_pseudonyms`), never a DICOM value or a file name,
+  with one exception: ``library_message``, the decoding library's own error text (the
+  ``BadImage``'s, or that of an unexpected error), which may quote a file name or a header value.
+  It is kept for the quarantine report inside the workspace (the cache lives there too) and must
+  not go further: logs and what leaves the workspace carry reasons and pseudonyms only. Errors that
+  are not :class:`~medimg.data.images.BadImage` become ``decode_error`` with the exception's type
+  name as ``detail``.
 """
 
 from __future__ import annotations
@@ -57,7 +66,7 @@ class DecodeJob:
     path: str
     ref: str
     kind: str | None = None  # "dicom" or "raster"; None: told by the file's DICM marker
-    hash_only: bool = False  # only read and hash it (a file set aside before decoding)
+    hash_only: bool = False  # only read, hash and check for a non-image DICOM object (a file set aside before decoding)
 
 
 @dataclass(frozen=True)
@@ -181,8 +190,11 @@ def process(job: DecodeJob) -> tuple[DecodeJob, dict, bool]:
     """Read and hash, look up, or decode, preprocess and cache one file (its bytes are read once).
 
     Returns the job, its metadata (``sha256`` always set; see the module docstring) and whether
-    it came from the cache. A file that cannot be read is ``bad`` with reason ``not_an_image``
-    and ``sha256`` None. A ``hash_only`` job is only read and hashed: ``status`` is ``hashed``.
+    it came from the cache. ``status`` is ``ok``, ``bad`` (with ``reason``, ``detail`` and
+    ``library_message``) or ``skipped`` (a non-image DICOM object: ``reason``, ``detail``). A file
+    that cannot be read is ``bad`` with reason ``not_an_image`` and ``sha256`` None. A
+    ``hash_only`` job is only read, hashed and checked for a non-image DICOM object: ``status``
+    is ``hashed`` or ``skipped``.
     """
     options, cache = _OPTIONS, _CACHE
     if options is None or cache is None:
@@ -191,10 +203,10 @@ def process(job: DecodeJob) -> tuple[DecodeJob, dict, bool]:
         data = Path(job.path).read_bytes()
     except OSError as err:
         return job, {"status": "bad", "reason": "not_an_image", "detail": f"unreadable ({type(err).__name__})",
-                     "sha256": None}, False
+                     "library_message": _library_message(str(err)), "sha256": None}, False
     sha = hashlib.sha256(data).hexdigest()
     if job.hash_only:
-        return job, {"status": "hashed", "sha256": sha}, False
+        return job, {**(_non_image(data) or {"status": "hashed"}), "sha256": sha}, False
     if options.use_cache:
         cached = cache.get(sha, job.kind)  # bytes decoded before by the same decoder
         if cached is not None:
@@ -204,20 +216,33 @@ def process(job: DecodeJob) -> tuple[DecodeJob, dict, bool]:
     return job, {**meta, "sha256": sha}, False
 
 
+def _non_image(data: bytes) -> dict | None:
+    """``skipped`` metadata for a non-image DICOM object (:func:`medimg.data.sop_classes.non_image_object`), else None."""
+    from medimg.data.sop_classes import non_image_object
+
+    found = non_image_object(data)
+    return None if found is None else {"status": "skipped", "reason": found.reason, "detail": found.sop_class}
+
+
 def _decode(job: DecodeJob, options: DecodeOptions, data: bytes) -> tuple[dict, np.ndarray | None]:
     from medimg import preprocess
     from medimg.data.images import BadImage
 
+    skipped = _non_image(data)
+    if skipped is not None:
+        return skipped, None
     try:
         decoded = preprocess.decode_file(job.path, options.preprocess, options.min_side, options.allow_burned_in,
                                          kind=job.kind, data=data, secret=options.secret)
         image = preprocess.prepare(decoded, options.preprocess)
     except BadImage as err:
-        return {"status": "bad", "reason": err.reason, "detail": err.detail}, None
+        return {"status": "bad", "reason": err.reason, "detail": err.detail,
+                "library_message": _library_message(getattr(err, "library_message", None))}, None
     except MemoryError:
         raise
-    except Exception as err:  # an unexpected failure: the text is not trusted
-        return {"status": "bad", "reason": "decode_error", "detail": f"unexpected {type(err).__name__}"}, None
+    except Exception as err:  # an unexpected failure: its text is for the workspace's report only
+        return {"status": "bad", "reason": "decode_error", "detail": f"unexpected {type(err).__name__}",
+                "library_message": _library_message(str(err))}, None
     meta = {
         "status": "ok",
         "file_format": decoded.source_kind,
@@ -231,6 +256,17 @@ def _decode(job: DecodeJob, options: DecodeOptions, data: bytes) -> tuple[dict, 
     }
     meta.update(decoded.pseudonyms or {})
     return meta, image
+
+
+#: Longest library message kept (characters); a longer one is cut, with "...".
+MAX_LIBRARY_MESSAGE = 500
+
+
+def _library_message(text: str | None) -> str | None:
+    if not text:
+        return None
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_LIBRARY_MESSAGE else text[: MAX_LIBRARY_MESSAGE - 3] + "..."
 
 
 # --------------------------------------------------------------------------- parent side

@@ -6,8 +6,10 @@ Two layouts are accepted:
   each record, so leakage across it can be measured), or
 * ``<root>/<CLASS>/<file>`` with no split (``split`` is None).
 
-Only ``.jpeg``/``.jpg``/``.png`` files (any case) directly inside a class folder are images;
-hidden files and folders (``.DS_Store``, ``__MACOSX``) are skipped, anything else is ignored.
+Only ``.jpeg``/``.jpg``/``.png`` files (any case) and DICOM files (``.dcm``, ``.dicom``, or the
+``DICM`` marker) directly inside a class folder are images; hidden files and folders
+(``.DS_Store``, ``__MACOSX``) and anything else are not (the ingest lists them as skipped, with a
+reason: :func:`medimg.data.sources.scan_image_layout`).
 Nothing is decoded here (see :func:`medimg.data.images.decode_raster`): the scan is cheap, and
 the SHA-256 of the bytes lets the caller find byte-identical files, which the Kermany set has.
 

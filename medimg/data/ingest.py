@@ -10,10 +10,19 @@ files (:func:`ingest_files`). For folders:
 * every file is hashed, decoded and preprocessed in worker processes, through the decode cache
   (:mod:`medimg.data.decode_pool`): a file whose bytes were ingested before is not decoded again,
   and the dataset's PNGs are hard links to the cache's (copies where links are impossible);
-* a file that cannot be used is quarantined with its reason (the reasons of
+* every file under the source and inbox is accounted for: ingested, quarantined or skipped. An
+  image that cannot be used is quarantined with its reason (the reasons of
   :data:`medimg.data.images.REASONS`, plus ``unknown_class`` and ``no_label``) and the batch
   goes on; :class:`~medimg.data.quarantine.QuarantineThresholdError` is raised, before anything
-  is written to the dataset, when the quarantined share exceeds ``data.max_bad_fraction``;
+  is written to the dataset, when the quarantined share of the images exceeds
+  ``data.max_bad_fraction``. A file that is not an image (hidden and system files, the labels
+  CSV, other files, DICOMDIRs and other non-image DICOM objects: :data:`medimg.data.skips.SKIP_REASONS`)
+  is skipped with its reason and counts toward nothing. A file set aside before decoding (no
+  label, unknown class) has its header read first, so a label-less DICOMDIR is a skip, not a
+  ``no_label``;
+* the decoder is chosen by each file's content, the labels by the layout
+  (:mod:`medimg.data.sources`): a class folder may hold DICOM beside JPEG files; DICOM rows are
+  always named by their DICOM pseudonyms (patient, study, series) and a keyed file pseudonym;
 * splits: the split folders of an image folder (or the labels CSV's split column) are kept; a
   split layout without ``val`` gets one carved from ``train`` by patient
   (``data.split.val_fraction``); files without a split are split by patient, stratified and
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from collections import Counter, defaultdict
@@ -40,13 +50,14 @@ from PIL import Image
 
 from medimg import preprocess
 from medimg.config import DataConfig, PreprocessConfig
-from medimg.data import manifest, sources
+from medimg.data import manifest, skips, sources
 from medimg.data.manifest import SPLITS
 from medimg.data.decode_pool import DecodeJob, DecodeOptions, cache_folder, decode
 from medimg.data.deid import pseudonym
 from medimg.data.images import REASONS, DecodedImage
 from medimg.data.medmnist import MedMNISTArchive
 from medimg.data.quarantine import Quarantine
+from medimg.data.skips import SkippedFile
 from medimg.data.splitting import split_by_patient
 
 log = logging.getLogger(__name__)
@@ -72,6 +83,7 @@ class IngestResult:
     n_cached: int = 0
     contract_hash: str = ""
     quarantine: Quarantine = field(default_factory=Quarantine, repr=False)
+    skipped: tuple[SkippedFile, ...] = field(default=(), repr=False)  # files that are not images, by place
 
 
 # --------------------------------------------------------------------------- MedMNIST
@@ -159,30 +171,45 @@ def ingest_files(
     cache_root: Path | None = None,
     quarantine_csv: Path | None = None,
     progress: Progress | None = None,
+    skipped_csv: Path | None = None,
 ) -> IngestResult:
     """Ingest an ``image_folder`` or ``dicom_folder`` source (and its inbox) into ``folder``.
 
     ``cache_root`` None (or ``config.cache`` False) decodes every file into a temporary folder.
-    The quarantine list is written to ``quarantine_csv`` (when given) before the threshold is
-    checked, so a failed run still says which files were bad and why.
+    The quarantine list (:meth:`~medimg.data.quarantine.Quarantine.write_csv`) and the skip list
+    (:func:`medimg.data.skips.write_csv`) are written to ``quarantine_csv`` and ``skipped_csv``
+    (when given) before the threshold is checked, so a failed run still says which files were
+    bad or skipped and why. ``n_files`` of the result counts the images (ingested or
+    quarantined); ``skipped`` the rest, and the three add up to every file under the folders.
     """
     if kind not in ("image_folder", "dicom_folder"):
         raise ValueError(f"ingest_files: unknown source kind {kind!r}")
-    files, table = _scan(kind, config, root, inbox)
+    files, skipped, table = _scan(kind, config, root, inbox)
     chash = preprocess.contract_hash(contract)
     quarantine = Quarantine()
     refs = {f.place: _ref(kind, f, secret) for f in files}
     labelled: dict[str, tuple[int | None, str | None]] = {}
+    set_aside: dict[str, str] = {}
     jobs = []
     for file in files:
         label, split, reason = _label_before_decode(kind, config, file, table)
-        if reason:  # hashed in the workers, for the fingerprint, but not decoded
-            _quarantine(quarantine, refs[file.place], reason)
-            jobs.append(DecodeJob(path=str(file.path), ref=file.place, hash_only=True))
+        if reason:  # hashed (for the fingerprint) and its header checked for a non-image object, not decoded
+            set_aside[file.place] = reason
+            jobs.append(DecodeJob(path=str(file.path), ref=file.place, kind=file.decoder, hash_only=True))
             continue
         labelled[file.place] = (label, split)
-        jobs.append(DecodeJob(path=str(file.path), ref=file.place, kind="dicom" if kind == "dicom_folder" else "raster"))
+        jobs.append(DecodeJob(path=str(file.path), ref=file.place, kind=file.decoder))
     by_place = {f.place: f for f in files}
+
+    def where(file: sources.SourceFile) -> str:
+        """The file's place as found in its folder (the report's ``file``: what its owner looks for)."""
+        base = root if file.origin == "source" else inbox
+        return f"{file.origin}/{Path(os.path.relpath(file.path, base)).as_posix()}"
+
+    def bad(file: sources.SourceFile, reason: str, meta: dict | None = None) -> None:
+        meta = meta or {}
+        _quarantine(quarantine, refs[file.place], reason, meta.get("detail", ""), file=where(file),
+                    file_pseudonym=pseudonym(file.place, secret, "file"), library_message=meta.get("library_message"))
 
     temp = None
     use_cache = config.cache and cache_root is not None
@@ -204,15 +231,21 @@ def ingest_files(
             if not job.hash_only:
                 n_cached += cached
                 n_decoded += not cached
+            if meta["status"] == "skipped":  # not an image (a DICOMDIR, a report...): no label needed, not bad
+                skipped.append(SkippedFile(where(file).split("/", 1)[1], file.origin, meta["reason"],
+                                           meta.get("detail", "")))
+            elif job.hash_only:
+                bad(file, set_aside[file.place])
+            else:
                 label, split = labelled[file.place]
                 if meta["status"] == "ok" and label is None:  # keyed by SOPInstanceUID: known only now
                     entry = sop_index.get(meta.get("sop_pseudonym") or "")
                     label = sources.class_index(entry.label, config.class_names) if entry else None
                     split = entry.split if entry else None
                 if meta["status"] != "ok":
-                    _quarantine(quarantine, refs[file.place], meta["reason"], meta.get("detail", ""))
+                    bad(file, meta["reason"], meta)
                 elif label is None:
-                    _quarantine(quarantine, refs[file.place], "no_label")
+                    bad(file, "no_label")
                 else:
                     rows.append(_row(kind, config, file, meta, label, split, secret, refs[file.place], root, inbox,
                                      chash, contract.size))
@@ -220,14 +253,19 @@ def ingest_files(
                 progress(done, len(jobs))
             elif len(jobs) >= 500 and done % max(1, len(jobs) // 10) == 0:
                 log.info("decoded %d of %d files (%d from the cache)", done, len(jobs), n_cached)
-        n_total = len(files)
-        log.info("%s: %d files, %d decoded, %d from the cache, %d quarantined", root.name, n_total, n_decoded,
-                 n_cached, len(quarantine))
+        n_total = len(rows) + len(quarantine)
+        log.info("%s: %d images, %d decoded, %d from the cache, %d quarantined, %d other files skipped", root.name,
+                 n_total, n_decoded, n_cached, len(quarantine), len(skipped))
         if len(quarantine):
             counts = ", ".join(f"{k}: {v}" for k, v in quarantine.counts_by_reason().items())
-            log.warning("quarantined %d of %d files (%s)", len(quarantine), n_total, counts)
+            log.warning("quarantined %d of %d images (%s)", len(quarantine), n_total, counts)
+        if skipped:
+            counts = ", ".join(f"{k}: {v}" for k, v in skips.counts_by_reason(skipped).items())
+            log.info("skipped %d files that are not images (%s)", len(skipped), counts)
         if quarantine_csv is not None:
             quarantine.write_csv(quarantine_csv)
+        if skipped_csv is not None:
+            skips.write_csv(skipped, skipped_csv)
         quarantine.check_threshold(n_total, config.max_bad_fraction)
         if not rows:
             raise sources.SourceLayoutError(f"{root}: no usable image among {n_total} files")
@@ -244,51 +282,60 @@ def ingest_files(
         source=str(root),
         source_md5=_fingerprint(files, hashes),
         source_kind=kind,
-        n_files=len(files),
+        n_files=n_total,
         n_decoded=n_decoded,
         n_cached=n_cached,
         contract_hash=chash,
         quarantine=quarantine,
+        skipped=tuple(sorted(skipped, key=lambda s: s.place)),
     )
 
 
 def _cpu_count() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _scan(kind: str, config: DataConfig, root: Path, inbox: Path | None):
+    """(files to decode, files skipped, labels table) of the source and the inbox."""
     table: dict[str, sources.LabelEntry] = {}
     if kind == "image_folder":
-        files = sources.scan_images(root, "source", config.image_folder.patient_id)
-        files += sources.inbox_files(inbox, kind, config.image_folder.patient_id)
-        return files, table
+        scan = sources.scan_image_layout(root, "source", config.image_folder.patient_id)
+        extra = sources.inbox_scan(inbox, kind, config.image_folder.patient_id)
+        return scan.files + extra.files, scan.skipped + extra.skipped, table
     cfg = config.dicom
     csv_path = (root / cfg.labels_csv) if cfg.labels_csv else None
     if csv_path is None:
         raise sources.SourceLayoutError("data.dicom.labels_csv is not set: DICOM folders need a labels CSV")
     table = sources.read_label_table(csv_path, cfg.key_column, cfg.label_column, cfg.split_column)
-    files = sources.scan_dicom(root, "source", cfg.labels_csv)
+    scan = sources.scan_dicom_layout(root, "source", _inside(csv_path, root))
     if inbox is not None and cfg.labels_csv and (inbox / cfg.labels_csv).is_file():
         extra = sources.read_label_table(inbox / cfg.labels_csv, cfg.key_column, cfg.label_column, cfg.split_column)
         table = {**table, **{k: v for k, v in extra.items() if k not in table}}
-    files += sources.inbox_files(inbox, kind, labels_csv=cfg.labels_csv)
-    return files, table
+    extra_scan = sources.inbox_scan(inbox, kind, labels_csv=_inside(inbox / cfg.labels_csv, inbox) if inbox else None)
+    return scan.files + extra_scan.files, scan.skipped + extra_scan.skipped, table
+
+
+def _inside(path: Path, folder: Path) -> str | None:
+    """``path`` relative to ``folder`` (posix), or None when it is not inside it."""
+    rel = Path(os.path.relpath(path, folder))
+    return None if rel.parts[:1] == ("..",) else rel.as_posix()
 
 
 def _ref(kind: str, file: sources.SourceFile, secret: bytes) -> str:
-    """How a file is named in outputs: its relative path, or for DICOM a keyed pseudonym of it."""
-    if kind == "dicom_folder":
+    """How a file is named in outputs: its relative path, or for DICOM (any file of a DICOM folder, or a
+    DICOM file of an image folder) a keyed pseudonym of it: DICOM file names can be UIDs or patient names."""
+    if kind == "dicom_folder" or file.decoder == "dicom":
         return pseudonym(file.place, secret, "file")
     return file.rel if file.origin == "source" else f"inbox/{file.rel}"
 
 
-def _quarantine(quarantine: Quarantine, ref: str, reason: str, detail: str = "") -> None:
+def _quarantine(quarantine: Quarantine, ref: str, reason: str, detail: str = "", *, file: str = "",
+                file_pseudonym: str = "", library_message: str | None = None) -> None:
+    """Add one entry; the log line names the file by its pseudonym only (file names can hold patient names)."""
     text = f"{ref}: {reason} ({detail or REASONS.get(reason) or EXTRA_REASONS.get(reason, reason)})"
-    quarantine.add(ref, reason, text)
+    quarantine.add(ref, reason, text, file=file, pseudonym=file_pseudonym, library_message=library_message)
     if len(quarantine) <= MAX_LOGGED_QUARANTINE:
-        log.warning("quarantined %s", text)
+        log.warning("quarantined %s: %s", file_pseudonym or ref, reason)
     elif len(quarantine) == MAX_LOGGED_QUARANTINE + 1:
         log.warning("more files quarantined; the quarantine CSV lists all of them")
 
@@ -316,10 +363,10 @@ def _sop_index(kind: str, config: DataConfig, table, secret: bytes) -> dict:
 def _row(kind, config: DataConfig, file: sources.SourceFile, meta: dict, label: int, split: str | None,
          secret: bytes, ref: str, root: Path, inbox: Path | None, chash: str, size: int) -> dict:
     image_id = pseudonym(file.place, secret, "img")
-    if kind == "image_folder":
+    if kind == "image_folder" and meta["file_format"] != "dicom":
         patient = pseudonym(file.patient_key or file.place, secret, "pat")
         study = series = None
-    else:
+    else:  # DICOM (of either layout) by its header's pseudonyms; a raster of a DICOM folder is its own patient
         patient = meta.get("patient_pseudonym") or meta.get("study_pseudonym") or pseudonym(file.place, secret, "pat")
         study, series = meta.get("study_pseudonym"), meta.get("series_pseudonym")
     return {
@@ -439,8 +486,6 @@ def _store(folder: Path, frame: pd.DataFrame, rows: list[dict], cache_dir: Path)
     Cache files are only ever replaced (written aside, then renamed), never changed in place, so
     a link never sees its content change; a file system without hard links gets copies.
     """
-    import os
-
     from medimg.data.decode_pool import DecodeCache
 
     cache = DecodeCache(cache_dir)

@@ -5,6 +5,13 @@ mean something upstream is wrong (a bad export, a wrong folder, a missing decode
 training on what is left would silently change the data set. So bad files are recorded with a
 reason instead of raising, the list is written next to the data for review, and
 :meth:`Quarantine.check_threshold` stops the run when their share exceeds a configured limit.
+
+Two versions of the list: :meth:`Quarantine.write_csv` is the workspace's report for the owner of
+the source, who must be able to find each file: its place in the source folder (``file``:
+``source/<rel>`` or ``inbox/<rel>``) and the decoding library's own error message
+(``library_message``) beside the pseudonym and reason; both may hold patient names (file names,
+header values quoted by a library). :meth:`Quarantine.write_pseudonymous_csv` is what may leave
+the workspace (MLflow): pseudonym and reason code only.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from pathlib import Path
 
 from medimg.data.images import BadImage
 
-CSV_COLUMNS = ("path", "reason", "message")
+CSV_COLUMNS = ("path", "reason", "message", "file", "pseudonym", "library_message")
+PSEUDONYMOUS_COLUMNS = ("pseudonym", "reason")
 
 
 class QuarantineThresholdError(RuntimeError):
@@ -25,9 +33,16 @@ class QuarantineThresholdError(RuntimeError):
 
 @dataclass(frozen=True)
 class QuarantineEntry:
+    """``path``: how the caller names the file (a pseudonym, or a path); ``message``: PHI-free text;
+    ``file``: its place in the source folder; ``pseudonym``: a keyed pseudonym of that place (the
+    ``path`` when not given); ``library_message``: the decoding library's error text, or None."""
+
     path: str
     reason: str
     message: str
+    file: str = ""
+    pseudonym: str = ""
+    library_message: str | None = None
 
 
 class Quarantine:
@@ -39,14 +54,16 @@ class Quarantine:
     def __init__(self) -> None:
         self._entries: list[QuarantineEntry] = []
 
-    def add(self, path: str | Path, reason: str, message: str = "") -> None:
+    def add(self, path: str | Path, reason: str, message: str = "", *, file: str = "", pseudonym: str = "",
+            library_message: str | None = None) -> None:
         if not reason:
             raise ValueError("a quarantine entry needs a reason")
-        self._entries.append(QuarantineEntry(str(path), reason, message))
+        self._entries.append(QuarantineEntry(str(path), reason, message, file, pseudonym or str(path),
+                                             library_message or None))
 
     def add_bad_image(self, error: BadImage) -> None:
-        """Record a :class:`BadImage` with its own path, reason and message."""
-        self.add(error.path, error.reason, str(error))
+        """Record a :class:`BadImage` with its own path, reason, message and library message (when it has one)."""
+        self.add(error.path, error.reason, str(error), library_message=getattr(error, "library_message", None))
 
     @property
     def entries(self) -> tuple[QuarantineEntry, ...]:
@@ -61,14 +78,25 @@ class Quarantine:
         return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
     def write_csv(self, path: str | Path) -> Path:
-        """Write ``path,reason,message`` rows (header included, even with no entries)."""
+        """Write the workspace's report: :data:`CSV_COLUMNS` rows (header included, even with no entries).
+
+        It names files by their place in the source and quotes library messages: keep it in the workspace.
+        """
+        return self._write(path, CSV_COLUMNS, lambda e: (e.path, e.reason, e.message, e.file, e.pseudonym,
+                                                          e.library_message or ""))
+
+    def write_pseudonymous_csv(self, path: str | Path) -> Path:
+        """Write what may leave the workspace: ``pseudonym,reason`` rows (header included, even with no entries)."""
+        return self._write(path, PSEUDONYMOUS_COLUMNS, lambda e: (e.pseudonym, e.reason))
+
+    def _write(self, path: str | Path, columns: tuple[str, ...], row) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(CSV_COLUMNS)
+            writer.writerow(columns)
             for entry in self._entries:
-                writer.writerow((entry.path, entry.reason, entry.message))
+                writer.writerow(row(entry))
         return path
 
     def bad_fraction(self, n_total: int) -> float:

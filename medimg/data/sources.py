@@ -1,6 +1,7 @@
 """File sources: what to ingest from an image folder or a DICOM folder (and their inbox).
 
-Scanning is cheap: it reads no file. It lists the files and what the *layout* says about each:
+Scanning is cheap: it reads no file but the first 132 bytes of those whose suffix says nothing
+(:func:`decoder_for`). It lists the files and what the *layout* says about each:
 its class folder, split folder and (Kermany names) patient for image folders; its place in the
 tree for DICOM folders, whose labels come from a CSV (:func:`read_label_table`). The files'
 SHA-256 (the manifest's ``sha256`` and the decode cache's key) is computed by the decoding
@@ -15,8 +16,17 @@ Nothing here is written anywhere: raw patient keys and paths stay in memory and 
 keyed pseudonyms by the ingest before they reach the manifest.
 
 Folder trees are walked by one walker, :func:`walk_files` (symbolic links followed, each folder
-once, hidden names skipped), used by the DICOM scan, by :func:`tree` (the ingest's skip check)
-and by the inbox watcher, so all three agree on which files exist.
+once, hidden names skipped unless asked for), used by the scans, by :func:`tree` (the ingest's
+skip check) and by the inbox watcher, so all of them agree on which files exist.
+
+No file vanishes: the scans (:func:`scan_image_layout`, :func:`scan_dicom_layout`) return every
+file under the folder, hidden ones included, either as a :class:`SourceFile` to decode or as a
+:class:`~medimg.data.skips.SkippedFile` with its reason (:data:`~medimg.data.skips.SKIP_REASONS`).
+The *layout* gives the labels (class folders, or the labels CSV); the *content* gives the decoder
+(:func:`decoder_for`): ``.png``/``.jpg``/``.jpeg`` are rasters, ``.dcm``/``.dicom`` DICOM, and any
+other file is DICOM when it has the Part 10 ``DICM`` marker at byte 128 (CD exports name their
+files ``IM000000``, some PACS by UID), else not an image. So a class folder may hold DICOM files
+beside its JPEGs, and a DICOM folder PNGs that its CSV labels.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from pathlib import Path, PurePosixPath
 
 from medimg.data.image_folder import _visible_dirs, kermany_patient_key
 from medimg.data.manifest import SPLITS
+from medimg.data.skips import SkippedFile
+from medimg.preprocess import is_dicom_file
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +63,7 @@ class SourceFile:
     class_name: str | None = None  # the class folder (image folders)
     split: str | None = None  # the split folder (image folders) or the CSV's split column
     patient_key: str | None = None  # raw, from the file name (image folders); never stored
+    decoder: str = "raster"  # "raster" or "dicom": which decoder reads it (decoder_for)
 
     @property
     def place(self) -> str:
@@ -62,13 +75,13 @@ class SourceLayoutError(ValueError):
     """The source folder is missing or not in a layout medimg can read."""
 
 
-def walk_files(root: Path) -> Iterator[tuple[str, Path]]:
+def walk_files(root: Path, hidden: bool = False) -> Iterator[tuple[str, Path]]:
     """``(posix path relative to root, path)`` of every file under ``root``, sorted by path parts.
 
     Symbolic links to folders are followed, but each folder (by device and inode) is walked once,
-    so a link cycle ends; hidden folders and files (name starting with ".") are skipped. Lists
-    names only (one stat per folder): what is listed may be a link to nothing or not a regular
-    file, which the caller checks when it matters. A missing folder has no files.
+    so a link cycle ends; hidden folders and files (name starting with ".") are skipped unless
+    ``hidden``. Lists names only (one stat per folder): what is listed may be a link to nothing or
+    not a regular file, which the caller checks when it matters. A missing folder has no files.
     """
     seen: set[tuple[int, int]] = set()
     found: list[tuple[tuple[str, ...], str, Path]] = []
@@ -82,11 +95,11 @@ def walk_files(root: Path) -> Iterator[tuple[str, Path]]:
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if hidden or not d.startswith("."))
         base = Path(dirpath)
         parts = PurePosixPath(Path(os.path.relpath(dirpath, root)).as_posix()).parts  # () for root itself
         for name in filenames:
-            if not name.startswith("."):
+            if hidden or not name.startswith("."):
                 found.append(((*parts, name), "/".join((*parts, name)), base / name))
     found.sort(key=lambda item: item[0])
     for _, rel, path in found:
@@ -118,12 +131,54 @@ def tree(folder: Path | None) -> dict[str, list]:
     return out
 
 
-def scan_images(root: Path, origin: str, patient_id: str = "kermany") -> list[SourceFile]:
-    """Every PNG/JPEG of an image folder, sorted by (split, class, name), without reading them.
+#: File-manager metadata that is not hidden by its name (Windows thumbnails and folder settings,
+#: macOS resource forks in zip files).
+SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r"})
+SYSTEM_FOLDERS = frozenset({"__macosx"})
 
-    Layouts, skipped files and errors as :func:`medimg.data.image_folder.scan_image_folder`:
-    ``<root>/<split>/<CLASS>/`` or ``<root>/<CLASS>/``; :class:`SourceLayoutError` for a missing
-    folder, split folders mixed with class folders, or no image at all.
+
+@dataclass(frozen=True)
+class Scan:
+    """Every file under a folder: ``files`` to decode and ``skipped`` ones, each with a reason."""
+
+    files: list[SourceFile]
+    skipped: list[SkippedFile]
+
+
+def decoder_for(path: Path) -> str | None:
+    """``"raster"``, ``"dicom"`` or None (not an image file) for one file, by suffix then content.
+
+    ``.png``/``.jpg``/``.jpeg`` (any case) -> raster; ``.dcm``/``.dicom`` -> DICOM (a broken one is
+    then quarantined by the DICOM decoder with its reason); anything else -> DICOM when it has the
+    DICOM Part 10 ``DICM`` marker at byte 128 (PS3.10 section 7.1; 132 bytes read), else None.
+    """
+    suffix = path.suffix.lower()
+    if suffix in RASTER_SUFFIXES:
+        return "raster"
+    if suffix in (".dcm", ".dicom"):
+        return "dicom"
+    return "dicom" if is_dicom_file(path) else None
+
+
+def _set_aside(parts: tuple[str, ...], path: Path) -> str | None:
+    """The skip reason a file has by its name and type alone (hidden, system file, not a file), or None."""
+    if any(part.startswith(".") for part in parts):
+        return "hidden"
+    if parts[-1].lower() in SYSTEM_FILES or any(part.lower() in SYSTEM_FOLDERS for part in parts[:-1]):
+        return "system_file"
+    if not path.is_file():
+        return "not_a_file"
+    return None
+
+
+def scan_image_layout(root: Path, origin: str, patient_id: str = "kermany") -> Scan:
+    """Every file of an image folder: the images of its class folders, sorted by (split, class, name),
+    and every other file skipped with its reason. Reads 132 bytes of files whose suffix says nothing.
+
+    Layouts: ``<root>/<split>/<CLASS>/`` or ``<root>/<CLASS>/``, images directly inside a class
+    folder (folders starting with "." or "__" are not class folders). Raises
+    :class:`SourceLayoutError` for a missing folder, split folders mixed with class folders, or
+    (for the source) no image at all.
     """
     if not root.is_dir():
         raise SourceLayoutError(f"image folder {root} does not exist or is not a folder")
@@ -135,53 +190,106 @@ def scan_images(root: Path, origin: str, patient_id: str = "kermany") -> list[So
             f"{root}: mixes split folders {sorted(d.name for d in split_dirs)} with other folders {others}; "
             "expected either <root>/<split>/<class>/ or <root>/<class>/"
         )
-    class_dirs = ([(d.name.lower(), c) for d in split_dirs for c in _visible_dirs(d)] if split_dirs
-                  else [(None, c) for c in top])
-    out = []
-    for split, class_dir in class_dirs:
-        for file in class_dir.iterdir():
-            if file.name.startswith(".") or file.suffix.lower() not in RASTER_SUFFIXES or not file.is_file():
-                continue
-            rel = "/".join(p for p in (split, class_dir.name, file.name) if p)
-            # "file": each file its own patient, named by its place so source and inbox never share one
-            own = rel if origin == "source" else f"{origin}/{rel}"
-            out.append(SourceFile(path=file, rel=rel, origin=origin, class_name=class_dir.name, split=split,
-                                  patient_key=kermany_patient_key(file.name) if patient_id == "kermany" else own))
-    if not out and origin == "source":
-        raise SourceLayoutError(f"{root}: no .jpeg/.jpg/.png images found in class folders")
+    # the folder (as walked) -> (split, class folder)
+    class_dirs = ({(d.name, c.name): (d.name.lower(), c.name) for d in split_dirs for c in _visible_dirs(d)}
+                  if split_dirs else {(c.name,): (None, c.name) for c in top})
+    files, skipped = [], []
+    for walked, path in walk_files(root, hidden=True):
+        parts = tuple(walked.split("/"))
+        reason = _set_aside(parts, path)
+        decoder = decoder_for(path) if reason is None else None
+        if reason is None and decoder is None:
+            reason = "not_an_image_file"
+        if reason is None and parts[:-1] not in class_dirs:
+            reason = "outside_layout"
+        if reason is not None:
+            skipped.append(SkippedFile(walked, origin, reason))
+            continue
+        split, class_name = class_dirs[parts[:-1]]
+        rel = "/".join(p for p in (split, class_name, path.name) if p)
+        # "file": each file its own patient, named by its place so source and inbox never share one
+        own = rel if origin == "source" else f"{origin}/{rel}"
+        files.append(SourceFile(path=path, rel=rel, origin=origin, class_name=class_name, split=split,
+                                patient_key=kermany_patient_key(path.name) if patient_id == "kermany" else own,
+                                decoder=decoder))
+    if not files and origin == "source":
+        raise SourceLayoutError(f"{root}: no .jpeg/.jpg/.png or DICOM images found in class folders")
     order = {name: i for i, name in enumerate(SPLITS)}
-    out.sort(key=lambda f: (order.get(f.split, -1), f.class_name, f.path.name))
-    return out
+    files.sort(key=lambda f: (order.get(f.split, -1), f.class_name, f.path.name))
+    return Scan(files, skipped)
 
 
-def scan_dicom(root: Path, origin: str, skip: str | None = None) -> list[SourceFile]:
-    """Every ``*.dcm``, ``*.dicom`` or suffix-less file under ``root``, as :func:`walk_files` lists them.
+def scan_images(root: Path, origin: str, patient_id: str = "kermany") -> list[SourceFile]:
+    """The images of an image folder (:func:`scan_image_layout` without its skip list)."""
+    return scan_image_layout(root, origin, patient_id).files
 
-    ``skip``: a file not to list, as a path relative to ``root`` (the labels CSV).
+
+def scan_dicom_layout(root: Path, origin: str, labels_csv: str | None = None) -> Scan:
+    """Every file under a DICOM folder: DICOM files and the rasters among them (:func:`decoder_for`),
+    in :func:`walk_files` order, and every other file skipped with its reason.
+
+    ``labels_csv``: the labels CSV, as a path relative to ``root`` (skipped as ``labels_csv``).
+    Raises :class:`SourceLayoutError` for a missing folder or (for the source) no image file.
     """
     if not root.is_dir():
         raise SourceLayoutError(f"DICOM folder {root} does not exist or is not a folder")
-    skipped = PurePosixPath(skip).as_posix() if skip else None
-    out = []
-    for rel, path in walk_files(root):
-        if path.suffix.lower() not in DICOM_SUFFIXES or rel == skipped or not path.is_file():
+    labels = PurePosixPath(labels_csv).as_posix() if labels_csv else None
+    files, skipped = [], []
+    for rel, path in walk_files(root, hidden=True):
+        reason = _set_aside(tuple(rel.split("/")), path)
+        if reason is None and rel == labels:
+            reason = "labels_csv"
+        decoder = decoder_for(path) if reason is None else None
+        if reason is None and decoder is None:
+            reason = "not_an_image_file"
+        if reason is not None:
+            skipped.append(SkippedFile(rel, origin, reason))
             continue
-        out.append(SourceFile(path=path, rel=rel, origin=origin))
-    if not out and origin == "source":
-        raise SourceLayoutError(f"{root}: no DICOM files (*.dcm, *.dicom or no suffix) found")
-    return out
+        files.append(SourceFile(path=path, rel=rel, origin=origin, decoder=decoder))
+    if not files and origin == "source":
+        raise SourceLayoutError(f"{root}: no DICOM files (*.dcm, *.dicom or with the DICM marker) found")
+    return Scan(files, skipped)
+
+
+def scan_dicom(root: Path, origin: str, skip: str | None = None) -> list[SourceFile]:
+    """The image files of a DICOM folder (:func:`scan_dicom_layout` without its skip list);
+    ``skip``: the labels CSV, relative to ``root``."""
+    return scan_dicom_layout(root, origin, skip).files
+
+
+def inbox_scan(inbox: Path | None, kind: str, patient_id: str = "kermany", labels_csv: str | None = None) -> Scan:
+    """The inbox's files and skipped files; a missing or empty inbox has none (a missing one is logged)."""
+    if inbox is None:
+        return Scan([], [])
+    if not inbox.is_dir():
+        log.warning("inbox %s does not exist: nothing new to ingest from it", inbox)
+        return Scan([], [])
+    if kind == "dicom_folder":
+        return scan_dicom_layout(inbox, "inbox", labels_csv)
+    return scan_image_layout(inbox, "inbox", patient_id)
 
 
 def inbox_files(inbox: Path | None, kind: str, patient_id: str = "kermany", labels_csv: str | None = None) -> list[SourceFile]:
-    """The inbox's files; a missing or empty inbox has none (a missing one is logged)."""
-    if inbox is None:
-        return []
-    if not inbox.is_dir():
-        log.warning("inbox %s does not exist: nothing new to ingest from it", inbox)
-        return []
-    if kind == "dicom_folder":
-        return scan_dicom(inbox, "inbox", labels_csv)
-    return scan_images(inbox, "inbox", patient_id)
+    """The inbox's files to decode (:func:`inbox_scan` without its skip list)."""
+    return inbox_scan(inbox, kind, patient_id, labels_csv).files
+
+
+def guess_kind(folder: Path, class_names: tuple[str, ...], class_folders: dict[str, str] | None = None,
+               labels_csv: str | None = "labels.csv") -> str | None:
+    """The source kind a folder's *layout* says (its file types do not: a class folder may hold DICOM), or None.
+
+    ``image_folder`` when a top-level folder (not hidden, not ``__*``) is named after a split
+    (train/val/test) or a class (``class_names`` or a ``class_folders`` key, any case): the Kaggle
+    layouts; else ``dicom_folder`` when ``labels_csv`` is a file in it (labels come from a CSV);
+    else None (the caller asks for ``--kind``). Lists one folder; reads no file.
+    """
+    names = {d.name.lower() for d in _visible_dirs(folder)}
+    known = {*SPLITS, *(c.lower() for c in class_names), *(f.lower() for f in (class_folders or {}))}
+    if names & known:
+        return "image_folder"
+    if labels_csv and (folder / labels_csv).is_file():
+        return "dicom_folder"
+    return None
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,16 @@ The source kind comes from ``data.source``: ``medmnist`` (the official archive),
 need the de-identification secret (``MEDIMG_DEID_SECRET``); with ``data.deid.demo`` the public
 demo key is used instead when the variable is unset, and a warning says so on every ingest.
 
-Outputs besides the dataset: ``reports/quarantine.csv`` (and a copy named after the data
-version), ``reports/ingest-latest.json`` (this step's summary) and ``pipeline/data-version.json``
-(the data version and its counts only: the ``dvc.yaml`` stage output; ``pipeline/`` because the
-workspace's DVC project ignores ``reports/``).
+Outputs besides the dataset: ``reports/quarantine.csv`` and ``reports/skipped.csv`` (and copies
+named after the data version), ``reports/pseudonymous/quarantine-<version>.csv``,
+``reports/ingest-latest.json`` (this step's summary) and ``pipeline/data-version.json`` (the data
+version and its counts only: the ``dvc.yaml`` stage output; ``pipeline/`` because the workspace's
+DVC project ignores ``reports/``).
+
+The quarantine and skip lists name each file by its place in the source folder (and quote the
+decoding library's messages) so that the folder's owner can find it: they stay in the workspace.
+What leaves it (the summary, which is logged to MLflow, and the MLflow quarantine artifact: the
+``pseudonymous`` copy) holds counts, reason codes and pseudonyms only.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from collections.abc import Callable
 
 from medimg import preprocess
 from medimg.config import Params
-from medimg.data import versioning
+from medimg.data import skips, versioning
 from medimg.data.deid import SECRET_ENV, secret_from_env
 from medimg.data.ingest import IngestResult, ingest_files, ingest_medmnist
 from medimg.data.medmnist import DataSourceError, locate
@@ -29,6 +35,9 @@ from medimg.workspace import Workspace
 log = logging.getLogger(__name__)
 
 QUARANTINE_CSV = "quarantine.csv"
+SKIPPED_CSV = "skipped.csv"
+#: Under ``reports/``: the copies of the lists that may leave the workspace (pseudonyms and reason codes).
+PSEUDONYMOUS_DIR = "pseudonymous"
 SUMMARY_FILE = "ingest-latest.json"
 #: What the data is (not how this run got there): changes exactly when the data version does.
 #: The ``dvc.yaml`` ingest stage's output and the validate stage's dependency.
@@ -61,6 +70,7 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
     ws.ensure()
     kind = params.data.source
     quarantine_csv = ws.reports / QUARANTINE_CSV
+    skipped_csv = ws.reports / SKIPPED_CSV
     if kind == "medmnist":
         archive = locate(
             params.data.medmnist_flag,
@@ -71,6 +81,7 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
         log.info("source %s (md5 %s verified)", archive.path, archive.md5)
         result = ingest_medmnist(archive, params.data, ws.data, params.preprocess)
         quarantine_csv = result.quarantine.write_csv(quarantine_csv)
+        skips.write_csv(result.skipped, skipped_csv)
     else:
         root = params.data.resolve_path(params.data.root)
         if root is None:
@@ -83,15 +94,19 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
         log.info("source %s (%s)%s; contract %s", root, kind, f", inbox {inbox}" if inbox else "",
                  preprocess.contract_hash(params.preprocess))
         result = ingest_files(kind, params.data, params.preprocess, ws.data, secret, root, inbox,
-                              cache_root=cache_root(ws), quarantine_csv=quarantine_csv, progress=progress)
+                              cache_root=cache_root(ws), quarantine_csv=quarantine_csv, progress=progress,
+                              skipped_csv=skipped_csv)
     version = versioning.commit_and_push(ws)
     kept_csv = ws.reports / f"quarantine-{version.id}.csv"
     shutil.copyfile(quarantine_csv, kept_csv)
+    kept_skipped = ws.reports / f"skipped-{version.id}.csv"
+    shutil.copyfile(skipped_csv, kept_skipped)
+    pseudonymous = result.quarantine.write_pseudonymous_csv(ws.reports / PSEUDONYMOUS_DIR / kept_csv.name)
     log.info(
         "data version %s (%s): %d images %s", version.id, "new" if version.is_new else "unchanged",
         result.n_images, result.split_counts,
     )
-    summary = _summary(result, version, ws, kept_csv)
+    summary = _summary(result, version, ws, kept_csv, kept_skipped, pseudonymous)
     (ws.reports / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
     stable = {k: summary[k] for k in ("data_version", "n_images", "split_counts", "n_quarantined",
                                       "quarantine_by_reason", "contract_hash", "source_kind")}
@@ -100,7 +115,7 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
     return summary
 
 
-def _summary(result: IngestResult, version, ws: Workspace, quarantine_csv) -> dict:
+def _summary(result: IngestResult, version, ws: Workspace, quarantine_csv, skipped_csv, pseudonymous_csv) -> dict:
     return {
         "data_version": version.id,
         "new_version": version.is_new,
@@ -115,6 +130,10 @@ def _summary(result: IngestResult, version, ws: Workspace, quarantine_csv) -> di
         "n_quarantined": len(result.quarantine),
         "quarantine_by_reason": result.quarantine.counts_by_reason(),
         "quarantine_csv": str(quarantine_csv),
+        "quarantine_pseudonymous_csv": str(pseudonymous_csv),
+        "n_skipped_files": len(result.skipped),
+        "skipped_files_by_reason": skips.counts_by_reason(result.skipped),
+        "skipped_files_csv": str(skipped_csv),
         "contract_hash": result.contract_hash,
         "dvc_file": str(version.dvc_file),
         "fetch_commands": versioning.fetch_commands(ws, version.id),
