@@ -324,7 +324,8 @@ def from_version(info: registry.VersionInfo, audit_log: Path | None = None) -> M
             promoted_at=tags.get(registry.TAG_PROMOTED_AT), reason=tags.get(registry.TAG_PROMOTION_REASON),
             previous_champion=tags.get(registry.TAG_PREVIOUS_CHAMPION),
             forced=tags.get(registry.TAG_PROMOTION_FORCED) == "True",
-            rolled_back_at=tags.get(registry.TAG_ROLLED_BACK_AT), rollback_reason=tags.get(registry.TAG_ROLLBACK_REASON),
+            rolled_back_at=tags.get(registry.TAG_ROLLED_BACK_AT),
+            rollback_reason=tags.get(registry.TAG_ROLLBACK_REASON),
         ),
         gate=gate, validation=validation, model_aliases=model_aliases, model_tags=model_tags,
         promotion_history=merge_events(workspace_events, events_from_tags(model_tags), info.name),
@@ -343,8 +344,15 @@ def resolve(ref: str, default_name: str, audit_log: Path | None = None) -> Model
 
 
 def load(name: str, version: str | int, audit_log: Path | None = None) -> ModelRecord:
-    """The record of version ``version`` of model ``name``; :class:`~medimg.registry.VersionNotFound` if none."""
-    return resolve(f"{name}@{str(version).lstrip('vV')}", name, audit_log)
+    """The record of version ``version`` (``3``, ``"3"`` or ``"v3"``) of model ``name``.
+
+    Raises :class:`~medimg.registry.VersionNotFound` when ``version`` is not a version number or
+    the model has no such version.
+    """
+    number = str(version).strip().lstrip("vV")
+    if not number.isdigit():
+        raise registry.VersionNotFound(f"{version!r} is not a version number")
+    return resolve(f"{name}@{number}", name, audit_log)
 
 
 def by_alias(name: str, alias: str, audit_log: Path | None = None) -> ModelRecord | None:

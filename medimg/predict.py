@@ -211,14 +211,14 @@ def cached_version_model(info: ModelRecord | VersionInfo, cache_root: Path) -> O
     from medimg import registry
     from medimg.pull import fetch_verified_onnx
 
-    sha = info.tags.get(registry.TAG_ONNX_SHA256, "")[:16]
+    expected = info.tags.get(registry.TAG_ONNX_SHA256, "")
+    sha = expected[:16]
     folder = Path(cache_root) / info.name / (f"v{info.version}-{sha}" if sha else f"v{info.version}")
     path = folder / registry.ONNX_FILE
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".partial-") as partial:
-            downloaded = (fetch_verified_onnx(info.name, info.version, info.tags[registry.TAG_ONNX_SHA256], Path(partial))
-                          if sha
+            downloaded = (fetch_verified_onnx(info.name, info.version, expected, Path(partial)) if sha
                           else registry.download_onnx(info.name, info.version, Path(partial)))
             downloaded.replace(path)
     return OnnxModel(path)

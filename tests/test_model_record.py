@@ -79,8 +79,8 @@ def test_a_version_with_cis_round_trips_to_the_record(small_registry):
     assert record.onnx_parity_max_abs_diff == 1.5e-06 and record.flow_run_id == "flow-1"
     assert record.validation_passed is True and record.gate_passed is True and record.gate_failed_rules == ()
 
-    assert record.gate.passed is True and record.gate.threshold == 0.4125 and record.gate.benchmark_id == GATE_REPORT[
-        "benchmark"]["id"]
+    assert record.gate.passed is True and record.gate.threshold == 0.4125
+    assert record.gate.benchmark_id == GATE_REPORT["benchmark"]["id"]
     assert [(r.name, r.passed, r.inputs) for r in record.gate.rules] == [("minimum_metrics", True, {"roc_auc": 0.912})]
     assert record.gate.document == GATE_REPORT
     assert record.validation.artifact == f"validation/validation-{'d' * 32}.json"
@@ -90,7 +90,8 @@ def test_a_version_with_cis_round_trips_to_the_record(small_registry):
     assert [(e.action, e.version, e.previous) for e in record.promotion_history] == [("promote", "1", None)]
     assert record.version_events == record.promotion_history
     assert record.promotion_history[0].as_dict() == json.loads(ws.audit_log.read_text())
-    assert record.promotion.reason == "all gates passed: minimum_metrics" and record.promotion.previous_champion == "none"
+    assert record.promotion.reason == "all gates passed: minimum_metrics"
+    assert record.promotion.previous_champion == "none"
     assert record.promotion.forced is False and record.promotion.promoted_at
     assert record.model_aliases == {"champion": "1"} and "medimg.audit.000001" in record.model_tags
 
@@ -109,6 +110,8 @@ def test_a_missing_version_or_alias_is_a_clear_error(small_registry):
         model_record.resolve("staging", MODEL)
     with pytest.raises(registry.VersionNotFound, match="model 'no-such-model' has no version 1"):
         model_record.load("no-such-model", "1")
+    with pytest.raises(registry.VersionNotFound, match="'champion' is not a version number"):
+        model_record.load(MODEL, "champion")
 
 
 def test_a_run_that_cannot_be_read_is_a_missing_link_not_an_error(small_registry, tmp_path):

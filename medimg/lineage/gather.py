@@ -157,7 +157,8 @@ def _gate(record: ModelRecord) -> GateSection:
     tag = record.tags.get(registry.TAG_GATE)
     report = record.gate
     if report is None:
-        return GateSection(artifact=artifacts.GATE_REPORT, found=False, passed=None, decision="UNKNOWN", registry_tag=tag)
+        return GateSection(artifact=artifacts.GATE_REPORT, found=False, passed=None, decision="UNKNOWN",
+                           registry_tag=tag)
     return GateSection(
         artifact=report.artifact, found=True, passed=report.passed, decision="PASSED" if report.passed else "FAILED",
         registry_tag=tag, failed=report.failed,
@@ -171,9 +172,9 @@ def _onnx(record: ModelRecord, tmp: Path) -> OnnxSection:
     from medimg.export.onnx_export import read_metadata
     from medimg.provenance import file_sha256
 
+    parity = _read_json(_download(record.run_id, artifacts.PARITY_REPORT, tmp)) if record.run_id else None
     known: dict = {"sha256": record.onnx_sha256, "stored_sha256": None, "size_bytes": None,
-                   "parity_max_abs_diff": record.onnx_parity_max_abs_diff, "metadata": {},
-                   "parity": _read_json(_download(record.run_id, artifacts.PARITY_REPORT, tmp)) if record.run_id else None}
+                   "parity_max_abs_diff": record.onnx_parity_max_abs_diff, "metadata": {}, "parity": parity}
     try:
         path = registry.download_onnx(record.name, record.version, tmp / "onnx")
     except (MlflowException, OSError) as err:
