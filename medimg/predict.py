@@ -44,6 +44,7 @@ from medimg.data.sources import IMAGE_SUFFIXES
 from medimg.export.onnx_export import INPUT_NAME, META_PREPROCESSING, onnx_logits, session, softmax_positive
 
 if TYPE_CHECKING:
+    from medimg.model_record import ModelRecord
     from medimg.registry import VersionInfo
 
 FIELDS = ("file", "probability", "label", "error")
@@ -184,23 +185,23 @@ def render(predictions: list[Prediction], fmt: str) -> str:
     return buffer.getvalue()
 
 
-def registry_model(model_name: str, spec: str, dest: Path):
-    """``spec`` (``champion``, ``challenger``, ``3`` or ``v3``) -> (verified ONNX path, VersionInfo).
+def registry_model(model_name: str, spec: str, dest: Path) -> tuple[Path, ModelRecord]:
+    """``spec`` (``champion``, ``challenger``, ``3`` or ``v3``) -> (verified ONNX path, the version's record).
 
     The file is checked against the version's sha256 tag like ``medimg pull`` does.
     """
-    from medimg import registry
+    from medimg import model_record, registry
     from medimg.pull import PullError, fetch_verified_onnx
 
     try:
-        info = registry.resolve(spec, model_name)
+        record = model_record.resolve(spec, model_name)
     except registry.VersionNotFound as err:
         raise PullError(str(err)) from None
-    return fetch_verified_onnx(info, dest), info
+    return fetch_verified_onnx(record.name, record.version, record.onnx_sha256, dest), record
 
 
-def cached_version_model(info: VersionInfo, cache_root: Path) -> OnnxModel:
-    """A registered version's model, downloaded into ``cache_root`` once.
+def cached_version_model(info: ModelRecord | VersionInfo, cache_root: Path) -> OnnxModel:
+    """A registered version's model (its record, or the registry's handle of it), downloaded into ``cache_root`` once.
 
     A registered version's file never changes, and the download is moved into place only when
     complete (and, when the version is tagged with its sha256, only when it matches, as ``medimg
@@ -210,13 +211,14 @@ def cached_version_model(info: VersionInfo, cache_root: Path) -> OnnxModel:
     from medimg import registry
     from medimg.pull import fetch_verified_onnx
 
-    sha = info.tags.get(registry.TAG_ONNX_SHA256, "")[:16]
+    expected = info.tags.get(registry.TAG_ONNX_SHA256, "")
+    sha = expected[:16]
     folder = Path(cache_root) / info.name / (f"v{info.version}-{sha}" if sha else f"v{info.version}")
     path = folder / registry.ONNX_FILE
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".partial-") as partial:
-            downloaded = (fetch_verified_onnx(info, Path(partial)) if sha
+            downloaded = (fetch_verified_onnx(info.name, info.version, expected, Path(partial)) if sha
                           else registry.download_onnx(info.name, info.version, Path(partial)))
             downloaded.replace(path)
     return OnnxModel(path)

@@ -36,14 +36,12 @@ from typing import Literal, Union, get_args, get_origin
 
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
-from medimg import artifacts, registry, tracking
+from medimg import artifacts, model_record, registry, tracking
 from medimg.config import ConfigError, Params, parse_params
 from medimg.data import manifest, versioning
-from medimg.lineage import key_metrics
 from medimg.provenance import git_commit
 from medimg.steps import evaluate, train, validate
 from medimg.workspace import Workspace
@@ -145,18 +143,19 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
     the module docstring). Raises :class:`medimg.registry.VersionNotFound` for an unknown version.
     """
     started = time.perf_counter()
-    mv = registry.resolve(str(version), current.registry.model_name)
+    mv = model_record.resolve(str(version), current.registry.model_name)
     if not mv.run_id:
         raise ReproduceError(f"model {mv.name} v{mv.version} has no MLflow run to reproduce")
-    client = MlflowClient()
-    original = client.get_run(mv.run_id)
-    data_version = mv.tags.get(registry.TAG_DATA_VERSION) or original.data.tags.get(registry.TAG_DATA_VERSION)
+    original = mv.run
+    if original is None:
+        raise ReproduceError(f"model {mv.name} v{mv.version}: its {mv.run_error}")
+    data_version = mv.data_version or original.tags.get(registry.TAG_DATA_VERSION)
     if not data_version:
         raise ReproduceError(f"model {mv.name} v{mv.version} has no data version tag")
 
-    recorded = params_from_run(dict(original.data.params))
+    recorded = params_from_run(original.params)
     params_hash = recorded.fingerprint()
-    recorded_hash = original.data.tags.get(registry.TAG_PARAMS_HASH)
+    recorded_hash = original.tags.get(registry.TAG_PARAMS_HASH)
     params = parse_params({**recorded.model_dump(mode="json"),
                            "workspace": {**current.workspace.model_dump(mode="json"), "path": str(ws.root)}})
 
@@ -193,23 +192,22 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
         if previous_data and previous_data != data_version and (ws.data_versions / f"{previous_data}.dvc").is_file():
             versioning.checkout(ws, previous_data)
 
-    before = key_metrics(dict(original.data.metrics))
     metrics = {}
     for name in COMPARED:
         if name not in evaluated["test"]:
             continue
-        orig = before.get(name, {})
+        orig = mv.test_metrics.get(name)
         new = float(evaluated["test"][name])
         metrics[name] = {
-            "original": orig.get("value"), "original_ci95": orig.get("ci95"),
+            "original": orig.value if orig else None, "original_ci95": list(orig.ci95) if orig and orig.ci95 else None,
             "reproduced": new, "reproduced_ci95": evaluated["test_ci95"].get(name),
-            "diff": None if orig.get("value") is None else new - orig["value"],
+            "diff": None if orig is None else new - orig.value,
         }
     auc = metrics["roc_auc"]
     ci = auc["original_ci95"]
     within = bool(ci and ci[0] <= auc["reproduced"] <= ci[1])
     pred_diff = _prediction_diff(mv.run_id, Path(evaluated["predictions"]))
-    original_threshold = original.data.metrics.get("test_threshold")
+    original_threshold = original.metrics.get("test_threshold")
     result = {
         "model_name": mv.name,
         "version": mv.version,

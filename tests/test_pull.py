@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 from medimg import promotion, registry
 from medimg.cli import app
 from medimg.provenance import file_sha256
-from medimg.pull import IntegrityError, PullError, _public_uri, pull, read_pulled, releases_dir
+from medimg.pull import IntegrityError, PullError, pull, read_pulled, releases_dir
+from medimg.pull.card import public_uri
 from registry_fixtures import MODEL
 
 
@@ -261,19 +262,16 @@ def test_pull_from_a_remote_tracking_server(registry_ws, tmp_path, monkeypatch):
 
 
 def test_tracking_uri_credentials_never_reach_the_card():
-    assert _public_uri("https://alice:s3cret@mlflow.example.org:8443/x") == "https://mlflow.example.org:8443/x"
-    assert _public_uri("sqlite:////srv/ws/mlflow.db") == "sqlite:////srv/ws/mlflow.db"
+    assert public_uri("https://alice:s3cret@mlflow.example.org:8443/x") == "https://mlflow.example.org:8443/x"
+    assert public_uri("sqlite:////srv/ws/mlflow.db") == "sqlite:////srv/ws/mlflow.db"
 
 
 @pytest.mark.slow
-def test_a_version_whose_run_cannot_be_read_gets_no_card(registry_ws, tmp_path):
+def test_a_version_whose_run_cannot_be_read_gets_no_card(fresh_registry, tmp_path):
     """A registry that outlived its tracking data (a run purged, another server): a clear error, not a traceback."""
-    import dataclasses
-
-    from medimg.pull import build_card, fetch_verified_onnx
-
-    info = registry.get_version(MODEL, "1")
-    onnx_path = fetch_verified_onnx(info, tmp_path)
-    orphan = dataclasses.replace(info, run_id="0" * 32)
-    with pytest.raises(PullError, match=f"MLflow run {'0' * 32} cannot be read"):
-        build_card(orphan, onnx_path, info.tags[registry.TAG_ONNX_SHA256], tmp_path / "work", None)
+    v1 = registry.get_version(MODEL, "1")
+    orphan = MlflowClient().create_model_version(MODEL, v1.source, run_id="0" * 32, tags=v1.tags)  # v1's file, no run
+    out = tmp_path / "model"
+    with pytest.raises(PullError, match=f"v{orphan.version}: its MLflow run {'0' * 32} cannot be read"):
+        pull(fresh_registry.params, out_dir=out, version=orphan.version)
+    assert not out.exists() and not list(releases_dir(out).iterdir()), "nothing may be installed without a card"

@@ -1,0 +1,172 @@
+"""The lineage report as typed, frozen data: one section per link of the chain, and the checks.
+
+Built by :mod:`medimg.lineage.gather`, judged by :mod:`medimg.lineage.checks`, shown by
+:mod:`medimg.lineage.render`. A link that could not be read is marked (``found=False``, ``None``
+values), never filled in. Times are ISO 8601 UTC strings to the second.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from medimg.model_record import AuditEvent
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSection(_Frozen):
+    name: str
+    version: str
+    aliases: tuple[str, ...]
+    is_champion: bool
+    source: str
+    tags: dict[str, str]  # every version tag, sorted by key
+    registered_at: str | None
+
+
+class MetricSummary(_Frozen):
+    """A test metric (fraction, probability or count; see :class:`medimg.model_record.MetricEstimate`)."""
+
+    value: float
+    ci95: tuple[float, float] | None  # 95% percentile-bootstrap interval
+
+
+class RunSection(_Frozen):
+    id: str | None
+    found: bool  # False: no run id, or the run cannot be read
+    status: str | None
+    name: str | None = None
+    experiment_id: str | None = None
+    start: str | None = None
+    end: str | None = None
+    user: str | None = None
+    artifact_uri: str | None = None
+    params: dict[str, str] = {}
+    tags: dict[str, str] = {}  # the run's ``medimg.*`` tags
+    flow_run_id: str | None = None
+    flow_run_name: str | None = None
+    metrics: dict[str, MetricSummary] = {}  # the test metrics in :data:`medimg.lineage.gather.KEY_METRICS`
+    threshold: float | None = None  # decision threshold (probability)
+    n_test: int | None = None  # images in the test split
+
+
+class CodeSection(_Frozen):
+    commit: str | None  # as tagged: sha, ``-dirty`` appended when the tree had changes
+    sha: str | None
+    dirty: bool | None
+    in_checkout: bool  # whether this checkout's git knows the commit
+    subject: str | None = None
+    committed_at: str | None = None
+    checkout_command: str | None
+
+
+class DataSection(_Frozen):
+    version: str | None  # the version's data-version tag (DVC md5 without ``.dir``)
+    run_tag: str | None  # the run's data-version tag
+    md5: str | None  # from the kept ``.dvc`` file
+    dvc_file: str | None  # relative to the workspace
+    dvc_file_exists: bool
+    nfiles: int | None
+    size: int | None  # bytes
+    fetch_commands: tuple[str, ...]  # shell commands that restore exactly this data
+    source: str | None
+    source_md5: str | None
+    split_counts: dict[str, int] | None
+    n_images: int | None
+
+
+class Finding(_Frozen):
+    """One expectation that did not hold (a warning or a critical failure)."""
+
+    expectation: str | None = None
+    column: str | None = None
+    description: str | None = None
+    severity: str | None = None
+    unexpected_count: int | None = None
+
+
+class ValidationSection(_Frozen):
+    artifact: str | None
+    found: bool
+    passed: bool | None
+    run_tag: str | None  # the run's ``medimg.validation_passed`` tag, as stored
+    data_version: str | None = None
+    n_warnings: int | None = None
+    warnings: tuple[Finding, ...] = ()
+    failed_critical: tuple[Finding, ...] = ()
+    n_dropped: int | None = None  # rows dropped by the duplicate policy
+    warts: dict = {}
+    statistics: dict | None = None
+
+
+class RuleVerdict(_Frozen):
+    name: str
+    passed: bool
+    reason: str
+
+
+class GateSection(_Frozen):
+    artifact: str
+    found: bool
+    passed: bool | None
+    decision: str  # PASSED, FAILED or UNKNOWN
+    registry_tag: str | None  # the version's ``medimg.gate_passed`` tag, as stored
+    failed: tuple[str, ...] = ()
+    rules: tuple[RuleVerdict, ...] = ()
+    threshold: float | None = None
+    champion_version: str | None = None
+    benchmark: str | None = None
+
+
+class OnnxSection(_Frozen):
+    sha256: str | None  # the version's tag
+    stored_sha256: str | None  # the stored file's actual hash
+    size_bytes: int | None
+    parity_max_abs_diff: float | None  # max |ONNX - PyTorch| logit difference at export
+    parity: dict | None  # the parity report artifact
+    metadata: dict[str, str]  # the lineage keys in the file's own metadata
+    error: str | None = None
+
+    @property
+    def sha256_verified(self) -> bool:
+        return bool(self.sha256) and self.sha256 == self.stored_sha256
+
+
+class PromotionSection(_Frozen):
+    audit_log: str | None
+    events: tuple[AuditEvent, ...]  # events that moved an alias to or from this version
+    alias_history: tuple[AuditEvent, ...]  # every event of the model, oldest first
+    current_aliases: dict[str, str]
+    registered_model_tags: dict[str, str]
+
+
+class Check(_Frozen):
+    name: str
+    ok: bool | None
+    detail: str
+
+
+class Figure(_Frozen):
+    artifact: str
+    sha256: str
+    png_base64: str
+
+
+class LineageReport(_Frozen):
+    ref: str
+    generated_at: str
+    tracking_uri: str
+    workspace: str
+    model: ModelSection
+    run: RunSection
+    code: CodeSection
+    data: DataSection
+    validation: ValidationSection
+    gate: GateSection
+    onnx: OnnxSection
+    promotion: PromotionSection
+    figures: dict[str, Figure]
+    checks: tuple[Check, ...]
+    all_checks_ok: bool
