@@ -197,9 +197,9 @@ def _onnx(name: str, version: registry.VersionInfo, tmp: Path, run_id: str) -> d
     except Exception as err:  # a tampered or truncated file is a finding of the report, not a crash
         out["error"] = f"stored ONNX file is not a readable ONNX model: {type(err).__name__}: {err}"
         return out
-    out["metadata"] = {k: meta[k] for k in ("medimg.data_version", "medimg.git_commit", "medimg.mlflow_run_id",
-                                             "medimg.threshold", "medimg.class_names", "medimg.params_hash",
-                                             "medimg.preprocessing_hash") if k in meta}
+    out["metadata"] = {k: meta[k] for k in ("medimg.data_version", "medimg.git_commit", "medimg.code_hash",
+                                             "medimg.mlflow_run_id", "medimg.threshold", "medimg.class_names",
+                                             "medimg.params_hash", "medimg.preprocessing_hash") if k in meta}
     return out
 
 
