@@ -14,6 +14,7 @@ DATA_DIR = Path(os.environ.get("MEDIMG_DATA_DIR", Path(__file__).resolve().paren
 PNEUMONIAMNIST = DATA_DIR / "pneumoniamnist" / "pneumoniamnist.npz"
 CHEST = DATA_DIR / "chest_xray"
 DICOM = DATA_DIR / "dicom"
+FIELD_CASES = DATA_DIR.parent / "field-cases"
 #: labels.csv of a copied DICOM folder, keyed by the sample folders (``label_key: folder``).
 DICOM_FOLDER_LABELS = "key,label\nxray,pneumonia\nct,normal\nmr,normal\n"
 
