@@ -114,6 +114,7 @@ def test_without_data_modalities_the_model_is_for_the_modalities_it_was_trained_
     meta = metadata(params, "run-0", "data-0", 0.5, ["dx"])
     assert meta[META_MODALITIES] == ["DX"] and META_BODY_PART not in meta
     assert model_modalities(parse_params({"data": {"modalities": ["DX", "CR"]}}), ["MR"]) == ["CR", "DX"]
+    assert META_MODALITIES not in metadata(params, "run-0", "data-0", 0.5, [None]), "none known: none checked"
 
 
 def test_data_modalities_and_body_part_are_validated_with_the_key():

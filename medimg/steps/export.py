@@ -43,17 +43,18 @@ def metadata(params: Params, run_id: str, data_version: str, threshold: float,
     """The ONNX metadata of a medimg model (see :mod:`medimg.export.onnx_export`).
 
     ``medimg.input_checks`` holds the validation limits the training data passed and
-    ``medimg.modalities`` the modalities the model is for (:func:`model_modalities`), which
-    ``medimg predict`` enforces (:mod:`medimg.input_checks`); ``medimg.body_part`` is written when
-    ``data.body_part`` is set.
+    ``medimg.modalities`` the modalities the model is for (:func:`model_modalities`; not written
+    when none is known, and then not checked), which ``medimg predict`` enforces
+    (:mod:`medimg.input_checks`); ``medimg.body_part`` is written when ``data.body_part`` is set.
     """
     modalities = model_modalities(params, trained_modalities)
-    rules = InputRules.from_validation(params.validation, modalities)
+    rules = InputRules.from_validation(params.validation)
+    known = {META_MODALITIES: modalities} if modalities else {}
     body_part = {META_BODY_PART: params.data.body_part} if params.data.body_part else {}
     return {
+        **known,
         **body_part,
         META_INPUT_CHECKS: rules.limits_json(),
-        META_MODALITIES: modalities,
         "medimg.class_names": list(params.data.class_names),
         "medimg.positive_class": params.data.class_names[1],
         "medimg.threshold": threshold,
