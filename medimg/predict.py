@@ -51,9 +51,9 @@ import numpy as np
 from medimg import preprocess
 from medimg.config import PreprocessConfig
 from medimg.data.images import BadImage
-from medimg.input_checks import InputRules, check_input
 from medimg.data.sources import IMAGE_SUFFIXES
 from medimg.export.onnx_export import INPUT_NAME, META_PREPROCESSING, onnx_logits, session, softmax_positive
+from medimg.input_checks import InputRules, check_input
 
 if TYPE_CHECKING:
     from medimg.registry import VersionInfo

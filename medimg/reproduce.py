@@ -251,8 +251,8 @@ def render_text(result: dict) -> str:
         + (f" (matches the recorded {result['params_hash_recorded']})" if result["params_hash_matches"] else
            f" (differs from the recorded {result['params_hash_recorded']}: the params or their hashing changed"
            " after the run)"),
-        f"  code then {result['git_commit_original']}, now {result['git_commit_now']}"
-        f" (source hash then {result.get('code_hash_original')}, now {result.get('code_hash_now')})",
+        (f"  code then {result['git_commit_original']}, now {result['git_commit_now']}"
+         f" (source hash then {result.get('code_hash_original')}, now {result.get('code_hash_now')})"),
         f"  threshold original {result['threshold']['original']}, reproduced {result['threshold']['reproduced']}",
         f"  {'metric':<12} {'original':>9} {'95% CI':>17}   {'reproduced':>10} {'diff':>10}",
     ]

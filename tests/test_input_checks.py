@@ -57,7 +57,7 @@ def uniform_dicom(dest: Path) -> Path:
 
 def uniform_png(dest: Path) -> Path:
     """A real chest X-ray (a Kermany JPEG) made uniform and saved as PNG, which cannot say its modality."""
-    grey = np.asarray(Image.open(sorted((CHEST / "test" / "NORMAL").glob("*.jpeg"))[0]).convert("L"))
+    grey = np.asarray(Image.open(min((CHEST / "test" / "NORMAL").glob("*.jpeg"))).convert("L"))
     Image.fromarray(np.full_like(grey, int(grey.mean()))).save(dest)
     return dest
 
@@ -188,7 +188,7 @@ def test_ingest_validation_measures_blank_on_the_same_stored_image(tmp_path):
 
 
 def test_dicom_of_another_modality_is_refused_unless_the_caller_allows_it(chest_model):
-    jpeg = sorted((CHEST / "test" / "NORMAL").glob("*.jpeg"))[0]
+    jpeg = min((CHEST / "test" / "NORMAL").glob("*.jpeg"))
     files = [CR, CR_J2K, CT, MR, jpeg]
     model = OnnxModel(chest_model)
     rows = _by_name(predict_files(model, files))
