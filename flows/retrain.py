@@ -20,7 +20,8 @@ from prefect.states import Cancelled, Completed
 
 from medimg import tracking
 from medimg.config import load_params
-from medimg.provenance import git_commit
+from medimg.provenance import code_hash, git_commit
+from medimg.registry import TAG_CODE_HASH
 from medimg.workspace import Workspace, activate, exclusive
 from tasks.notify import retry_transient, signal
 from tasks.retrain import (
@@ -63,7 +64,7 @@ def _tags(version: str, key: str, params) -> dict[str, str]:
 
     return {"medimg.data_version": version, "medimg.params_hash": params.fingerprint(),
             "medimg.flow_run_id": str(flow_run.id or "none"), "medimg.git_commit": git_commit(),
-            "medimg.run_key_checked": key}
+            TAG_CODE_HASH: code_hash(), "medimg.run_key_checked": key}
 
 
 def _retrain(params, ws, force: bool, logger):
@@ -85,10 +86,10 @@ def _retrain(params, ws, force: bool, logger):
 
     ingested = timed("ingest", ingest_data, params, ws, **io)
     version = ingested["data_version"]
-    key = tracking.run_key(version, params.fingerprint(), git_commit())
+    key = tracking.run_key(version, params.fingerprint(), code_hash())
     done = tracking.last_completed(params.registry.experiment, key)
     if done is not None and opts.skip_if_up_to_date and not force:
-        message = (f"up to date: data version {version}, params {params.fingerprint()} and code match "
+        message = (f"up to date: data version {version}, params {params.fingerprint()} and code {code_hash()} match "
                    f"MLflow run {done.info.run_id} ({done.data.tags.get(tracking.TAG_OUTCOME)}); nothing trained")
         logger.info(message)
         tracking.record_outcome_only(params, ws, "up_to_date", message, _tags(version, key, params))

@@ -239,9 +239,21 @@ def predict(
     out: Annotated[Path | None, typer.Option("--out", help="write the rows here instead of stdout")] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
+    allow_modality: Annotated[list[str] | None, typer.Option(
+        "--allow-modality", help="also score DICOM of this Modality (e.g. CT), which the model is not for; repeatable",
+    )] = None,
+    any_modality: Annotated[bool, typer.Option(
+        "--any-modality", help="score DICOM of every Modality (no modality_mismatch)")] = False,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Run the model over images with the preprocessing from its own metadata; bad files get a reason."""
+    """Run the model over images with the preprocessing from its own metadata; bad files get a reason.
+
+    A file is refused (a reason, no probability) when it cannot be decoded, or when ingest
+    validation would have kept it out of the model's training data (non_finite, blank,
+    bit_depth_out_of_range, size_out_of_range: the limits recorded in the model), or when it is a
+    DICOM of a modality the model is not for (modality_mismatch) unless --allow-modality or
+    --any-modality says to score it anyway.
+    """
     import tempfile
 
     from medimg.predict import OnnxModel, collect_files, predict_files, registry_model, render
@@ -266,8 +278,13 @@ def predict(
         onnx_model = OnnxModel(candidate)
         files = collect_files(paths)
         console.print(f"model {source}; ONNX Runtime provider: {onnx_model.provider}; {len(files)} file(s)")
+        rules = onnx_model.input_rules.allowing(allow_modality or (), any_modality)
+        console.print(f"input checks: {rules.describe()}"
+                      + ("" if rules.bit_depth_range is not None else
+                         " (the model records no validation limits: exported before they were recorded)"))
         predictions = predict_files(onnx_model, files, batch_size=batch_size, show_progress=len(files) >= 32,
-                                    console=console)
+                                    console=console, allow_modalities=tuple(allow_modality or ()),
+                                    any_modality=any_modality)
     text = render(predictions, fmt)
     if out is None:
         typer.echo(text, nl=False)

@@ -12,10 +12,10 @@ import json
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 DATA_DIR_ENV = "MEDIMG_DATA_DIR"
 PARAMS_ENV = "MEDIMG_PARAMS"
@@ -93,6 +93,10 @@ class DeidConfig(_Strict):
     )
 
 
+#: A DICOM Modality code (PS3.3 C.7.3.1.1.1 defined terms: CR, DX, CT, MR, ...).
+ModalityCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2,4}$")]
+
+
 class DataConfig(_Strict):
     source: Literal["medmnist", "image_folder", "dicom_folder"] = "medmnist"
     medmnist_flag: Literal["pneumoniamnist"] = "pneumoniamnist"
@@ -110,6 +114,15 @@ class DataConfig(_Strict):
     modality: str = Field(
         default="DX", pattern=r"^[A-Z0-9]{2,4}$", description="declared modality of files that cannot say (PNG, JPEG, NPZ)"
     )
+    modalities: tuple[ModalityCode, ...] | None = Field(
+        default=None,
+        description="DICOM Modality codes the model is for (ONNX medimg.modalities; predict refuses DICOM of "
+        "another modality); null: those in the training manifest",
+    )
+    body_part: str | None = Field(
+        default=None, pattern=r"^[A-Z0-9_ ]{1,16}$",
+        description="DICOM Body Part Examined the model is for (ONNX medimg.body_part); null: not recorded",
+    )
     image_folder: ImageFolderConfig = ImageFolderConfig()
     dicom: DicomFolderConfig = DicomFolderConfig()
     split: SplitConfig = SplitConfig()
@@ -121,6 +134,16 @@ class DataConfig(_Strict):
     )
     workers: int | None = Field(default=2, ge=1, description="decoding processes; null: one per CPU")
     cache: bool = Field(default=True, description="reuse decoded images by sha256 of the file (incremental ingest)")
+
+    @model_validator(mode="after")
+    def _declared_modality_in_modalities(self) -> DataConfig:
+        if self.modalities == ():
+            raise ValueError("data.modalities is empty: list the modalities the model is for, or null for the "
+                             "training data's")
+        if self.modalities is not None and self.modality not in self.modalities:
+            raise ValueError(f"data.modalities {list(self.modalities)} must include data.modality {self.modality!r}, "
+                             "the modality declared for the files that cannot say theirs")
+        return self
 
     def resolved_data_dir(self) -> Path | None:
         raw = self.data_dir or os.environ.get(DATA_DIR_ENV)

@@ -169,6 +169,7 @@ class ModelRecord(_Frozen):
     data_version: str | None  # DVC md5 of the dataset folder (without ``.dir``)
     params_hash: str | None  # ``Params.fingerprint()``
     git_commit: str | None  # sha, ``-dirty`` appended when the tree had changes
+    code_hash: str | None  # sha256 of the package source at training time (:func:`medimg.provenance.code_hash`)
     onnx_sha256: str | None  # hex sha256 of the registered ``model.onnx``
     onnx_parity_max_abs_diff: float | None  # max |ONNX - PyTorch| logit difference at export
     flow_run_id: str | None  # the Prefect flow run that registered the version
@@ -316,7 +317,7 @@ def from_version(info: registry.VersionInfo, audit_log: Path | None = None) -> M
         source=info.source, created_at=_utc(info.created_ms), run_id=info.run_id, run=run, run_error=run_error,
         test_metrics=metrics_with_ci(run.metrics) if run else {},
         data_version=tags.get(registry.TAG_DATA_VERSION), params_hash=tags.get(registry.TAG_PARAMS_HASH),
-        git_commit=tags.get(registry.TAG_GIT_COMMIT), onnx_sha256=tags.get(registry.TAG_ONNX_SHA256),
+        git_commit=tags.get(registry.TAG_GIT_COMMIT), code_hash=tags.get(registry.TAG_CODE_HASH), onnx_sha256=tags.get(registry.TAG_ONNX_SHA256),
         onnx_parity_max_abs_diff=_float(tags.get(registry.TAG_PARITY)), flow_run_id=tags.get(registry.TAG_FLOW_RUN),
         validation_passed=_flag(tags.get(registry.TAG_VALIDATION)), gate_passed=_flag(tags.get(registry.TAG_GATE)),
         gate_failed_rules=tuple(r for r in (tags.get(registry.TAG_GATE_FAILED) or "").split(",") if r and r != "none"),

@@ -3,9 +3,10 @@
 The preprocessing comes only from the ONNX file's own ``medimg.preprocessing`` contract
 (:func:`medimg.preprocess.config_from_contract`), never from ``params.yaml``, so a model predicts
 the way it was exported whatever the local configuration says. Each file goes through exactly
-the functions ingest used for the training images: :func:`medimg.preprocess.prepare_file`
-(decode with :func:`~medimg.data.dicom.decode_dicom` or :func:`~medimg.data.images.decode_raster`,
-grey uint8 by the contract's rules, resize policy, resize, filters) and then
+the functions ingest used for the training images: :func:`medimg.preprocess.decode_file`
+(:func:`~medimg.data.dicom.decode_dicom` or :func:`~medimg.data.images.decode_raster`), the input
+check (below), :func:`medimg.preprocess.prepare` (grey uint8 by the contract's rules, resize
+policy, resize, filters) and then
 :func:`medimg.preprocess.apply` (scale, normalise, channels).
 
 Promises:
@@ -13,6 +14,16 @@ Promises:
 * a file that cannot be used becomes a row with ``error`` set to its :class:`BadImage` reason
   code (``truncated``, ``not_an_image``, ...; ``not_found`` and ``unreadable`` for a path that
   cannot be read) and no probability; the batch goes on;
+* so does a file that decodes but that ingest validation would have kept out of the model's
+  training data, or that the model is not for: :func:`medimg.input_checks.check_input` with the
+  rules the model's own metadata records (:attr:`OnnxModel.input_rules`), reasons ``non_finite``,
+  ``modality_mismatch``, ``bit_depth_out_of_range``, ``size_out_of_range``, ``blank``. The
+  decoded pixels are checked before the grey uint8 mapping (which would make NaN pixels an
+  all-black image), the stored-size image for ``blank``. Models exported before these limits
+  were recorded get only the ``non_finite`` check (and ``modality_mismatch`` if they record
+  ``medimg.modalities``). ``allow_modalities`` / ``any_modality`` (``medimg predict
+  --allow-modality CT`` / ``--any-modality``) are the caller's explicit override of the modality
+  rule; PNG and JPEG files, which cannot say their modality, are never refused for it;
 * every other row has ``probability`` = softmax(logits)[:, 1] in [0, 1] and ``label`` = the
   positive class when ``probability >= threshold`` (the threshold stored in the model), else
   the negative one;
@@ -42,6 +53,7 @@ from medimg.config import PreprocessConfig
 from medimg.data.images import BadImage
 from medimg.data.sources import IMAGE_SUFFIXES
 from medimg.export.onnx_export import INPUT_NAME, META_PREPROCESSING, onnx_logits, session, softmax_positive
+from medimg.input_checks import InputRules, check_input
 
 if TYPE_CHECKING:
     from medimg.model_record import ModelRecord
@@ -78,6 +90,10 @@ class OnnxModel:
             self.class_names = list(json.loads(meta["medimg.class_names"]))
         except (KeyError, ValueError, TypeError) as err:
             raise ModelMetadataError(f"{self.path.name}: not a medimg model, metadata incomplete ({err})") from None
+        try:
+            self.input_rules = InputRules.from_metadata(meta)
+        except (ValueError, TypeError) as err:
+            raise ModelMetadataError(f"{self.path.name}: input checks in the metadata unreadable ({err})") from None
         self.contract = contract
         self.config = preprocess.config_from_contract(contract)
         self.input_name = meta.get("medimg.input_name", INPUT_NAME)
@@ -121,8 +137,13 @@ def collect_files(paths: list[str | Path]) -> list[Path]:
 
 
 def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, show_progress: bool = False,
-                  console=None) -> list[Prediction]:
-    """Predictions for ``files`` in order; bad files carry their reason and do not stop the batch."""
+                  console=None, allow_modalities: tuple[str, ...] = (), any_modality: bool = False) -> list[Prediction]:
+    """Predictions for ``files`` in order; bad files carry their reason and do not stop the batch.
+
+    ``allow_modalities`` adds DICOM modalities to those the model is for; ``any_modality`` turns
+    the modality check off (both the caller's explicit decision; see the module docstring).
+    """
+    rules = model.input_rules.allowing(allow_modalities, any_modality)
     results: list[Prediction | None] = [None] * len(files)
     pending: list[tuple[int, np.ndarray]] = []
 
@@ -145,7 +166,12 @@ def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, sho
     try:
         for index, path in enumerate(files):
             try:
-                grey = preprocess.prepare_file(path, model.config)  # uint8 [size, size], as ingest stores it
+                decoded = preprocess.decode_file(path, model.config)
+                problem = check_input(decoded, rules)  # before grey uint8, which would turn NaN into black
+                grey = None
+                if problem is None:
+                    grey = preprocess.prepare(decoded, model.config)  # uint8 [size, size], as ingest stores it
+                    problem = check_input(decoded, rules, grey)  # and blank, on the stored image
             except BadImage as err:
                 results[index] = Prediction(str(path), None, None, err.reason)
             except FileNotFoundError:
@@ -155,7 +181,10 @@ def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, sho
             except Exception:  # noqa: BLE001 - one undecodable file must not stop the batch
                 results[index] = Prediction(str(path), None, None, "decode_error")
             else:
-                pending.append((index, preprocess.apply(grey, model.config).numpy()))
+                if problem is not None:
+                    results[index] = Prediction(str(path), None, None, problem.reason)
+                else:
+                    pending.append((index, preprocess.apply(grey, model.config).numpy()))
                 if len(pending) >= batch_size:
                     flush()
             if progress is not None:

@@ -24,6 +24,8 @@ MODEL_ARTIFACT = "model"
 
 TAG_DATA_VERSION = "medimg.data_version"
 TAG_GIT_COMMIT = "medimg.git_commit"
+#: Content hash of the package source (:func:`medimg.provenance.code_hash`): the code part of the run key.
+TAG_CODE_HASH = "medimg.code_hash"
 TAG_PARAMS_HASH = "medimg.params_hash"
 TAG_VALIDATION = "medimg.validation_passed"
 TAG_GATE = "medimg.gate_passed"

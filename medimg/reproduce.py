@@ -42,7 +42,7 @@ from pydantic import BaseModel
 from medimg import artifacts, model_record, registry, tracking
 from medimg.config import ConfigError, Params, parse_params
 from medimg.data import manifest, versioning
-from medimg.provenance import git_commit
+from medimg.provenance import code_hash, git_commit
 from medimg.steps import evaluate, train, validate
 from medimg.workspace import Workspace
 
@@ -178,6 +178,7 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
             "medimg.reproduces_model": mv.name,
             registry.TAG_DATA_VERSION: data_version,
             registry.TAG_GIT_COMMIT: git_commit(),
+            registry.TAG_CODE_HASH: code_hash(),
             registry.TAG_PARAMS_HASH: params_hash,
         })
         log.info("reproducing %s v%s (run %s) on data version %s in MLflow run %s", mv.name, mv.version, mv.run_id,
@@ -221,6 +222,8 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
         "params_hash_matches": params_hash == recorded_hash,
         "git_commit_original": mv.tags.get(registry.TAG_GIT_COMMIT),
         "git_commit_now": git_commit(),
+        "code_hash_original": mv.tags.get(registry.TAG_CODE_HASH),
+        "code_hash_now": code_hash(),
         "dropped_ids": len(validated["dropped_ids"]),
         "epochs_run": trained["epochs_run"],
         "threshold": {"original": original_threshold, "reproduced": evaluated["threshold"]},
@@ -246,7 +249,8 @@ def render_text(result: dict) -> str:
         + (f" (matches the recorded {result['params_hash_recorded']})" if result["params_hash_matches"] else
            f" (differs from the recorded {result['params_hash_recorded']}: the params or their hashing changed"
            " after the run)"),
-        f"  code then {result['git_commit_original']}, now {result['git_commit_now']}",
+        (f"  code then {result['git_commit_original']}, now {result['git_commit_now']}"
+         f" (source hash then {result.get('code_hash_original')}, now {result.get('code_hash_now')})"),
         f"  threshold original {result['threshold']['original']}, reproduced {result['threshold']['reproduced']}",
         f"  {'metric':<12} {'original':>9} {'95% CI':>17}   {'reproduced':>10} {'diff':>10}",
     ]

@@ -69,9 +69,14 @@ TAG_OUTCOME = "medimg.outcome"
 TAG_REASON = "medimg.reason"
 
 
-def run_key(data_version: str, params_hash: str, git_commit: str) -> str:
-    """What makes two retrains the same: data version, params and code."""
-    return hashlib.sha256(f"{data_version}|{params_hash}|{git_commit}".encode()).hexdigest()[:20]
+def run_key(data_version: str, params_hash: str, code_hash: str) -> str:
+    """What makes two retrains the same: data version, params and code.
+
+    ``code_hash`` is :func:`medimg.provenance.code_hash`, the content of the source, not the git
+    commit: two uncommitted edits share the name ``<sha>-dirty`` but not their content, and each
+    must retrain (and miss the Prefect step caches keyed by the run key).
+    """
+    return hashlib.sha256(f"{data_version}|{params_hash}|{code_hash}".encode()).hexdigest()[:20]
 
 
 def runs_with_key(experiment: str, key: str) -> list:

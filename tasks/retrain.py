@@ -1,6 +1,7 @@
 """The retraining pipeline's Prefect tasks: names, retries, timeouts and caching around ``medimg.steps``.
 
-Steps after ingest are cached under the run key (data version, params, code): a flow run that
+Steps after ingest are cached under the run key (data version, params, and the content hash of
+the source, :func:`medimg.provenance.code_hash`, so an uncommitted edit is new code): a flow run that
 crashed part way is started again and Prefect returns the finished steps' persisted results
 instead of running them twice. Training itself continues from its last epoch checkpoint.
 The step modules are imported inside the tasks: an up-to-date run never loads torch, ONNX or
@@ -18,7 +19,8 @@ from prefect.runtime import flow_run
 
 from medimg import artifacts, tracking
 from medimg.config import Params
-from medimg.provenance import git_commit
+from medimg.provenance import code_hash, git_commit
+from medimg.registry import TAG_CODE_HASH
 from medimg.workspace import Workspace
 
 
@@ -71,6 +73,7 @@ def open_run(params: Params, ws: Workspace, run_key: str, ingested: dict, drift_
             "medimg.flow_run_id": str(flow_run.id or "none"),
             "medimg.flow_run_name": str(flow_run.name or "none"),
             "medimg.git_commit": git_commit(),
+            TAG_CODE_HASH: code_hash(),
             "medimg.params_hash": params.fingerprint(),
             "medimg.data_version": ingested["data_version"],
             tracking.TAG_RUN_KEY: run_key,

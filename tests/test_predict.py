@@ -101,13 +101,18 @@ def test_predict_cli_on_real_dicom_png_jpeg_with_bad_files(registry_ws, champion
     by_file = {r["file"]: r for r in rows}
     for file, reason in bad.items():
         assert by_file[file]["error"] == reason and by_file[file]["probability"] is None, by_file[file]
+    # the champion is a chest radiograph model (data.modalities CR, DX): the CT and MR samples are refused
+    other_modality = {str(p) for p in collect_files([data_dir / "dicom" / "ct", data_dir / "dicom" / "mr"])} - set(bad)
+    assert len(other_modality) == 3 + 4
+    for file in other_modality:
+        assert by_file[file]["error"] == "modality_mismatch" and by_file[file]["probability"] is None, by_file[file]
     model = OnnxModel(champion_onnx)
-    good = [r for r in rows if r["file"] not in bad]
-    assert len(good) == len(rows) - 4
+    good = [r for r in rows if r["file"] not in bad and r["file"] not in other_modality]
+    assert len(good) == len(rows) - 4 - 7
     for row in good:
         assert row["error"] is None and 0.0 <= row["probability"] <= 1.0, row
         assert row["label"] == ("pneumonia" if row["probability"] >= model.threshold else "normal")
-    assert f"{len(good)} predicted, 4 not usable" in text
+    assert f"{len(good)} predicted, {4 + 7} not usable" in text
 
 
 @pytest.mark.slow

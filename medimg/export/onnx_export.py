@@ -2,8 +2,11 @@
 
 The exported file is one self-contained ONNX model with a dynamic batch axis. Its
 ``metadata_props`` hold everything a consumer needs without medimg: class labels, the decision
-threshold, the preprocessing contract, the input name and layout, and the lineage keys (data
-version, git commit, MLflow run). No patient-level value is ever written there.
+threshold, the preprocessing contract, the input name and layout, the inputs it may be given
+(``medimg.input_checks``: the validation limits its training data passed; ``medimg.modalities``
+and, when known, ``medimg.body_part``: what it is for; enforced by :mod:`medimg.input_checks`),
+and the lineage keys (data version, git commit, code hash, MLflow run). No patient-level value is
+ever written there.
 """
 
 from __future__ import annotations

@@ -53,8 +53,8 @@ from medimg.provenance import PROJECT_ROOT
 from medimg.workspace import Workspace
 
 KEY_METRICS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "brier", "ece")
-ONNX_LINEAGE_KEYS = ("medimg.data_version", "medimg.git_commit", "medimg.mlflow_run_id", "medimg.threshold",
-                     "medimg.class_names", "medimg.params_hash", "medimg.preprocessing_hash")
+ONNX_LINEAGE_KEYS = ("medimg.data_version", "medimg.git_commit", "medimg.code_hash", "medimg.mlflow_run_id",
+                     "medimg.threshold", "medimg.class_names", "medimg.params_hash", "medimg.preprocessing_hash")
 
 
 def _download(run_id: str, artifact_path: str, dest: Path) -> Path | None:

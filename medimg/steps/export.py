@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 
 from medimg import artifacts, preprocess, tracking
 from medimg.config import Params
@@ -16,7 +17,9 @@ from medimg.export.onnx_export import (
     check_parity,
     export,
 )
-from medimg.provenance import file_sha256, git_commit
+from medimg.input_checks import META_BODY_PART, META_INPUT_CHECKS, META_MODALITIES, InputRules
+from medimg.provenance import code_hash, file_sha256, git_commit
+from medimg.registry import TAG_CODE_HASH
 from medimg.steps.train import run_dir
 from medimg.training.data import load_split, split_rows
 from medimg.training.models import load_model
@@ -25,8 +28,33 @@ from medimg.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-def metadata(params: Params, run_id: str, data_version: str, threshold: float) -> dict[str, object]:
+def model_modalities(params: Params, trained: Iterable[str | None] = ()) -> list[str]:
+    """The DICOM modalities the model is for: ``data.modalities`` when set, else those its training data has.
+
+    ``trained`` is the training manifest's ``modality`` column (DICOM's own, else ``data.modality``).
+    """
+    if params.data.modalities is not None:
+        return sorted(params.data.modalities)
+    return sorted({str(m).upper() for m in trained if m})
+
+
+def metadata(params: Params, run_id: str, data_version: str, threshold: float,
+             trained_modalities: Iterable[str | None] = ()) -> dict[str, object]:
+    """The ONNX metadata of a medimg model (see :mod:`medimg.export.onnx_export`).
+
+    ``medimg.input_checks`` holds the validation limits the training data passed and
+    ``medimg.modalities`` the modalities the model is for (:func:`model_modalities`; not written
+    when none is known, and then not checked), which ``medimg predict`` enforces
+    (:mod:`medimg.input_checks`); ``medimg.body_part`` is written when ``data.body_part`` is set.
+    """
+    modalities = model_modalities(params, trained_modalities)
+    rules = InputRules.from_validation(params.validation)
+    known = {META_MODALITIES: modalities} if modalities else {}
+    body_part = {META_BODY_PART: params.data.body_part} if params.data.body_part else {}
     return {
+        **known,
+        **body_part,
+        META_INPUT_CHECKS: rules.limits_json(),
         "medimg.class_names": list(params.data.class_names),
         "medimg.positive_class": params.data.class_names[1],
         "medimg.threshold": threshold,
@@ -37,6 +65,7 @@ def metadata(params: Params, run_id: str, data_version: str, threshold: float) -
         "medimg.preprocessing_hash": preprocess.contract_hash(params.preprocess),
         "medimg.data_version": data_version,
         "medimg.git_commit": git_commit(),
+        TAG_CODE_HASH: code_hash(),
         "medimg.mlflow_run_id": run_id,
         "medimg.architecture": params.model.architecture,
         "medimg.params_hash": params.fingerprint(),
@@ -46,11 +75,13 @@ def metadata(params: Params, run_id: str, data_version: str, threshold: float) -
 def run(params: Params, ws: Workspace, run_id: str, ingested: dict, validated: dict, trained: dict,
         evaluated: dict) -> dict:
     model = load_model(params.model, params.preprocess.channels, len(params.data.class_names), trained["checkpoint"])
-    rows = split_rows(manifest.read(ws.data), "test", set(validated.get("dropped_ids") or []))
+    frame = manifest.read(ws.data)
+    rows = split_rows(frame, "test", set(validated.get("dropped_ids") or []))
     test = load_split(ws.data, rows.head(params.export.parity_images), "test")
     x = preprocess.apply(test.images, params.preprocess)
     path = run_dir(ws, run_id) / "model.onnx"
-    export(model, x, path, params.export.opset, metadata(params, run_id, ingested["data_version"], evaluated["threshold"]))
+    meta = metadata(params, run_id, ingested["data_version"], evaluated["threshold"], frame["modality"].tolist())
+    export(model, x, path, params.export.opset, meta)
     parity = check_parity(model, path, x, params.export.parity_atol)
     sha256 = file_sha256(path)
     tracking.log_json(run_id, parity.to_json(), artifacts.PARITY_REPORT)

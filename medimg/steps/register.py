@@ -8,7 +8,7 @@ import mlflow
 
 from medimg import promotion, registry, tracking
 from medimg.config import Params
-from medimg.provenance import file_sha256, git_commit
+from medimg.provenance import code_hash, file_sha256, git_commit
 from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ def run(params: Params, ws: Workspace, run_id: str, flow_run_id: str, ingested: 
     tags = {
         registry.TAG_DATA_VERSION: ingested["data_version"],
         registry.TAG_GIT_COMMIT: git_commit(),
+        registry.TAG_CODE_HASH: code_hash(),
         registry.TAG_PARAMS_HASH: params.fingerprint(),
         registry.TAG_VALIDATION: validated["passed"],
         registry.TAG_GATE: gated["passed"],
