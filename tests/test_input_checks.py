@@ -160,7 +160,9 @@ def test_nan_in_decoded_pixels_is_caught_before_grey_uint8_would_blacken_them():
         assert problem.reason == "non_finite" and "4 of 65536" in problem.detail
     nan_image = dataclasses.replace(reference, pixels=np.where(np.arange(256) == 3, np.nan, reference.pixels)
                                     .astype(np.float32))
-    assert preprocess.grey_uint8(nan_image).std() == 0, "grey uint8 turns one NaN into a black image"
+    assert check_input(nan_image, InputRules()).reason == "non_finite"
+    with pytest.raises(ValueError, match="NaN or infinite"):  # the grey mapping refuses rather than blacken it
+        preprocess.grey_uint8(nan_image)
 
 
 def test_a_real_image_made_uniform_is_blank(chest_model, small_old, tmp_path):
