@@ -26,7 +26,7 @@ from registry_fixtures import write_params
 from medimg import registry
 from medimg.cli import app
 from medimg.data.deid import PHI_KEYWORDS
-from medimg.data.image_folder import kermany_patient_key
+from medimg.data.sources import kermany_patient_key
 from medimg.export.onnx_export import read_metadata
 from medimg.workspace import Workspace
 

@@ -20,7 +20,7 @@ from medimg import preprocess
 from medimg.config import parse_params
 from medimg.data import manifest
 from medimg.data.deid import MissingSecretError, pseudonym
-from medimg.data.image_folder import kermany_patient_key
+from medimg.data.sources import kermany_patient_key
 from medimg.provenance import file_sha256
 from medimg.data.quarantine import QuarantineThresholdError
 from medimg.steps import ingest

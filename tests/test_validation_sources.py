@@ -15,7 +15,7 @@ from datapaths import CHEST, copy_chest_subset
 from medimg import preprocess
 from medimg.config import PreprocessConfig, ValidationConfig, parse_params
 from medimg.data import manifest
-from medimg.data.image_folder import kermany_patient_key
+from medimg.data.sources import kermany_patient_key
 from medimg.steps import ingest, validate
 from medimg.validation.suite import validate_manifest
 from medimg.workspace import Workspace
