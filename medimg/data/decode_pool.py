@@ -39,12 +39,17 @@ import multiprocessing
 import os
 import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from medimg import preprocess
 from medimg.config import PreprocessConfig
+from medimg.data.deid import pseudonym
+from medimg.data.images import BadImage
 
 #: Bump when decoding or the cached fields change, so old cache entries are not reused.
 CACHE_VERSION = 3
@@ -79,8 +84,6 @@ def cache_folder(cache_root: Path, contract_hash: str, secret: bytes | None, min
     is a pseudonym of a constant under the secret: it tells secrets apart without revealing
     anything about them.
     """
-    from medimg.data.deid import pseudonym
-
     key = pseudonym("cache", secret, "key").split("-", 1)[1][:8] if secret else "nokey"
     return cache_root / f"v{CACHE_VERSION}-{contract_hash}-m{min_side}{'b' if allow_burned_in else ''}-{key}"
 
@@ -133,8 +136,6 @@ class DecodeCache:
 
     def put(self, sha256: str, image: np.ndarray | None, meta: dict, kind: str | None = None) -> None:
         """Store one result of decoding as ``kind``; unexpected errors (``detail`` starting "unexpected") are not kept."""
-        from PIL import Image
-
         if meta.get("status") != "ok" and str(meta.get("detail", "")).startswith("unexpected"):
             return
         if image is not None:
@@ -205,9 +206,6 @@ def process(job: DecodeJob) -> tuple[DecodeJob, dict, bool]:
 
 
 def _decode(job: DecodeJob, options: DecodeOptions, data: bytes) -> tuple[dict, np.ndarray | None]:
-    from medimg import preprocess
-    from medimg.data.images import BadImage
-
     try:
         decoded = preprocess.decode_file(job.path, options.preprocess, options.min_side, options.allow_burned_in,
                                          kind=job.kind, data=data, secret=options.secret)
@@ -267,8 +265,6 @@ def _run(todo: list[DecodeJob], options: DecodeOptions, workers: int) -> Iterato
             _CACHE.close()
             _OPTIONS, _CACHE = saved
         return
-    from concurrent.futures import ProcessPoolExecutor
-
     # A worker that dies (a decoder crashing on a hostile file) raises BrokenProcessPool here
     # instead of hanging the ingest, which is why this is not multiprocessing.Pool.
     context = multiprocessing.get_context("forkserver")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from collections import Counter, defaultdict
@@ -42,7 +43,7 @@ from medimg import preprocess
 from medimg.config import DataConfig, PreprocessConfig
 from medimg.data import manifest, sources
 from medimg.data.manifest import SPLITS
-from medimg.data.decode_pool import DecodeJob, DecodeOptions, cache_folder, decode
+from medimg.data.decode_pool import DecodeCache, DecodeJob, DecodeOptions, cache_folder, decode
 from medimg.data.deid import pseudonym
 from medimg.data.images import REASONS, DecodedImage
 from medimg.data.medmnist import MedMNISTArchive
@@ -253,8 +254,6 @@ def ingest_files(
 
 
 def _cpu_count() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -439,10 +438,6 @@ def _store(folder: Path, frame: pd.DataFrame, rows: list[dict], cache_dir: Path)
     Cache files are only ever replaced (written aside, then renamed), never changed in place, so
     a link never sees its content change; a file system without hard links gets copies.
     """
-    import os
-
-    from medimg.data.decode_pool import DecodeCache
-
     cache = DecodeCache(cache_dir)
     made: set[Path] = set()
     for row in rows:
