@@ -46,7 +46,7 @@ from medimg import artifacts, audit, registry
 from medimg.promotion import events_from_tags
 from medimg.config import Params
 from medimg.data import versioning
-from medimg.provenance import PROJECT_ROOT
+from medimg.provenance import PROJECT_ROOT, file_sha256
 from medimg.workspace import Workspace
 
 KEY_METRICS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "brier", "ece")
@@ -179,8 +179,7 @@ def _gate(run_id: str, tmp: Path, tag: str | None) -> dict:
 
 def _onnx(name: str, version: registry.VersionInfo, tmp: Path, run_id: str) -> dict:
     """The sha256 tag, the stored file's actual hash, and the lineage keys in its own metadata."""
-    from medimg.export.onnx_export import read_metadata
-    from medimg.provenance import file_sha256
+    from medimg.export.onnx_export import read_metadata  # here: it loads torch (1 s); only to read a stored file
 
     out: dict = {"sha256": version.tags.get(registry.TAG_ONNX_SHA256), "stored_sha256": None, "size_bytes": None,
                  "parity_max_abs_diff": version.tags.get(registry.TAG_PARITY), "parity": None, "metadata": {}}
@@ -197,9 +196,10 @@ def _onnx(name: str, version: registry.VersionInfo, tmp: Path, run_id: str) -> d
     except Exception as err:  # a tampered or truncated file is a finding of the report, not a crash
         out["error"] = f"stored ONNX file is not a readable ONNX model: {type(err).__name__}: {err}"
         return out
-    out["metadata"] = {k: meta[k] for k in ("medimg.data_version", "medimg.git_commit", "medimg.mlflow_run_id",
-                                             "medimg.threshold", "medimg.class_names", "medimg.params_hash",
-                                             "medimg.preprocessing_hash") if k in meta}
+    out["metadata"] = {k: meta[k] for k in (artifacts.META_DATA_VERSION, artifacts.META_GIT_COMMIT,
+                                             artifacts.META_MLFLOW_RUN_ID, artifacts.META_THRESHOLD,
+                                             artifacts.META_CLASS_NAMES, artifacts.META_PARAMS_HASH,
+                                             artifacts.META_PREPROCESSING_HASH) if k in meta}
     return out
 
 
@@ -212,7 +212,7 @@ def _promotions(ws: Workspace, name: str, version: str) -> dict:
     try:
         model = MlflowClient().get_registered_model(name)
         aliases = {alias: str(v) for alias, v in (model.aliases or {}).items()}
-        model_tags = {k: v for k, v in (model.tags or {}).items() if k.startswith("medimg.")}
+        model_tags = {k: v for k, v in (model.tags or {}).items() if k.startswith(artifacts.TAG_PREFIX)}
     except MlflowException:
         aliases, model_tags = {}, {}
     merged: dict[tuple, dict] = {}
@@ -238,8 +238,9 @@ def _checks(report: dict) -> list[dict]:
     checks = [
         _check("run_finished", run.get("status") == "FINISHED", f"MLflow run status {run.get('status')}"),
         _check("data_version_consistent",
-               bool(dv) and dv == data.get("run_tag") and dv == meta.get("medimg.data_version"),
-               f"version tag {dv}, run tag {data.get('run_tag')}, ONNX metadata {meta.get('medimg.data_version')}"),
+               bool(dv) and dv == data.get("run_tag") and dv == meta.get(artifacts.META_DATA_VERSION),
+               f"version tag {dv}, run tag {data.get('run_tag')}, "
+               f"ONNX metadata {meta.get(artifacts.META_DATA_VERSION)}"),
         _check("data_version_restorable",
                bool(data["dvc_file_exists"]) and (data.get("md5") or "").removesuffix(".dir") == dv,
                f"{data.get('dvc_file')}: {'present, md5 ' + str(data.get('md5')) if data['dvc_file_exists'] else 'missing'}"),
@@ -249,15 +250,17 @@ def _checks(report: dict) -> list[dict]:
                f"gate report passed={gate.get('passed')}, version tag {gate.get('registry_tag')}"),
         _check("onnx_sha256_verified", bool(onnx.get("sha256")) and onnx.get("sha256") == onnx.get("stored_sha256"),
                f"tag {onnx.get('sha256')}, stored file {onnx.get('stored_sha256')}"),
-        _check("onnx_from_this_run", meta.get("medimg.mlflow_run_id") == run.get("id"),
-               f"ONNX metadata run {meta.get('medimg.mlflow_run_id')}, version's run {run.get('id')}"),
+        _check("onnx_from_this_run", meta.get(artifacts.META_MLFLOW_RUN_ID) == run.get("id"),
+               f"ONNX metadata run {meta.get(artifacts.META_MLFLOW_RUN_ID)}, version's run {run.get('id')}"),
         # Differs when a commit landed while the flow ran (the run is tagged at its start, the export and
         # the version later): then the code that produced the model is ambiguous, and the report says so.
         _check("git_commit_consistent",
                bool(report["code"].get("commit"))
-               and report["code"]["commit"] == run.get("tags", {}).get("medimg.git_commit") == meta.get("medimg.git_commit"),
-               f"version tag {report['code'].get('commit')}, run tag {run.get('tags', {}).get('medimg.git_commit')}, "
-               f"ONNX metadata {meta.get('medimg.git_commit')}"),
+               and report["code"]["commit"] == run.get("tags", {}).get(artifacts.TAG_GIT_COMMIT)
+               == meta.get(artifacts.META_GIT_COMMIT),
+               f"version tag {report['code'].get('commit')}, "
+               f"run tag {run.get('tags', {}).get(artifacts.TAG_GIT_COMMIT)}, "
+               f"ONNX metadata {meta.get(artifacts.META_GIT_COMMIT)}"),
     ]
     if model.get("is_champion"):
         promoted = any(e.get("action") in ("promote", "rollback")
@@ -292,9 +295,9 @@ def lineage(params: Params, ws: Workspace, ref: str) -> dict:
                     found=True, name=run.info.run_name, status=run.info.status, experiment_id=run.info.experiment_id,
                     start=_iso(run.info.start_time), end=_iso(run.info.end_time), user=run.info.user_id,
                     artifact_uri=run.info.artifact_uri, params=dict(sorted(run.data.params.items())),
-                    tags={k: v for k, v in run.data.tags.items() if k.startswith("medimg.")},
+                    tags={k: v for k, v in run.data.tags.items() if k.startswith(artifacts.TAG_PREFIX)},
                     flow_run_id=run.data.tags.get(registry.TAG_FLOW_RUN),
-                    flow_run_name=run.data.tags.get("medimg.flow_run_name"),
+                    flow_run_name=run.data.tags.get(artifacts.TAG_FLOW_RUN_NAME),
                 )
                 run_info["metrics"] = key_metrics(run_metrics)
                 run_info["threshold"] = run_metrics.get("test_threshold")

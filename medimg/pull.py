@@ -49,6 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
 from medimg import artifacts, registry
 from medimg.audit import now_iso
 from medimg.config import Params
@@ -171,9 +174,6 @@ def _metrics_with_ci(metrics: dict[str, float]) -> dict[str, dict]:
 
 def build_card(info: registry.VersionInfo, onnx_path: Path, sha256: str, work: Path, alias: str | None) -> dict:
     """The model card as a dict: identity, lineage, metrics with CIs, gate report, contract, use."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     client = MlflowClient()
     meta = _decode_meta(read_metadata(onnx_path))
     metrics, params, gate_report = {}, {}, None
@@ -202,21 +202,21 @@ def build_card(info: registry.VersionInfo, onnx_path: Path, sha256: str, work: P
         "sha256": sha256,
         "sha256_verified_against": registry.TAG_ONNX_SHA256,
         "mlflow_run_id": info.run_id,
-        "data_version": tags.get(registry.TAG_DATA_VERSION) or meta.get("medimg.data_version"),
-        "git_commit": tags.get(registry.TAG_GIT_COMMIT) or meta.get("medimg.git_commit"),
+        "data_version": tags.get(registry.TAG_DATA_VERSION) or meta.get(artifacts.META_DATA_VERSION),
+        "git_commit": tags.get(registry.TAG_GIT_COMMIT) or meta.get(artifacts.META_GIT_COMMIT),
         "params_hash": tags.get(registry.TAG_PARAMS_HASH),
         "flow_run_id": tags.get(registry.TAG_FLOW_RUN),
         "validation_passed": tags.get(registry.TAG_VALIDATION) == "True",
         "onnx_parity_max_abs_diff": float(tags[registry.TAG_PARITY]) if tags.get(registry.TAG_PARITY) else None,
-        "class_names": meta.get("medimg.class_names"),
-        "positive_class": meta.get("medimg.positive_class"),
-        "threshold": meta.get("medimg.threshold"),
+        "class_names": meta.get(artifacts.META_CLASS_NAMES),
+        "positive_class": meta.get(artifacts.META_POSITIVE_CLASS),
+        "threshold": meta.get(artifacts.META_THRESHOLD),
         "threshold_rule": params.get("gates.threshold"),
-        "input_name": meta.get("medimg.input_name"),
-        "input_layout": meta.get("medimg.input_layout"),
-        "output": meta.get("medimg.output"),
-        "preprocessing": meta.get("medimg.preprocessing"),
-        "architecture": meta.get("medimg.architecture"),
+        "input_name": meta.get(artifacts.META_INPUT_NAME),
+        "input_layout": meta.get(artifacts.META_INPUT_LAYOUT),
+        "output": meta.get(artifacts.META_OUTPUT),
+        "preprocessing": meta.get(artifacts.META_PREPROCESSING),
+        "architecture": meta.get(artifacts.META_ARCHITECTURE),
         "training_data": params.get("data.medmnist_flag"),
         "metrics": _metrics_with_ci(metrics),
         "gate": {

@@ -3,7 +3,8 @@
 The exported file is one self-contained ONNX model with a dynamic batch axis. Its
 ``metadata_props`` hold everything a consumer needs without medimg: class labels, the decision
 threshold, the preprocessing contract, the input name and layout, and the lineage keys (data
-version, git commit, MLflow run). No patient-level value is ever written there.
+version, git commit, MLflow run), under the ``META_*`` keys of :mod:`medimg.artifacts`. No
+patient-level value is ever written there.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-#: Metadata key of the preprocessing contract (JSON) that consumers rebuild the input from.
-META_PREPROCESSING = "medimg.preprocessing"
 
 
 class ExportError(RuntimeError):
@@ -43,8 +44,6 @@ class ParityReport:
 
 
 def export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, metadata: dict[str, object]) -> Path:
-    import onnx
-
     model = model.eval()
     program = torch.onnx.export(
         model,
@@ -74,16 +73,12 @@ def export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, meta
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    import onnx
-
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
 
 
 def session(path: Path):
     """An ONNX Runtime session on CUDA where available, else on the CPU."""
-    import onnxruntime as ort
-
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     return ort.InferenceSession(str(path), providers=providers)
