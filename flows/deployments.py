@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.schedules import Cron
 
 from flows.retrain import retrain
 from flows.watch_inbox import watch_inbox
@@ -26,8 +27,6 @@ def _limit(strategy: str) -> ConcurrencyLimitConfig:
 
 def _settings(params: Params, params_path: Path) -> list[tuple]:
     """(flow, entrypoint, deployment options) of each deployment, shared by serving and the work pool."""
-    from prefect.schedules import Cron
-
     common = {"parameters": {"params_path": str(params_path.resolve())}, "tags": ["medimg"]}
     name = params.schedule.deployment_name
     out = [(retrain, "flows/retrain.py:retrain",

@@ -9,6 +9,27 @@ Outcomes, as the flow run's final state:
 - ``Failed``: validation failed (or a step broke): event ``medimg.retrain.failed`` and a
   notification; the champion is untouched.
 - ``Cancelled``: another retrain holds this workspace; nothing was done.
+
+When a run is skipped or reused (the one list; README "When a run is skipped or reused" says the same):
+
+1. Ingest: :mod:`medimg.steps.source_check` skips it when nothing it reads changed (files' names,
+   sizes, mtimes; data and preprocess params; de-identification key; ingest code; the workspace's
+   dataset). Needed on its own: the run key needs the data version only an ingest yields.
+2. Whole run: the run key (:func:`medimg.tracking.run_key`: data version, params hash, code). An
+   MLflow run with the key that finished end to end makes this run ``UpToDate``; with
+   ``drift.retrain_on: drift`` a version without drift is ``NoDrift``. ``force`` (and
+   ``orchestration.skip_if_up_to_date: false`` for the first) trains anyway, in a new MLflow run.
+3. Steps of a crashed run: the next run with the key reopens its MLflow run
+   (:func:`medimg.tracking.unfinished`), and the validate, train, evaluate and export tasks return
+   that run's persisted results (Prefect cache keyed by step and MLflow run id,
+   :mod:`tasks.retrain`); train resumes from its epoch checkpoint; register finds the version
+   already registered from the run. A new MLflow run never gets another run's steps.
+4. ``dvc repro`` (``dvc.yaml``, ``dvc.lock``): rule 1 for the DVC pipeline's entry point; the flow
+   does not use it.
+
+Each step hands the next a frozen contract of :mod:`medimg.contracts`; a trained run returns a
+:class:`~medimg.contracts.RetrainSummary`, one that trained nothing a
+:class:`~medimg.contracts.RunSkipped` as its state's data.
 """
 
 from __future__ import annotations
@@ -16,12 +37,13 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed
 
-from medimg import tracking
+from medimg import artifacts, tracking
 from medimg.config import load_params
+from medimg.contracts import DriftCheck, RetrainSummary, RunSkipped
 from medimg.provenance import code_hash, git_commit
-from medimg.registry import TAG_CODE_HASH
 from medimg.workspace import Workspace, activate, exclusive
 from tasks.notify import retry_transient, signal
 from tasks.retrain import (
@@ -60,11 +82,9 @@ def _signal(logger, params, outcome: str, message: str, payload: dict) -> None:
 
 
 def _tags(version: str, key: str, params) -> dict[str, str]:
-    from prefect.runtime import flow_run
-
-    return {"medimg.data_version": version, "medimg.params_hash": params.fingerprint(),
-            "medimg.flow_run_id": str(flow_run.id or "none"), "medimg.git_commit": git_commit(),
-            TAG_CODE_HASH: code_hash(), "medimg.run_key_checked": key}
+    return {artifacts.TAG_DATA_VERSION: version, artifacts.TAG_PARAMS_HASH: params.fingerprint(),
+            artifacts.TAG_FLOW_RUN: str(flow_run.id or "none"), artifacts.TAG_GIT_COMMIT: git_commit(),
+            artifacts.TAG_CODE_HASH: code_hash(), artifacts.TAG_RUN_KEY_CHECKED: key}
 
 
 def _retrain(params, ws, force: bool, logger):
@@ -85,70 +105,66 @@ def _retrain(params, ws, force: bool, logger):
         return result
 
     ingested = timed("ingest", ingest_data, params, ws, **io)
-    version = ingested["data_version"]
+    version = ingested.data_version
     key = tracking.run_key(version, params.fingerprint(), code_hash())
     done = tracking.last_completed(params.registry.experiment, key)
     if done is not None and opts.skip_if_up_to_date and not force:
         message = (f"up to date: data version {version}, params {params.fingerprint()} and code {code_hash()} match "
-                   f"MLflow run {done.info.run_id} ({done.data.tags.get(tracking.TAG_OUTCOME)}); nothing trained")
+                   f"MLflow run {done.info.run_id} ({done.data.tags.get(artifacts.TAG_OUTCOME)}); nothing trained")
         logger.info(message)
         tracking.record_outcome_only(params, ws, "up_to_date", message, _tags(version, key, params))
-        return Completed(name="UpToDate", message=message, data={"run_key": key, "data_version": version,
-                                                                  "mlflow_run_id": done.info.run_id})
+        return Completed(name="UpToDate", message=message,
+                         data=RunSkipped(outcome="up_to_date", reason=message, data_version=version, run_key=key,
+                                         matching_run_id=done.info.run_id))
 
-    drift_result = timed("drift", check_drift, params, ws, version) if params.drift.enabled else {"checked": False}
-    if params.drift.retrain_on == "drift" and drift_result.get("drifted") is False and not force:
-        message = f"new data version {version} shows no drift against the champion ({drift_result['reason']}); not retrained"
+    drift_result = (timed("drift", check_drift, params, ws, version) if params.drift.enabled
+                    else DriftCheck(checked=False, reason="drift.enabled is false: not checked"))
+    if params.drift.retrain_on == "drift" and drift_result.drifted is False and not force:
+        message = (f"new data version {version} shows no drift against the champion ({drift_result.reason}); "
+                   "not retrained")
         logger.info(message)
         tracking.record_outcome_only(params, ws, "no_drift", message, _tags(version, key, params))
-        return Completed(name="NoDrift", message=message, data={"data_version": version, "drift": drift_result})
+        return Completed(name="NoDrift", message=message,
+                         data=RunSkipped(outcome="no_drift", reason=message, data_version=version, run_key=key,
+                                         drift=drift_result))
 
     from medimg.steps.validate import raise_if_failed  # ~0.8 s of imports (pydicom, Pillow, scikit-learn): only when training
 
     run_id = timed("open_run", open_run, params, ws, key, ingested, drift_result)
     try:
-        validated = timed("validate", validate_data, params, ws, run_id, key, ingested)
+        validated = timed("validate", validate_data, params, ws, run_id, version)
         raise_if_failed(validated)
-        trained = timed("train", train_model, params, ws, run_id, key, validated,
-                        timeout_seconds=opts.train_timeout_seconds)
-        evaluated = timed("evaluate", evaluate_model, params, ws, run_id, key, validated, trained)
+        data = validated.training_data
+        trained = timed("train", train_model, params, ws, run_id, data, timeout_seconds=opts.train_timeout_seconds)
+        evaluated = timed("evaluate", evaluate_model, params, ws, run_id, data, trained)
         gated = timed("gate", gate_model, params, ws, run_id, evaluated, **io)
-        exported = timed("export", export_model, params, ws, run_id, key, ingested, validated, trained, evaluated,
+        exported = timed("export", export_model, params, ws, run_id, data, trained, evaluated,
                          timeout_seconds=opts.io_timeout_seconds)
-        registered = timed("register", register_model, params, ws, run_id, ingested, validated, gated, exported, **io)
+        registered = timed("register", register_model, params, ws, run_id, validated, gated, exported, **io)
     except BaseException as err:
         reason = str(err).splitlines()[0][:500] if str(err) else type(err).__name__
-        tracking.set_tags(run_id, {tracking.TAG_OUTCOME: "failed", tracking.TAG_REASON: reason})
+        tracking.set_tags(run_id, {artifacts.TAG_OUTCOME: "failed", artifacts.TAG_REASON: reason})
         tracking.finish(run_id, "FAILED")
         if isinstance(err, Exception):
             _signal(logger, params, "failed", f"retrain failed: {reason}",
                     {"mlflow_run_id": run_id, "data_version": version})
         raise
     tracking.log_metrics(run_id, {f"step_seconds_{k}": v for k, v in timings.items()})
-    summary = {
-        "mlflow_run_id": run_id,
-        "run_key": key,
-        "data_version": version,
-        "model": registered,
-        "test": {k: evaluated["test"][k] for k in ("roc_auc", "accuracy", "sensitivity", "specificity")},
-        "test_ci95": {k: evaluated["test_ci95"][k] for k in ("roc_auc", "accuracy", "sensitivity", "specificity")},
-        "threshold": evaluated["threshold"],
-        "gate": {"passed": gated["passed"], "failed": gated["failed"], "report": gated["report"]},
-        "validation": {"report": validated["report"], "warnings": validated["n_warnings"], "warts": validated["warts"]},
-        "drift": drift_result,
-        "onnx": {"sha256": exported["sha256"], "parity": exported["parity"]},
-        "step_seconds": timings,
-    }
+    summary = RetrainSummary(
+        mlflow_run_id=run_id, run_key=key, data_version=version, ingest=ingested, drift=drift_result,
+        validation=validated, training=trained, evaluation=evaluated, gate=gated, export=exported, model=registered,
+        step_seconds=timings,
+    )
     logger.info("step wall times (s): %s", timings)
-    if not gated["passed"]:
-        message = (f"gate failed ({', '.join(gated['failed'])}); v{registered['version']} is challenger, "
+    if not gated.passed:
+        message = (f"gate failed ({', '.join(gated.failed)}); v{registered.version} is challenger, "
                    "champion unchanged")
-        tracking.set_tags(run_id, {tracking.TAG_OUTCOME: "not_promoted", tracking.TAG_REASON: message})
+        tracking.set_tags(run_id, {artifacts.TAG_OUTCOME: "not_promoted", artifacts.TAG_REASON: message})
         tracking.finish(run_id)
-        _signal(logger, params, "not-promoted", message, {"mlflow_run_id": run_id, "version": registered["version"],
-                                                 "failed_rules": gated["failed"]})
+        _signal(logger, params, "not-promoted", message, {"mlflow_run_id": run_id, "version": registered.version,
+                                                 "failed_rules": list(gated.failed)})
         return Completed(name="NotPromoted", message=message, data=summary)
-    tracking.set_tags(run_id, {tracking.TAG_OUTCOME: "promoted",
-                               tracking.TAG_REASON: f"v{registered['version']} promoted: all gates passed"})
+    tracking.set_tags(run_id, {artifacts.TAG_OUTCOME: "promoted",
+                               artifacts.TAG_REASON: f"v{registered.version} promoted: all gates passed"})
     tracking.finish(run_id)
     return summary

@@ -1,14 +1,18 @@
-"""Where a retrain run's records lie among its MLflow artifacts.
+"""The names a retrain run records under: MLflow artifact paths, run and model-version tags, ONNX metadata keys.
 
-One layout, shared by the steps that write the records and by lineage, pull, drift and reproduce
-that read them back, so a reader never looks where nothing was written. The paths are part of
-what auditors and deployment pipelines rely on: renaming one is a breaking change for runs
-already recorded. Artifact paths are POSIX paths whatever the platform.
+One vocabulary, shared by the steps and modules that write the records and by lineage, pull,
+status, drift, predict and reproduce that read them back, so a reader never looks where nothing
+was written and no name is spelled twice. The names are part of what auditors and deployment
+pipelines rely on: renaming one is a breaking change for runs and models already recorded.
+Artifact paths are POSIX paths whatever the platform. The MLflow I/O itself lives in
+:mod:`medimg.tracking` (runs) and :mod:`medimg.registry` (registered models).
 """
 
 from __future__ import annotations
 
 import posixpath
+
+# --------------------------------------------------------------------------- MLflow run artifacts
 
 INGEST_REPORT = "data/ingest.json"
 DRIFT_REPORT = "data/drift.json"
@@ -22,6 +26,75 @@ ROC_CURVE = "evaluation/figures/roc_curve.png"
 GATE_REPORT = "gates/gate_report.json"
 PARITY_REPORT = "export/parity.json"
 REPRODUCTION_REPORT = "reproduction/comparison.json"
+#: The registered model's artifact folder in its run, and the ONNX file in it.
+MODEL_ARTIFACT = "model"
+ONNX_FILE = "model.onnx"
+
+# --------------------------------------------------------------------------- tags (MLflow runs and model versions)
+# Lineage tags: on the retrain's MLflow run and on the model version registered from it.
+TAG_DATA_VERSION = "medimg.data_version"
+TAG_GIT_COMMIT = "medimg.git_commit"
+#: Content hash of the package source (:func:`medimg.provenance.code_hash`): the code part of the run key.
+TAG_CODE_HASH = "medimg.code_hash"
+TAG_PARAMS_HASH = "medimg.params_hash"
+TAG_FLOW_RUN = "medimg.flow_run_id"
+TAG_VALIDATION = "medimg.validation_passed"
+TAG_GATE = "medimg.gate_passed"
+TAG_GATE_FAILED = "medimg.gate_failed_rules"  # comma-separated rule names, or "none"
+
+# Run tags: the retrain's bookkeeping (medimg.tracking).
+TAG_RUN_KEY = "medimg.run_key"
+TAG_RUN_KEY_CHECKED = "medimg.run_key_checked"  # on a run that trained nothing: the key it found done
+TAG_OUTCOME = "medimg.outcome"  # promoted, not_promoted, failed, up_to_date, no_drift
+TAG_REASON = "medimg.reason"
+TAG_FLOW_RUN_NAME = "medimg.flow_run_name"
+TAG_RESUMED_BY = "medimg.resumed_by_flow_run"
+TAG_MODEL_VERSION = "medimg.model_version"
+TAG_ALIAS = "medimg.alias"
+
+# Run tags of a reproduction (medimg.reproduce).
+TAG_REPRODUCES = "medimg.reproduces"
+TAG_REPRODUCES_RUN = "medimg.reproduces_run_id"
+TAG_REPRODUCES_MODEL = "medimg.reproduces_model"
+TAG_REPRODUCTION_WITHIN_CI = "medimg.reproduction_auc_within_ci"
+TAG_REPRODUCTION_IDENTICAL = "medimg.reproduction_identical"
+
+# Model-version tags: the file, and the alias history (medimg.promotion).
+TAG_ONNX_SHA256 = "medimg.onnx_sha256"
+TAG_PARITY = "medimg.onnx_parity_max_abs_diff"
+TAG_PROMOTED_AT = "medimg.promoted_at"
+TAG_PROMOTION_REASON = "medimg.promotion_reason"
+TAG_PREVIOUS_CHAMPION = "medimg.previous_champion"
+TAG_PROMOTION_FORCED = "medimg.promotion_forced"
+TAG_ROLLED_BACK_AT = "medimg.rolled_back_at"
+TAG_ROLLBACK_REASON = "medimg.rollback_reason"
+#: Registered-model tags ``medimg.audit.000001``, ``...000002``: one JSON audit event each, the same
+#: line as in the workspace's ``audit.jsonl``, readable in the MLflow UI beside the model.
+AUDIT_TAG_PREFIX = "medimg.audit."
+#: Every medimg tag name starts with this.
+TAG_PREFIX = "medimg."
+
+# --------------------------------------------------------------------------- ONNX metadata_props keys
+# Written by medimg.steps.export.metadata, read by medimg.scoring, pull and lineage. Values are
+# strings; lists and dicts are JSON.
+META_CLASS_NAMES = "medimg.class_names"  # JSON list, index = class
+META_POSITIVE_CLASS = "medimg.positive_class"
+META_THRESHOLD = "medimg.threshold"  # positive when softmax(logits)[:, 1] >= threshold
+META_OUTPUT = "medimg.output"
+META_INPUT_NAME = "medimg.input_name"
+META_INPUT_LAYOUT = "medimg.input_layout"
+META_PREPROCESSING = "medimg.preprocessing"  # the preprocessing contract (JSON) consumers rebuild the input from
+META_PREPROCESSING_HASH = "medimg.preprocessing_hash"
+META_DATA_VERSION = "medimg.data_version"
+META_GIT_COMMIT = "medimg.git_commit"
+META_CODE_HASH = "medimg.code_hash"
+#: JSON {min_pixel_std, bit_depth_range, original_side_range}: the validation limits the training data passed
+META_INPUT_CHECKS = "medimg.input_checks"
+META_MODALITIES = "medimg.modalities"  # JSON list of DICOM Modality values the model is for
+META_BODY_PART = "medimg.body_part"  # DICOM Body Part Examined the model is for, when known
+META_MLFLOW_RUN_ID = "medimg.mlflow_run_id"
+META_ARCHITECTURE = "medimg.architecture"
+META_PARAMS_HASH = "medimg.params_hash"
 
 
 def folder(artifact: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -17,10 +18,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from medimg.config import ConfigError, Params, load_params
+from medimg.config import ConfigError, DataConfig, Params, deep_merge, load_params
+from medimg.contracts import RetrainSummary
+from medimg.data import versioning
 from medimg.workspace import Workspace, activate
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="medimg: retrain, gate and promote medical image classifiers.")
@@ -31,8 +44,6 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a p
 
 
 def parse_overrides(items: list[str] | None) -> dict:
-    import yaml
-
     out: dict = {}
     for item in items or []:
         if "=" not in item:
@@ -91,7 +102,7 @@ def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
     """
     loaded, overrides = _load(params, set_)
     ws = _activate(loaded)
-    from flows.retrain import retrain
+    from flows.retrain import retrain  # here: after activate (MLflow, Prefect read settings on import)
 
     quiet_third_party_loggers()
 
@@ -111,25 +122,25 @@ def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
 
 def _run_errors() -> tuple[type[BaseException], ...]:
     """A failed validation or bad data; imported when ``run`` starts, not when the CLI loads (pydicom, Pillow, scikit-learn)."""
-    from medimg.steps.validate import ValidationFailed
+    from medimg.steps.validate import ValidationFailed  # here: see the docstring
 
     return (ValidationFailed, *_data_errors())
 
 
-def _print_run(summary: dict, state_name: str, message: str | None, ws: Workspace) -> None:
+def _print_run(summary: RetrainSummary, state_name: str, message: str | None, ws: Workspace) -> None:
     table = Table(title=f"retrain: {state_name}", show_header=False)
-    model = summary["model"]
-    table.add_row("model", f"{model['model_name']} v{model['version']} -> {model['alias']}")
-    table.add_row("data version", summary["data_version"])
-    for key, value in summary["test"].items():
-        lo, hi = summary["test_ci95"][key]
-        table.add_row(f"test {key}", f"{value:.4f}  (95% CI {lo:.4f}-{hi:.4f})")
-    table.add_row("threshold", f"{summary['threshold']:.4f}")
-    table.add_row("gate", "passed" if summary["gate"]["passed"] else "FAILED: " + ", ".join(summary["gate"]["failed"]))
-    table.add_row("gate report", summary["gate"]["report"])
-    table.add_row("validation report", summary["validation"]["report"])
-    table.add_row("onnx sha256", summary["onnx"]["sha256"])
-    table.add_row("step seconds", json.dumps(summary["step_seconds"]))
+    model, evaluation, gate = summary.model, summary.evaluation, summary.gate
+    table.add_row("model", f"{model.model_name} v{model.version} -> {model.alias}")
+    table.add_row("data version", summary.data_version)
+    for key in ("roc_auc", "accuracy", "sensitivity", "specificity"):
+        lo, hi = evaluation.test_ci95[key]
+        table.add_row(f"test {key}", f"{evaluation.test[key]:.4f}  (95% CI {lo:.4f}-{hi:.4f})")
+    table.add_row("threshold", f"{evaluation.threshold:.4f}")
+    table.add_row("gate", "passed" if gate.passed else "FAILED: " + ", ".join(gate.failed))
+    table.add_row("gate report", str(gate.report))
+    table.add_row("validation report", str(summary.validation.report))
+    table.add_row("onnx sha256", summary.export.sha256)
+    table.add_row("step seconds", json.dumps(summary.step_seconds))
     table.add_row("workspace", str(ws.root))
     Console().print(table)
     if message and state_name != "Completed":
@@ -140,7 +151,7 @@ def _print_run(summary: dict, state_name: str, message: str | None, ws: Workspac
 def status(params: ParamsOption = Path("params.yaml"), as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The champion: version, metrics, data version, ONNX sha256, when and why it was promoted."""
     loaded, ws = _open(params)
-    from medimg.status import champion_status
+    from medimg.status import champion_status  # here: after activate (MLflow, Prefect read settings on import)
 
     info = champion_status(loaded, ws)
     if as_json:
@@ -182,7 +193,7 @@ def promote(
 ) -> None:
     """Make VERSION the champion: refused unless it passed its gates, or --force with a reason."""
     loaded, ws = _open(params)
-    from medimg.promotion import PromotionRefused
+    from medimg.promotion import PromotionRefused  # here: after activate (MLflow, Prefect read settings on import)
     from medimg.promotion import promote as promote_version
 
     with _exit_on(PromotionRefused, "promotion refused"):
@@ -196,7 +207,7 @@ def promote(
 def rollback(reason: ReasonOption, params: ParamsOption = Path("params.yaml")) -> None:
     """Move champion back to the version the current champion replaced."""
     loaded, ws = _open(params)
-    from medimg.promotion import PromotionRefused
+    from medimg.promotion import PromotionRefused  # here: after activate (MLflow, Prefect read settings on import)
     from medimg.promotion import rollback as rollback_champion
 
     with _exit_on(PromotionRefused, "rollback refused"):
@@ -218,7 +229,7 @@ def pull(
     --out is left as it was.
     """
     loaded, _ = _open(params)
-    from medimg.pull import IntegrityError, PullError
+    from medimg.pull import IntegrityError, PullError  # here: after activate (MLflow, Prefect read settings on import)
     from medimg.pull import pull as pull_model
 
     with _exit_on(PullError, "pull failed"), _exit_on(IntegrityError, "integrity check failed", code=3):
@@ -254,9 +265,9 @@ def predict(
     DICOM of a modality the model is not for (modality_mismatch) unless --allow-modality or
     --any-modality says to score it anyway.
     """
-    import tempfile
-
-    from medimg.predict import OnnxModel, collect_files, predict_files, registry_model, render
+    # here: torch and ONNX Runtime (1 s) load for predict only, not with every command
+    from medimg.predict import collect_files, predict_files, registry_model, render
+    from medimg.scoring import OnnxModel
 
     if fmt not in ("csv", "json"):
         console.print(f"[bold red]--format {fmt!r}[/]: expected csv or json")
@@ -270,7 +281,7 @@ def predict(
             source = str(candidate)
         else:
             loaded, _ = _open(params)
-            from medimg.pull import PullError
+            from medimg.pull import PullError  # here: after activate (MLflow, Prefect read settings on import)
 
             with _exit_on(PullError, f"model {model!r}"):
                 candidate, info = registry_model(loaded.registry.model_name, model, Path(scratch))
@@ -317,6 +328,7 @@ InboxOption = Annotated[Path | None, typer.Option("--inbox", help="folder of new
 
 def _data_errors() -> tuple[type[BaseException], ...]:
     """Errors about the data or its configuration: reported in one line, exit status 1."""
+    # here: pydicom and the data modules load with the commands that read data, not with --help
     from medimg.data.deid import MissingSecretError
     from medimg.data.medmnist import DataSourceError
     from medimg.data.quarantine import QuarantineThresholdError
@@ -359,8 +371,8 @@ def source_overrides(source: str | None, kind: str | None, inbox: Path | None, c
     return {"data": data} if data else {}
 
 
-def _guess_kind(path: Path, data_config) -> str:
-    from medimg.config import DataConfig
+def _guess_kind(path: Path, data_config: DataConfig | None) -> str:
+    # here: the source scanner imports pydicom and the preprocessing (0.5 s), only for `ingest SOURCE`
     from medimg.data.sources import guess_kind
 
     cfg = data_config or DataConfig()
@@ -375,8 +387,6 @@ def _guess_kind(path: Path, data_config) -> str:
 
 def _console_logging() -> None:
     """medimg's log lines (quarantined files, warts) on the console, unless logging is set up already."""
-    from rich.logging import RichHandler
-
     logger = logging.getLogger("medimg")
     if not logging.getLogger().handlers and not any(isinstance(h, RichHandler) for h in logger.handlers):
         logger.addHandler(RichHandler(console=console, show_path=False, show_time=False))
@@ -392,10 +402,7 @@ def ingest(source: SourceArgument = None, params: ParamsOption = Path("params.ya
     (not an image: hidden files, the labels CSV, DICOMDIR and other non-image DICOM objects); both
     lists are in the workspace's reports. See --kind for how a SOURCE folder's kind is told.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from medimg.config import deep_merge
-    from medimg.steps import ingest as ingest_step
+    from medimg.steps import ingest as ingest_step  # here: the ingest's imports (1 s) only for this command
 
     loaded, extra = _load(params, set_)
     with _exit_on(ConfigError, "configuration error", code=2):
@@ -412,17 +419,16 @@ def ingest(source: SourceArgument = None, params: ParamsOption = Path("params.ya
             bar.update(task, completed=done, total=total)
 
         summary = ingest_step.run(loaded, ws, progress=progress)
-    table = Table(title=f"ingest: {summary['source_kind']}", show_header=False)
-    table.add_row("data version", f"{summary['data_version']} ({'new' if summary['new_version'] else 'unchanged'})")
-    table.add_row("images", f"{summary['n_images']} {json.dumps(summary['split_counts'])}")
-    table.add_row("files", f"{summary['n_files']} ({summary['n_decoded']} decoded, {summary['n_cached']} from the cache)")
-    table.add_row("quarantined", f"{summary['n_quarantined']} {json.dumps(summary['quarantine_by_reason'])}")
-    table.add_row("quarantine report", summary["quarantine_csv"])
-    if "n_skipped_files" in summary:  # summaries of ingests before the skip list have none
-        table.add_row("skipped (not images)",
-                      f"{summary['n_skipped_files']} {json.dumps(summary['skipped_files_by_reason'])}")
-        table.add_row("skip report", summary["skipped_files_csv"])
-    table.add_row("contract hash", summary["contract_hash"])
+    table = Table(title=f"ingest: {summary.source_kind}", show_header=False)
+    table.add_row("data version", f"{summary.data_version} ({'new' if summary.new_version else 'unchanged'})")
+    table.add_row("images", f"{summary.n_images} {json.dumps(summary.split_counts)}")
+    table.add_row("files", f"{summary.n_files} ({summary.n_decoded} decoded, {summary.n_cached} from the cache)")
+    table.add_row("quarantined", f"{summary.n_quarantined} {json.dumps(summary.quarantine_by_reason)}")
+    table.add_row("quarantine report", str(summary.quarantine_csv))
+    table.add_row("skipped (not images)", f"{summary.n_skipped_files} {json.dumps(summary.skipped_files_by_reason)}")
+    if summary.skipped_files_csv is not None:
+        table.add_row("skip report", str(summary.skipped_files_csv))
+    table.add_row("contract hash", summary.contract_hash)
     table.add_row("workspace", str(ws.root))
     Console().print(table)
 
@@ -430,8 +436,7 @@ def ingest(source: SourceArgument = None, params: ParamsOption = Path("params.ya
 @app.command()
 def validate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
     """Run the Great Expectations suites on the current data version; exit 1 when a critical one fails."""
-    from medimg.data import versioning
-    from medimg.steps import validate as validate_step
+    from medimg.steps import validate as validate_step  # here: pydicom, scikit-learn only for this command
 
     loaded, ws = _open(params, set_)
     _console_logging()
@@ -439,17 +444,17 @@ def validate(params: ParamsOption = Path("params.yaml"), set_: SetOption = None)
     if version is None:
         console.print(f"[bold red]no data version[/] in {ws.root}; run `medimg ingest` first")
         raise typer.Exit(1)
-    summary = validate_step.run(loaded, ws, {"data_version": version})
-    table = Table(title=f"validate: {'passed' if summary['passed'] else 'FAILED'}", show_header=False)
+    summary = validate_step.run(loaded, ws, version)
+    table = Table(title=f"validate: {'passed' if summary.passed else 'FAILED'}", show_header=False)
     table.add_row("data version", version)
-    table.add_row("warnings", str(summary["n_warnings"]))
-    for line in summary["failed"]:
+    table.add_row("warnings", str(summary.n_warnings))
+    for line in summary.failed:
         table.add_row("failed", line)
-    table.add_row("warts", json.dumps(summary["warts"]))
-    table.add_row("report (JSON)", summary["report"])
-    table.add_row("report (HTML)", summary["html_report"])
+    table.add_row("warts", json.dumps(summary.warts))
+    table.add_row("report (JSON)", str(summary.report))
+    table.add_row("report (HTML)", str(summary.html_report))
     Console().print(table)
-    if not summary["passed"]:
+    if not summary.passed:
         raise typer.Exit(1)
 
 
@@ -462,7 +467,7 @@ def lineage(
 ) -> None:
     """Trace a model version to its run, params, code, data version, checks, gate decision, file and promotions."""
     loaded, ws = _open(params)
-    from medimg import lineage as lineage_lib
+    from medimg import lineage as lineage_lib  # here: after activate (MLflow, Prefect read settings on import)
     from medimg.registry import VersionNotFound
 
     with _exit_on(VersionNotFound, "lineage"):
@@ -485,7 +490,7 @@ def reproduce(
     """Restore that version's data with DVC and its run's params, retrain, and compare the metrics."""
     loaded, ws = _open(params)
     quiet_third_party_loggers()
-    from medimg import reproduce as reproduce_lib
+    from medimg import reproduce as reproduce_lib  # here: after activate (MLflow, Prefect read settings on import)
     from medimg.registry import VersionNotFound
 
     with _exit_on((VersionNotFound, reproduce_lib.ReproduceError), "reproduce"):
@@ -507,13 +512,14 @@ def schedule(
     """
     loaded, _ = _open(params)
     quiet_third_party_loggers()
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL  # here: after activate (MLflow, Prefect read settings on import)
 
     if not PREFECT_API_URL.value():  # the ephemeral API runs no scheduler: the cron would never fire
         console.print("[bold red]no Prefect server[/] schedules need a running one (Prefect's embedded API has no "
                       "scheduler): start it with `prefect server start` (or `scripts/services.sh start`) and "
                       "export PREFECT_API_URL=http://127.0.0.1:4200/api")
         raise typer.Exit(2)
+    # here: after activate (MLflow, Prefect read settings on import)
     from flows.deployments import deploy_to_pool, runner_deployments
 
     pool = work_pool or loaded.schedule.work_pool
@@ -522,7 +528,7 @@ def schedule(
         console.print(f"registered {len(ids)} deployment(s) with work pool {pool!r}: {', '.join(ids)}; "
                       f"start a worker with `prefect worker start --pool {pool}`")
         return
-    import prefect
+    import prefect  # here: after activate (MLflow, Prefect read settings on import)
 
     console.print(f"serving retrain on '{loaded.schedule.cron}' ({loaded.schedule.timezone})"
                   + (f" and the inbox watcher every {loaded.schedule.inbox_poll_seconds} s" if loaded.data.inbox else ""))

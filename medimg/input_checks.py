@@ -38,16 +38,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medimg.artifacts import META_BODY_PART, META_INPUT_CHECKS, META_MODALITIES
+
 if TYPE_CHECKING:
     from medimg.config import ValidationConfig
     from medimg.data.images import DecodedImage
 
-#: ONNX metadata key: JSON ``{"min_pixel_std": float, "bit_depth_range": [lo, hi], "original_side_range": [lo, hi]}``.
-META_INPUT_CHECKS = "medimg.input_checks"
-#: ONNX metadata key: JSON list of the DICOM Modality codes the model is for, e.g. ``["CR", "DX"]``.
-META_MODALITIES = "medimg.modalities"
-#: ONNX metadata key: the DICOM Body Part Examined the model is for (e.g. ``CHEST``); absent when unknown.
-META_BODY_PART = "medimg.body_part"
 
 #: Every reason :func:`check_input` may give, with what it means.
 REASONS: dict[str, str] = {

@@ -297,7 +297,7 @@ def _registered_model(name: str) -> tuple[dict[str, str], dict[str, str]]:
     except MlflowException:
         return {}, {}
     aliases = {alias: str(v) for alias, v in (model.aliases or {}).items()}
-    return aliases, {k: v for k, v in (model.tags or {}).items() if k.startswith("medimg.")}
+    return aliases, {k: v for k, v in (model.tags or {}).items() if k.startswith(artifacts.TAG_PREFIX)}
 
 
 def from_version(info: registry.VersionInfo, audit_log: Path | None = None) -> ModelRecord:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,18 +51,13 @@ from medimg import preprocess
 from medimg.config import PreprocessConfig
 from medimg.data.images import BadImage
 from medimg.data.sources import IMAGE_SUFFIXES
-from medimg.export.onnx_export import INPUT_NAME, META_PREPROCESSING, onnx_logits, session, softmax_positive
-from medimg.input_checks import InputRules, check_input
+from medimg.input_checks import check_input
+from medimg.scoring import OnnxModel
 
 if TYPE_CHECKING:
     from medimg.model_record import ModelRecord
-    from medimg.registry import VersionInfo
 
 FIELDS = ("file", "probability", "label", "error")
-
-
-class ModelMetadataError(ValueError):
-    """The ONNX file lacks the medimg metadata needed to preprocess and interpret its input."""
 
 
 @dataclass(frozen=True)
@@ -72,43 +66,6 @@ class Prediction:
     probability: float | None
     label: str | None
     error: str | None = None
-
-
-class OnnxModel:
-    """An ONNX Runtime session plus what the file's metadata says about using it.
-
-    The file is parsed once, by ONNX Runtime; the metadata comes from the session.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.session = session(self.path)
-        meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        try:
-            contract = json.loads(meta[META_PREPROCESSING])
-            self.threshold = float(meta["medimg.threshold"])
-            self.class_names = list(json.loads(meta["medimg.class_names"]))
-        except (KeyError, ValueError, TypeError) as err:
-            raise ModelMetadataError(f"{self.path.name}: not a medimg model, metadata incomplete ({err})") from None
-        try:
-            self.input_rules = InputRules.from_metadata(meta)
-        except (ValueError, TypeError) as err:
-            raise ModelMetadataError(f"{self.path.name}: input checks in the metadata unreadable ({err})") from None
-        self.contract = contract
-        self.config = preprocess.config_from_contract(contract)
-        self.input_name = meta.get("medimg.input_name", INPUT_NAME)
-        self.metadata = meta
-
-    @property
-    def provider(self) -> str:
-        return self.session.get_providers()[0]
-
-    def label(self, probability: float) -> str:
-        return self.class_names[1] if probability >= self.threshold else self.class_names[0]
-
-    def probabilities(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """softmax(logits)[:, 1] for preprocessed inputs ``[N, C, H, W]``, run ``batch_size`` at a time."""
-        return softmax_positive(onnx_logits(self.session, x.astype(np.float32, copy=False), batch_size, self.input_name))
 
 
 def load_grey_uint8(path: str | Path, config: PreprocessConfig | None = None) -> np.ndarray:
@@ -157,6 +114,7 @@ def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, sho
 
     progress = None
     if show_progress:
+        # here: only a run that shows a bar needs rich
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -219,6 +177,7 @@ def registry_model(model_name: str, spec: str, dest: Path) -> tuple[Path, ModelR
 
     The file is checked against the version's sha256 tag like ``medimg pull`` does.
     """
+    # here: MLflow and pull (2 s) only for a registered model, not for a local .onnx file
     from medimg import model_record, registry
     from medimg.pull import PullError, fetch_verified_onnx
 
@@ -227,27 +186,3 @@ def registry_model(model_name: str, spec: str, dest: Path) -> tuple[Path, ModelR
     except registry.VersionNotFound as err:
         raise PullError(str(err)) from None
     return fetch_verified_onnx(record.name, record.version, record.onnx_sha256, dest), record
-
-
-def cached_version_model(info: ModelRecord | VersionInfo, cache_root: Path) -> OnnxModel:
-    """A registered version's model (its record, or the registry's handle of it), downloaded into ``cache_root`` once.
-
-    A registered version's file never changes, and the download is moved into place only when
-    complete (and, when the version is tagged with its sha256, only when it matches, as ``medimg
-    pull`` checks it), so a file already there is reused: drift and gate score the champion from
-    one download per retrain. The folder names the model, version and (when tagged) sha256.
-    """
-    from medimg import registry
-    from medimg.pull import fetch_verified_onnx
-
-    expected = info.tags.get(registry.TAG_ONNX_SHA256, "")
-    sha = expected[:16]
-    folder = Path(cache_root) / info.name / (f"v{info.version}-{sha}" if sha else f"v{info.version}")
-    path = folder / registry.ONNX_FILE
-    if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".partial-") as partial:
-            downloaded = (fetch_verified_onnx(info.name, info.version, expected, Path(partial)) if sha
-                          else registry.download_onnx(info.name, info.version, Path(partial)))
-            downloaded.replace(path)
-    return OnnxModel(path)

@@ -14,34 +14,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import onnx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+# The names are spelled in medimg.artifacts; registry readers (promotion, pull, lineage, status) address them here.
+from medimg.artifacts import (  # noqa: F401
+    AUDIT_TAG_PREFIX,
+    MODEL_ARTIFACT,
+    ONNX_FILE,
+    TAG_CODE_HASH,
+    TAG_DATA_VERSION,
+    TAG_FLOW_RUN,
+    TAG_GATE,
+    TAG_GATE_FAILED,
+    TAG_GIT_COMMIT,
+    TAG_ONNX_SHA256,
+    TAG_PARAMS_HASH,
+    TAG_PARITY,
+    TAG_PREVIOUS_CHAMPION,
+    TAG_PROMOTED_AT,
+    TAG_PROMOTION_FORCED,
+    TAG_PROMOTION_REASON,
+    TAG_ROLLBACK_REASON,
+    TAG_ROLLED_BACK_AT,
+    TAG_VALIDATION,
+)
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-ONNX_FILE = "model.onnx"
-MODEL_ARTIFACT = "model"
-
-TAG_DATA_VERSION = "medimg.data_version"
-TAG_GIT_COMMIT = "medimg.git_commit"
-#: Content hash of the package source (:func:`medimg.provenance.code_hash`): the code part of the run key.
-TAG_CODE_HASH = "medimg.code_hash"
-TAG_PARAMS_HASH = "medimg.params_hash"
-TAG_VALIDATION = "medimg.validation_passed"
-TAG_GATE = "medimg.gate_passed"
-TAG_GATE_FAILED = "medimg.gate_failed_rules"
-TAG_ONNX_SHA256 = "medimg.onnx_sha256"
-TAG_PARITY = "medimg.onnx_parity_max_abs_diff"
-TAG_FLOW_RUN = "medimg.flow_run_id"
-TAG_PROMOTED_AT = "medimg.promoted_at"
-TAG_PROMOTION_REASON = "medimg.promotion_reason"
-TAG_PREVIOUS_CHAMPION = "medimg.previous_champion"
-TAG_PROMOTION_FORCED = "medimg.promotion_forced"
-TAG_ROLLED_BACK_AT = "medimg.rolled_back_at"
-TAG_ROLLBACK_REASON = "medimg.rollback_reason"
-#: Registered-model tags ``medimg.audit.000001``, ``...000002``: one JSON audit event each, the same
-#: line as in the workspace's ``audit.jsonl``, readable in the MLflow UI beside the model.
-AUDIT_TAG_PREFIX = "medimg.audit."
 
 
 @dataclass(frozen=True)
@@ -125,12 +126,16 @@ def get_version(model_name: str, version: str) -> VersionInfo:
     return _info(client().get_model_version(model_name, str(version)))
 
 
-def log_onnx(onnx_path: Path) -> str:
-    """Log the ONNX file as an MLflow model in the active run; returns the model URI."""
-    import onnx
+def log_onnx(run_id: str, onnx_path: Path) -> str:
+    """Log the ONNX file as an MLflow model (artifact folder ``model``) of run ``run_id``; returns the model URI.
 
+    ``mlflow.onnx.log_model`` logs into the active run, so run ``run_id`` is made active for the
+    call; leaving the ``mlflow.start_run`` block marks it FINISHED, as any ``start_run`` does (the
+    flow sets its final status afterwards).
+    """
     proto = onnx.load(str(onnx_path))
-    info = mlflow.onnx.log_model(onnx_model=proto, name=MODEL_ARTIFACT, save_as_external_data=False)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.onnx.log_model(onnx_model=proto, name=MODEL_ARTIFACT, save_as_external_data=False)
     return info.model_uri
 
 

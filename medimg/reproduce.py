@@ -40,7 +40,19 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from medimg import artifacts, model_record, registry, tracking
+from medimg.artifacts import (
+    TAG_CODE_HASH,
+    TAG_DATA_VERSION,
+    TAG_GIT_COMMIT,
+    TAG_PARAMS_HASH,
+    TAG_REPRODUCES,
+    TAG_REPRODUCES_MODEL,
+    TAG_REPRODUCES_RUN,
+    TAG_REPRODUCTION_IDENTICAL,
+    TAG_REPRODUCTION_WITHIN_CI,
+)
 from medimg.config import ConfigError, Params, parse_params
+from medimg.contracts import TrainingData
 from medimg.data import manifest, versioning
 from medimg.provenance import code_hash, git_commit
 from medimg.steps import evaluate, train, validate
@@ -48,8 +60,6 @@ from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-TAG_REPRODUCES = "medimg.reproduces"
-TAG_REPRODUCES_RUN = "medimg.reproduces_run_id"
 COMPARED = ("roc_auc", "accuracy", "sensitivity", "specificity", "pr_auc", "f1", "brier")
 
 
@@ -149,13 +159,13 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
     original = mv.run
     if original is None:
         raise ReproduceError(f"model {mv.name} v{mv.version}: its {mv.run_error}")
-    data_version = mv.data_version or original.tags.get(registry.TAG_DATA_VERSION)
+    data_version = mv.data_version or original.tags.get(TAG_DATA_VERSION)
     if not data_version:
         raise ReproduceError(f"model {mv.name} v{mv.version} has no data version tag")
 
     recorded = params_from_run(original.params)
     params_hash = recorded.fingerprint()
-    recorded_hash = original.tags.get(registry.TAG_PARAMS_HASH)
+    recorded_hash = original.tags.get(TAG_PARAMS_HASH)
     params = parse_params({**recorded.model_dump(mode="json"),
                            "workspace": {**current.workspace.model_dump(mode="json"), "path": str(ws.root)}})
 
@@ -170,21 +180,21 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
         outcome = validate.check(params, frame)
         if not outcome.passed:
             raise ReproduceError(f"data version {data_version} fails validation now: {outcome.failed_critical}")
-        validated = {"passed": True, "dropped_ids": outcome.dropped_ids}
+        data = TrainingData(data_version=data_version, dropped_ids=tuple(outcome.dropped_ids))
 
         run_id = tracking.start_run(params, ws, {
             TAG_REPRODUCES: mv.version,
             TAG_REPRODUCES_RUN: mv.run_id,
-            "medimg.reproduces_model": mv.name,
-            registry.TAG_DATA_VERSION: data_version,
-            registry.TAG_GIT_COMMIT: git_commit(),
-            registry.TAG_CODE_HASH: code_hash(),
-            registry.TAG_PARAMS_HASH: params_hash,
+            TAG_REPRODUCES_MODEL: mv.name,
+            TAG_DATA_VERSION: data_version,
+            TAG_GIT_COMMIT: git_commit(),
+            TAG_CODE_HASH: code_hash(),
+            TAG_PARAMS_HASH: params_hash,
         })
         log.info("reproducing %s v%s (run %s) on data version %s in MLflow run %s", mv.name, mv.version, mv.run_id,
                  data_version, run_id)
-        trained = train.run(params, ws, run_id, validated)
-        evaluated = evaluate.run(params, ws, run_id, validated, trained)
+        trained = train.run(params, ws, run_id, data)
+        evaluated = evaluate.run(params, ws, run_id, data, trained)
     except BaseException:
         if run_id:
             tracking.finish(run_id, "FAILED")
@@ -195,19 +205,20 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
 
     metrics = {}
     for name in COMPARED:
-        if name not in evaluated["test"]:
+        if name not in evaluated.test:
             continue
         orig = mv.test_metrics.get(name)
-        new = float(evaluated["test"][name])
+        new = float(evaluated.test[name])
+        ci95 = evaluated.test_ci95.get(name)
         metrics[name] = {
             "original": orig.value if orig else None, "original_ci95": list(orig.ci95) if orig and orig.ci95 else None,
-            "reproduced": new, "reproduced_ci95": evaluated["test_ci95"].get(name),
+            "reproduced": new, "reproduced_ci95": list(ci95) if ci95 is not None else None,
             "diff": None if orig is None else new - orig.value,
         }
     auc = metrics["roc_auc"]
     ci = auc["original_ci95"]
     within = bool(ci and ci[0] <= auc["reproduced"] <= ci[1])
-    pred_diff = _prediction_diff(mv.run_id, Path(evaluated["predictions"]))
+    pred_diff = _prediction_diff(mv.run_id, evaluated.predictions)
     original_threshold = original.metrics.get("test_threshold")
     result = {
         "model_name": mv.name,
@@ -220,13 +231,13 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
         "params_hash": params_hash,
         "params_hash_recorded": recorded_hash,
         "params_hash_matches": params_hash == recorded_hash,
-        "git_commit_original": mv.tags.get(registry.TAG_GIT_COMMIT),
+        "git_commit_original": mv.tags.get(TAG_GIT_COMMIT),
         "git_commit_now": git_commit(),
-        "code_hash_original": mv.tags.get(registry.TAG_CODE_HASH),
+        "code_hash_original": mv.tags.get(TAG_CODE_HASH),
         "code_hash_now": code_hash(),
-        "dropped_ids": len(validated["dropped_ids"]),
-        "epochs_run": trained["epochs_run"],
-        "threshold": {"original": original_threshold, "reproduced": evaluated["threshold"]},
+        "dropped_ids": len(data.dropped_ids),
+        "epochs_run": trained.epochs_run,
+        "threshold": {"original": original_threshold, "reproduced": evaluated.threshold},
         "metrics": metrics,
         "auc_abs_diff": abs(auc["diff"]) if auc["diff"] is not None else None,
         "auc_within_original_ci": within,
@@ -235,7 +246,7 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
     }
     tracking.log_json(run_id, result, artifacts.REPRODUCTION_REPORT)
-    tracking.set_tags(run_id, {"medimg.reproduction_auc_within_ci": within, "medimg.reproduction_identical": result["identical"]})
+    tracking.set_tags(run_id, {TAG_REPRODUCTION_WITHIN_CI: within, TAG_REPRODUCTION_IDENTICAL: result["identical"]})
     tracking.finish(run_id)
     return result
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
 import mlflow
 
+from medimg.artifacts import TAG_DATA_VERSION, TAG_FLOW_RUN, TAG_MODEL_VERSION, TAG_OUTCOME, TAG_REASON, TAG_RUN_KEY
 from medimg.config import Params
-from medimg.registry import TAG_DATA_VERSION, TAG_FLOW_RUN, ensure_experiment
+from medimg.registry import ensure_experiment
 from medimg.workspace import Workspace
 
 
@@ -59,14 +61,7 @@ def finish(run_id: str, status: str = "FINISHED") -> None:
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
-
-
-TAG_RUN_KEY = "medimg.run_key"
-TAG_OUTCOME = "medimg.outcome"
-TAG_REASON = "medimg.reason"
 
 
 def run_key(data_version: str, params_hash: str, code_hash: str) -> str:
@@ -116,7 +111,7 @@ def recent_runs(experiment: str, limit: int = 10) -> list[dict]:
         "run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
         "outcome": r.data.tags.get(TAG_OUTCOME), "reason": r.data.tags.get(TAG_REASON),
         "data_version": r.data.tags.get(TAG_DATA_VERSION), "flow_run_id": r.data.tags.get(TAG_FLOW_RUN),
-        "model_version": r.data.tags.get("medimg.model_version"),
+        "model_version": r.data.tags.get(TAG_MODEL_VERSION),
     } for r in runs]
 
 

@@ -67,6 +67,25 @@ class Workspace:
         """Per-run scratch folders (checkpoints, plots, ONNX files) before they go to MLflow."""
         return self.root / "runs"
 
+    def run_dir(self, run_id: str) -> Path:
+        """``runs/<MLflow run id>``, created if missing: one run's checkpoints, reports, figures and ONNX file."""
+        path = self.runs / run_id
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def pipeline(self) -> Path:
+        """The files ``dvc.yaml`` tracks (``data-version.json``, ``validation-latest.*``).
+
+        Outside ``reports/``, which the workspace's own DVC project ignores.
+        """
+        return self.root / "pipeline"
+
+    @property
+    def decode_cache(self) -> Path:
+        """Decoded source files, one folder per way of decoding (:func:`medimg.data.decode_pool.cache_folder`)."""
+        return self.root / "cache" / "decoded"
+
     @property
     def champion_cache(self) -> Path:
         """Registered models downloaded for scoring (gate and drift share one download per version)."""

@@ -87,9 +87,9 @@ def _build_template(root: Path, data_dir: Path) -> RegistryWorkspace:
         from flows.retrain import retrain
 
         first = retrain(params_path=str(params_file), overrides=_merge(FAST, RELAXED_GATES), return_state=True)
-        assert first.is_completed() and first.result()["model"]["alias"] == "champion", first.message
+        assert first.is_completed() and first.result().model.alias == "champion", first.message
         second = retrain(params_path=str(params_file), overrides=_merge(FAST, WEAK), return_state=True)
-        assert second.name == "NotPromoted" and second.result()["model"]["version"] == "2", second.message
+        assert second.name == "NotPromoted" and second.result().model.version == "2", second.message
     finally:
         mp.undo()
     return RegistryWorkspace(ws, params_file, load_params(params_file), ws.default_tracking_uri(), ws.data)

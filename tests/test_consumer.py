@@ -17,7 +17,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from medimg.predict import OnnxModel, predict_files
+from medimg.predict import predict_files
+from medimg.scoring import OnnxModel
 from medimg.pull import pull
 from test_predict import chest_jpegs, sixteen_bit_png
 

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from medimg import registry
+from medimg.contracts import DriftCheck, DriftFeature
 from medimg.data import manifest, versioning
 from medimg.steps import drift
 from medimg.workspace import Workspace
@@ -50,31 +51,31 @@ def _new_version(template, root: Path, transform: Callable[[np.ndarray], np.ndar
     return ws, reference_version
 
 
-def _features(result: dict) -> dict[str, dict]:
-    return {f["feature"]: f for f in result["features"]}
+def _features(result: DriftCheck) -> dict[str, DriftFeature]:
+    return {f.feature: f for f in result.features}
 
 
 def test_unchanged_images_under_a_new_version_read_as_no_drift(registry_ws, registry_template, tmp_path):
     ws, reference_version = _new_version(registry_template, tmp_path, lambda pixels: pixels)
     result = drift.run(registry_ws.params, ws, "a-new-version-id")
 
-    assert result["checked"] is True and result["drifted"] is False, result
-    assert result["reference_version"] == reference_version and result["champion_version"] == "1"
+    assert result.checked is True and result.drifted is False, result
+    assert result.reference_version == reference_version and result.champion_version == "1"
     features = _features(result)
     assert set(features) == {"pixel_mean", "champion_output"}
     # the held-out images are the champion's own test images: its outputs on them are its reference
     output = features["champion_output"]
-    assert output["n_current"] == output["n_reference"] and output["psi"] < 0.01 and output["ks_pvalue"] > 0.5, output
-    assert features["pixel_mean"]["psi"] < 0.1, features["pixel_mean"]
+    assert output.n_current == output.n_reference and output.psi < 0.01 and output.ks_pvalue > 0.5, output
+    assert features["pixel_mean"].psi < 0.1, features["pixel_mean"]
 
 
 def test_darkened_images_shift_intensity_and_the_champions_outputs(registry_ws, registry_template, tmp_path):
     ws, _ = _new_version(registry_template, tmp_path, lambda pixels: (pixels * 0.5).astype(np.uint8))
     result = drift.run(registry_ws.params, ws, "a-darker-version-id")
 
-    assert result["checked"] is True and result["drifted"] is True, result
+    assert result.checked is True and result.drifted is True, result
     features = _features(result)
-    assert features["pixel_mean"]["drifted"] and features["pixel_mean"]["psi"] > 0.2, features["pixel_mean"]
+    assert features["pixel_mean"].drifted and features["pixel_mean"].psi > 0.2, features["pixel_mean"]
     output = features["champion_output"]
-    assert output["drifted"] and output["ks_pvalue"] < 0.01, output
-    assert "champion_output PSI" in result["reason"]
+    assert output.drifted and output.ks_pvalue < 0.01, output
+    assert "champion_output PSI" in result.reason

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from datapaths import DATA_DIR
-from medimg.data.image_folder import kermany_patient_key, scan_image_folder
+from medimg.data.image_folder import scan_image_folder
+from medimg.data.sources import kermany_patient_key
 
 CHEST = DATA_DIR / "chest_xray"
 FULLRES = DATA_DIR / "chest_xray_fullres"

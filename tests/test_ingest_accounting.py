@@ -133,9 +133,9 @@ def test_cd_export_lands_all_12_images_with_default_params_and_skips_its_dicomdi
     assert params.data.max_bad_fraction == 0.05 and params.data.dicom.labels_csv == "labels.csv"  # the defaults
     summary = ingest.run(params, ws)
 
-    assert summary["n_images"] == 12 and summary["n_quarantined"] == 0 and summary["quarantine_by_reason"] == {}
-    assert summary["skipped_files_by_reason"] == {"dicomdir": 1, "labels_csv": 1}
-    assert _rows(summary["skipped_files_csv"]) == [
+    assert summary.n_images == 12 and summary.n_quarantined == 0 and summary.quarantine_by_reason == {}
+    assert summary.skipped_files_by_reason == {"dicomdir": 1, "labels_csv": 1}
+    assert _rows(summary.skipped_files_csv) == [
         {"file": "source/DICOMDIR", "reason": "dicomdir", "detail": "Media Storage Directory Storage"},
         {"file": "source/labels.csv", "reason": "labels_csv", "detail": ""}]
     frame = manifest.read(ws.data)
@@ -166,16 +166,16 @@ def test_the_quarantine_report_lets_the_owner_find_the_file_and_mlflow_gets_pseu
     summary = ingest.run(params, ws)
 
     file_pseudonym = pseudonym("source/PT000012/ST000000/SE000000/IM000000", secret, "file")
-    [row] = _rows(summary["quarantine_csv"])
+    [row] = _rows(summary.quarantine_csv)
     assert (row["file"], row["pseudonym"], row["path"], row["reason"]) == (
         "source/PT000012/ST000000/SE000000/IM000000", file_pseudonym, file_pseudonym, "truncated")
     assert "library_message" in row  # the decoding library's text, when it gave one
     # what leaves the workspace: the MLflow artifact and the summary logged with it
-    public = Path(summary["quarantine_pseudonymous_csv"])
-    assert public.name == Path(summary["quarantine_csv"]).name and public.parent.name == "pseudonymous"
+    public = Path(summary.quarantine_pseudonymous_csv)
+    assert public.name == Path(summary.quarantine_csv).name and public.parent.name == "pseudonymous"
     assert public.read_text().splitlines() == ["pseudonym,reason", f"{file_pseudonym},truncated"]
-    assert "PT000012" not in json.dumps(summary)
-    assert summary["n_images"] == 12 and summary["n_files"] == 13
+    assert "PT000012" not in summary.model_dump_json()
+    assert summary.n_images == 12 and summary.n_files == 13
 
 
 # --------------------------------------------------------------------------- field case: class folders mixing JPEG and DICOM
@@ -239,7 +239,7 @@ def test_every_file_is_ingested_quarantined_or_skipped_with_its_reason(tmp_path,
         "source": "image_folder", "root": str(root), "inbox": str(inbox), "max_bad_fraction": 0.2}})
     summary = ingest.run(params, ws)
 
-    skipped = {row["file"]: (row["reason"], row["detail"]) for row in _rows(summary["skipped_files_csv"])}
+    skipped = {row["file"]: (row["reason"], row["detail"]) for row in _rows(summary.skipped_files_csv)}
     assert skipped == {
         "source/.DS_Store": ("hidden", ""),
         "source/.git/objects/ab": ("hidden", ""),
@@ -251,12 +251,12 @@ def test_every_file_is_ingested_quarantined_or_skipped_with_its_reason(tmp_path,
         "source/stray.jpeg": ("outside_layout", ""),
         "inbox/NORMAL/.DS_Store": ("hidden", ""),
     }
-    assert {row["file"]: row["reason"] for row in _rows(summary["quarantine_csv"])} == {
+    assert {row["file"]: row["reason"] for row in _rows(summary.quarantine_csv)} == {
         "source/PNEUMONIA/cut.jpeg": "truncated"}
-    assert summary["n_images"] == 11  # 8 JPEGs, 2 DICOM images, 1 from the inbox
-    assert summary["n_images"] + summary["n_quarantined"] + summary["n_skipped_files"] == _files_on_disk(root, inbox)
+    assert summary.n_images == 11  # 8 JPEGs, 2 DICOM images, 1 from the inbox
+    assert summary.n_images + summary.n_quarantined + summary.n_skipped_files == _files_on_disk(root, inbox)
     # skips do not count toward the bad fraction: 1 of 12 images is bad, not 1 of 21 files
-    assert summary["n_files"] == 12
+    assert summary.n_files == 12
     frame = manifest.read(ws.data)
     assert set(frame["file_format"]) == {"jpeg", "dicom"} and set(frame.loc[frame["file_format"] == "dicom", "label_name"]) \
         == {"normal", "pneumonia"}
@@ -271,8 +271,8 @@ def test_a_label_less_dicomdir_is_skipped_whatever_the_label_key(tmp_path, secre
     params = load_params(write_params(tmp_path, ws.root), {"data": {
         "source": "dicom_folder", "root": str(root), "dicom": {"label_key": "folder"}}})
     summary = ingest.run(params, ws)
-    assert summary["n_images"] == 12 and summary["n_quarantined"] == 0
-    assert summary["skipped_files_by_reason"] == {"dicomdir": 1, "labels_csv": 1}
+    assert summary.n_images == 12 and summary.n_quarantined == 0
+    assert summary.skipped_files_by_reason == {"dicomdir": 1, "labels_csv": 1}
 
 
 def test_source_kind_is_told_by_the_layout_not_by_the_first_dcm_file(tmp_path):

@@ -26,7 +26,7 @@ from registry_fixtures import write_params
 from medimg import registry
 from medimg.cli import app
 from medimg.data.deid import PHI_KEYWORDS
-from medimg.data.image_folder import kermany_patient_key
+from medimg.data.sources import kermany_patient_key
 from medimg.export.onnx_export import read_metadata
 from medimg.workspace import Workspace
 
@@ -60,10 +60,10 @@ def test_retrain_flow_on_a_kermany_subset_at_64px(tmp_path, prefect_harness, mon
     state = retrain(params_path=str(params_file), overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
-    assert summary["model"]["version"] == "1"
+    assert summary.model.version == "1"
 
     # the warts were found and reported, not silently passed
-    report = json.loads(Path(summary["validation"]["report"]).read_text())
+    report = json.loads(summary.validation.report.read_text())
     assert report["warts"]["patients_across_splits"] >= 1
     assert any(w["column"] == "splits_with_patient" and w["severity"] == "warning" for w in report["warnings"])
     assert not any(key in g["patient_id"] for g in report["wart_details"]["patients_across_splits"])

@@ -20,7 +20,7 @@ from medimg import preprocess
 from medimg.config import parse_params
 from medimg.data import manifest
 from medimg.data.deid import MissingSecretError, pseudonym
-from medimg.data.image_folder import kermany_patient_key
+from medimg.data.sources import kermany_patient_key
 from medimg.provenance import file_sha256
 from medimg.data.quarantine import QuarantineThresholdError
 from medimg.steps import ingest
@@ -54,9 +54,9 @@ def test_image_folder_manifest_is_pseudonymous_contract_sized_and_split_by_patie
     summary = ingest.run(params, Workspace.at(tmp_path / "ws"))
     frame = manifest.read(Workspace.at(tmp_path / "ws").data)
 
-    assert list(frame.columns) == list(manifest.COLUMNS) and len(frame) == 41 == summary["n_images"]
+    assert list(frame.columns) == list(manifest.COLUMNS) and len(frame) == 41 == summary.n_images
     # the twin's bytes are decoded once, or twice when both copies are in the workers at the same moment
-    assert summary["n_decoded"] + summary["n_cached"] == 41 and summary["n_decoded"] >= 40
+    assert summary.n_decoded + summary.n_cached == 41 and summary.n_decoded >= 40
     assert (frame["height"] == 64).all() and (frame["width"] == 64).all()
     assert (frame["contract_hash"] == preprocess.contract_hash(params.preprocess)).all()
     assert (frame["source_kind"] == "image_folder").all() and set(frame["file_format"]) == {"jpeg"}
@@ -92,11 +92,11 @@ def test_inbox_is_ingested_incrementally_and_versions_follow_content(tmp_path, s
     params = _params(tmp_path / "ws", source="image_folder", root=str(root), inbox=str(inbox))
     ws = Workspace.at(tmp_path / "ws")
     first = ingest.run(params, ws)  # the inbox does not exist yet: nothing from it
-    assert first["new_version"] and first["n_decoded"] == 33
+    assert first.new_version and first.n_decoded == 33
 
     again = ingest.run(params, ws)
-    assert again["data_version"] == first["data_version"] and not again["new_version"]
-    assert again["n_decoded"] == 0 and again["n_cached"] == 33
+    assert again.data_version == first.data_version and not again.new_version
+    assert again.n_decoded == 0 and again.n_cached == 33
 
     before = manifest.read(ws.data)
     # three new files: two images of new patients and the second image of a patient already in the data
@@ -108,8 +108,8 @@ def test_inbox_is_ingested_incrementally_and_versions_follow_content(tmp_path, s
     shutil.copy(sibling, inbox / "PNEUMONIA" / sibling.name)
 
     third = ingest.run(params, ws)
-    assert third["new_version"] and third["data_version"] != first["data_version"]
-    assert third["n_decoded"] == 3 and third["n_cached"] == 33 and third["n_images"] == 36
+    assert third.new_version and third.data_version != first.data_version
+    assert third.n_decoded == 3 and third.n_cached == 33 and third.n_images == 36
     after = manifest.read(ws.data)
     old = before.set_index("id")[["split", "sha256", "path"]]
     assert after.set_index("id").loc[old.index, ["split", "sha256", "path"]].equals(old)  # nothing moved
@@ -118,7 +118,7 @@ def test_inbox_is_ingested_incrementally_and_versions_follow_content(tmp_path, s
     same_patient = after[(after["patient_id"] == added["patient_id"]) & ~after["source_file"].str.startswith("inbox/")]
     assert set(same_patient["split"]) == {added["split"]}
     assert (rows.loc[[f"inbox/NORMAL/{p.name}" for p in new_normal], "source"] == "inbox").all()
-    assert (ws.data_versions / f"{first['data_version']}.dvc").is_file()
+    assert (ws.data_versions / f"{first.data_version}.dvc").is_file()
 
 
 def test_missing_secret_is_a_clear_error_and_demo_mode_warns(tmp_path, monkeypatch, caplog):
@@ -131,7 +131,7 @@ def test_missing_secret_is_a_clear_error_and_demo_mode_warns(tmp_path, monkeypat
     assert not ws.data.exists()
     with caplog.at_level(logging.WARNING, logger="medimg"):
         summary = ingest.run(_params(ws.root, source="image_folder", root=str(root), deid={"demo": True}, workers=1), ws)
-    assert summary["n_images"] == 8
+    assert summary.n_images == 8
     assert any("PUBLIC demo" in r.getMessage() for r in caplog.records)
 
 
@@ -147,8 +147,8 @@ def _bad_rasters(folder: Path) -> dict[str, str]:
             "anim.png": "unsupported_format"}
 
 
-def _quarantine_rows(summary: dict) -> dict[str, str]:
-    with open(summary["quarantine_csv"], newline="") as handle:
+def _quarantine_rows(csv_file: Path) -> dict[str, str]:
+    with open(csv_file, newline="") as handle:
         return {row["path"]: row["reason"] for row in csv.DictReader(handle)}
 
 
@@ -162,9 +162,9 @@ def test_every_bad_raster_kind_is_quarantined_and_the_rest_lands(tmp_path, secre
     ws = Workspace.at(tmp_path / "ws")
     with caplog.at_level(logging.WARNING, logger="medimg"):
         summary = ingest.run(_params(ws.root, source="image_folder", root=str(root), max_bad_fraction=0.5), ws)
-    assert _quarantine_rows(summary) == expected
-    assert summary["n_images"] == 24 and summary["n_files"] == 30 and summary["n_quarantined"] == 6
-    with open(summary["quarantine_csv"], newline="") as handle:  # the owner's report: where each file is
+    assert _quarantine_rows(summary.quarantine_csv) == expected
+    assert summary.n_images == 24 and summary.n_files == 30 and summary.n_quarantined == 6
+    with open(summary.quarantine_csv, newline="") as handle:  # the owner's report: where each file is
         assert {row["file"]: row["reason"] for row in csv.DictReader(handle)} == {
             f"source/{name}": reason for name, reason in expected.items()}
     # the log names files by pseudonym only (file names can hold patient names)
@@ -177,10 +177,10 @@ def test_every_bad_raster_kind_is_quarantined_and_the_rest_lands(tmp_path, secre
     (ws.reports / "quarantine.csv").unlink()
     with pytest.raises(QuarantineThresholdError, match=r"6 of 30 files \(20.0%\)"):
         ingest.run(_params(ws.root, source="image_folder", root=str(root), max_bad_fraction=0.1), ws)
-    assert len(_quarantine_rows({"quarantine_csv": ws.reports / "quarantine.csv"})) == 6
+    assert len(_quarantine_rows(ws.reports / "quarantine.csv")) == 6
     from medimg.data import versioning
 
-    assert versioning.current_version(ws) == summary["data_version"]
+    assert versioning.current_version(ws) == summary.data_version
 
 
 def test_unreadable_files_are_quarantined_and_the_ingest_goes_on(tmp_path, secret):
@@ -194,10 +194,10 @@ def test_unreadable_files_are_quarantined_and_the_ingest_goes_on(tmp_path, secre
     ws = Workspace.at(tmp_path / "ws")
     params = _params(ws.root, source="image_folder", root=str(root), max_bad_fraction=0.5)
     summary = ingest.run(params, ws)
-    assert _quarantine_rows(summary) == {"train/NORMAL/unreadable.jpeg": "not_an_image",
+    assert _quarantine_rows(summary.quarantine_csv) == {"train/NORMAL/unreadable.jpeg": "not_an_image",
                                          "train/OTHER/unreadable.jpeg": "unknown_class"}
-    assert summary["n_images"] == 12 and summary["n_files"] == 14
-    assert ingest.run(params, ws)["source_md5"] == summary["source_md5"]
+    assert summary.n_images == 12 and summary.n_files == 14
+    assert ingest.run(params, ws).source_md5 == summary.source_md5
 
 
 # --------------------------------------------------------------------------- DICOM folders
@@ -241,13 +241,13 @@ def test_every_bad_dicom_kind_is_quarantined_and_the_rest_lands(tmp_path, secret
                      max_bad_fraction=0.5, split={"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}})
     summary = ingest.run(params, ws)
     refs = {pseudonym(f"source/{rel}", secret, "file"): reason for rel, reason in expected.items()}
-    assert _quarantine_rows(summary) == refs  # named by pseudonym: DICOM file names can be UIDs
+    assert _quarantine_rows(summary.quarantine_csv) == refs  # named by pseudonym: DICOM file names can be UIDs
     # the structured report is no image: skipped with its SOP Class, beside the labels CSV
-    with open(summary["skipped_files_csv"], newline="") as handle:
+    with open(summary.skipped_files_csv, newline="") as handle:
         assert [tuple(row.values()) for row in csv.DictReader(handle)] == [
             ("source/labels.csv", "labels_csv", ""), ("source/mr/report.dcm", "non_image_dicom", "Basic Text SR Storage")]
     frame = manifest.read(ws.data)
-    assert len(frame) == 10 and summary["n_files"] == 18 and summary["n_skipped_files"] == 2
+    assert len(frame) == 10 and summary.n_files == 18 and summary.n_skipped_files == 2
     assert set(frame["modality"]) == {"CR", "CT", "MR"} and set(frame["file_format"]) == {"dicom"}
     assert frame.groupby("label")["source_file"].count().to_dict() == {0: 7, 1: 3}
     assert frame["patient_id"].str.match(r"^pat-[0-9a-f]{16}$").all() and frame["study_id"].notna().all()
@@ -259,7 +259,7 @@ def test_every_bad_dicom_kind_is_quarantined_and_the_rest_lands(tmp_path, secret
     # the burned-in file lands when params allow it; keyed labels by file and by SOP Instance UID
     allowed = params.model_copy(update={"data": params.data.model_copy(update={
         "dicom": params.data.dicom.model_copy(update={"allow_burned_in": True})})})
-    assert ingest.run(allowed, ws)["n_images"] == 11
+    assert ingest.run(allowed, ws).n_images == 11
 
 
 def test_jpeg2000_reduce_changes_only_the_jpeg2000_images_and_keeps_the_original_sizes(tmp_path, secret):
@@ -300,7 +300,7 @@ def test_dicom_labels_keyed_by_file_or_sop_instance_uid(tmp_path, secret):
     ws = Workspace.at(tmp_path / "ws")
     split = {"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}}
     summary = ingest.run(_params(ws.root, source="dicom_folder", root=str(root), max_bad_fraction=0.5, split=split), ws)
-    assert summary["n_images"] == len(files) - 1 and summary["quarantine_by_reason"] == {"no_label": 1}
+    assert summary.n_images == len(files) - 1 and summary.quarantine_by_reason == {"no_label": 1}
 
     # the last file again unlabelled (the two 693_* CT files share one SOP Instance UID: one row labels both)
     uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): "normal" for p in files[:-1]}.items()
@@ -308,9 +308,9 @@ def test_dicom_labels_keyed_by_file_or_sop_instance_uid(tmp_path, secret):
     params = _params(ws.root, source="dicom_folder", root=str(root), max_bad_fraction=0.5, split=split,
                      dicom={"label_key": "sop_instance_uid", "key_column": "uid", "label_column": "diagnosis"})
     summary = ingest.run(params, ws)
-    assert summary["n_images"] == len(files) - 1 and summary["quarantine_by_reason"] == {"no_label": 1}
+    assert summary.n_images == len(files) - 1 and summary.quarantine_by_reason == {"no_label": 1}
     # same bytes, contract and secret: only the file the first CSV left unlabelled is decoded now
-    assert summary["n_decoded"] == 1 and summary["n_cached"] == len(files) - 1
+    assert summary.n_decoded == 1 and summary.n_cached == len(files) - 1
     assert (manifest.read(ws.data)["label"] == 0).all()
 
 
@@ -321,8 +321,8 @@ def test_one_or_two_decoding_processes_give_the_same_data_version(tmp_path, secr
     versions = set()
     for workers in (1, 2):
         ws = Workspace.at(tmp_path / f"ws{workers}")
-        versions.add(ingest.run(_params(ws.root, source="image_folder", root=str(root), workers=workers), ws)[
-            "data_version"])
+        versions.add(ingest.run(_params(ws.root, source="image_folder", root=str(root), workers=workers),
+                                ws).data_version)
     assert len(versions) == 1
 
 

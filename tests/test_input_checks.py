@@ -24,7 +24,8 @@ from medimg import preprocess
 from medimg.cli import app
 from medimg.config import ConfigError, load_params, parse_params
 from medimg.data.medmnist import locate
-from medimg.export.onnx_export import META_PREPROCESSING, export, read_metadata
+from medimg.artifacts import META_PREPROCESSING
+from medimg.export.onnx_export import export, read_metadata
 from medimg.input_checks import (
     META_BODY_PART,
     META_INPUT_CHECKS,
@@ -33,7 +34,8 @@ from medimg.input_checks import (
     InputRules,
     check_input,
 )
-from medimg.predict import OnnxModel, predict_files
+from medimg.predict import predict_files
+from medimg.scoring import OnnxModel
 from medimg.steps.export import metadata, model_modalities
 from medimg.training.models import build_model
 
@@ -243,7 +245,7 @@ def test_every_reason_is_documented():
 def test_a_model_with_malformed_input_checks_is_refused(small_old, tmp_path):
     import onnx
 
-    from medimg.predict import ModelMetadataError
+    from medimg.scoring import ModelMetadataError
 
     proto = onnx.load(str(small_old))
     entry = proto.metadata_props.add()

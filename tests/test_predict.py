@@ -13,7 +13,6 @@ import json
 import shutil
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -29,17 +28,12 @@ from medimg.config import parse_params
 from medimg.data.dicom import decode_dicom
 from medimg.data.images import decode_raster
 from medimg.data.medmnist import locate
-from medimg.export.onnx_export import (
-    META_PREPROCESSING,
-    export,
-    onnx_logits,
-    read_metadata,
-    session,
-    softmax_positive,
-)
-from medimg.predict import OnnxModel, cached_version_model, collect_files, load_grey_uint8, predict_files, render
+from medimg.artifacts import META_PREPROCESSING
+from medimg.export.onnx_export import export, onnx_logits, read_metadata, session, softmax_positive
+from medimg.predict import collect_files, load_grey_uint8, predict_files, render
 from medimg.provenance import file_sha256
 from medimg.pull import pull
+from medimg.scoring import OnnxModel, cached_version_model
 from medimg.training.models import build_model
 from registry_fixtures import MODEL
 
@@ -210,9 +204,9 @@ def test_onnx_model_reads_its_metadata_from_the_session_and_batches(small_onnx):
 def test_a_registered_version_is_downloaded_once(small_onnx, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     store = tmp_path / "artifacts"
-    with mlflow.start_run(experiment_id=registry.ensure_experiment("cache-test", store)):
-        info = registry.register(registry.log_onnx(small_onnx[0]), "cache-test-model",
-                                 {registry.TAG_ONNX_SHA256: file_sha256(small_onnx[0])})
+    run = MlflowClient().create_run(registry.ensure_experiment("cache-test", store))
+    info = registry.register(registry.log_onnx(run.info.run_id, small_onnx[0]), "cache-test-model",
+                             {registry.TAG_ONNX_SHA256: file_sha256(small_onnx[0])})
     first = cached_version_model(info, tmp_path / "cache")
     shutil.rmtree(store)  # the artifact store is gone: a second download would fail
     second = cached_version_model(info, tmp_path / "cache")
@@ -225,9 +219,9 @@ def test_a_registered_version_whose_file_does_not_match_its_sha256_is_refused(sm
     from medimg.pull import IntegrityError
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run(experiment_id=registry.ensure_experiment("cache-test", tmp_path / "artifacts")):
-        info = registry.register(registry.log_onnx(small_onnx[0]), "cache-test-model",
-                                 {registry.TAG_ONNX_SHA256: "0" * 64})  # not this file's hash
+    run = MlflowClient().create_run(registry.ensure_experiment("cache-test", tmp_path / "artifacts"))
+    info = registry.register(registry.log_onnx(run.info.run_id, small_onnx[0]), "cache-test-model",
+                             {registry.TAG_ONNX_SHA256: "0" * 64})  # not this file's hash
     with pytest.raises(IntegrityError, match="sha256"):
         cached_version_model(info, tmp_path / "cache")
     assert not list((tmp_path / "cache").rglob("*.onnx"))  # nothing kept for gate or drift to score

@@ -419,7 +419,7 @@ out = {"name": state.name, "message": state.message, "retrain": None, "data_vers
 if state.name not in ("NoNewData", "NoInbox") and state.is_completed():
     inner = state.result()  # the watcher hands back the state of the retrain it started
     out["retrain"] = inner.name
-    out["data_version"] = inner.result()["data_version"]
+    out["data_version"] = inner.result().data_version
 print("WATCH " + json.dumps(out))
 """
 

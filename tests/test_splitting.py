@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from datapaths import DATA_DIR
-from medimg.data.image_folder import kermany_patient_key
+from medimg.data.sources import kermany_patient_key
 from medimg.data.splitting import _fold_counts, split_by_patient
 
 

@@ -15,7 +15,7 @@ from datapaths import CHEST, copy_chest_subset
 from medimg import preprocess
 from medimg.config import PreprocessConfig, ValidationConfig, parse_params
 from medimg.data import manifest
-from medimg.data.image_folder import kermany_patient_key
+from medimg.data.sources import kermany_patient_key
 from medimg.steps import ingest, validate
 from medimg.validation.suite import validate_manifest
 from medimg.workspace import Workspace
@@ -65,9 +65,9 @@ def _failures(outcome, column):
 
 def test_patient_overlap_warns_by_default_and_the_offline_reports_name_patient_and_files(folder_ws):
     params, ws, ingested, key, duplicated = folder_ws
-    summary = validate.run(params, ws, ingested)
-    assert summary["passed"] and summary["warts"]["patients_across_splits"] >= 1
-    report = json.loads(Path(summary["report"]).read_text())
+    summary = validate.run(params, ws, ingested.data_version)
+    assert summary.passed and summary.warts["patients_across_splits"] >= 1
+    report = json.loads(summary.report.read_text())
     assert "image_folder.manifest" in report["great_expectations"]
     overlap = report["wart_details"]["patients_across_splits"]
     assert all(g["patient_id"].startswith("pat-") and key not in json.dumps(g) for g in overlap)
@@ -75,7 +75,7 @@ def test_patient_overlap_warns_by_default_and_the_offline_reports_name_patient_a
     assert leak["severity"] == "warning" and leak["unexpected_count"] >= 2
     dup = next(g for g in report["wart_details"]["within_split"] if g["split"] == "test")
     assert sorted(dup["files"]) == sorted([f"test/NORMAL/{duplicated}", "test/NORMAL/duplicate-of-first.jpeg"])
-    html = Path(summary["html_report"]).read_text()
+    html = summary.html_report.read_text()
     assert html == (ws.root / "pipeline" / "validation-latest.html").read_text()
     assert "duplicate-of-first.jpeg" in html and overlap[0]["patient_id"] in html
     _assert_self_contained(html)

@@ -48,12 +48,18 @@ import multiprocessing
 import os
 import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from medimg import preprocess
 from medimg.config import PreprocessConfig
+from medimg.data.deid import pseudonym
+from medimg.data.images import BadImage
+from medimg.data.sop_classes import non_image_object
 
 #: Bump when decoding or the cached fields change, so old cache entries are not reused.
 CACHE_VERSION = 4
@@ -88,8 +94,6 @@ def cache_folder(cache_root: Path, contract_hash: str, secret: bytes | None, min
     is a pseudonym of a constant under the secret: it tells secrets apart without revealing
     anything about them.
     """
-    from medimg.data.deid import pseudonym
-
     key = pseudonym("cache", secret, "key").split("-", 1)[1][:8] if secret else "nokey"
     return cache_root / f"v{CACHE_VERSION}-{contract_hash}-m{min_side}{'b' if allow_burned_in else ''}-{key}"
 
@@ -142,8 +146,6 @@ class DecodeCache:
 
     def put(self, sha256: str, image: np.ndarray | None, meta: dict, kind: str | None = None) -> None:
         """Store one result of decoding as ``kind``; unexpected errors (``detail`` starting "unexpected") are not kept."""
-        from PIL import Image
-
         if meta.get("status") != "ok" and str(meta.get("detail", "")).startswith("unexpected"):
             return
         if image is not None:
@@ -218,16 +220,11 @@ def process(job: DecodeJob) -> tuple[DecodeJob, dict, bool]:
 
 def _non_image(data: bytes) -> dict | None:
     """``skipped`` metadata for a non-image DICOM object (:func:`medimg.data.sop_classes.non_image_object`), else None."""
-    from medimg.data.sop_classes import non_image_object
-
     found = non_image_object(data)
     return None if found is None else {"status": "skipped", "reason": found.reason, "detail": found.sop_class}
 
 
 def _decode(job: DecodeJob, options: DecodeOptions, data: bytes) -> tuple[dict, np.ndarray | None]:
-    from medimg import preprocess
-    from medimg.data.images import BadImage
-
     skipped = _non_image(data)
     if skipped is not None:
         return skipped, None
@@ -303,8 +300,6 @@ def _run(todo: list[DecodeJob], options: DecodeOptions, workers: int) -> Iterato
             _CACHE.close()
             _OPTIONS, _CACHE = saved
         return
-    from concurrent.futures import ProcessPoolExecutor
-
     # A worker that dies (a decoder crashing on a hostile file) raises BrokenProcessPool here
     # instead of hanging the ingest, which is why this is not multiprocessing.Pool.
     context = multiprocessing.get_context("forkserver")

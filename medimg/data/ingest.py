@@ -52,7 +52,7 @@ from medimg import preprocess
 from medimg.config import DataConfig, PreprocessConfig
 from medimg.data import manifest, skips, sources
 from medimg.data.manifest import SPLITS
-from medimg.data.decode_pool import DecodeJob, DecodeOptions, cache_folder, decode
+from medimg.data.decode_pool import DecodeCache, DecodeJob, DecodeOptions, cache_folder, decode
 from medimg.data.deid import pseudonym
 from medimg.data.images import REASONS, DecodedImage
 from medimg.data.medmnist import MedMNISTArchive
@@ -486,8 +486,6 @@ def _store(folder: Path, frame: pd.DataFrame, rows: list[dict], cache_dir: Path)
     Cache files are only ever replaced (written aside, then renamed), never changed in place, so
     a link never sees its content change; a file system without hard links gets copies.
     """
-    from medimg.data.decode_pool import DecodeCache
-
     cache = DecodeCache(cache_dir)
     made: set[Path] = set()
     for row in rows:

@@ -52,7 +52,7 @@ class Reduced:
 def available() -> bool:
     """True when glymur imports and has found an OpenJPEG library (``libopenjp2``) to call."""
     try:
-        import glymur
+        import glymur  # here: an optional dependency; its absence is an answer, not an ImportError
         from glymur.lib import openjp2
     except Exception:
         return False
@@ -76,7 +76,7 @@ def decode_reduced(codestream: bytes, rows: int, columns: int, bits_stored: int,
     """
     if not available():
         return None
-    import glymur
+    import glymur  # here: optional (see available)
 
     fd, name = tempfile.mkstemp(prefix="medimg-", suffix=".j2k")
     try:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 MANIFEST_FILE = "manifest.parquet"
 
@@ -133,8 +134,6 @@ def plain_strings(frame: pd.DataFrame, columns: tuple[str, ...] | None = None) -
 
 
 def write(frame: pd.DataFrame, folder: Path) -> Path:
-    import pyarrow as pa
-
     path = folder / MANIFEST_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.Schema.from_pandas(frame, preserve_index=False)

@@ -47,7 +47,7 @@ class MedMNISTArchive:
 
 
 def official_info(flag: str) -> dict:
-    from medmnist.info import INFO
+    from medmnist.info import INFO  # here: the medmnist package takes 2 s to import; only for its metadata
 
     if flag not in INFO:
         raise DataSourceError(f"unknown MedMNIST flag {flag!r}")
@@ -95,7 +95,7 @@ def _verified(flag: str, path: Path, expected: str) -> MedMNISTArchive:
 
 
 def _download(flag: str, download_dir: Path, expected: str, looked: list[Path]) -> MedMNISTArchive:
-    import medmnist
+    import medmnist  # here: as in official_info, only when an archive must be downloaded
 
     download_dir.mkdir(parents=True, exist_ok=True)
     cls = getattr(medmnist, official_info(flag)["python_class"])

@@ -5,8 +5,8 @@ Scanning is cheap: it reads no file but the first 132 bytes of those whose suffi
 its class folder, split folder and (Kermany names) patient for image folders; its place in the
 tree for DICOM folders, whose labels come from a CSV (:func:`read_label_table`). The files'
 SHA-256 (the manifest's ``sha256`` and the decode cache's key) is computed by the decoding
-workers, in parallel, from the bytes they read anyway. The layout rules for image folders are
-those of :func:`medimg.data.image_folder.scan_image_folder`, whose helpers are used here.
+workers, in parallel, from the bytes they read anyway. :func:`medimg.data.image_folder.scan_image_folder`
+lists the same files with their SHA-256, for analysis.
 
 The inbox is a second folder scanned the same way (``origin == "inbox"``): new files dropped
 there are ingested together with the source on the next run, and only they are decoded (the
@@ -34,12 +34,12 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from medimg.data.image_folder import _visible_dirs, kermany_patient_key
 from medimg.data.manifest import SPLITS
 from medimg.data.skips import SkippedFile
 from medimg.preprocess import is_dicom_file
@@ -51,6 +51,38 @@ log = logging.getLogger(__name__)
 RASTER_SUFFIXES = frozenset({".jpeg", ".jpg", ".png"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ""})
 IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
+
+
+# Kermany file names: person100_bacteria_475 / person1_virus_6 -> person100 / person1;
+# IM-0115-0001 (and IM-0608-0001-0001) -> IM-0115; NORMAL2-IM-0383-0001 -> NORMAL2-IM-0383.
+_KERMANY = (
+    re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+(?:_\d+)*$", re.IGNORECASE),
+    re.compile(r"^((?:NORMAL2-)?IM-\d+)(?:-\d+)+$", re.IGNORECASE),
+)
+
+
+def kermany_patient_key(filename: str) -> str:
+    """The patient id a Kermany chest X-ray file name carries, or the file stem when none.
+
+    ``person100_bacteria_475.jpeg`` -> ``person100``; ``IM-0115-0001.jpeg`` -> ``IM-0115``;
+    ``NORMAL2-IM-0383-0001.jpeg`` -> ``NORMAL2-IM-0383``. The key is returned as written (the
+    raw id, not a pseudonym). A name that fits no rule is its own patient: that never merges two
+    patients, but cannot group one patient's images either, so group-aware splitting is only as
+    good as the file names.
+    """
+    stem = Path(filename).stem
+    for pattern in _KERMANY:
+        match = pattern.match(stem)
+        if match:
+            return match.group(1)
+    return stem
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(
+        (d for d in folder.iterdir() if d.is_dir() and not d.name.startswith((".", "__"))),
+        key=lambda d: d.name,
+    )
 
 
 @dataclass(frozen=True)

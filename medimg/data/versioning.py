@@ -47,7 +47,7 @@ def _ignore_workspace_state(ws: Workspace) -> None:
 
 
 def _repo(ws: Workspace):
-    from dvc.repo import Repo
+    from dvc.repo import Repo  # here: reading a data version (the up-to-date check) needs no DVC import
 
     new = not (ws.root / ".dvc").is_dir()
     if new:

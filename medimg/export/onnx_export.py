@@ -5,8 +5,8 @@ The exported file is one self-contained ONNX model with a dynamic batch axis. It
 threshold, the preprocessing contract, the input name and layout, the inputs it may be given
 (``medimg.input_checks``: the validation limits its training data passed; ``medimg.modalities``
 and, when known, ``medimg.body_part``: what it is for; enforced by :mod:`medimg.input_checks`),
-and the lineage keys (data version, git commit, code hash, MLflow run). No patient-level value is
-ever written there.
+and the lineage keys (data version, git commit, code hash, MLflow run), under the ``META_*`` keys of
+:mod:`medimg.artifacts`. No patient-level value is ever written there.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-#: Metadata key of the preprocessing contract (JSON) that consumers rebuild the input from.
-META_PREPROCESSING = "medimg.preprocessing"
 
 
 class ExportError(RuntimeError):
@@ -46,8 +46,6 @@ class ParityReport:
 
 
 def export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, metadata: dict[str, object]) -> Path:
-    import onnx
-
     model = model.eval()
     program = torch.onnx.export(
         model,
@@ -77,16 +75,12 @@ def export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, meta
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    import onnx
-
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
 
 
 def session(path: Path):
     """An ONNX Runtime session on CUDA where available, else on the CPU."""
-    import onnxruntime as ort
-
     available = ort.get_available_providers()
     providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     return ort.InferenceSession(str(path), providers=providers)

@@ -6,6 +6,7 @@ check tells an auditor where to look. ``ok`` is ``True``, ``False``, or ``None``
 
 from __future__ import annotations
 
+from medimg import artifacts
 from medimg.lineage.report import (
     Check,
     CodeSection,
@@ -18,9 +19,9 @@ from medimg.lineage.report import (
     ValidationSection,
 )
 
-DATA_VERSION_KEY = "medimg.data_version"
-GIT_COMMIT_KEY = "medimg.git_commit"
-RUN_ID_KEY = "medimg.mlflow_run_id"
+DATA_VERSION_KEY = artifacts.META_DATA_VERSION
+GIT_COMMIT_KEY = artifacts.META_GIT_COMMIT
+RUN_ID_KEY = artifacts.META_MLFLOW_RUN_ID
 
 
 def lineage_checks(model: ModelSection, run: RunSection, code: CodeSection, data: DataSection,

@@ -49,12 +49,12 @@ from medimg.lineage.report import (
     ValidationSection,
 )
 from medimg.model_record import ModelRecord, iso
-from medimg.provenance import PROJECT_ROOT
+from medimg.provenance import PROJECT_ROOT, file_sha256
 from medimg.workspace import Workspace
 
 KEY_METRICS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "brier", "ece")
-ONNX_LINEAGE_KEYS = ("medimg.data_version", "medimg.git_commit", "medimg.code_hash", "medimg.mlflow_run_id",
-                     "medimg.threshold", "medimg.class_names", "medimg.params_hash", "medimg.preprocessing_hash")
+ONNX_LINEAGE_KEYS = (artifacts.META_DATA_VERSION, artifacts.META_GIT_COMMIT, artifacts.META_CODE_HASH, artifacts.META_MLFLOW_RUN_ID,
+                     artifacts.META_THRESHOLD, artifacts.META_CLASS_NAMES, artifacts.META_PARAMS_HASH, artifacts.META_PREPROCESSING_HASH)
 
 
 def _download(run_id: str, artifact_path: str, dest: Path) -> Path | None:
@@ -88,8 +88,8 @@ def _run(record: ModelRecord) -> RunSection:
     return RunSection(
         id=run.id, found=True, status=run.status, name=run.name, experiment_id=run.experiment_id,
         start=iso(run.start), end=iso(run.end), user=run.user, artifact_uri=run.artifact_uri, params=run.params,
-        tags={k: v for k, v in run.tags.items() if k.startswith("medimg.")},
-        flow_run_id=run.tags.get(registry.TAG_FLOW_RUN), flow_run_name=run.tags.get("medimg.flow_run_name"),
+        tags={k: v for k, v in run.tags.items() if k.startswith(artifacts.TAG_PREFIX)},
+        flow_run_id=run.tags.get(registry.TAG_FLOW_RUN), flow_run_name=run.tags.get(artifacts.TAG_FLOW_RUN_NAME),
         metrics={name: MetricSummary(value=m.value, ci95=m.ci95) for name in KEY_METRICS
                  if (m := record.test_metrics.get(name)) is not None},
         threshold=threshold.value if threshold else None, n_test=int(n_test.value) if n_test else None,
@@ -169,8 +169,7 @@ def _gate(record: ModelRecord) -> GateSection:
 
 def _onnx(record: ModelRecord, tmp: Path) -> OnnxSection:
     """The sha256 tag, the stored file's actual hash, and the lineage keys in its own metadata."""
-    from medimg.export.onnx_export import read_metadata
-    from medimg.provenance import file_sha256
+    from medimg.export.onnx_export import read_metadata  # here: it loads torch (1 s); only to read a stored file
 
     parity = _read_json(_download(record.run_id, artifacts.PARITY_REPORT, tmp)) if record.run_id else None
     known: dict = {"sha256": record.onnx_sha256, "stored_sha256": None, "size_bytes": None,

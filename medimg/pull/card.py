@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from medimg import registry, rendering
+from medimg import artifacts, registry, rendering
 from medimg.audit import now_iso
 from medimg.export.onnx_export import read_metadata
 from medimg.model_record import ModelRecord
@@ -96,21 +96,21 @@ def build_card(record: ModelRecord, onnx_path: Path, alias: str | None) -> dict:
         "sha256": record.onnx_sha256,
         "sha256_verified_against": registry.TAG_ONNX_SHA256,
         "mlflow_run_id": record.run_id,
-        "data_version": record.data_version or meta.get("medimg.data_version"),
-        "git_commit": record.git_commit or meta.get("medimg.git_commit"),
+        "data_version": record.data_version or meta.get(artifacts.META_DATA_VERSION),
+        "git_commit": record.git_commit or meta.get(artifacts.META_GIT_COMMIT),
         "params_hash": record.params_hash,
         "flow_run_id": record.flow_run_id,
         "validation_passed": record.validation_passed is True,
         "onnx_parity_max_abs_diff": record.onnx_parity_max_abs_diff,
-        "class_names": meta.get("medimg.class_names"),
-        "positive_class": meta.get("medimg.positive_class"),
-        "threshold": meta.get("medimg.threshold"),
+        "class_names": meta.get(artifacts.META_CLASS_NAMES),
+        "positive_class": meta.get(artifacts.META_POSITIVE_CLASS),
+        "threshold": meta.get(artifacts.META_THRESHOLD),
         "threshold_rule": params.get("gates.threshold"),
-        "input_name": meta.get("medimg.input_name"),
-        "input_layout": meta.get("medimg.input_layout"),
-        "output": meta.get("medimg.output"),
-        "preprocessing": meta.get("medimg.preprocessing"),
-        "architecture": meta.get("medimg.architecture"),
+        "input_name": meta.get(artifacts.META_INPUT_NAME),
+        "input_layout": meta.get(artifacts.META_INPUT_LAYOUT),
+        "output": meta.get(artifacts.META_OUTPUT),
+        "preprocessing": meta.get(artifacts.META_PREPROCESSING),
+        "architecture": meta.get(artifacts.META_ARCHITECTURE),
         "training_data": params.get("data.medmnist_flag"),
         "metrics": {name: m.model_dump() for name, m in record.test_metrics.items()},
         "gate": {

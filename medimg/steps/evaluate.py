@@ -10,6 +10,7 @@ import pandas as pd
 
 from medimg import artifacts, preprocess, tracking
 from medimg.config import Params
+from medimg.contracts import EvaluationSummary, TrainingData, TrainSummary
 from medimg.data import manifest
 from medimg.evaluation import plots
 from medimg.evaluation.bootstrap import bootstrap_ci
@@ -17,7 +18,6 @@ from medimg.evaluation.gradcam import grad_cam, pick_examples
 from medimg.evaluation.gates import to_jsonable
 from medimg.evaluation.metrics import binary_metrics
 from medimg.evaluation.threshold import threshold_for_sensitivity, youden_threshold
-from medimg.steps.train import run_dir
 from medimg.training.data import load_split
 from medimg.training.loop import predict_proba
 from medimg.training.models import load_model
@@ -64,12 +64,19 @@ def subgroup_metrics(frame: pd.DataFrame, ids: list[str], labels: np.ndarray, pr
     return out
 
 
-def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: dict) -> dict:
+def run(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained: TrainSummary) -> EvaluationSummary:
+    """The trained model on the val and test splits (without ``data.dropped_ids``): threshold, metrics, figures.
+
+    The threshold is chosen on validation by ``gates.threshold``; test metrics at it come with
+    stratified bootstrap 95% CIs (``gates.bootstrap_samples``, seeded by ``train.seed``). Writes
+    ``runs/<run_id>/metrics.json``, the test and validation prediction CSVs and the figures, and
+    logs all of them and every metric (``test_*``, ``val_*``) to MLflow run ``run_id``.
+    """
     frame = manifest.read(ws.data)
-    exclude = set(validated.get("dropped_ids") or [])
+    exclude = set(data.dropped_ids)
     val_split = load_split(ws.data, frame, "val", exclude)
     test_split = load_split(ws.data, frame, "test", exclude)
-    model = load_model(params.model, params.preprocess.channels, len(params.data.class_names), trained["checkpoint"])
+    model = load_model(params.model, params.preprocess.channels, len(params.data.class_names), trained.checkpoint)
     p_val = predict_proba(model, preprocess.apply(val_split.images, params.preprocess))
     p_test = predict_proba(model, preprocess.apply(test_split.images, params.preprocess))
     threshold = choose_threshold(params, val_split.labels, p_val)
@@ -78,7 +85,7 @@ def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: di
     ci = bootstrap_ci(test_split.labels, p_test, threshold, n_boot=params.gates.bootstrap_samples, seed=params.train.seed)
     val_metrics = binary_metrics(val_split.labels, p_val, threshold)
 
-    out = run_dir(ws, run_id)
+    out = ws.run_dir(run_id)
     predictions = out / artifacts.filename(artifacts.TEST_PREDICTIONS)
     pd.DataFrame({"id": test_split.ids, "label": test_split.labels, "probability": p_test}).to_csv(predictions, index=False)
     val_predictions = out / artifacts.filename(artifacts.VAL_PREDICTIONS)
@@ -93,8 +100,8 @@ def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: di
         plots.confusion_matrix_png(int(metrics["tp"]), int(metrics["fp"]), int(metrics["tn"]), int(metrics["fn"]),
                                    names, figures / "confusion_matrix.png", f"Test split, threshold {threshold:.3f}"),
     ]
-    if trained.get("history"):
-        pngs.append(plots.training_curves_png(trained["history"], figures / "training_curves.png"))
+    if trained.history:
+        pngs.append(plots.training_curves_png(trained.history, figures / "training_curves.png"))
     pngs.append(gradcam_review(model, test_split, p_test, threshold, params, figures / "gradcam_grid.png"))
 
     report = to_jsonable({
@@ -124,4 +131,4 @@ def run(params: Params, ws: Workspace, run_id: str, validated: dict, trained: di
         len(test_split.labels), threshold, metrics["roc_auc"], *ci["roc_auc"], metrics["accuracy"], *ci["accuracy"],
         metrics["sensitivity"], metrics["specificity"],
     )
-    return {"metrics_file": str(metrics_file), "predictions": str(predictions), **report}
+    return EvaluationSummary(metrics_file=metrics_file, predictions=predictions, **report)

@@ -10,12 +10,12 @@ import pandas as pd
 
 from medimg import artifacts, preprocess, registry, tracking
 from medimg.config import Params
+from medimg.contracts import EvaluationSummary, GateDecision
 from medimg.data import manifest
 from medimg.evaluation import gates
 from medimg.evaluation.bootstrap import paired_auc_difference
-from medimg.predict import cached_version_model
 from medimg.reference import benchmark
-from medimg.steps.train import run_dir
+from medimg.scoring import cached_version_model
 from medimg.training.data import load_split
 from medimg.workspace import Workspace
 
@@ -32,9 +32,17 @@ def champion_probabilities(ws: Workspace, champion: registry.VersionInfo, ids: l
     return probs[[order[i] for i in ids]]
 
 
-def run(params: Params, ws: Workspace, run_id: str, evaluated: dict) -> dict:
+def run(params: Params, ws: Workspace, run_id: str, evaluated: EvaluationSummary) -> GateDecision:
+    """The promotion rules over the candidate's test metrics, and against the champion when there is one.
+
+    Rules: non-inferiority to the radiologist benchmark ``gates.benchmark``, minimum AUC and
+    accuracy, and a paired bootstrap of the AUC difference to the champion on the same test
+    images (``gates.champion_auc_margin``). Fails closed: a champion that cannot be scored fails
+    the champion rule, it does not skip it. Writes ``runs/<run_id>/gate_report.json`` and logs it
+    and the verdict tags to MLflow run ``run_id``.
+    """
     cfg = params.gates
-    metrics, ci = evaluated["test"], evaluated["test_ci95"]
+    metrics, ci = evaluated.test, evaluated.test_ci95
     bench = benchmark(cfg.benchmark.id)
     results = [
         gates.benchmark_noninferiority(
@@ -47,7 +55,7 @@ def run(params: Params, ws: Workspace, run_id: str, evaluated: dict) -> dict:
     champion = registry.version_by_alias(params.registry.model_name, registry.CHAMPION)
     delta = None
     if champion is not None:
-        predictions = pd.read_csv(evaluated["predictions"], dtype={"id": str})
+        predictions = pd.read_csv(evaluated.predictions, dtype={"id": str})
         try:
             champ = champion_probabilities(ws, champion, predictions["id"].tolist())
             delta = paired_auc_difference(
@@ -68,14 +76,15 @@ def run(params: Params, ws: Workspace, run_id: str, evaluated: dict) -> dict:
         **decision,
         "benchmark": bench,
         "champion_version": champion.version if champion else None,
-        "threshold": evaluated["threshold"],
+        "threshold": evaluated.threshold,
         "test_metrics": {k: metrics[k] for k in ("roc_auc", "accuracy", "sensitivity", "specificity", "n")},
     }
-    path = run_dir(ws, run_id) / artifacts.filename(artifacts.GATE_REPORT)
+    path = ws.run_dir(run_id) / artifacts.filename(artifacts.GATE_REPORT)
     path.write_text(json.dumps(gates.to_jsonable(report), indent=1))
     tracking.log_artifact(run_id, path, artifacts.folder(artifacts.GATE_REPORT))
-    tracking.set_tags(run_id, {"medimg.gate_passed": decision["passed"],
-                               "medimg.gate_failed_rules": ",".join(decision["failed"]) or "none"})
+    tracking.set_tags(run_id, {artifacts.TAG_GATE: decision["passed"],
+                               artifacts.TAG_GATE_FAILED: ",".join(decision["failed"]) or "none"})
     for rule in results:
         (log.info if rule.passed else log.warning)("gate %s: %s: %s", rule.name, "PASS" if rule.passed else "FAIL", rule.reason)
-    return {"report": str(path), **gates.to_jsonable(report)}
+    return GateDecision(passed=decision["passed"], failed=tuple(decision["failed"]), rules=tuple(decision["rules"]),
+                        champion_version=champion.version if champion else None, report=path)

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 from medimg import preprocess
 from medimg.config import Params
+from medimg.contracts import IngestSummary
 from medimg.data import skips, versioning
 from medimg.data.deid import SECRET_ENV, secret_from_env
 from medimg.data.ingest import IngestResult, ingest_files, ingest_medmnist
@@ -46,8 +49,6 @@ VERSION_FILE = "data-version.json"
 
 def deid_secret(params: Params) -> bytes:
     """The pseudonymisation key; raises ``MissingSecretError`` unless it is set or demo mode allows the demo key."""
-    import os
-
     secret = secret_from_env(demo=params.data.deid.demo)
     if not os.environ.get(SECRET_ENV):
         log.warning(
@@ -57,16 +58,17 @@ def deid_secret(params: Params) -> bytes:
     return secret
 
 
-def pipeline_dir(ws: Workspace):
-    """Where the files ``dvc.yaml`` tracks live (outside ``reports/``, which the workspace's DVC ignores)."""
-    return ws.root / "pipeline"
+def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | None = None) -> IngestSummary:
+    """Ingest ``data.source`` (and ``data.inbox``) into the workspace's dataset and version it with DVC.
 
-
-def cache_root(ws: Workspace):
-    return ws.root / "cache" / "decoded"
-
-
-def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | None = None) -> dict:
+    ``progress(done, total)`` is called as files are decoded (folder sources). Every file ends up
+    in the dataset, in the quarantine report with its reason, or skipped with a reason. Raises
+    :class:`~medimg.data.medmnist.DataSourceError` for a missing or misnamed source,
+    :class:`~medimg.data.deid.MissingSecretError` without a de-identification key,
+    :class:`~medimg.data.sources.SourceLayoutError` for a folder in no known layout and
+    :class:`~medimg.data.quarantine.QuarantineThresholdError` when more than
+    ``data.max_bad_fraction`` of the files are unusable (nothing is versioned then).
+    """
     ws.ensure()
     kind = params.data.source
     quarantine_csv = ws.reports / QUARANTINE_CSV
@@ -94,7 +96,7 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
         log.info("source %s (%s)%s; contract %s", root, kind, f", inbox {inbox}" if inbox else "",
                  preprocess.contract_hash(params.preprocess))
         result = ingest_files(kind, params.data, params.preprocess, ws.data, secret, root, inbox,
-                              cache_root=cache_root(ws), quarantine_csv=quarantine_csv, progress=progress,
+                              cache_root=ws.decode_cache, quarantine_csv=quarantine_csv, progress=progress,
                               skipped_csv=skipped_csv)
     version = versioning.commit_and_push(ws)
     kept_csv = ws.reports / f"quarantine-{version.id}.csv"
@@ -107,34 +109,36 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
         result.n_images, result.split_counts,
     )
     summary = _summary(result, version, ws, kept_csv, kept_skipped, pseudonymous)
-    (ws.reports / SUMMARY_FILE).write_text(json.dumps(summary, indent=1, default=str))
-    stable = {k: summary[k] for k in ("data_version", "n_images", "split_counts", "n_quarantined",
-                                      "quarantine_by_reason", "contract_hash", "source_kind")}
-    pipeline_dir(ws).mkdir(parents=True, exist_ok=True)
-    (pipeline_dir(ws) / VERSION_FILE).write_text(json.dumps(stable, indent=1, sort_keys=True) + "\n")
+    summary_json = summary.model_dump(mode="json", exclude={"skipped"})
+    (ws.reports / SUMMARY_FILE).write_text(json.dumps(summary_json, indent=1))
+    stable = {k: summary_json[k] for k in ("data_version", "n_images", "split_counts", "n_quarantined",
+                                           "quarantine_by_reason", "contract_hash", "source_kind")}
+    ws.pipeline.mkdir(parents=True, exist_ok=True)
+    (ws.pipeline / VERSION_FILE).write_text(json.dumps(stable, indent=1, sort_keys=True) + "\n")
     return summary
 
 
-def _summary(result: IngestResult, version, ws: Workspace, quarantine_csv, skipped_csv, pseudonymous_csv) -> dict:
-    return {
-        "data_version": version.id,
-        "new_version": version.is_new,
-        "n_images": result.n_images,
-        "split_counts": result.split_counts,
-        "source": result.source,
-        "source_md5": result.source_md5,
-        "source_kind": result.source_kind,
-        "n_files": result.n_files,
-        "n_decoded": result.n_decoded,
-        "n_cached": result.n_cached,
-        "n_quarantined": len(result.quarantine),
-        "quarantine_by_reason": result.quarantine.counts_by_reason(),
-        "quarantine_csv": str(quarantine_csv),
-        "quarantine_pseudonymous_csv": str(pseudonymous_csv),
-        "n_skipped_files": len(result.skipped),
-        "skipped_files_by_reason": skips.counts_by_reason(result.skipped),
-        "skipped_files_csv": str(skipped_csv),
-        "contract_hash": result.contract_hash,
-        "dvc_file": str(version.dvc_file),
-        "fetch_commands": versioning.fetch_commands(ws, version.id),
-    }
+def _summary(result: IngestResult, version: versioning.DataVersion, ws: Workspace, quarantine_csv: Path,
+             skipped_csv: Path, pseudonymous_csv: Path) -> IngestSummary:
+    return IngestSummary(
+        data_version=version.id,
+        new_version=version.is_new,
+        n_images=result.n_images,
+        split_counts=result.split_counts,
+        source=result.source,
+        source_md5=result.source_md5,
+        source_kind=result.source_kind,
+        n_files=result.n_files,
+        n_decoded=result.n_decoded,
+        n_cached=result.n_cached,
+        n_quarantined=len(result.quarantine),
+        quarantine_by_reason=result.quarantine.counts_by_reason(),
+        quarantine_csv=quarantine_csv,
+        quarantine_pseudonymous_csv=pseudonymous_csv,
+        n_skipped_files=len(result.skipped),
+        skipped_files_by_reason=skips.counts_by_reason(result.skipped),
+        skipped_files_csv=skipped_csv,
+        contract_hash=result.contract_hash,
+        dvc_file=version.dvc_file,
+        fetch_commands=tuple(versioning.fetch_commands(ws, version.id)),
+    )

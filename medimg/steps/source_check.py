@@ -16,8 +16,9 @@ fingerprint of everything the ingest reads is taken:
 When both equal the fingerprints saved with the last successful ingest (the source's taken
 before it read anything, the dataset's after it wrote), that ingest's summary is
 returned with ``skipped: True`` and nothing is read or written; anything else runs the real
-ingest (:func:`medimg.steps.ingest.run`) and saves the new fingerprint. Stat calls only: a
-folder of 100,000 files costs a directory walk, not a read of each file.
+ingest (:func:`medimg.steps.ingest.run`, handed in by the caller) and saves the new fingerprint.
+Stat calls only: a folder of 100,000 files costs a directory walk, not a read of each file.
+How this check fits with the other ways a run is skipped or reused: :mod:`flows.retrain`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,17 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from medimg.config import Params
+from medimg.contracts import IngestSummary
+from medimg.data import versioning
+from medimg.data.deid import SECRET_ENV
+from medimg.data.manifest import MANIFEST_FILE
+from medimg.data.medmnist import candidate_paths
 from medimg.data.sources import file_stat, tree
 from medimg.workspace import Workspace
 
@@ -51,8 +60,6 @@ def _code_hash() -> str:
 
 
 def _key_hash(params: Params) -> str | None:
-    from medimg.data.deid import SECRET_ENV
-
     raw = os.environ.get(SECRET_ENV, "")
     if not raw:
         return "demo" if params.data.deid.demo else None
@@ -65,9 +72,6 @@ def _hash(parts: object) -> str:
 
 def dataset_fingerprint(ws: Workspace) -> str:
     """The dataset in the workspace: its DVC data version and its manifest file."""
-    from medimg.data import versioning
-    from medimg.data.manifest import MANIFEST_FILE
-
     return _hash([versioning.current_version(ws), file_stat(ws.data / MANIFEST_FILE)])
 
 
@@ -81,8 +85,6 @@ def source_fingerprint(params: Params, ws: Workspace) -> str:
         "code": _code_hash(),
     }
     if data.source == "medmnist":
-        from medimg.data.medmnist import candidate_paths
-
         places = [*candidate_paths(data.medmnist_flag, data.resolved_data_dir()),
                   ws.root / "downloads" / f"{data.medmnist_flag}.npz"]
         parts["source"] = {str(p): file_stat(p) for p in places}
@@ -96,28 +98,39 @@ def source_fingerprint(params: Params, ws: Workspace) -> str:
     return _hash(parts)
 
 
-def run(params: Params, ws: Workspace) -> dict:
-    """The last ingest's summary when nothing it read has changed, else a real ingest."""
+def _saved(state_file: Path, source: str, ws: Workspace) -> IngestSummary | None:
+    """The summary saved with the last ingest when its fingerprints are ``source`` and today's dataset's."""
+    try:
+        saved = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(saved, dict) and saved.get("source") == source
+            and saved.get("dataset") == dataset_fingerprint(ws) and saved.get("summary")):
+        return None
+    try:
+        return IngestSummary.model_validate(saved["summary"])
+    except ValidationError:  # written by a medimg with another summary: ingest again rather than guess
+        return None
+
+
+def run(params: Params, ws: Workspace, ingest: Callable[[Params, Workspace], IngestSummary]) -> IngestSummary:
+    """The last ingest's summary (``skipped`` True) when nothing it read has changed, else ``ingest(params, ws)``'s.
+
+    ``ingest`` is the real ingest (:func:`medimg.steps.ingest.run`); its errors pass through, and
+    then no fingerprint is saved, so the next run ingests again.
+    """
     state_file = ws.reports / STATE_FILE
     # Taken before the ingest reads anything: a file that lands meanwhile makes the next run ingest again.
     source = source_fingerprint(params, ws)
-    if state_file.is_file():
-        try:
-            saved = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            saved = {}
-        if (saved.get("source") == source and saved.get("dataset") == dataset_fingerprint(ws)
-                and saved.get("summary")):
-            summary = {**saved["summary"], "new_version": False, "skipped": True}
-            log.info("source unchanged since the ingest of data version %s (same files, params, code and dataset): "
-                     "ingest skipped", summary["data_version"])
-            return summary
-    from medimg.steps import ingest
-
-    summary = ingest.run(params, ws)
+    previous = _saved(state_file, source, ws) if state_file.is_file() else None
+    if previous is not None:
+        log.info("source unchanged since the ingest of data version %s (same files, params, code and dataset): "
+                 "ingest skipped", previous.data_version)
+        return previous.model_copy(update={"new_version": False, "skipped": True})
+    summary = ingest(params, ws)
     ws.reports.mkdir(parents=True, exist_ok=True)
     tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"source": source, "dataset": dataset_fingerprint(ws), "summary": summary},
-                              indent=1, default=str))
+    tmp.write_text(json.dumps({"source": source, "dataset": dataset_fingerprint(ws),
+                               "summary": summary.model_dump(mode="json")}, indent=1))
     os.replace(tmp, state_file)
-    return {**summary, "skipped": False}
+    return summary.model_copy(update={"skipped": False})

@@ -7,12 +7,12 @@ step returns the same summary, and the parent process never decodes images the w
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
 from medimg import tracking
 from medimg.config import Params
+from medimg.contracts import TrainingData, TrainSummary
 from medimg.data import manifest
 from medimg.training import ddp
 from medimg.training.data import load_split, split_rows
@@ -22,16 +22,18 @@ from medimg.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-def run_dir(ws: Workspace, run_id: str) -> Path:
-    path = ws.runs / run_id
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def run(params: Params, ws: Workspace, run_id: str, data: TrainingData) -> TrainSummary:
+    """Train ``params.model`` on the train split of the workspace's dataset without ``data.dropped_ids``.
 
-
-def run(params: Params, ws: Workspace, run_id: str, validated: dict) -> dict:
+    Chooses the epoch by validation AUC; writes ``runs/<run_id>/best.pt`` (that epoch's
+    ``state_dict``) and ``runs/<run_id>/checkpoints/last.pt`` after every epoch, from which a
+    crashed run of the same MLflow run continues; logs per-epoch and summary metrics to run
+    ``run_id``. Raises :class:`~medimg.training.ddp.DistributedTrainingError` when a ``torchrun``
+    worker fails.
+    """
     frame = manifest.read(ws.data)
-    exclude = set(validated.get("dropped_ids") or [])
-    out = run_dir(ws, run_id)
+    exclude = set(data.dropped_ids)
+    out = ws.run_dir(run_id)
     if params.train.distributed.enabled:
         result = ddp.launch(params.model_dump(mode="json"), ws.data, sorted(exclude), out / "ddp", run_id,
                             params.train.distributed.nproc_per_node)
@@ -51,24 +53,24 @@ def run(params: Params, ws: Workspace, run_id: str, validated: dict) -> dict:
     return _summary(run_id, result, n_train, n_val)
 
 
-def _summary(run_id: str, result: dict, n_train: int, n_val: int) -> dict:
+def _summary(run_id: str, result: dict, n_train: int, n_val: int) -> TrainSummary:
     """The step's summary from a training result (the DDP result file's keys), logged to MLflow."""
     tracking.log_metrics(run_id, {"best_epoch": result["best_epoch"], "best_val_auc": result["best_val_auc"],
                                   "train_seconds": result["seconds"],
                                   "train_images_per_second": result["images_per_second"]})
     log.info("best epoch %d, val AUC %.4f, %.1f s (%.0f images/s)", result["best_epoch"], result["best_val_auc"],
              result["seconds"], result["images_per_second"])
-    return {
-        "checkpoint": result["checkpoint"],
-        "best_epoch": result["best_epoch"],
-        "best_val_auc": result["best_val_auc"],
-        "epochs_run": len(result["history"]),
-        "steps": result["steps"],
-        "train_seconds": round(result["seconds"], 2),
-        "images_per_second": round(result["images_per_second"], 1),
-        "history": result["history"],
-        "n_train": n_train,
-        "n_val": n_val,
-        "device": result["device"],
-        "world_size": result["world_size"],
-    }
+    return TrainSummary(
+        checkpoint=result["checkpoint"],
+        best_epoch=result["best_epoch"],
+        best_val_auc=result["best_val_auc"],
+        epochs_run=len(result["history"]),
+        steps=result["steps"],
+        train_seconds=round(result["seconds"], 2),
+        images_per_second=round(result["images_per_second"], 1),
+        history=tuple(result["history"]),
+        n_train=n_train,
+        n_val=n_val,
+        device=result["device"],
+        world_size=result["world_size"],
+    )

@@ -3,7 +3,7 @@
 Writes ``reports/validation-<version>.json`` (the outcome, the warts with the files they concern,
 and GX's own result JSON) and ``reports/validation-<version>.html`` (the same, readable offline),
 plus ``pipeline/validation-latest.{json,html}`` copies for the ``dvc.yaml`` stage. The summary returned names both
-(``report``, ``html_report``) so the flow can log them to MLflow.
+(:class:`~medimg.contracts.ValidationSummary` ``report``, ``html_report``) so the flow can log them to MLflow.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import shutil
 
 from medimg import preprocess
 from medimg.config import Params
+from medimg.contracts import ValidationSummary
 from medimg.data import manifest
-from medimg.steps.ingest import pipeline_dir
 from medimg.validation.report import render_html
 from medimg.validation.suite import ValidationOutcome, validate_manifest
 from medimg.workspace import Workspace
@@ -59,10 +59,16 @@ def check(params: Params, frame) -> ValidationOutcome:
                              contract_size=params.preprocess.size)
 
 
-def run(params: Params, ws: Workspace, ingested: dict) -> dict:
+def run(params: Params, ws: Workspace, data_version: str) -> ValidationSummary:
+    """Validate the workspace's dataset, which must be data version ``data_version`` (it names the reports).
+
+    Writes the reports (module docstring) and returns the outcome; a failed critical expectation
+    does not raise here (see :func:`raise_if_failed`). Raises ``FileNotFoundError`` when the
+    workspace holds no manifest.
+    """
     frame = manifest.read(ws.data)
     outcome = check(params, frame)
-    version = ingested["data_version"]
+    version = data_version
     payload = {"data_version": version, "contract_hash": preprocess.contract_hash(params.preprocess), **outcome.to_json()}
     payload["wart_details"] = _wart_details(frame, outcome.warts)
     payload["warts"] = {k: v for k, v in outcome.warts.items()
@@ -73,9 +79,9 @@ def run(params: Params, ws: Workspace, ingested: dict) -> dict:
     report.write_text(text)
     html_report = ws.reports / f"validation-{version}.html"
     html_report.write_text(render_html(json.loads(text)), encoding="utf-8")  # the JSON's values, as written
-    pipeline_dir(ws).mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(report, pipeline_dir(ws) / "validation-latest.json")
-    shutil.copyfile(html_report, pipeline_dir(ws) / "validation-latest.html")
+    ws.pipeline.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(report, ws.pipeline / "validation-latest.json")
+    shutil.copyfile(html_report, ws.pipeline / "validation-latest.html")
     warts = outcome.warts
     log.info(
         "warts: duplicate groups within split %s (extra copies %s); %d hashes shared across splits (%d images); "
@@ -89,24 +95,26 @@ def run(params: Params, ws: Workspace, ingested: dict) -> dict:
         log.warning("validation warning: %s", _describe(item))
     if outcome.dropped_ids:
         log.warning("dropped %d rows by policy: %s", len(outcome.dropped_ids), ", ".join(outcome.dropped_ids[:20]))
-    summary = {
-        "passed": outcome.passed,
-        "report": str(report),
-        "html_report": str(html_report),
-        "n_warnings": len(outcome.warnings),
-        "failed": [_describe(f) for f in outcome.failed_critical],
-        "dropped_ids": outcome.dropped_ids,
-        "warts": payload["warts"],
-    }
+    summary = ValidationSummary(
+        data_version=version,
+        passed=outcome.passed,
+        report=report,
+        html_report=html_report,
+        n_warnings=len(outcome.warnings),
+        failed=tuple(_describe(f) for f in outcome.failed_critical),
+        dropped_ids=tuple(outcome.dropped_ids),
+        warts=json.loads(json.dumps(payload["warts"], default=str)),  # the report's JSON values
+    )
     for item in outcome.failed_critical:
         log.error("validation failed: %s", _describe(item))
     log.info("validation %s: %s (offline HTML %s)", "passed" if outcome.passed else "FAILED", report, html_report)
     return summary
 
 
-def raise_if_failed(summary: dict) -> None:
-    if not summary["passed"]:
+def raise_if_failed(summary: ValidationSummary) -> None:
+    """Raise :class:`ValidationFailed` (naming each failed expectation and the report) unless ``summary`` passed."""
+    if not summary.passed:
         raise ValidationFailed(
-            f"data validation failed ({len(summary['failed'])} critical expectation(s)); report: {summary['report']}\n  "
-            + "\n  ".join(summary["failed"])
+            f"data validation failed ({len(summary.failed)} critical expectation(s)); report: {summary.report}\n  "
+            + "\n  ".join(summary.failed)
         )

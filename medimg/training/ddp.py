@@ -19,6 +19,12 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+
+from medimg.config import parse_params
+from medimg.data import manifest
+from medimg.training.data import load_split
+from medimg.training.loop import report_epochs, train
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +51,6 @@ def launch(params_dict: dict, data_folder: Path, exclude: list[str], out_dir: Pa
 
 
 def main(job_file: str) -> None:
-    import torch.distributed as dist
-
-    from medimg.config import parse_params
-    from medimg.data import manifest
-    from medimg.training.data import load_split
-    from medimg.training.loop import report_epochs, train
-
     job = json.loads(Path(job_file).read_text())
     params = parse_params(job["params"])
     backend = params.train.distributed.backend

@@ -25,7 +25,7 @@ from rich.progress import Progress
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from medimg import preprocess
+from medimg import preprocess, tracking
 from medimg.config import Params, TrainConfig
 from medimg.training.data import SplitArrays, augment_batch
 from medimg.training.models import build_model, set_trainable
@@ -40,8 +40,6 @@ def report_epochs(run_id: str | None, epochs: int) -> EpochCallback:
 
     Single-process and DDP training (rank 0) report alike; without a run id it only logs.
     """
-    from medimg import tracking
-
     def on_epoch(row: dict) -> None:
         log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_auc %.4f", row["epoch"], epochs,
                  row["train_loss"], row["val_loss"], row["val_auc"])

@@ -114,7 +114,7 @@ def set_trainable(model: nn.Module, head_only: bool) -> None:
         p.requires_grad_(not head_only or id(p) in head)
 
 
-def load_model(config: ModelConfig, in_channels: int, num_classes: int, checkpoint: str) -> nn.Module:
+def load_model(config: ModelConfig, in_channels: int, num_classes: int, checkpoint: str | Path) -> nn.Module:
     model = build_model(config.model_copy(update={"pretrained_weights": None}), in_channels, num_classes)
     model.load_state_dict(torch.load(checkpoint, weights_only=True, map_location="cpu"))
     return model.eval()

@@ -66,7 +66,7 @@ CHECK_COLUMNS = ("copies_in_split", "splits_with_hash", "splits_with_patient")
 def manifest_expectations(config: ValidationConfig, class_labels: list[int], source_kind: str = "medmnist",
                           contract_hash: str | None = None, contract_size: int | None = None) -> list:
     """The row-level suite for one source kind (see the module docstring)."""
-    import great_expectations.expectations as gxe
+    import great_expectations.expectations as gxe  # here: GX takes 2 s to import; only when a suite runs
 
     schema = list(COLUMNS) + list(CHECK_COLUMNS)
     lo_bits, hi_bits = config.bit_depth_range
@@ -131,7 +131,7 @@ def manifest_expectations(config: ValidationConfig, class_labels: list[int], sou
 
 
 def summary_expectations(config: ValidationConfig) -> list:
-    import great_expectations.expectations as gxe
+    import great_expectations.expectations as gxe  # here: GX takes 2 s to import; only when a suite runs
 
     out = [
         gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=1, description="every split has images"),
@@ -148,7 +148,7 @@ def summary_expectations(config: ValidationConfig) -> list:
 
 
 def _run_suite(context, name: str, frame: pd.DataFrame, expectations: list) -> tuple[dict, list[dict]]:
-    import great_expectations as gx
+    import great_expectations as gx  # here: GX takes 2 s to import; only when a suite runs
 
     frame = plain_strings(frame)  # GX predates pandas' str dtype and its NaN
     asset = context.data_sources.add_pandas(name).add_dataframe_asset(name)
@@ -211,7 +211,7 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig, class_la
     ``source_kind`` defaults to the manifest's own (its most common ``source_kind``), else
     ``medmnist``; ``contract_hash``/``contract_size`` None skip the contract checks.
     """
-    import great_expectations as gx
+    import great_expectations as gx  # here: GX takes 2 s to import; only when a suite runs
 
     if source_kind is None:
         kinds = manifest["source_kind"].dropna() if "source_kind" in manifest.columns else pd.Series([], dtype=object)
@@ -229,7 +229,7 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig, class_la
     if config.expected_split_sizes:
         summary["expected_n_images"] = summary["split"].map(config.expected_split_sizes).fillna(-1).astype("int64")
 
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.base import ProgressBarsConfig  # here: as gx above
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
