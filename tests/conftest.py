@@ -16,8 +16,8 @@ from medimg.workspace import TELEMETRY_OFF
 for _key, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_key, _value)
 
-# This conftest sits in testpaths' folder (tests/, which pytest puts on sys.path), so it is an
-# initial conftest and may name plugins.
+# This conftest sits in testpaths' folder (tests/, put on sys.path by ``pythonpath`` in pyproject.toml),
+# so it is an initial conftest and may name plugins; the test modules live in subfolders below it.
 pytest_plugins = ["registry_fixtures", "lineage_fixtures"]
 
 

@@ -48,7 +48,7 @@ import yaml
 from datapaths import DATA_DIR
 from medimg.config import deep_merge
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 pytestmark = pytest.mark.slow
 
