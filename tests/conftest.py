@@ -9,9 +9,16 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from datapaths import DATA_DIR, PNEUMONIAMNIST
+
 from medimg.workspace import TELEMETRY_OFF
+
+# One torch/OpenMP thread for this process and every process it starts (they inherit the environment),
+# set before anything imports torch (nothing above does): the tests share the machine with other work, and
+# processes each spinning two OpenMP threads on two busy cores run several times slower than with one each.
+# Values exported by the caller win.
+for _key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_key, "1")
 
 for _key, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_key, _value)

@@ -101,7 +101,7 @@ CONSUMER = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_consumer_without_medimg_reproduces_the_predictions(registry_ws, data_dir, tmp_path):
     model_path = pull(registry_ws.params, out_dir=tmp_path / "model").onnx
     files = [*sorted((data_dir / "chest_xray_fullres").rglob("*.jpeg"))[::3],  # grey and RGB, up to ~2900 px

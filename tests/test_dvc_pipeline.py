@@ -22,7 +22,7 @@ from datapaths import DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:

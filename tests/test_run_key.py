@@ -48,7 +48,7 @@ def _edit(src: Path, line: str) -> None:
     path.write_text(path.read_text() + line + "\n")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_each_uncommitted_edit_of_the_training_code_retrains(tmp_path, data_dir, prefect_harness):
     from prefect.settings import PREFECT_API_URL
 

@@ -26,7 +26,7 @@ from medimg.data import versioning
 from medimg.provenance import file_sha256
 from registry_fixtures import MODEL
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

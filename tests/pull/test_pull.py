@@ -46,7 +46,7 @@ def _check_complete(folder: Path, version: str | None = None) -> dict:
     return card
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_pull_writes_a_verified_model_with_its_card(registry_ws, tmp_path):
     out = tmp_path / "deploy" / "model"
     out.parent.mkdir()
@@ -79,7 +79,7 @@ def test_pull_writes_a_verified_model_with_its_card(registry_ws, tmp_path):
     assert "FAILED" in (out / "model_card.md").read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_tampered_artifact_is_refused_and_nothing_is_half_written(fresh_registry, tmp_path):
     params = fresh_registry.params
     out = tmp_path / "model"
@@ -112,7 +112,7 @@ def test_a_tampered_artifact_is_refused_and_nothing_is_half_written(fresh_regist
     assert pull(params, out_dir=fresh_out, version="2").version == "2"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_pull_refuses_a_real_directory_and_unknown_versions(registry_ws, tmp_path):
     taken = tmp_path / "taken"
     taken.mkdir()
@@ -129,7 +129,7 @@ def test_pull_refuses_a_real_directory_and_unknown_versions(registry_ws, tmp_pat
     assert pull(registry_ws.params, out_dir=empty).version == "1" and empty.is_symlink()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_old_releases_are_pruned_but_current_recent_and_running_ones_stay(registry_ws, tmp_path):
     params, out = registry_ws.params, tmp_path / "model"
     first = pull(params, out_dir=out, version="1")
@@ -149,7 +149,7 @@ def test_old_releases_are_pruned_but_current_recent_and_running_ones_stay(regist
     _check_complete(out, "1")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_concurrent_pulls_during_a_promotion_each_get_one_complete_model(fresh_registry, tmp_path):
     """8 pulls into the same folder race a promotion (v1 -> v2); a reader watches the folder throughout.
 
@@ -222,7 +222,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_pull_from_a_remote_tracking_server(registry_ws, tmp_path, monkeypatch):
     port = _free_port()
     log = open(tmp_path / "server.log", "wb")
@@ -266,7 +266,7 @@ def test_tracking_uri_credentials_never_reach_the_card():
     assert public_uri("sqlite:////srv/ws/mlflow.db") == "sqlite:////srv/ws/mlflow.db"
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_version_whose_run_cannot_be_read_gets_no_card(fresh_registry, tmp_path):
     """A registry that outlived its tracking data (a run purged, another server): a clear error, not a traceback."""
     v1 = registry.get_version(MODEL, "1")
