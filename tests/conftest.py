@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from datapaths import DATA_DIR, PNEUMONIAMNIST
 
+from datapaths import DATA_DIR, PNEUMONIAMNIST
 from medimg.workspace import TELEMETRY_OFF
 
 # One torch/OpenMP thread for this process and every process it starts (they inherit the environment),

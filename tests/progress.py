@@ -59,21 +59,26 @@ def wait_while_progressing(done: Callable[[], Any], what: str, *, progress: Call
             seen, last_move = current, now
         if now - last_move > stall or now - started > cap:
             _kill(procs)
-            why = f"no progress for {stall:.0f} s" if now - last_move > stall else f"still running after {cap:.0f} s"
+            why = f"no progress for {stall:g} s" if now - last_move > stall else f"still running after {cap:g} s"
             raise Stalled(f"{what}: {why}\n{_tails(logs)}")
         time.sleep(every)
 
 
-def run_logged(cmd: Sequence[str], log: Path, *, stall: float = STALL_S, cap: float = CAP_S,
+def run_logged(cmd: Sequence[str], log: Path, *, split: bool = False, stall: float = STALL_S, cap: float = CAP_S,
                **popen: Any) -> subprocess.CompletedProcess:
-    """``subprocess.run`` with stdout and stderr into ``log``, ended only when its output stalls.
+    """``subprocess.run`` with its output in ``log``, ended only when that output stalls (or past ``cap``).
 
-    Returns the CompletedProcess (``stdout`` is the log's text); raises :class:`Stalled` on a stall."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+    ``split``: stderr goes to ``log`` with the suffix ``.err`` (both count as progress) and comes back as
+    ``stderr``; otherwise it is merged into ``log`` and ``stderr`` is ``""``. ``stdout`` is the log's
+    text. Raises :class:`Stalled` on a stall, after killing the process group."""
+    err_log = log.with_name(log.name + ".err") if split else None
+    with open(log, "w") as out, open(err_log or os.devnull, "w") as err:
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err if split else subprocess.STDOUT,
+                                start_new_session=True, **popen)
         try:
-            wait_while_progressing(lambda: proc.poll() is not None, f"{' '.join(map(str, cmd))[:200]}",
-                                   procs=[proc], logs=[log], stall=stall, cap=cap)
+            wait_while_progressing(lambda: proc.poll() is not None, " ".join(map(str, cmd))[:200],
+                                   procs=[proc], logs=[log, err_log] if err_log else [log], stall=stall, cap=cap)
         finally:
             _kill([proc])
-    return subprocess.CompletedProcess(list(cmd), proc.returncode, log.read_text(errors="replace"), None)
+    return subprocess.CompletedProcess(list(cmd), proc.returncode, log.read_text(errors="replace"),
+                                       err_log.read_text(errors="replace") if err_log else "")

@@ -49,10 +49,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from datapaths import DATA_DIR
-from progress import CAP_S, run_logged, wait_while_progressing
 
+from datapaths import DATA_DIR
 from medimg.config import deep_merge
+from progress import CAP_S, run_logged, wait_while_progressing
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
