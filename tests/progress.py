@@ -72,6 +72,8 @@ def run_logged(cmd: Sequence[str], log: Path, *, split: bool = False, stall: flo
     ``stderr``; otherwise it is merged into ``log`` and ``stderr`` is ``""``. ``stdout`` is the log's
     text. Raises :class:`Stalled` on a stall, after killing the process group."""
     err_log = log.with_name(log.name + ".err") if split else None
+    # a Python child writing to a file buffers its stdout in blocks: unbuffered, its log shows each step
+    popen["env"] = {**(popen.get("env") or os.environ), "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out, open(err_log or os.devnull, "w") as err:
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=err if split else subprocess.STDOUT,
                                 start_new_session=True, **popen)
