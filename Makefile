@@ -41,7 +41,7 @@ test: $(STAMP)
 
 test-quick: $(STAMP)
 	scripts/system_packages.sh
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 clean-workspace:
 	rm -rf .medimg

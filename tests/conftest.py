@@ -13,11 +13,18 @@ import pytest
 from datapaths import DATA_DIR, PNEUMONIAMNIST
 from medimg.workspace import TELEMETRY_OFF
 
+# One torch/OpenMP thread for this process and every process it starts (they inherit the environment),
+# set before anything imports torch (nothing above does): the tests share the machine with other work, and
+# processes each spinning two OpenMP threads on two busy cores run several times slower than with one each.
+# Values exported by the caller win.
+for _key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_key, "1")
+
 for _key, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_key, _value)
 
-# This conftest sits in testpaths' folder (tests/, which pytest puts on sys.path), so it is an
-# initial conftest and may name plugins.
+# This conftest sits in testpaths' folder (tests/, put on sys.path by ``pythonpath`` in pyproject.toml),
+# so it is an initial conftest and may name plugins; the test modules live in subfolders below it.
 pytest_plugins = ["registry_fixtures", "lineage_fixtures"]
 
 

@@ -8,6 +8,7 @@ source image re-runs both and makes a new data version.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -19,16 +20,21 @@ import pytest
 import yaml
 
 from datapaths import DATA_DIR
+from progress import run_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
     env.pop("MEDIMG_DEID_SECRET", None)
-    return subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    log = project.parent / f"dvc-{next(_CALLS)}.log"  # waited on while its output grows, not a fixed time
+    return run_logged([str(BIN / "dvc"), *args], log, split=True, cwd=project, env=env)
+
+
+_CALLS = itertools.count(1)
 
 
 def test_dvc_repro_runs_ingest_and_validate_and_only_when_inputs_change(tmp_path):

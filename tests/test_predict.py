@@ -72,7 +72,7 @@ def champion_onnx(registry_ws, tmp_path_factory) -> Path:
     return pull(registry_ws.params, out_dir=tmp_path_factory.mktemp("pulled") / "model").onnx
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_predict_cli_on_real_dicom_png_jpeg_with_bad_files(registry_ws, champion_onnx, data_dir, tmp_path):
     bad = broken_files(data_dir, tmp_path / "bad")
     pngs = sorted((registry_ws.dataset / "images" / "test").glob("*.png"))[:8]
@@ -109,7 +109,7 @@ def test_predict_cli_on_real_dicom_png_jpeg_with_bad_files(registry_ws, champion
     assert f"{len(good)} predicted, {4 + 7} not usable" in text
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_png_predictions_reproduce_the_evaluation(registry_ws, champion_onnx, tmp_path):
     """The ingested test PNGs through predict give the probabilities the flow's PyTorch evaluation logged."""
     v1 = registry.get_version(MODEL, "1")
@@ -122,7 +122,7 @@ def test_png_predictions_reproduce_the_evaluation(registry_ws, champion_onnx, tm
     assert np.max(np.abs(got - evaluated.loc[ids].to_numpy())) < 1e-4
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_predict_csv_keeps_going_and_a_16bit_png_equals_its_8bit_source(champion_onnx, data_dir, tmp_path):
     bad = broken_files(data_dir, tmp_path / "bad")
     files = [data_dir / FULLRES_GREY, sixteen_bit_png(data_dir, tmp_path / "chest16.png"), *map(Path, bad),

@@ -16,7 +16,7 @@ from medimg import audit, promotion, registry
 from medimg.cli import app
 from registry_fixtures import MODEL
 
-pytestmark = pytest.mark.slow  # the shared registry is built by two real flow runs
+pytestmark = pytest.mark.integration  # the shared registry is built by two real flow runs
 
 
 def _text(result) -> str:

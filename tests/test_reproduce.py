@@ -20,7 +20,7 @@ from medimg.data import versioning
 from medimg.reproduce import TAG_REPRODUCES, ReproduceError, params_from_run, render_text, reproduce
 from registry_fixtures import MODEL
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def test_params_rebuild_exactly_or_not_at_all(lineage_ws):

@@ -11,6 +11,7 @@ per-process caches of :func:`medimg.provenance.code_hash` and ``git_commit`` are
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ from mlflow import MlflowClient
 
 from medimg.provenance import CODE_PACKAGES, code_hash
 from medimg.workspace import Workspace
+from progress import run_logged
 from registry_fixtures import FAST, ROOT, write_params
 
 GIT = ["git", "-c", "user.name=medimg test", "-c", "user.email=test@example.invalid", "-c", "commit.gpgsign=false"]
@@ -39,8 +41,13 @@ def copy_source(dest: Path) -> Path:
 
 
 def medimg_run(src: Path, params_file: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medimg.cli", "run", "--params", str(params_file)], cwd=src, env=env,
-                          capture_output=True, text=True, timeout=900, check=False)
+    """``medimg run`` in ``src``; waits while its output grows (``progress.run_logged``), not a fixed time."""
+    log = params_file.parent / f"run-{next(_RUNS)}.log"
+    return run_logged([sys.executable, "-m", "medimg.cli", "run", "--params", str(params_file)], log, split=True,
+                      cwd=src, env=env)
+
+
+_RUNS = itertools.count(1)
 
 
 def _edit(src: Path, line: str) -> None:
@@ -48,7 +55,7 @@ def _edit(src: Path, line: str) -> None:
     path.write_text(path.read_text() + line + "\n")
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_each_uncommitted_edit_of_the_training_code_retrains(tmp_path, data_dir, prefect_harness):
     from prefect.settings import PREFECT_API_URL
 

@@ -24,9 +24,10 @@ import pytest
 from medimg import lineage, promotion, registry
 from medimg.data import versioning
 from medimg.provenance import file_sha256
+from progress import run_logged
 from registry_fixtures import MODEL
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -133,7 +134,7 @@ def test_printed_dvc_commands_restore_exactly_that_data(lineage_ws, champion_rep
     assert commands[0] == f"cd {ws.root}"
     script = " && ".join([f"cd {copy}", *commands[1:]])
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    done = run_logged(["bash", "-c", script], tmp_path / "fetch.log", split=True, env=env)  # waits while it logs
     assert done.returncode == 0, done.stderr[-2000:]
     restored = copy / "data" / "dataset"
     assert (restored / "manifest.parquet").read_bytes() == (ws.data / "manifest.parquet").read_bytes()
@@ -180,8 +181,9 @@ class _Text(html.parser.HTMLParser):
 def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package (apt-get install -y chromium)")
-    return subprocess.run([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
+    # waited on while it writes output (a busy machine starts Chromium slowly), not a fixed time
+    return run_logged([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                      profile.parent / f"{profile.name}-chromium.log", split=True)
 
 
 def test_html_report_is_self_contained_and_shows_the_key_facts_in_chromium(champion_report, tmp_path):

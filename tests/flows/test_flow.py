@@ -24,7 +24,7 @@ from medimg.steps.validate import ValidationFailed
 from medimg.workspace import Workspace
 from registry_fixtures import _activated, write_params
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

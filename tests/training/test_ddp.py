@@ -12,7 +12,7 @@ from medimg.training import ddp
 from medimg.training.data import load_split
 from medimg.training.loop import train
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def test_two_gloo_processes_match_one(data_dir, tmp_path):

@@ -23,7 +23,7 @@ from medimg.data import manifest, versioning
 from medimg.steps import drift
 from medimg.workspace import Workspace
 
-pytestmark = pytest.mark.slow  # the shared registry is built by two real flow runs
+pytestmark = pytest.mark.integration  # the shared registry is built by two real flow runs
 
 
 def _new_version(template, root: Path, transform: Callable[[np.ndarray], np.ndarray]) -> tuple[Workspace, str]:

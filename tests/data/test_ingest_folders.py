@@ -326,7 +326,7 @@ def test_one_or_two_decoding_processes_give_the_same_data_version(tmp_path, secr
     assert len(versions) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_the_whole_kermany_folder_reports_its_duplicates_and_patient_overlap(tmp_path, secret):
     """All 5,840 chest_xray files at 64 px: the data README's warts are found, none is hidden.
 
