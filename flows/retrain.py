@@ -35,10 +35,11 @@ Each step hands the next a frozen contract of :mod:`medimg.contracts`; a trained
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Completed
+from prefect.states import Cancelled, Completed, State
 
 from medimg import artifacts, tracking
 from medimg.config import load_params
@@ -61,7 +62,8 @@ from tasks.retrain import (
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(params_path: str = "params.yaml", overrides: dict | None = None, force: bool = False):
+def retrain(params_path: str = "params.yaml", overrides: dict | None = None,
+            force: bool = False) -> State[Any] | RetrainSummary:
     logger = get_run_logger()
     params = load_params(params_path, overrides)
     ws = Workspace.at(params.workspace.path)
@@ -87,7 +89,7 @@ def _tags(version: str, key: str, params) -> dict[str, str]:
             artifacts.TAG_CODE_HASH: code_hash(), artifacts.TAG_RUN_KEY_CHECKED: key}
 
 
-def _retrain(params, ws, force: bool, logger):
+def _retrain(params, ws, force: bool, logger) -> State[Any] | RetrainSummary:
     opts = params.orchestration
     io = {"retries": opts.task_retries, "retry_delay_seconds": opts.retry_delay_seconds,
           "retry_condition_fn": retry_transient,

@@ -9,8 +9,10 @@ so a crashed retrain is retried at the next poll.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow, get_run_logger
-from prefect.states import Completed
+from prefect.states import Completed, State
 
 from medimg import watch
 from medimg.config import load_params
@@ -20,7 +22,7 @@ from flows.retrain import retrain
 
 
 @flow(name="watch-inbox")
-def watch_inbox(params_path: str = "params.yaml", overrides: dict | None = None):
+def watch_inbox(params_path: str = "params.yaml", overrides: dict | None = None) -> State[Any]:
     logger = get_run_logger()
     params = load_params(params_path, overrides)
     ws = Workspace.at(params.workspace.path)

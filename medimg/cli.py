@@ -117,17 +117,18 @@ def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
         console.print(f"[green]{state.name}[/] {state.message}")
         return
     summary = state.result()
+    assert isinstance(summary, RetrainSummary)  # a trained run's state (Completed or NotPromoted) carries its summary
     _print_run(summary, state.name, state.message, ws)
 
 
-def _run_errors() -> tuple[type[BaseException], ...]:
+def _run_errors() -> tuple[type[Exception], ...]:
     """A failed validation or bad data; imported when ``run`` starts, not when the CLI loads (pydicom, Pillow, scikit-learn)."""
     from medimg.steps.validate import ValidationFailed  # here: see the docstring
 
     return (ValidationFailed, *_data_errors())
 
 
-def _print_run(summary: RetrainSummary, state_name: str, message: str | None, ws: Workspace) -> None:
+def _print_run(summary: RetrainSummary, state_name: str | None, message: str | None, ws: Workspace) -> None:
     table = Table(title=f"retrain: {state_name}", show_header=False)
     model, evaluation, gate = summary.model, summary.evaluation, summary.gate
     table.add_row("model", f"{model.model_name} v{model.version} -> {model.alias}")
@@ -326,7 +327,7 @@ KindOption = Annotated[str | None, typer.Option("--kind", help=(
 InboxOption = Annotated[Path | None, typer.Option("--inbox", help="folder of new files to add incrementally")]
 
 
-def _data_errors() -> tuple[type[BaseException], ...]:
+def _data_errors() -> tuple[type[Exception], ...]:
     """Errors about the data or its configuration: reported in one line, exit status 1."""
     # here: pydicom and the data modules load with the commands that read data, not with --help
     from medimg.data.deid import MissingSecretError

@@ -41,6 +41,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,7 +78,7 @@ def load_grey_uint8(path: str | Path, config: PreprocessConfig | None = None) ->
     return preprocess.grey_uint8(preprocess.decode_file(Path(path), config), config)
 
 
-def collect_files(paths: list[str | Path]) -> list[Path]:
+def collect_files(paths: Sequence[str | Path]) -> list[Path]:
     """Files named directly (whatever their suffix) plus image files found in named folders."""
     out: list[Path] = []
     for raw in paths:
@@ -142,6 +143,7 @@ def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, sho
                 if problem is not None:
                     results[index] = Prediction(str(path), None, None, problem.reason)
                 else:
+                    assert grey is not None  # prepared whenever the first check found no problem
                     pending.append((index, preprocess.apply(grey, model.config).numpy()))
                 if len(pending) >= batch_size:
                     flush()

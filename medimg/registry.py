@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import mlflow
 import onnx
@@ -41,8 +43,8 @@ from medimg.artifacts import (  # noqa: F401
     TAG_VALIDATION,
 )
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+CHAMPION: Final = "champion"
+CHALLENGER: Final = "challenger"
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ def resolve(ref: str, default_name: str) -> VersionInfo:
         if found is None:
             raise VersionNotFound(f"{ref!r}: model {name!r} has no alias {alias!r}")
         return found
+    assert version is not None  # parse_ref gives a version whenever it gives no alias
     try:
         return get_version(name, version)
     except MlflowException as err:
@@ -145,12 +148,12 @@ def version_of_run(model_name: str, run_id: str) -> VersionInfo | None:
     return _info(max(found, key=lambda mv: int(mv.version))) if found else None
 
 
-def register(model_uri: str, model_name: str, tags: dict[str, str]) -> VersionInfo:
+def register(model_uri: str, model_name: str, tags: Mapping[str, object]) -> VersionInfo:
     mv = mlflow.register_model(model_uri, model_name, tags={k: str(v) for k, v in tags.items()})
     return get_version(model_name, mv.version)
 
 
-def set_tags(model_name: str, version: str, tags: dict[str, str]) -> None:
+def set_tags(model_name: str, version: str, tags: Mapping[str, object]) -> None:
     c = client()
     for key, value in tags.items():
         c.set_model_version_tag(model_name, str(version), key, str(value))

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
@@ -52,7 +53,7 @@ def log_json(run_id: str, data: dict, artifact_file: str) -> None:
     mlflow.MlflowClient().log_text(run_id, json.dumps(data, indent=1, default=str), artifact_file)
 
 
-def set_tags(run_id: str, tags: dict[str, str]) -> None:
+def set_tags(run_id: str, tags: Mapping[str, object]) -> None:
     mlflow.MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
 
 

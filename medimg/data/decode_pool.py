@@ -51,6 +51,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from PIL import Image
@@ -113,7 +114,7 @@ class DecodeCache:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self._entries: dict[str, dict] | None = None
-        self._index = None
+        self._index: TextIO | None = None
         self._made: set[Path] = set()
 
     def image_path(self, sha256: str) -> Path:

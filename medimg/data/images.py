@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, MpoImagePlugin, UnidentifiedImageError
 
 SourceKind = Literal["dicom", "png", "jpeg", "npz"]
 
@@ -254,10 +254,13 @@ def _primary_picture(image: Image.Image, data: bytes) -> bytes:
     The first MP Entry of the MP Index IFD (CIPA DC-007) gives the first picture's size; it starts
     at offset 0.
     """
-    if image.format != "MPO":
+    if image.format != "MPO" or not isinstance(image, MpoImagePlugin.MpoImageFile):
+        return data
+    mpinfo = image.mpinfo
+    if mpinfo is None:
         return data
     try:
-        size = int(image.mpinfo[0xB002][0]["Size"])
+        size = int(mpinfo[0xB002][0]["Size"])
     except (AttributeError, KeyError, IndexError, TypeError, ValueError):
         return data
     return data[:size] if 0 < size <= len(data) else data

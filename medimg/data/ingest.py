@@ -213,7 +213,7 @@ def ingest_files(
 
     temp = None
     use_cache = config.cache and cache_root is not None
-    if use_cache:
+    if use_cache and cache_root is not None:
         cache_dir = cache_folder(cache_root, chash, secret, config.min_side, config.dicom.allow_burned_in)
     else:
         temp = tempfile.TemporaryDirectory(prefix="medimg-decode-")
@@ -303,15 +303,17 @@ def _scan(kind: str, config: DataConfig, root: Path, inbox: Path | None):
         extra = sources.inbox_scan(inbox, kind, config.image_folder.patient_id)
         return scan.files + extra.files, scan.skipped + extra.skipped, table
     cfg = config.dicom
-    csv_path = (root / cfg.labels_csv) if cfg.labels_csv else None
-    if csv_path is None:
+    labels_csv = cfg.labels_csv
+    if not labels_csv:
         raise sources.SourceLayoutError("data.dicom.labels_csv is not set: DICOM folders need a labels CSV")
+    csv_path = root / labels_csv
     table = sources.read_label_table(csv_path, cfg.key_column, cfg.label_column, cfg.split_column)
     scan = sources.scan_dicom_layout(root, "source", _inside(csv_path, root))
-    if inbox is not None and cfg.labels_csv and (inbox / cfg.labels_csv).is_file():
-        extra = sources.read_label_table(inbox / cfg.labels_csv, cfg.key_column, cfg.label_column, cfg.split_column)
-        table = {**table, **{k: v for k, v in extra.items() if k not in table}}
-    extra_scan = sources.inbox_scan(inbox, kind, labels_csv=_inside(inbox / cfg.labels_csv, inbox) if inbox else None)
+    if inbox is not None and (inbox / labels_csv).is_file():
+        inbox_table = sources.read_label_table(inbox / labels_csv, cfg.key_column, cfg.label_column,
+                                               cfg.split_column)
+        table = {**table, **{k: v for k, v in inbox_table.items() if k not in table}}
+    extra_scan = sources.inbox_scan(inbox, kind, labels_csv=_inside(inbox / labels_csv, inbox) if inbox else None)
     return scan.files + extra_scan.files, scan.skipped + extra_scan.skipped, table
 
 
@@ -349,7 +351,7 @@ def _label_before_decode(kind, config: DataConfig, file: sources.SourceFile, tab
         return None, None, None
     entry = sources.lookup_dicom_label(file, table, config.dicom.label_key)
     label = sources.class_index(entry.label, config.class_names) if entry else None
-    if label is None:
+    if entry is None or label is None:
         return None, None, "no_label"
     return label, entry.split, None
 
@@ -358,6 +360,15 @@ def _sop_index(kind: str, config: DataConfig, table, secret: bytes) -> dict:
     if kind != "dicom_folder" or config.dicom.label_key != "sop_instance_uid":
         return {}
     return {pseudonym(uid, secret, "sop"): entry for uid, entry in table.items()}
+
+
+def _source_folder(file: sources.SourceFile, root: Path, inbox: Path | None) -> Path:
+    """The folder ``file`` was found in: the source ``root``, or the inbox for an inbox file."""
+    if file.origin == "source":
+        return root
+    if inbox is None:
+        raise ValueError(f"{file.rel}: an inbox file, but no inbox folder is set")
+    return inbox
 
 
 def _row(kind, config: DataConfig, file: sources.SourceFile, meta: dict, label: int, split: str | None,
@@ -375,7 +386,7 @@ def _row(kind, config: DataConfig, file: sources.SourceFile, meta: dict, label: 
         "label": int(label),
         "label_name": config.class_names[int(label)],
         "split": split,
-        "source": (root if file.origin == "source" else inbox).name,
+        "source": _source_folder(file, root, inbox).name,
         "path": None,  # set once the split is known
         "height": size,
         "width": size,

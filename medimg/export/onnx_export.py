@@ -59,6 +59,8 @@ def export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, meta
         external_data=False,
         verbose=False,
     )
+    if program is None:  # only the legacy exporter (dynamo=False) returns None
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program")
     proto = program.model_proto
     del proto.metadata_props[:]
     for key, value in sorted(metadata.items()):

@@ -91,6 +91,7 @@ def pull(params: Params, *, out_dir: str | Path, alias: str | None = None, versi
     try:
         onnx_path = fetch_verified_onnx(record.name, record.version, record.onnx_sha256, partial)
         sha256 = record.onnx_sha256
+        assert sha256  # fetch_verified_onnx raised IntegrityError if the tag was missing
         card = build_card(record, onnx_path, alias if version is None else None)
         swap.write_synced(partial / CARD_JSON, json.dumps(card, indent=1, sort_keys=True, default=str))
         swap.write_synced(partial / CARD_MD, card_markdown(card))

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -123,6 +124,18 @@ def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+class _LoopState(TypedDict):
+    """Progress of one training run, saved in last.pt so a run can resume where it stopped."""
+
+    epoch: int  # last finished epoch (0 before the first)
+    best_auc: float  # best validation ROC AUC so far (-1.0 before the first epoch)
+    best_epoch: int
+    best_weights: dict[str, torch.Tensor] | None  # CPU copy of the best epoch's state_dict
+    history: list[dict[str, Any]]  # one row per epoch: epoch, train_loss, val_loss, val_auc, lr
+    steps: int  # optimizer steps taken
+    since_best: int  # epochs since best_auc last improved (early stopping)
+
+
 def train(
     params: Params,
     train_split: SplitArrays,
@@ -142,7 +155,8 @@ def train(
     x_val = preprocess.apply(val_split.images, params.preprocess)
     n_classes = len(params.data.class_names)
 
-    model = build_model(params.model, params.preprocess.channels, n_classes).to(device, memory_format=memory_format)
+    model = build_model(params.model, params.preprocess.channels, n_classes)
+    model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]  # stubs lack memory_format
     head_epochs = {"head": cfg.epochs, "staged": params.model.staged_head_epochs}.get(params.model.finetune, 0)
     net: nn.Module = model
     if world > 1:
@@ -162,8 +176,8 @@ def train(
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
 
-    state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "best_weights": None, "history": [], "steps": 0,
-             "since_best": 0}
+    state: _LoopState = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "best_weights": None, "history": [],
+                         "steps": 0, "since_best": 0}
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
     if resume and last is not None and last.is_file():
         saved = torch.load(last, weights_only=False, map_location=device)
@@ -216,7 +230,8 @@ def train(
             state["history"].append(row)
             if val_auc > state["best_auc"]:
                 best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                state.update(best_auc=val_auc, best_epoch=epoch, best_weights=best, since_best=0)
+                state["best_auc"], state["best_epoch"], state["best_weights"] = val_auc, epoch, best
+                state["since_best"] = 0
             else:
                 state["since_best"] += 1
             state["epoch"] = epoch

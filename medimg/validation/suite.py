@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from medimg.config import ValidationConfig, WartPolicy
 from medimg.data.manifest import COLUMNS, SPLITS, plain_strings
 from medimg.validation import warts as wartlib
+
+if TYPE_CHECKING:
+    from great_expectations.expectations import Expectation
+    from great_expectations.expectations.metadata_types import FailureSeverity
 
 ID_COLUMN = "id"
 
@@ -49,8 +54,11 @@ class ValidationOutcome:
         }
 
 
-def _severity(policy: WartPolicy) -> str:
-    return "critical" if policy == WartPolicy.FAIL else "warning"
+def _severity(policy: WartPolicy) -> FailureSeverity:
+    # here: GX takes 2 s to import; the suite builders that call this have loaded it already
+    from great_expectations.expectations.metadata_types import FailureSeverity
+
+    return FailureSeverity.CRITICAL if policy == WartPolicy.FAIL else FailureSeverity.WARNING
 
 
 FILE_FORMATS = {"medmnist": ["npz"], "image_folder": ["png", "jpeg"], "dicom_folder": ["dicom"]}
@@ -71,7 +79,7 @@ def manifest_expectations(config: ValidationConfig, class_labels: list[int], sou
     schema = list(COLUMNS) + list(CHECK_COLUMNS)
     lo_bits, hi_bits = config.bit_depth_range
     lo_side, hi_side = config.original_side_range
-    out = [
+    out: list[Expectation] = [
         gxe.ExpectTableColumnsToMatchSet(column_set=schema, exact_match=True),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         *[gxe.ExpectColumnValuesToNotBeNull(column=c)
@@ -133,7 +141,7 @@ def manifest_expectations(config: ValidationConfig, class_labels: list[int], sou
 def summary_expectations(config: ValidationConfig) -> list:
     import great_expectations.expectations as gxe  # here: GX takes 2 s to import; only when a suite runs
 
-    out = [
+    out: list[Expectation] = [
         gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=1, description="every split has images"),
         gxe.ExpectColumnValuesToBeBetween(
             column="positive_fraction",
