@@ -1,4 +1,5 @@
-"""The ``retrain`` flow: ingest -> (up to date?) -> drift -> validate -> train -> evaluate -> gate -> export -> register.
+"""The ``retrain`` flow: ingest -> (up to date?) -> drift -> validate -> train -> evaluate -> gate -> export ->
+register.
 
 Outcomes, as the flow run's final state:
 - ``Completed``: a new champion was promoted.
@@ -54,8 +55,8 @@ from tasks.retrain import (
     gate_model,
     ingest_data,
     open_run,
-    result_storage,
     register_model,
+    result_storage,
     train_model,
     validate_data,
 )
@@ -130,7 +131,8 @@ def _retrain(params, ws, force: bool, logger) -> State[Any] | RetrainSummary:
                          data=RunSkipped(outcome="no_drift", reason=message, data_version=version, run_key=key,
                                          drift=drift_result))
 
-    from medimg.steps.validate import raise_if_failed  # ~0.8 s of imports (pydicom, Pillow, scikit-learn): only when training
+    # here: ~0.8 s of imports (pydicom, Pillow, scikit-learn), only when training
+    from medimg.steps.validate import raise_if_failed
 
     run_id = timed("open_run", open_run, params, ws, key, ingested, drift_result)
     try:

@@ -14,11 +14,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.states import Completed, State
 
+from flows.retrain import retrain
 from medimg import watch
 from medimg.config import load_params
 from medimg.workspace import Workspace, activate
-
-from flows.retrain import retrain
 
 
 @flow(name="watch-inbox")

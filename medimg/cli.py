@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -122,7 +122,8 @@ def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
 
 
 def _run_errors() -> tuple[type[Exception], ...]:
-    """A failed validation or bad data; imported when ``run`` starts, not when the CLI loads (pydicom, Pillow, scikit-learn)."""
+    """A failed validation or bad data; imported when ``run`` starts, not when the CLI loads (pydicom, Pillow,
+    scikit-learn)."""
     from medimg.steps.validate import ValidationFailed  # here: see the docstring
 
     return (ValidationFailed, *_data_errors())
@@ -166,7 +167,7 @@ def status(params: ParamsOption = Path("params.yaml"), as_json: Annotated[bool, 
     for column in ("started (UTC)", "outcome", "reason", "data version", "model"):
         runs.add_column(column)
     for row in info["last_runs"]:
-        started = datetime.fromtimestamp(row["start_time"] / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+        started = datetime.fromtimestamp(row["start_time"] / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
         runs.add_row(started, row["outcome"] or row["status"], (row["reason"] or "")[:90],
                      (row["data_version"] or "")[:12], row["model_version"] or "")
     out.print(runs)
@@ -321,8 +322,8 @@ SourceArgument = Annotated[
                         "default: data.source and data.root from params"),
 ]
 KindOption = Annotated[str | None, typer.Option("--kind", help=(
-    "source kind for a SOURCE folder (default: data.source from params unless medmnist, else told by the layout: "
-    "top-level folders named after a class or a split (NORMAL/, train/...) -> image_folder, whatever the files "
+    "source kind for a SOURCE folder (default: data.source from params unless medmnist, else told by the "
+    "layout: top-level folders named after a class or a split (NORMAL/, train/...) -> image_folder, whatever the files "
     "(PNG, JPEG or DICOM); else a labels CSV (data.dicom.labels_csv) at the top -> dicom_folder)"))]
 InboxOption = Annotated[Path | None, typer.Option("--inbox", help="folder of new files to add incrementally")]
 

@@ -130,7 +130,8 @@ class DataConfig(_Strict):
     min_side: int = Field(default=16, ge=1, description="files with a smaller side are quarantined (too_small)")
     max_bad_fraction: float = Field(
         default=0.05, ge=0, le=1,
-        description="the ingest fails when a larger share of the images is quarantined (skipped non-images do not count)",
+        description="the ingest fails when a larger share of the images is quarantined "
+                    "(skipped non-images do not count)",
     )
     workers: int | None = Field(default=2, ge=1, description="decoding processes; null: one per CPU")
     cache: bool = Field(default=True, description="reuse decoded images by sha256 of the file (incremental ingest)")
@@ -201,7 +202,8 @@ class PreprocessConfig(_Strict):
     )
     jpeg2000_reduce: bool = Field(
         default=False,
-        description="decode JPEG 2000 DICOM at its coarsest wavelet resolution level keeping >= 2x size before resizing",
+        description="decode JPEG 2000 DICOM at its coarsest wavelet resolution level keeping >= 2x size "
+                    "before resizing",
     )
     channels: Literal[1, 3] = 1
     mean: float = Field(default=0.5, description="normalisation after scaling to [0, 1]")

@@ -33,8 +33,8 @@ def compare(name: str, reference: np.ndarray, current: np.ndarray, psi_threshold
     value = psi(reference, current)
     return {
         "feature": name,
-        "n_reference": int(len(reference)),
-        "n_current": int(len(current)),
+        "n_reference": len(reference),
+        "n_current": len(current),
         "psi": value,
         "ks_statistic": float(stat.statistic),
         "ks_pvalue": float(stat.pvalue),

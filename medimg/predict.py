@@ -109,7 +109,7 @@ def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, sho
         if not pending:
             return
         x = np.concatenate([tensor for _, tensor in pending])
-        for (index, _), prob in zip(pending, model.probabilities(x)):
+        for (index, _), prob in zip(pending, model.probabilities(x), strict=True):
             results[index] = Prediction(str(files[index]), float(prob), model.label(float(prob)))
         pending.clear()
 
@@ -137,7 +137,7 @@ def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, sho
                 results[index] = Prediction(str(path), None, None, "not_found")
             except OSError:
                 results[index] = Prediction(str(path), None, None, "unreadable")
-            except Exception:  # noqa: BLE001 - one undecodable file must not stop the batch
+            except Exception:  # one undecodable file must not stop the batch
                 results[index] = Prediction(str(path), None, None, "decode_error")
             else:
                 if problem is not None:

@@ -8,9 +8,9 @@ the process that starts a flow, because both read their settings from the enviro
 
 from __future__ import annotations
 
-import os
 import contextlib
 import fcntl
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path

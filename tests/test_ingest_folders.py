@@ -20,9 +20,9 @@ from medimg import preprocess
 from medimg.config import parse_params
 from medimg.data import manifest
 from medimg.data.deid import MissingSecretError, pseudonym
+from medimg.data.quarantine import QuarantineThresholdError
 from medimg.data.sources import kermany_patient_key
 from medimg.provenance import file_sha256
-from medimg.data.quarantine import QuarantineThresholdError
 from medimg.steps import ingest
 from medimg.validation.warts import find_warts
 from medimg.workspace import Workspace

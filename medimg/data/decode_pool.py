@@ -17,12 +17,14 @@ Promises:
   memory does not grow with the number of images and a worker holds one image at a time.
 * **Cache.** Results are stored as ``<cache>/<sha256[:2]>/<sha256>.png`` plus a line in an
   index (:class:`DecodeCache`), keyed by the SHA-256 of the source bytes, and valid only for the
-  job's ``kind`` (the same bytes read as DICOM and as a raster are two outcomes), in a folder whose name includes the contract hash,
+  job's ``kind`` (the same bytes read as DICOM and as a raster are two outcomes), in a folder whose name includes
+  the contract hash,
   the rejection options, a key id of the de-identification secret and :data:`CACHE_VERSION`. A
   worker reads the file once, hashes its bytes and looks them up first: a file whose bytes were
   seen before under the same contract and secret is not decoded again (incremental ingest);
   otherwise the same bytes are decoded, and a DICOM header is parsed once, for both the pixels
-  and the pseudonyms. Hashing happens in the workers, in parallel. Two identical files in one batch may both be decoded when they
+  and the pseudonyms. Hashing happens in the workers, in parallel. Two identical files in one batch may both be
+  decoded when they
   are processed at the same moment (same result, written twice). Bad files are cached too, with
   their reason.
 * **Not an image.** A DICOM object that is no image (a DICOMDIR, a structured report, ...: the
@@ -146,7 +148,8 @@ class DecodeCache:
         return {k: v for k, v in meta.items() if k != "kind"}
 
     def put(self, sha256: str, image: np.ndarray | None, meta: dict, kind: str | None = None) -> None:
-        """Store one result of decoding as ``kind``; unexpected errors (``detail`` starting "unexpected") are not kept."""
+        """Store one result of decoding as ``kind``; unexpected errors (``detail`` starting "unexpected") are not
+        kept."""
         if meta.get("status") != "ok" and str(meta.get("detail", "")).startswith("unexpected"):
             return
         if image is not None:
@@ -159,7 +162,7 @@ class DecodeCache:
             os.replace(tmp, target)
         if self._index is None:
             (self.folder / "index").mkdir(parents=True, exist_ok=True)
-            self._index = open(self.folder / "index" / f"{os.getpid()}-{os.urandom(4).hex()}.jsonl", "a")
+            self._index = open(self.folder / "index" / f"{os.getpid()}-{os.urandom(4).hex()}.jsonl", "a")  # noqa: SIM115 - kept open for the appends; close() closes it
         entry = {**meta, "kind": kind}
         self._index.write(json.dumps({"sha256": sha256, **entry}, sort_keys=True) + "\n")
         self._index.flush()
@@ -220,7 +223,8 @@ def process(job: DecodeJob) -> tuple[DecodeJob, dict, bool]:
 
 
 def _non_image(data: bytes) -> dict | None:
-    """``skipped`` metadata for a non-image DICOM object (:func:`medimg.data.sop_classes.non_image_object`), else None."""
+    """``skipped`` metadata for a non-image DICOM object (:func:`medimg.data.sop_classes.non_image_object`), else
+    None."""
     found = non_image_object(data)
     return None if found is None else {"status": "skipped", "reason": found.reason, "detail": found.sop_class}
 

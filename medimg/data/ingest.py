@@ -51,10 +51,10 @@ from PIL import Image
 from medimg import preprocess
 from medimg.config import DataConfig, PreprocessConfig
 from medimg.data import manifest, skips, sources
-from medimg.data.manifest import SPLITS
 from medimg.data.decode_pool import DecodeCache, DecodeJob, DecodeOptions, cache_folder, decode
 from medimg.data.deid import pseudonym
 from medimg.data.images import REASONS, DecodedImage
+from medimg.data.manifest import SPLITS
 from medimg.data.medmnist import MedMNISTArchive
 from medimg.data.quarantine import Quarantine
 from medimg.data.skips import SkippedFile
