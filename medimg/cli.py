@@ -44,6 +44,10 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a p
 
 
 def parse_overrides(items: list[str] | None) -> dict:
+    """Nested params overrides from ``--set section.key=value`` items; each value is parsed as YAML.
+
+    Raises :class:`ConfigError` for an item without ``=``.
+    """
     out: dict = {}
     for item in items or []:
         if "=" not in item:
@@ -538,6 +542,7 @@ def schedule(
 
 
 def main() -> None:
+    """The ``medimg`` console script: run the CLI; Ctrl-C exits with status 130."""
     try:
         app()
     except KeyboardInterrupt:

@@ -186,6 +186,7 @@ class ModelRecord(_Frozen):
 
     @property
     def is_champion(self) -> bool:
+        """Whether the version holds the ``champion`` alias."""
         return registry.CHAMPION in self.aliases
 
     @property

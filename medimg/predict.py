@@ -63,6 +63,8 @@ FIELDS = ("file", "probability", "label", "error")
 
 @dataclass(frozen=True)
 class Prediction:
+    """One file's outcome: positive-class probability and label, or None for both and the ``error`` reason."""
+
     file: str
     probability: float | None
     label: str | None
@@ -157,6 +159,7 @@ def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, sho
 
 
 def to_rows(predictions: list[Prediction]) -> list[dict]:
+    """The predictions as dicts (file, probability, label, error), for CSV or JSON output."""
     return [asdict(p) for p in predictions]
 
 

@@ -165,6 +165,9 @@ def config_from_contract(data: dict) -> PreprocessConfig:
 
 
 def contract_hash(config: PreprocessConfig) -> str:
+    """The first 16 hex digits of SHA-256 over the contract's sorted JSON (:func:`contract`): same settings, same
+    hash.
+    """
     return hashlib.sha256(json.dumps(contract(config), sort_keys=True).encode()).hexdigest()[:16]
 
 

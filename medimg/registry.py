@@ -49,6 +49,10 @@ CHALLENGER: Final = "challenger"
 
 @dataclass(frozen=True)
 class VersionInfo:
+    """One registered model version as medimg uses it: name, version, run id, tags, aliases, source URI, creation time
+    (ms).
+    """
+
     name: str
     version: str
     run_id: str | None
@@ -63,6 +67,7 @@ class VersionNotFound(LookupError):
 
 
 def client() -> MlflowClient:
+    """An MLflow client for the current tracking URI."""
     return MlflowClient()
 
 
@@ -119,6 +124,7 @@ def resolve(ref: str, default_name: str) -> VersionInfo:
 
 
 def version_by_alias(model_name: str, alias: str) -> VersionInfo | None:
+    """The version that holds ``alias`` of ``model_name``, or None (no such alias or model)."""
     try:
         return _info(client().get_model_version_by_alias(model_name, alias))
     except MlflowException:
@@ -126,6 +132,7 @@ def version_by_alias(model_name: str, alias: str) -> VersionInfo | None:
 
 
 def get_version(model_name: str, version: str) -> VersionInfo:
+    """Version ``version`` of ``model_name``; raises ``MlflowException`` when it does not exist."""
     return _info(client().get_model_version(model_name, str(version)))
 
 
@@ -149,17 +156,20 @@ def version_of_run(model_name: str, run_id: str) -> VersionInfo | None:
 
 
 def register(model_uri: str, model_name: str, tags: Mapping[str, object]) -> VersionInfo:
+    """Register ``model_uri`` as a new version of ``model_name`` with ``tags`` (values as str) and return it."""
     mv = mlflow.register_model(model_uri, model_name, tags={k: str(v) for k, v in tags.items()})
     return get_version(model_name, mv.version)
 
 
 def set_tags(model_name: str, version: str, tags: Mapping[str, object]) -> None:
+    """Set each of ``tags`` (values as str) on version ``version`` of ``model_name``."""
     c = client()
     for key, value in tags.items():
         c.set_model_version_tag(model_name, str(version), key, str(value))
 
 
 def set_alias(model_name: str, alias: str, version: str) -> None:
+    """Point ``alias`` of ``model_name`` at ``version`` (moving it from any other version)."""
     client().set_registered_model_alias(model_name, alias, str(version))
 
 
@@ -177,10 +187,12 @@ def model_tags(model_name: str) -> dict[str, str]:
 
 
 def set_model_tag(model_name: str, key: str, value: str) -> None:
+    """Set a tag on the registered model itself (not on a version); the value is written as str."""
     client().set_registered_model_tag(model_name, key, str(value))
 
 
 def delete_alias(model_name: str, alias: str) -> None:
+    """Remove ``alias`` from ``model_name``."""
     client().delete_registered_model_alias(model_name, alias)
 
 

@@ -334,7 +334,7 @@ def test_the_whole_kermany_folder_reports_its_duplicates_and_patient_overlap(tmp
     official train and test folders (their images keep the official split, so the overlap shows);
     val is carved from train by patient, so no patient is in both train and val.
     """
-    from medimg.data.ingest import ingest_files
+    from medimg.data.ingest_folders import ingest_files
     from medimg.validation.warts import find_warts
 
     params = _params(tmp_path / "ws", source="image_folder", root=str(CHEST), cache=False)

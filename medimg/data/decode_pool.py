@@ -80,6 +80,8 @@ class DecodeJob:
 
 @dataclass(frozen=True)
 class DecodeOptions:
+    """How the workers decode: the preprocessing contract, the cache folder, rejection limits, the pseudonym key."""
+
     preprocess: PreprocessConfig
     cache_dir: str
     min_side: int = 16
@@ -120,9 +122,11 @@ class DecodeCache:
         self._made: set[Path] = set()
 
     def image_path(self, sha256: str) -> Path:
+        """Where the contract PNG of the source bytes with hex digest ``sha256`` is (or would be) stored."""
         return self.folder / sha256[:2] / f"{sha256}.png"
 
     def load(self) -> dict[str, dict]:
+        """Read every index file: SHA-256 -> entry (``kind`` plus metadata); a line cut short by a crash is ignored."""
         entries: dict[str, dict] = {}
         for path in sorted((self.folder / "index").glob("*.jsonl")):
             for line in path.read_text().splitlines():
@@ -170,6 +174,7 @@ class DecodeCache:
             self._entries[sha256] = entry
 
     def close(self) -> None:
+        """Close this process's index file, if it opened one; safe to call twice."""
         if self._index is not None:
             self._index.close()
             self._index = None

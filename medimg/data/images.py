@@ -79,6 +79,7 @@ class BadImage(Exception):
 
     @property
     def message(self) -> str:
+        """The PHI-free message (``str`` of the error), for the quarantine report."""
         return str(self)
 
     def __reduce__(self):  # keep picklable across process pools despite the custom __init__

@@ -329,6 +329,8 @@ def guess_kind(folder: Path, class_names: tuple[str, ...], class_folders: dict[s
 
 @dataclass(frozen=True)
 class LabelEntry:
+    """One row of a DICOM labels CSV: the class name as written and the split (None when the CSV gives none)."""
+
     label: str
     split: str | None
 

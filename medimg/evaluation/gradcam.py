@@ -16,6 +16,9 @@ from torch import nn
 
 
 def last_conv(model: nn.Module) -> nn.Module:
+    """The last ``nn.Conv2d`` of ``model`` in module order (Grad-CAM's default layer); ``ValueError`` when it has
+    none.
+    """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer for Grad-CAM")

@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PullResult:
+    """A finished pull: the ``out_dir`` link, the release folder it points at, the model version, its sha256 and card.
+    """
+
     out_dir: Path  # the symlink the caller named
     release_dir: Path  # the folder it points at now (this pull's files)
     model_name: str
@@ -66,6 +69,7 @@ class PullResult:
 
     @property
     def onnx(self) -> Path:
+        """The pulled ONNX file inside the release folder."""
         return self.release_dir / registry.ONNX_FILE
 
 

@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def choose_threshold(params: Params, y_val: np.ndarray, p_val: np.ndarray) -> float:
+    """The decision threshold on validation probabilities ``p_val`` (labels ``y_val``, 0/1) by ``gates.threshold``.
+
+    fixed: ``gates.fixed_threshold``; target_sensitivity: the highest threshold reaching
+    ``gates.target_sensitivity``; youden: the one maximising sensitivity + specificity - 1.
+    """
     if params.gates.threshold == "fixed":
         return params.gates.fixed_threshold
     if params.gates.threshold == "target_sensitivity":

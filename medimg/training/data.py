@@ -20,6 +20,10 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class SplitArrays:
+    """One split in memory: image ids, contract images uint8 ``[N, H, W]`` and labels int64 ``[N]``, in manifest
+    order.
+    """
+
     ids: list[str]
     images: np.ndarray  # uint8 [N, H, W]
     labels: np.ndarray  # int64 [N]

@@ -52,6 +52,10 @@ def report_epochs(run_id: str | None, epochs: int) -> EpochCallback:
 
 @dataclass
 class TrainResult:
+    """A finished training: the best-epoch model (on the CPU, eval mode), its epoch and validation AUC, per-epoch
+    history, speed.
+    """
+
     model: nn.Module
     best_epoch: int
     best_val_auc: float
@@ -64,6 +68,7 @@ class TrainResult:
 
 
 def set_determinism(seed: int, num_threads: int | None) -> None:
+    """Seed torch and numpy with ``seed`` and, when given, fix torch's intra-op thread count."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     if num_threads:
@@ -71,6 +76,10 @@ def set_determinism(seed: int, num_threads: int | None) -> None:
 
 
 def pick_device(choice: str) -> torch.device:
+    """The torch device for ``train.device`` (auto, cpu or cuda); under DDP, the rank's GPU.
+
+    Raises ``RuntimeError`` when cuda is requested but not available.
+    """
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("train.device: cuda requested but no CUDA device is available")
@@ -144,6 +153,13 @@ def train(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
 ) -> TrainResult:
+    """Train the configured model on ``train_split``, validating on ``val_split`` after every epoch.
+
+    Keeps the weights of the epoch with the best validation ROC AUC; stops after ``train.epochs``,
+    ``train.max_steps`` or early-stopping patience. ``on_epoch`` gets each epoch's row (epoch,
+    train_loss, val_loss, val_auc, lr) on rank 0. With ``checkpoint_dir``, ``last.pt`` is written
+    after every epoch and ``resume`` continues from it. Deterministic for a seed on the CPU.
+    """
     cfg = params.train
     rank, world = _rank_world()
     set_determinism(cfg.seed, cfg.num_threads)

@@ -34,6 +34,10 @@ ID_COLUMN = "id"
 
 @dataclass
 class ValidationOutcome:
+    """The verdict of both suites: passed, critical failures, warnings, ids to drop, warts, split statistics, GX
+    results.
+    """
+
     passed: bool
     failed_critical: list[dict]
     warnings: list[dict]
@@ -43,6 +47,7 @@ class ValidationOutcome:
     results: dict = field(repr=False)  # GX's own result JSON, per suite
 
     def to_json(self) -> dict:
+        """The outcome as a JSON-ready dict (GX's own results under ``great_expectations``)."""
         return {
             "passed": self.passed,
             "failed_critical": self.failed_critical,
@@ -139,6 +144,9 @@ def manifest_expectations(config: ValidationConfig, class_labels: list[int], sou
 
 
 def summary_expectations(config: ValidationConfig) -> list:
+    """The per-split suite over :func:`medimg.validation.warts.split_summary`: every split has images, class balance,
+    expected sizes.
+    """
     import great_expectations.expectations as gxe  # here: GX takes 2 s to import; only when a suite runs
 
     out: list[Expectation] = [
