@@ -327,8 +327,9 @@ SourceArgument = Annotated[
 ]
 KindOption = Annotated[str | None, typer.Option("--kind", help=(
     "source kind for a SOURCE folder (default: data.source from params unless medmnist, else told by the "
-    "layout: top-level folders named after a class or a split (NORMAL/, train/...) -> image_folder, whatever the files "
-    "(PNG, JPEG or DICOM); else a labels CSV (data.dicom.labels_csv) at the top -> dicom_folder)"))]
+    "layout: top-level folders named after a class or a split (NORMAL/, train/...) -> image_folder, "
+    "whatever the files (PNG, JPEG or DICOM); else a labels CSV (data.dicom.labels_csv) at the top -> "
+    "dicom_folder)"))]
 InboxOption = Annotated[Path | None, typer.Option("--inbox", help="folder of new files to add incrementally")]
 
 

@@ -124,8 +124,7 @@ def check_parity(model: nn.Module, path: Path, x: torch.Tensor, atol: float) -> 
 
 
 def softmax_positive(logits: np.ndarray) -> np.ndarray:
-    """Probability of class 1 from logits ``[N, C]``: softmax over C, column 1, float64 ``[N]`` (max-shifted, stable).
-    """
+    """Probability of class 1 from logits ``[N, C]``: softmax over C (max-shifted), column 1, float64 ``[N]``."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e[:, 1] / e.sum(axis=1)).astype(np.float64)

@@ -57,8 +57,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PullResult:
-    """A finished pull: the ``out_dir`` link, the release folder it points at, the model version, its sha256 and card.
-    """
+    """A finished pull: the ``out_dir`` link, the release folder it points at, the version, its sha256 and card."""
 
     out_dir: Path  # the symlink the caller named
     release_dir: Path  # the folder it points at now (this pull's files)
