@@ -25,6 +25,7 @@ Output: a Rich table on stderr and one JSON document on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -121,10 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["model"]["width"] = args.width
     params = load_params(args.params, overrides)
     torch.set_num_threads(args.threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # already set in this process
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
 
     x = real_images(params, args.images)
     torch.manual_seed(0)
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         timed = time_pair({"pytorch": torch_run, "onnxruntime": ort_run}, {"pytorch": tb, "onnxruntime": nb}, size,
                           args.warmup, args.rounds, args.seconds, args.min_iters)
         pt, ox = timed["pytorch"], timed["onnxruntime"]
-        paired = [o / p for o, p in zip(ox["rounds_images_per_s"], pt["rounds_images_per_s"])]
+        paired = [o / p for o, p in zip(ox["rounds_images_per_s"], pt["rounds_images_per_s"], strict=True)]
         results.append({"batch_size": size, "pytorch": pt, "onnxruntime": ox,
                         "ratio_ort_over_pytorch": ox["images_per_s"] / pt["images_per_s"],
                         "ratio_median_of_paired_rounds": statistics.median(paired)})

@@ -11,7 +11,7 @@ Contenders, each in a fresh process (so peak memory is its own):
 
 * ``baseline``: a plain loop in one process: open, decode, grey, resize to 64 x 64 with Pillow
   (DICOM: ``pydicom`` ``pixel_array``, min-max to uint8, Pillow resize), nothing written;
-* ``pipeline``: :func:`medimg.data.ingest.ingest_files`, the ingest step minus DVC: scan and
+* ``pipeline``: :func:`medimg.data.ingest_folders.ingest_files`, the ingest step minus DVC: scan and
   SHA-256 of every file, decoding and the kermany64 contract (64 px, area) in a process pool,
   de-identification, quarantine checks, splitting by patient, PNGs and the Parquet manifest
   written. ``w1``/``w2``: one or two decoding processes; ``reduced``: the contract's reduced-
@@ -105,7 +105,7 @@ def run_one(config: dict) -> dict:
     """One measurement in this process (called by the parent in a fresh interpreter)."""
     from medimg.config import parse_params
     from medimg.data.deid import DEMO_SECRET
-    from medimg.data.ingest import ingest_files
+    from medimg.data.ingest_folders import ingest_files
 
     with tempfile.TemporaryDirectory(prefix="medimg-bench-") as name:
         tmp = Path(name)

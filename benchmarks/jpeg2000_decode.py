@@ -54,12 +54,12 @@ def main() -> None:
         path = DATA / "dicom" / rel
         whole = decode_dicom(path)
         small = decode_dicom(path, jpeg2000_min_side=2 * args.size)
-        t_full = _median_ms(lambda: decode_dicom(path), args.repeat)
-        t_fast = _median_ms(lambda: decode_dicom(path, jpeg2000_min_side=2 * args.size), args.repeat)
+        t_full = _median_ms(lambda p=path: decode_dicom(p), args.repeat)
+        t_fast = _median_ms(lambda p=path: decode_dicom(p, jpeg2000_min_side=2 * args.size), args.repeat)
         a = preprocess.prepare(small, fast).astype(np.float64)
         b = preprocess.prepare(whole, full).astype(np.float64)
         corr = np.corrcoef(a.ravel(), b.ravel())[0, 1] if a.std() and b.std() else float("nan")
-        print(f"{Path(rel).name:28} {str(whole.pixels.shape):>12} {t_full:8.1f} {str(small.pixels.shape):>14} "
+        print(f"{Path(rel).name:28} {whole.pixels.shape!s:>12} {t_full:8.1f} {small.pixels.shape!s:>14} "
               f"{t_fast:10.1f} {t_full / t_fast:8.1f} {np.abs(a - b).mean():11.2f} {corr:7.4f}")
 
 

@@ -46,7 +46,7 @@ def probs(x):
 
 
 best_auc, best_state = -1.0, None
-for epoch in range(10):
+for _epoch in range(10):
     model.train()
     for idx in torch.randperm(len(xt)).split(128):
         opt.zero_grad()

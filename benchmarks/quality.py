@@ -17,10 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from bare_train import fit_and_score  # benchmarks/ is sys.path[0] when this script runs
 from rich.console import Console
 from rich.table import Table
 
-from bare_train import fit_and_score  # benchmarks/ is sys.path[0] when this script runs
 from medimg.cli import parse_overrides
 from medimg.config import load_params
 from medimg.evaluation.bootstrap import bootstrap_ci

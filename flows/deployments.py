@@ -9,7 +9,9 @@ cancelled (the next poll sees the same files).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from prefect import Flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 
@@ -29,7 +31,7 @@ def _settings(params: Params, params_path: Path) -> list[tuple]:
     """(flow, entrypoint, deployment options) of each deployment, shared by serving and the work pool."""
     common = {"parameters": {"params_path": str(params_path.resolve())}, "tags": ["medimg"]}
     name = params.schedule.deployment_name
-    out = [(retrain, "flows/retrain.py:retrain",
+    out: list[tuple[Flow[..., Any], str, dict[str, object]]] = [(retrain, "flows/retrain.py:retrain",
             {**common, "name": name, "concurrency_limit": _limit(params.schedule.collision_strategy),
              "schedule": Cron(params.schedule.cron, timezone=params.schedule.timezone)})]
     if params.data.inbox:

@@ -1,4 +1,5 @@
-"""The ``retrain`` flow: ingest -> (up to date?) -> drift -> validate -> train -> evaluate -> gate -> export -> register.
+"""The ``retrain`` flow: ingest -> (up to date?) -> drift -> validate -> train -> evaluate -> gate -> export ->
+register.
 
 Outcomes, as the flow run's final state:
 - ``Completed``: a new champion was promoted.
@@ -35,10 +36,11 @@ Each step hands the next a frozen contract of :mod:`medimg.contracts`; a trained
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Completed
+from prefect.states import Cancelled, Completed, State
 
 from medimg import artifacts, tracking
 from medimg.config import load_params
@@ -53,15 +55,16 @@ from tasks.retrain import (
     gate_model,
     ingest_data,
     open_run,
-    result_storage,
     register_model,
+    result_storage,
     train_model,
     validate_data,
 )
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(params_path: str = "params.yaml", overrides: dict | None = None, force: bool = False):
+def retrain(params_path: str = "params.yaml", overrides: dict | None = None,
+            force: bool = False) -> State[Any] | RetrainSummary:
     logger = get_run_logger()
     params = load_params(params_path, overrides)
     ws = Workspace.at(params.workspace.path)
@@ -87,7 +90,7 @@ def _tags(version: str, key: str, params) -> dict[str, str]:
             artifacts.TAG_CODE_HASH: code_hash(), artifacts.TAG_RUN_KEY_CHECKED: key}
 
 
-def _retrain(params, ws, force: bool, logger):
+def _retrain(params, ws, force: bool, logger) -> State[Any] | RetrainSummary:
     opts = params.orchestration
     io = {"retries": opts.task_retries, "retry_delay_seconds": opts.retry_delay_seconds,
           "retry_condition_fn": retry_transient,
@@ -128,7 +131,8 @@ def _retrain(params, ws, force: bool, logger):
                          data=RunSkipped(outcome="no_drift", reason=message, data_version=version, run_key=key,
                                          drift=drift_result))
 
-    from medimg.steps.validate import raise_if_failed  # ~0.8 s of imports (pydicom, Pillow, scikit-learn): only when training
+    # here: ~0.8 s of imports (pydicom, Pillow, scikit-learn), only when training
+    from medimg.steps.validate import raise_if_failed
 
     run_id = timed("open_run", open_run, params, ws, key, ingested, drift_result)
     try:

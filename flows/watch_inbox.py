@@ -9,18 +9,19 @@ so a crashed retrain is retried at the next poll.
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
-from prefect.states import Completed
+from typing import Any
 
+from prefect import flow, get_run_logger
+from prefect.states import Completed, State
+
+from flows.retrain import retrain
 from medimg import watch
 from medimg.config import load_params
 from medimg.workspace import Workspace, activate
 
-from flows.retrain import retrain
-
 
 @flow(name="watch-inbox")
-def watch_inbox(params_path: str = "params.yaml", overrides: dict | None = None):
+def watch_inbox(params_path: str = "params.yaml", overrides: dict | None = None) -> State[Any]:
     logger = get_run_logger()
     params = load_params(params_path, overrides)
     ws = Workspace.at(params.workspace.path)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import getpass
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """The current UTC time as ISO 8601 to the second, e.g. ``2026-11-30T16:00:00+00:00``."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def record(path: Path, event: dict) -> dict:
@@ -29,6 +30,7 @@ def record(path: Path, event: dict) -> dict:
 
 
 def read(path: Path) -> list[dict]:
+    """The entries of the JSON-lines audit log at ``path``, oldest first; [] when the file does not exist."""
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -44,6 +44,10 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a p
 
 
 def parse_overrides(items: list[str] | None) -> dict:
+    """Nested params overrides from ``--set section.key=value`` items; each value is parsed as YAML.
+
+    Raises :class:`ConfigError` for an item without ``=``.
+    """
     out: dict = {}
     for item in items or []:
         if "=" not in item:
@@ -117,17 +121,19 @@ def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
         console.print(f"[green]{state.name}[/] {state.message}")
         return
     summary = state.result()
+    assert isinstance(summary, RetrainSummary)  # a trained run's state (Completed or NotPromoted) carries its summary
     _print_run(summary, state.name, state.message, ws)
 
 
-def _run_errors() -> tuple[type[BaseException], ...]:
-    """A failed validation or bad data; imported when ``run`` starts, not when the CLI loads (pydicom, Pillow, scikit-learn)."""
+def _run_errors() -> tuple[type[Exception], ...]:
+    """A failed validation or bad data; imported when ``run`` starts, not when the CLI loads (pydicom, Pillow,
+    scikit-learn)."""
     from medimg.steps.validate import ValidationFailed  # here: see the docstring
 
     return (ValidationFailed, *_data_errors())
 
 
-def _print_run(summary: RetrainSummary, state_name: str, message: str | None, ws: Workspace) -> None:
+def _print_run(summary: RetrainSummary, state_name: str | None, message: str | None, ws: Workspace) -> None:
     table = Table(title=f"retrain: {state_name}", show_header=False)
     model, evaluation, gate = summary.model, summary.evaluation, summary.gate
     table.add_row("model", f"{model.model_name} v{model.version} -> {model.alias}")
@@ -165,7 +171,7 @@ def status(params: ParamsOption = Path("params.yaml"), as_json: Annotated[bool, 
     for column in ("started (UTC)", "outcome", "reason", "data version", "model"):
         runs.add_column(column)
     for row in info["last_runs"]:
-        started = datetime.fromtimestamp(row["start_time"] / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+        started = datetime.fromtimestamp(row["start_time"] / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
         runs.add_row(started, row["outcome"] or row["status"], (row["reason"] or "")[:90],
                      (row["data_version"] or "")[:12], row["model_version"] or "")
     out.print(runs)
@@ -320,13 +326,14 @@ SourceArgument = Annotated[
                         "default: data.source and data.root from params"),
 ]
 KindOption = Annotated[str | None, typer.Option("--kind", help=(
-    "source kind for a SOURCE folder (default: data.source from params unless medmnist, else told by the layout: "
-    "top-level folders named after a class or a split (NORMAL/, train/...) -> image_folder, whatever the files "
-    "(PNG, JPEG or DICOM); else a labels CSV (data.dicom.labels_csv) at the top -> dicom_folder)"))]
+    "source kind for a SOURCE folder (default: data.source from params unless medmnist, else told by the "
+    "layout: top-level folders named after a class or a split (NORMAL/, train/...) -> image_folder, "
+    "whatever the files (PNG, JPEG or DICOM); else a labels CSV (data.dicom.labels_csv) at the top -> "
+    "dicom_folder)"))]
 InboxOption = Annotated[Path | None, typer.Option("--inbox", help="folder of new files to add incrementally")]
 
 
-def _data_errors() -> tuple[type[BaseException], ...]:
+def _data_errors() -> tuple[type[Exception], ...]:
     """Errors about the data or its configuration: reported in one line, exit status 1."""
     # here: pydicom and the data modules load with the commands that read data, not with --help
     from medimg.data.deid import MissingSecretError
@@ -536,6 +543,7 @@ def schedule(
 
 
 def main() -> None:
+    """The ``medimg`` console script: run the CLI; Ctrl-C exits with status 130."""
     try:
         app()
     except KeyboardInterrupt:

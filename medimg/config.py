@@ -87,6 +87,8 @@ class SplitConfig(_Strict):
 
 
 class DeidConfig(_Strict):
+    """De-identification options (``data.deid``); the pseudonym key itself comes from MEDIMG_DEID_SECRET."""
+
     demo: bool = Field(
         default=False,
         description="allow the public demo pseudonym key when MEDIMG_DEID_SECRET is unset (public data only)",
@@ -98,6 +100,8 @@ ModalityCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2,4}$")]
 
 
 class DataConfig(_Strict):
+    """Where the images come from (``data``): source kind, folders, classes, splits, decoding limits."""
+
     source: Literal["medmnist", "image_folder", "dicom_folder"] = "medmnist"
     medmnist_flag: Literal["pneumoniamnist"] = "pneumoniamnist"
     data_dir: str | None = Field(
@@ -130,7 +134,8 @@ class DataConfig(_Strict):
     min_side: int = Field(default=16, ge=1, description="files with a smaller side are quarantined (too_small)")
     max_bad_fraction: float = Field(
         default=0.05, ge=0, le=1,
-        description="the ingest fails when a larger share of the images is quarantined (skipped non-images do not count)",
+        description="the ingest fails when a larger share of the images is quarantined "
+                    "(skipped non-images do not count)",
     )
     workers: int | None = Field(default=2, ge=1, description="decoding processes; null: one per CPU")
     cache: bool = Field(default=True, description="reuse decoded images by sha256 of the file (incremental ingest)")
@@ -146,6 +151,7 @@ class DataConfig(_Strict):
         return self
 
     def resolved_data_dir(self) -> Path | None:
+        """``data_dir``, else $MEDIMG_DATA_DIR, as an absolute path; None when neither is set."""
         raw = self.data_dir or os.environ.get(DATA_DIR_ENV)
         return Path(raw).expanduser().resolve() if raw else None
 
@@ -160,6 +166,8 @@ class DataConfig(_Strict):
 
 
 class ValidationConfig(_Strict):
+    """The data validation suite's thresholds and wart policies (``validation``)."""
+
     duplicates_within_split: WartPolicy = WartPolicy.WARN
     duplicates_across_splits: WartPolicy = WartPolicy.WARN
     expected_split_sizes: dict[str, int] | None = Field(
@@ -201,7 +209,8 @@ class PreprocessConfig(_Strict):
     )
     jpeg2000_reduce: bool = Field(
         default=False,
-        description="decode JPEG 2000 DICOM at its coarsest wavelet resolution level keeping >= 2x size before resizing",
+        description="decode JPEG 2000 DICOM at its coarsest wavelet resolution level keeping >= 2x size "
+                    "before resizing",
     )
     channels: Literal[1, 3] = 1
     mean: float = Field(default=0.5, description="normalisation after scaling to [0, 1]")
@@ -218,6 +227,8 @@ class PreprocessConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """Network architecture, width, dropout and fine-tuning mode (``model``)."""
+
     architecture: Literal["compact_resnet", "simple_cnn", "resnet18", "resnet50", "densenet121"] = "compact_resnet"
     width: int = Field(default=48, ge=4, le=512, description="base width of the compact models")
     dropout: float = Field(default=0.2, ge=0, lt=1)
@@ -231,6 +242,8 @@ class ModelConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
+    """Training-time augmentation (``train.augment``); ``ValueError`` when scale_min > scale_max."""
+
     enabled: bool = True
     rotate_deg: float = Field(default=10.0, ge=0, le=180)
     translate: float = Field(default=0.08, ge=0, le=0.5, description="fraction of the image size")
@@ -248,12 +261,16 @@ class AugmentConfig(_Strict):
 
 
 class DistributedConfig(_Strict):
+    """DistributedDataParallel training under torchrun (``train.distributed``)."""
+
     enabled: bool = Field(default=False, description="train with DistributedDataParallel under torchrun")
     nproc_per_node: int = Field(default=2, ge=1)
     backend: Literal["auto", "gloo", "nccl"] = Field(default="auto", description="auto: nccl on CUDA, else gloo")
 
 
 class TrainConfig(_Strict):
+    """Optimiser, schedule, epochs, batch size and early stopping (``train``)."""
+
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -280,11 +297,15 @@ class TrainConfig(_Strict):
 
 
 class BenchmarkGateConfig(_Strict):
+    """The radiologist benchmark the candidate must not be inferior to, and the margin (``gates.benchmark``)."""
+
     id: str = Field(description="id of an entry in medimg/reference/radiologist_benchmarks.yaml")
     margin: float = Field(default=0.0, ge=0, le=1, description="non-inferiority margin")
 
 
 class GateConfig(_Strict):
+    """Threshold choice and promotion rules (``gates``): benchmark, minimum AUC/accuracy, champion margin."""
+
     benchmark: BenchmarkGateConfig = BenchmarkGateConfig(id="self2012_radiologists_ed", margin=0.10)
     threshold: Literal["youden", "target_sensitivity", "fixed"] = "target_sensitivity"
     target_sensitivity: float = Field(default=0.90, gt=0, le=1)
@@ -296,17 +317,23 @@ class GateConfig(_Strict):
 
 
 class ExportConfig(_Strict):
+    """ONNX export (``export``): opset, and the PyTorch/ONNX Runtime parity tolerance on how many images."""
+
     opset: int = Field(default=18, ge=13)
     parity_atol: float = Field(default=1e-4, gt=0)
     parity_images: int = Field(default=256, ge=1)
 
 
 class RegistryConfig(_Strict):
+    """MLflow registered model name and experiment (``registry``)."""
+
     model_name: str = Field(default="pneumonia-classifier", min_length=1)
     experiment: str = Field(default="medimg-retrain", min_length=1)
 
 
 class WorkspaceConfig(_Strict):
+    """Workspace folder and MLflow tracking URI (``workspace``)."""
+
     path: str = ".medimg"
     tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI; default: SQLite inside the workspace"
@@ -326,6 +353,8 @@ class DriftConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
+    """Cron schedule, deployment and inbox polling of the served flows (``schedule``)."""
+
     cron: str = Field(default="0 2 * * 1", min_length=9, description="cron expression of the scheduled retrain")
     timezone: str = "UTC"
     deployment_name: str = Field(default="retrain-scheduled", min_length=1)
@@ -337,6 +366,8 @@ class ScheduleConfig(_Strict):
 
 
 class OrchestrationConfig(_Strict):
+    """Prefect retries, timeouts, skip-if-up-to-date and notifications (``orchestration``)."""
+
     task_retries: int = Field(default=2, ge=0, description="retries of steps that talk to servers or storage")
     retry_delay_seconds: list[float] = Field(default=[5.0, 30.0], min_length=1, description="backoff between retries")
     train_timeout_seconds: float | None = Field(default=None, gt=0, description="fail training that runs longer")
@@ -349,6 +380,8 @@ class OrchestrationConfig(_Strict):
 
 
 class Params(_Strict):
+    """Every setting of a run (``params.yaml``), validated and frozen; :meth:`fingerprint` keys runs on it."""
+
     workspace: WorkspaceConfig = WorkspaceConfig()
     data: DataConfig = DataConfig()
     validation: ValidationConfig = ValidationConfig()
@@ -411,6 +444,11 @@ def _format_errors(err: ValidationError, source: str) -> str:
 
 
 def parse_params(raw: object, source: str = "params") -> Params:
+    """:class:`Params` from a parsed YAML mapping (None means all defaults).
+
+    Raises :class:`ConfigError` naming ``source`` and every invalid field when ``raw`` is not a
+    mapping or does not validate.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -460,6 +498,7 @@ def load_params(path: str | Path | None = None, overrides: dict | None = None) -
 
 
 def deep_merge(base: dict, update: dict) -> dict:
+    """A new dict: ``base`` with ``update`` laid over it, nested dicts merged key by key; the inputs are not changed."""
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):

@@ -14,6 +14,12 @@ EPS = 1e-4
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
+    """Population stability index of ``current`` against ``reference`` (1-D samples), >= 0.
+
+    Bins: ``bins`` quantiles of the reference (open-ended outer bins); each share gets :data:`EPS`
+    added so empty bins stay finite. A constant reference gives 0.0 when ``current`` equals it, else
+    inf. ``ValueError`` when either sample is empty.
+    """
     reference = np.asarray(reference, dtype=np.float64)
     current = np.asarray(current, dtype=np.float64)
     if len(reference) == 0 or len(current) == 0:
@@ -33,8 +39,8 @@ def compare(name: str, reference: np.ndarray, current: np.ndarray, psi_threshold
     value = psi(reference, current)
     return {
         "feature": name,
-        "n_reference": int(len(reference)),
-        "n_current": int(len(current)),
+        "n_reference": len(reference),
+        "n_current": len(current),
         "psi": value,
         "ks_statistic": float(stat.statistic),
         "ks_pvalue": float(stat.pvalue),

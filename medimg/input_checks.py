@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medimg.artifacts import META_BODY_PART, META_INPUT_CHECKS, META_MODALITIES
+from medimg.artifacts import META_INPUT_CHECKS, META_MODALITIES
 
 if TYPE_CHECKING:
     from medimg.config import ValidationConfig

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
@@ -186,6 +186,7 @@ class ModelRecord(_Frozen):
 
     @property
     def is_champion(self) -> bool:
+        """Whether the version holds the ``champion`` alias."""
         return registry.CHAMPION in self.aliases
 
     @property
@@ -204,7 +205,7 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def _utc(ms: int | None) -> datetime | None:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc) if ms else None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
 
 
 def metrics_with_ci(run_metrics: dict[str, float]) -> dict[str, MetricEstimate]:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +63,8 @@ FIELDS = ("file", "probability", "label", "error")
 
 @dataclass(frozen=True)
 class Prediction:
+    """One file's outcome: positive-class probability and label, or None for both and the ``error`` reason."""
+
     file: str
     probability: float | None
     label: str | None
@@ -77,7 +80,7 @@ def load_grey_uint8(path: str | Path, config: PreprocessConfig | None = None) ->
     return preprocess.grey_uint8(preprocess.decode_file(Path(path), config), config)
 
 
-def collect_files(paths: list[str | Path]) -> list[Path]:
+def collect_files(paths: Sequence[str | Path]) -> list[Path]:
     """Files named directly (whatever their suffix) plus image files found in named folders."""
     out: list[Path] = []
     for raw in paths:
@@ -108,7 +111,7 @@ def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, sho
         if not pending:
             return
         x = np.concatenate([tensor for _, tensor in pending])
-        for (index, _), prob in zip(pending, model.probabilities(x)):
+        for (index, _), prob in zip(pending, model.probabilities(x), strict=True):
             results[index] = Prediction(str(files[index]), float(prob), model.label(float(prob)))
         pending.clear()
 
@@ -136,12 +139,13 @@ def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, sho
                 results[index] = Prediction(str(path), None, None, "not_found")
             except OSError:
                 results[index] = Prediction(str(path), None, None, "unreadable")
-            except Exception:  # noqa: BLE001 - one undecodable file must not stop the batch
+            except Exception:  # one undecodable file must not stop the batch
                 results[index] = Prediction(str(path), None, None, "decode_error")
             else:
                 if problem is not None:
                     results[index] = Prediction(str(path), None, None, problem.reason)
                 else:
+                    assert grey is not None  # prepared whenever the first check found no problem
                     pending.append((index, preprocess.apply(grey, model.config).numpy()))
                 if len(pending) >= batch_size:
                     flush()
@@ -155,6 +159,7 @@ def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, sho
 
 
 def to_rows(predictions: list[Prediction]) -> list[dict]:
+    """The predictions as dicts (file, probability, label, error), for CSV or JSON output."""
     return [asdict(p) for p in predictions]
 
 

@@ -165,6 +165,9 @@ def config_from_contract(data: dict) -> PreprocessConfig:
 
 
 def contract_hash(config: PreprocessConfig) -> str:
+    """The first 16 hex digits of SHA-256 over the contract's sorted JSON (:func:`contract`): same settings, same
+    hash.
+    """
     return hashlib.sha256(json.dumps(contract(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -197,6 +200,7 @@ def grey_uint8(image, config: PreprocessConfig | None = None) -> np.ndarray:
     elif mode == "minmax":
         _by_range(v, float(v.min()), float(v.max()))
     else:
+        assert config is not None  # no config means "auto", handled above
         k = max(1, min(v.shape) // 512)
         lo, hi = np.percentile(v[::k, ::k], list(config.percentiles))
         _by_range(v, float(lo), float(hi))
@@ -225,7 +229,8 @@ def to_contract_size(grey: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     size = config.size
     if grey.shape != (size, size):
         if _uses_pillow(config):
-            flt = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "area": Image.BOX}[config.interpolation]
+            flt = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                   "area": Image.Resampling.BOX}[config.interpolation]
             grey = np.asarray(Image.fromarray(grey).resize((size, size), flt))
         else:
             grey = _resize_sampled(grey, size, config.interpolation)
@@ -332,7 +337,7 @@ def decode_file(path: str | Path, config: PreprocessConfig, min_size: int = 16, 
     if kind == "dicom":
         return decode_dicom(path, min_size=min_size, allow_burned_in=allow_burned_in,
                             jpeg2000_min_side=2 * config.size if config.jpeg2000_reduce else None,
-                            ct_window=tuple(config.ct_window) if config.ct_window is not None else None,
+                            ct_window=config.ct_window,
                             data=data, secret=secret)
     return decode_raster(path, min_size=min_size, jpeg_min_side=2 * config.size if config.jpeg_dct_scaling else None,
                          data=data)

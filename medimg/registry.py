@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import mlflow
 import onnx
@@ -41,12 +43,16 @@ from medimg.artifacts import (  # noqa: F401
     TAG_VALIDATION,
 )
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+CHAMPION: Final = "champion"
+CHALLENGER: Final = "challenger"
 
 
 @dataclass(frozen=True)
 class VersionInfo:
+    """One registered model version as medimg uses it: name, version, run id, tags, aliases, source URI, creation time
+    (ms).
+    """
+
     name: str
     version: str
     run_id: str | None
@@ -61,6 +67,7 @@ class VersionNotFound(LookupError):
 
 
 def client() -> MlflowClient:
+    """An MLflow client for the current tracking URI."""
     return MlflowClient()
 
 
@@ -109,6 +116,7 @@ def resolve(ref: str, default_name: str) -> VersionInfo:
         if found is None:
             raise VersionNotFound(f"{ref!r}: model {name!r} has no alias {alias!r}")
         return found
+    assert version is not None  # parse_ref gives a version whenever it gives no alias
     try:
         return get_version(name, version)
     except MlflowException as err:
@@ -116,6 +124,7 @@ def resolve(ref: str, default_name: str) -> VersionInfo:
 
 
 def version_by_alias(model_name: str, alias: str) -> VersionInfo | None:
+    """The version that holds ``alias`` of ``model_name``, or None (no such alias or model)."""
     try:
         return _info(client().get_model_version_by_alias(model_name, alias))
     except MlflowException:
@@ -123,6 +132,7 @@ def version_by_alias(model_name: str, alias: str) -> VersionInfo | None:
 
 
 def get_version(model_name: str, version: str) -> VersionInfo:
+    """Version ``version`` of ``model_name``; raises ``MlflowException`` when it does not exist."""
     return _info(client().get_model_version(model_name, str(version)))
 
 
@@ -145,18 +155,21 @@ def version_of_run(model_name: str, run_id: str) -> VersionInfo | None:
     return _info(max(found, key=lambda mv: int(mv.version))) if found else None
 
 
-def register(model_uri: str, model_name: str, tags: dict[str, str]) -> VersionInfo:
+def register(model_uri: str, model_name: str, tags: Mapping[str, object]) -> VersionInfo:
+    """Register ``model_uri`` as a new version of ``model_name`` with ``tags`` (values as str) and return it."""
     mv = mlflow.register_model(model_uri, model_name, tags={k: str(v) for k, v in tags.items()})
     return get_version(model_name, mv.version)
 
 
-def set_tags(model_name: str, version: str, tags: dict[str, str]) -> None:
+def set_tags(model_name: str, version: str, tags: Mapping[str, object]) -> None:
+    """Set each of ``tags`` (values as str) on version ``version`` of ``model_name``."""
     c = client()
     for key, value in tags.items():
         c.set_model_version_tag(model_name, str(version), key, str(value))
 
 
 def set_alias(model_name: str, alias: str, version: str) -> None:
+    """Point ``alias`` of ``model_name`` at ``version`` (moving it from any other version)."""
     client().set_registered_model_alias(model_name, alias, str(version))
 
 
@@ -174,10 +187,12 @@ def model_tags(model_name: str) -> dict[str, str]:
 
 
 def set_model_tag(model_name: str, key: str, value: str) -> None:
+    """Set a tag on the registered model itself (not on a version); the value is written as str."""
     client().set_registered_model_tag(model_name, key, str(value))
 
 
 def delete_alias(model_name: str, alias: str) -> None:
+    """Remove ``alias`` from ``model_name``."""
     client().delete_registered_model_alias(model_name, alias)
 
 

@@ -32,7 +32,7 @@ import time
 from enum import Enum
 from pathlib import Path
 from types import UnionType
-from typing import Literal, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import numpy as np
 import pandas as pd
@@ -203,12 +203,13 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
         if previous_data and previous_data != data_version and (ws.data_versions / f"{previous_data}.dvc").is_file():
             versioning.checkout(ws, previous_data)
 
-    metrics = {}
+    metrics: dict[str, dict[str, Any]] = {}  # JSON report rows: original/reproduced value, CI and difference
     for name in COMPARED:
-        if name not in evaluated.test:
+        value = evaluated.test.get(name)
+        if value is None:
             continue
         orig = mv.test_metrics.get(name)
-        new = float(evaluated.test[name])
+        new = float(value)
         ci95 = evaluated.test_ci95.get(name)
         metrics[name] = {
             "original": orig.value if orig else None, "original_ci95": list(orig.ci95) if orig and orig.ci95 else None,

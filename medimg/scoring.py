@@ -67,9 +67,11 @@ class OnnxModel:
 
     @property
     def provider(self) -> str:
+        """The ONNX Runtime execution provider the session runs on (e.g. ``CPUExecutionProvider``)."""
         return self.session.get_providers()[0]
 
     def label(self, probability: float) -> str:
+        """The class name for a positive-class ``probability``: the positive class at or above the threshold."""
         return self.class_names[1] if probability >= self.threshold else self.class_names[0]
 
     def probabilities(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -19,10 +19,11 @@ def _metrics(record: ModelRecord) -> dict[str, float]:
     found = record.test_metrics
     out = {f"test_{name}": found[name].value for name in STATUS_METRICS if name in found}
     for name in STATUS_CIS:
-        if name in found and found[name].ci95_low is not None:
-            out[f"test_{name}_ci_low"] = found[name].ci95_low
-        if name in found and found[name].ci95_high is not None:
-            out[f"test_{name}_ci_high"] = found[name].ci95_high
+        estimate = found.get(name)
+        if estimate is not None and estimate.ci95_low is not None:
+            out[f"test_{name}_ci_low"] = estimate.ci95_low
+        if estimate is not None and estimate.ci95_high is not None:
+            out[f"test_{name}_ci_high"] = estimate.ci95_high
     return out
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
@@ -37,6 +38,9 @@ def start_run(params: Params, ws: Workspace, tags: dict[str, str]) -> str:
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    """Log the finite numeric values of ``metrics`` to run ``run_id`` at ``step`` (0 by default); NaN, inf and
+    non-numbers are dropped.
+    """
     finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     if finite:
         mlflow.MlflowClient().log_batch(
@@ -45,18 +49,22 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None)
 
 
 def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """Upload the file at ``path`` to run ``run_id`` under ``artifact_path`` (the artifact root when None)."""
     mlflow.MlflowClient().log_artifact(run_id, str(path), artifact_path)
 
 
 def log_json(run_id: str, data: dict, artifact_file: str) -> None:
+    """Write ``data`` as indented JSON (non-JSON values as str) to the artifact ``artifact_file`` of run ``run_id``."""
     mlflow.MlflowClient().log_text(run_id, json.dumps(data, indent=1, default=str), artifact_file)
 
 
-def set_tags(run_id: str, tags: dict[str, str]) -> None:
+def set_tags(run_id: str, tags: Mapping[str, object]) -> None:
+    """Set ``tags`` (values as str) on run ``run_id`` in one batch."""
     mlflow.MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def finish(run_id: str, status: str = "FINISHED") -> None:
+    """Mark run ``run_id`` terminated with ``status`` (FINISHED, FAILED or KILLED)."""
     mlflow.MlflowClient().set_terminated(run_id, status=status)
 
 
@@ -102,6 +110,9 @@ def unfinished(experiment: str, key: str):
 
 
 def recent_runs(experiment: str, limit: int = 10) -> list[dict]:
+    """The ``limit`` latest runs of ``experiment``, newest first, as dicts of ids, status and ``medimg.*`` outcome
+    tags; [] when the experiment does not exist.
+    """
     found = mlflow.get_experiment_by_name(experiment)
     if found is None:
         return []

@@ -18,6 +18,7 @@ from medimg.data.sources import IMAGE_SUFFIXES, tree
 
 
 def snapshot(folder: Path) -> dict[str, list[int]]:
+    """The image files under ``folder`` (by suffix, posix path relative to it) -> their ``[size, mtime_ns]``."""
     return {rel: stat for rel, stat in tree(folder).items() if _is_image(PurePosixPath(rel))}
 
 
@@ -31,10 +32,12 @@ def changed(previous: dict[str, list[int]], current: dict[str, list[int]]) -> li
 
 
 def load(state_file: Path) -> dict[str, list[int]]:
+    """The snapshot saved at ``state_file``; {} when there is none."""
     return json.loads(state_file.read_text()) if state_file.is_file() else {}
 
 
 def save(state_file: Path, snap: dict[str, list[int]]) -> None:
+    """Write ``snap`` to ``state_file`` as JSON, atomically (written aside, then renamed)."""
     state_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = state_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(snap, sort_keys=True))

@@ -8,9 +8,9 @@ the process that starts a flow, because both read their settings from the enviro
 
 from __future__ import annotations
 
-import os
 import contextlib
 import fcntl
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,26 +26,35 @@ TELEMETRY_OFF = {
 
 @dataclass(frozen=True)
 class Workspace:
+    """The folder holding one deployment's state: dataset, runs, MLflow store, DVC remote, Prefect home, reports,
+    audit log.
+    """
+
     root: Path
 
     @classmethod
     def at(cls, path: str | Path) -> Workspace:
+        """The workspace at ``path`` (``~`` expanded, made absolute); nothing is created."""
         return cls(Path(path).expanduser().resolve())
 
     @property
     def prefect_home(self) -> Path:
+        """PREFECT_HOME of this workspace."""
         return self.root / "prefect"
 
     @property
     def mlflow_db(self) -> Path:
+        """The SQLite file of the default MLflow tracking store."""
         return self.root / "mlflow.db"
 
     @property
     def mlflow_artifacts(self) -> Path:
+        """The MLflow artifact root."""
         return self.root / "mlartifacts"
 
     @property
     def dvc_remote(self) -> Path:
+        """The local DVC remote the data versions are pushed to."""
         return self.root / "dvc-remote"
 
     @property
@@ -60,6 +69,7 @@ class Workspace:
 
     @property
     def reports(self) -> Path:
+        """Where HTML and JSON reports are written."""
         return self.root / "reports"
 
     @property
@@ -93,20 +103,25 @@ class Workspace:
 
     @property
     def audit_log(self) -> Path:
+        """The JSON-lines promotion audit log."""
         return self.root / "audit.jsonl"
 
     @property
     def lock_file(self) -> Path:
+        """The lock file that lets one retrain at a time run in this workspace."""
         return self.root / ".retrain.lock"
 
     @property
     def prefect_results(self) -> Path:
+        """Where Prefect persists task results (for resuming a crashed run)."""
         return self.prefect_home / "results"
 
     def default_tracking_uri(self) -> str:
+        """``sqlite:///`` URI of :attr:`mlflow_db`, used when params set no tracking URI."""
         return f"sqlite:///{self.mlflow_db}"
 
     def ensure(self) -> Workspace:
+        """Create the workspace's folders (root, Prefect home, MLflow artifacts, reports, runs) and return self."""
         for folder in (self.root, self.prefect_home, self.mlflow_artifacts, self.reports, self.runs):
             folder.mkdir(parents=True, exist_ok=True)
         return self

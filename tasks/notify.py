@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+from typing import cast
 
 from prefect import task
 from prefect.blocks.notifications import CustomWebhookNotificationBlock, NotificationBlock
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from medimg.config import Params
 
@@ -49,7 +52,11 @@ def signal(params: Params, outcome: str, message: str, payload: dict | None = No
     cfg = params.orchestration
     subject = f"medimg retrain {outcome}: {params.registry.model_name}"
     if cfg.notify_block:
-        NotificationBlock.load(cfg.notify_block).notify(body=message, subject=subject)
+        # a sync caller: Prefect's async_dispatch runs the sync load (typed "block or coroutine")
+        stored = cast(NotificationBlock, NotificationBlock.load(cfg.notify_block))
+        sent = stored.notify(body=message, subject=subject)
+        if inspect.iscoroutine(sent):  # NotificationBlock's own notify, kept by a custom block, is async
+            run_coro_as_sync(sent)
     elif cfg.notify_webhook_url:
         block = CustomWebhookNotificationBlock(
             name="medimg-webhook", url=cfg.notify_webhook_url, method="POST",

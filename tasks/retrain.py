@@ -2,7 +2,8 @@
 
 The run key (data version, params, and the content hash of the source,
 :func:`medimg.provenance.code_hash`, so an uncommitted edit is new code) decides whether a run is
-new (see :mod:`flows.retrain`). Each task takes and returns the step contracts of :mod:`medimg.contracts`. The validate, train,
+new (see :mod:`flows.retrain`). Each task takes and returns the step contracts of :mod:`medimg.contracts`. The
+validate, train,
 evaluate and export tasks persist their results (pickled, in ``<workspace>/prefect/results``)
 under a key naming the step and the MLflow run: a crashed run that is reopened gets its finished
 steps back instead of running them twice (see "When a run is skipped or reused" in

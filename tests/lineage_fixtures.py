@@ -18,7 +18,7 @@ import pytest
 
 from medimg.config import Params, load_params
 from medimg.workspace import Workspace
-from registry_fixtures import RegistryWorkspace, _activated, write_params, relocate_mlflow_db
+from registry_fixtures import RegistryWorkspace, _activated, relocate_mlflow_db, write_params
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from progress import run_logged
+from test_predict import chest_jpegs, sixteen_bit_png
 
 from medimg.predict import predict_files
 from medimg.pull import pull
 from medimg.scoring import OnnxModel
-from progress import run_logged
-from test_predict import chest_jpegs, sixteen_bit_png
 
 CONSUMER = textwrap.dedent('''
     """Score PNG/JPEG files with a medimg ONNX model using only onnxruntime, numpy and Pillow."""
@@ -56,10 +56,12 @@ CONSUMER = textwrap.dedent('''
 
     # this consumer implements the default contract; anything else must fail loudly, not mispredict
     assert contract["version"] >= 2 and contract["channels"] in (1, 3), contract
-    assert contract.get("resize_policy", "stretch") == "stretch" and contract.get("interpolation", "bilinear") == "bilinear"
+    assert contract.get("resize_policy", "stretch") == "stretch"
+    assert contract.get("interpolation", "bilinear") == "bilinear"
     assert not contract.get("antialias") and contract.get("intensity", "auto") == "auto"
     assert "float32" in contract["resize_sampling"] and "width first" in contract["resize_sampling"]
-    assert contract.get("denoise", "none") == "none" and not contract.get("clahe") and not contract.get("jpeg_dct_scaling")
+    assert contract.get("denoise", "none") == "none"
+    assert not contract.get("clahe") and not contract.get("jpeg_dct_scaling")
     f32 = np.float32
 
     def axis(n_in, n_out):

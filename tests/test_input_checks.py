@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 from datapaths import CHEST, DICOM, FIELD_CASES
 from medimg import preprocess
+from medimg.artifacts import META_PREPROCESSING
 from medimg.cli import app
 from medimg.config import ConfigError, load_params, parse_params
 from medimg.data.medmnist import locate
-from medimg.artifacts import META_PREPROCESSING
 from medimg.export.onnx_export import export, read_metadata
 from medimg.input_checks import (
     META_BODY_PART,

@@ -9,7 +9,7 @@ registered version with the flow's lineage tags, and a real promotion through ``
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from mlflow import MlflowClient
@@ -67,7 +67,7 @@ def test_a_version_with_cis_round_trips_to_the_record(small_registry):
     assert record.run_id == run_id and record.run.id == run_id and record.run_error is None
     assert record.run.status == "FINISHED" and record.run.params == {"train.epochs": "1"}
     assert record.run.metrics == METRICS  # every metric, by its MLflow key
-    assert isinstance(record.created_at, datetime) and record.created_at.tzinfo == timezone.utc
+    assert isinstance(record.created_at, datetime) and record.created_at.tzinfo == UTC
 
     auc = record.test_metrics["roc_auc"]
     assert (auc.value, auc.ci95_low, auc.ci95_high, auc.ci95) == (0.912, 0.887, 0.936, (0.887, 0.936))

@@ -23,12 +23,12 @@ from typer.testing import CliRunner
 
 from datapaths import FIELD_CASES
 from medimg import preprocess, registry
+from medimg.artifacts import META_PREPROCESSING
 from medimg.cli import app
 from medimg.config import parse_params
 from medimg.data.dicom import decode_dicom
 from medimg.data.images import decode_raster
 from medimg.data.medmnist import locate
-from medimg.artifacts import META_PREPROCESSING
 from medimg.export.onnx_export import export, onnx_logits, read_metadata, session, softmax_positive
 from medimg.predict import collect_files, load_grey_uint8, predict_files, render
 from medimg.provenance import file_sha256
@@ -132,7 +132,7 @@ def test_predict_csv_keeps_going_and_a_16bit_png_equals_its_8bit_source(champion
     frame = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False)
     assert list(frame.columns) == ["file", "probability", "label", "error"] and len(frame) == len(files)
     assert frame.loc[0, "probability"] == frame.loc[1, "probability"], "16-bit x257 must map back to the 8-bit values"
-    errors = dict(zip(frame["file"], frame["error"]))
+    errors = dict(zip(frame["file"], frame["error"], strict=True))
     assert all(errors[f] == reason for f, reason in bad.items())
     assert errors[str(tmp_path / "missing.png")] == "not_found"
     assert f"{len(files)}/{len(files)}" in result.output, "a long batch shows a progress bar"

@@ -1,7 +1,8 @@
 """``reproduce``: restore a version's data with DVC, rebuild its params from MLflow, retrain, compare.
 
 The workspace is this module's whole clone (``lineage_fixtures``) of the ``registry_fixtures``
-template (the real flow; v1 the champion, ten optimiser steps with relaxed gates). Before reproducing, the dataset folder *and*
+template (the real flow; v1 the champion, ten optimiser steps with relaxed gates). Before reproducing, the dataset
+folder *and*
 DVC's cache are deleted, so the data can only come back from the DVC remote. Training is seeded
 and runs on the CPU here, so the reproduced model is the same model: the test asserts identical
 metrics and predictions, which is what was measured (not merely "within the CI").
@@ -33,9 +34,9 @@ def test_params_rebuild_exactly_or_not_at_all(lineage_ws):
     original_root = str(lineage_ws.template_root)
     assert flat["workspace.path"] == str(lineage_ws.ws.root)
     assert params_from_run({**flat, "workspace.path": original_root}).fingerprint() == mv.tags[registry.TAG_PARAMS_HASH]
-    with pytest.raises(ReproduceError, match="train.seed"):
+    with pytest.raises(ReproduceError, match=r"train\.seed"):
         params_from_run({k: v for k, v in flat.items() if k != "train.seed"})
-    with pytest.raises(ReproduceError, match="train.epochs"):
+    with pytest.raises(ReproduceError, match=r"train\.epochs"):
         params_from_run({**flat, "train.epochs": "many"})
 
 

@@ -17,12 +17,14 @@ Promises:
   memory does not grow with the number of images and a worker holds one image at a time.
 * **Cache.** Results are stored as ``<cache>/<sha256[:2]>/<sha256>.png`` plus a line in an
   index (:class:`DecodeCache`), keyed by the SHA-256 of the source bytes, and valid only for the
-  job's ``kind`` (the same bytes read as DICOM and as a raster are two outcomes), in a folder whose name includes the contract hash,
+  job's ``kind`` (the same bytes read as DICOM and as a raster are two outcomes), in a folder whose name includes
+  the contract hash,
   the rejection options, a key id of the de-identification secret and :data:`CACHE_VERSION`. A
   worker reads the file once, hashes its bytes and looks them up first: a file whose bytes were
   seen before under the same contract and secret is not decoded again (incremental ingest);
   otherwise the same bytes are decoded, and a DICOM header is parsed once, for both the pixels
-  and the pseudonyms. Hashing happens in the workers, in parallel. Two identical files in one batch may both be decoded when they
+  and the pseudonyms. Hashing happens in the workers, in parallel. Two identical files in one batch may both be
+  decoded when they
   are processed at the same moment (same result, written twice). Bad files are cached too, with
   their reason.
 * **Not an image.** A DICOM object that is no image (a DICOMDIR, a structured report, ...: the
@@ -51,6 +53,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from PIL import Image
@@ -77,6 +80,8 @@ class DecodeJob:
 
 @dataclass(frozen=True)
 class DecodeOptions:
+    """How the workers decode: the preprocessing contract, the cache folder, rejection limits, the pseudonym key."""
+
     preprocess: PreprocessConfig
     cache_dir: str
     min_side: int = 16
@@ -113,13 +118,15 @@ class DecodeCache:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self._entries: dict[str, dict] | None = None
-        self._index = None
+        self._index: TextIO | None = None
         self._made: set[Path] = set()
 
     def image_path(self, sha256: str) -> Path:
+        """Where the contract PNG of the source bytes with hex digest ``sha256`` is (or would be) stored."""
         return self.folder / sha256[:2] / f"{sha256}.png"
 
     def load(self) -> dict[str, dict]:
+        """Read every index file: SHA-256 -> entry (``kind`` plus metadata); a line cut short by a crash is ignored."""
         entries: dict[str, dict] = {}
         for path in sorted((self.folder / "index").glob("*.jsonl")):
             for line in path.read_text().splitlines():
@@ -145,7 +152,8 @@ class DecodeCache:
         return {k: v for k, v in meta.items() if k != "kind"}
 
     def put(self, sha256: str, image: np.ndarray | None, meta: dict, kind: str | None = None) -> None:
-        """Store one result of decoding as ``kind``; unexpected errors (``detail`` starting "unexpected") are not kept."""
+        """Store one result of decoding as ``kind``; unexpected errors (``detail`` starting "unexpected") are not
+        kept."""
         if meta.get("status") != "ok" and str(meta.get("detail", "")).startswith("unexpected"):
             return
         if image is not None:
@@ -158,7 +166,7 @@ class DecodeCache:
             os.replace(tmp, target)
         if self._index is None:
             (self.folder / "index").mkdir(parents=True, exist_ok=True)
-            self._index = open(self.folder / "index" / f"{os.getpid()}-{os.urandom(4).hex()}.jsonl", "a")
+            self._index = open(self.folder / "index" / f"{os.getpid()}-{os.urandom(4).hex()}.jsonl", "a")  # noqa: SIM115 - kept open for the appends; close() closes it
         entry = {**meta, "kind": kind}
         self._index.write(json.dumps({"sha256": sha256, **entry}, sort_keys=True) + "\n")
         self._index.flush()
@@ -166,6 +174,7 @@ class DecodeCache:
             self._entries[sha256] = entry
 
     def close(self) -> None:
+        """Close this process's index file, if it opened one; safe to call twice."""
         if self._index is not None:
             self._index.close()
             self._index = None
@@ -219,7 +228,8 @@ def process(job: DecodeJob) -> tuple[DecodeJob, dict, bool]:
 
 
 def _non_image(data: bytes) -> dict | None:
-    """``skipped`` metadata for a non-image DICOM object (:func:`medimg.data.sop_classes.non_image_object`), else None."""
+    """``skipped`` metadata for a non-image DICOM object (:func:`medimg.data.sop_classes.non_image_object`), else
+    None."""
     found = non_image_object(data)
     return None if found is None else {"status": "skipped", "reason": found.reason, "detail": found.sop_class}
 

@@ -15,7 +15,8 @@ What a caller can rely on:
   world values, which its VOI LUT renders directly, so medimg applies no Rescale Slope/Intercept
   or Modality LUT Sequence to them, even when a file carries one. MONOCHROME1 is inverted about
   the data's own range; a CT's own window applies to the values as they are (LINEAR_EXACT,
-  PS3.3 C.11.2.1.3.2), and the contract maps any other modality by the image's min and max. A NaN or infinite pixel is refused with ``non_finite``, never mapped
+  PS3.3 C.11.2.1.3.2), and the contract maps any other modality by the image's min and max. A NaN or infinite pixel
+  is refused with ``non_finite``, never mapped
   to a blank or clipped image.
 * **Values.** The Modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence) is always
   applied, so CT values are Hounsfield units before any windowing. CT is then always windowed to
@@ -203,7 +204,7 @@ def _check_complete(path: Path, ds: Dataset, size: int, caught: list) -> None:
     if tsuid == DeflatedExplicitVRLittleEndian:
         return  # offsets refer to the inflated stream, not to the file
     last_end = None
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118 - iterating a pydicom Dataset gives its elements, not its tags
         raw = ds.get_item(tag)
         if not isinstance(raw, RawDataElement) or raw.value_tell is None:
             last_end = None

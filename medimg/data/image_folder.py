@@ -24,6 +24,7 @@ from pathlib import Path
 from medimg.data.sources import scan_images
 from medimg.provenance import file_sha256
 
+
 def scan_image_folder(root: str | Path) -> list[dict]:
     """One record per image file: ``path`` (str, absolute), ``class_name`` (the folder name as
     written), ``split`` (train/val/test or None), ``patient_key`` (see

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, MpoImagePlugin, UnidentifiedImageError
 
 SourceKind = Literal["dicom", "png", "jpeg", "npz"]
 
@@ -79,6 +79,7 @@ class BadImage(Exception):
 
     @property
     def message(self) -> str:
+        """The PHI-free message (``str`` of the error), for the quarantine report."""
         return str(self)
 
     def __reduce__(self):  # keep picklable across process pools despite the custom __init__
@@ -254,10 +255,13 @@ def _primary_picture(image: Image.Image, data: bytes) -> bytes:
     The first MP Entry of the MP Index IFD (CIPA DC-007) gives the first picture's size; it starts
     at offset 0.
     """
-    if image.format != "MPO":
+    if image.format != "MPO" or not isinstance(image, MpoImagePlugin.MpoImageFile):
+        return data
+    mpinfo = image.mpinfo
+    if mpinfo is None:
         return data
     try:
-        size = int(image.mpinfo[0xB002][0]["Size"])
+        size = int(mpinfo[0xB002][0]["Size"])
     except (AttributeError, KeyError, IndexError, TypeError, ValueError):
         return data
     return data[:size] if 0 < size <= len(data) else data

@@ -65,6 +65,7 @@ STRING_COLUMNS = ("patient_id", "study_id", "series_id", "modality", "photometri
 
 
 def pixel_sha256(image: np.ndarray) -> str:
+    """Hex SHA-256 of the array's bytes in C order (dtype and shape are not hashed)."""
     return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
 
 
@@ -115,6 +116,9 @@ def rows_for_split(
 
 
 def to_frame(rows: list[dict]) -> pd.DataFrame:
+    """The manifest DataFrame of ``rows`` (dicts keyed by :data:`COLUMNS`), in column order with int64 and string
+    types.
+    """
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     return plain_strings(frame.astype({c: "int64" for c in INT_COLUMNS}), STRING_COLUMNS)
 
@@ -134,6 +138,9 @@ def plain_strings(frame: pd.DataFrame, columns: tuple[str, ...] | None = None) -
 
 
 def write(frame: pd.DataFrame, folder: Path) -> Path:
+    """Write ``frame`` as ``folder``/:data:`MANIFEST_FILE` (Parquet, no index; all-None string columns typed string);
+    returns the path.
+    """
     path = folder / MANIFEST_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.Schema.from_pandas(frame, preserve_index=False)
@@ -146,6 +153,7 @@ def write(frame: pd.DataFrame, folder: Path) -> Path:
 
 
 def read(folder: Path) -> pd.DataFrame:
+    """The manifest of the dataset ``folder``; ``FileNotFoundError`` when it has none (ingest has not run)."""
     path = folder / MANIFEST_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest; run the ingest step first")

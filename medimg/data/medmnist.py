@@ -23,6 +23,8 @@ class DataSourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class MedMNISTArchive:
+    """One MedMNIST ``.npz`` archive: its ``flag`` (e.g. pneumoniamnist), path and MD5."""
+
     flag: str
     path: Path
     md5: str
@@ -47,6 +49,9 @@ class MedMNISTArchive:
 
 
 def official_info(flag: str) -> dict:
+    """The medmnist package's metadata of ``flag`` (url, MD5, labels...); :class:`DataSourceError` for an unknown
+    flag.
+    """
     from medmnist.info import INFO  # here: the medmnist package takes 2 s to import; only for its metadata
 
     if flag not in INFO:
@@ -55,11 +60,15 @@ def official_info(flag: str) -> dict:
 
 
 def file_md5(path: Path) -> str:
+    """Hex MD5 of the file at ``path``, read in chunks."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def candidate_paths(flag: str, data_dir: Path | None) -> list[Path]:
+    """Where the archive of ``flag`` may lie under ``data_dir`` (``<flag>/<flag>.npz``, then ``<flag>.npz``); []
+    without a data_dir.
+    """
     if data_dir is None:
         return []
     return [data_dir / flag / f"{flag}.npz", data_dir / f"{flag}.npz"]

@@ -56,6 +56,11 @@ class Quarantine:
 
     def add(self, path: str | Path, reason: str, message: str = "", *, file: str = "", pseudonym: str = "",
             library_message: str | None = None) -> None:
+        """Record one quarantined image: its ``path`` (or ref), ``reason`` code and PHI-free ``message``.
+
+        ``file``: its place in the source folder; ``pseudonym``: the keyed file pseudonym (default: the
+        path). ``ValueError`` when ``reason`` is empty.
+        """
         if not reason:
             raise ValueError("a quarantine entry needs a reason")
         self._entries.append(QuarantineEntry(str(path), reason, message, file, pseudonym or str(path),
@@ -67,6 +72,7 @@ class Quarantine:
 
     @property
     def entries(self) -> tuple[QuarantineEntry, ...]:
+        """The entries, in the order they were added."""
         return tuple(self._entries)
 
     def __len__(self) -> int:

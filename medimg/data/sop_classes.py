@@ -84,7 +84,7 @@ def non_image_object(data: bytes) -> NonImage | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # warnings can quote header values
             ds = pydicom.dcmread(io.BytesIO(data), defer_size=64, specific_tags=list(_HEADER_TAGS))
-    except Exception:  # noqa: BLE001 - a header pydicom cannot read: the decoder reports it
+    except Exception:  # a header pydicom cannot read: the decoder reports it
         return None
     meta = getattr(ds, "file_meta", None)
     uid = str(ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else "") or "").strip()

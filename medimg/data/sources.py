@@ -223,8 +223,9 @@ def scan_image_layout(root: Path, origin: str, patient_id: str = "kermany") -> S
             "expected either <root>/<split>/<class>/ or <root>/<class>/"
         )
     # the folder (as walked) -> (split, class folder)
-    class_dirs = ({(d.name, c.name): (d.name.lower(), c.name) for d in split_dirs for c in _visible_dirs(d)}
-                  if split_dirs else {(c.name,): (None, c.name) for c in top})
+    class_dirs: dict[tuple[str, ...], tuple[str | None, str]] = (
+        {(d.name, c.name): (d.name.lower(), c.name) for d in split_dirs for c in _visible_dirs(d)}
+        if split_dirs else {(c.name,): (None, c.name) for c in top})
     files, skipped = [], []
     for walked, path in walk_files(root, hidden=True):
         parts = tuple(walked.split("/"))
@@ -237,6 +238,7 @@ def scan_image_layout(root: Path, origin: str, patient_id: str = "kermany") -> S
         if reason is not None:
             skipped.append(SkippedFile(walked, origin, reason))
             continue
+        assert decoder is not None  # reason is set whenever no decoder reads the file
         split, class_name = class_dirs[parts[:-1]]
         rel = "/".join(p for p in (split, class_name, path.name) if p)
         # "file": each file its own patient, named by its place so source and inbox never share one
@@ -246,7 +248,7 @@ def scan_image_layout(root: Path, origin: str, patient_id: str = "kermany") -> S
                                 decoder=decoder))
     if not files and origin == "source":
         raise SourceLayoutError(f"{root}: no .jpeg/.jpg/.png or DICOM images found in class folders")
-    order = {name: i for i, name in enumerate(SPLITS)}
+    order: dict[str | None, int] = {name: i for i, name in enumerate(SPLITS)}
     files.sort(key=lambda f: (order.get(f.split, -1), f.class_name, f.path.name))
     return Scan(files, skipped)
 
@@ -277,6 +279,7 @@ def scan_dicom_layout(root: Path, origin: str, labels_csv: str | None = None) ->
         if reason is not None:
             skipped.append(SkippedFile(rel, origin, reason))
             continue
+        assert decoder is not None  # reason is set whenever no decoder reads the file
         files.append(SourceFile(path=path, rel=rel, origin=origin, decoder=decoder))
     if not files and origin == "source":
         raise SourceLayoutError(f"{root}: no DICOM files (*.dcm, *.dicom or with the DICM marker) found")
@@ -326,6 +329,8 @@ def guess_kind(folder: Path, class_names: tuple[str, ...], class_folders: dict[s
 
 @dataclass(frozen=True)
 class LabelEntry:
+    """One row of a DICOM labels CSV: the class name as written and the split (None when the CSV gives none)."""
+
     label: str
     split: str | None
 

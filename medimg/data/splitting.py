@@ -4,16 +4,26 @@ Images of one patient are strongly correlated (same anatomy, same scanner, often
 visit); if they land on both sides of a split, the test score measures recognition of patients
 rather than of disease. :func:`split_by_patient` therefore assigns whole patients to splits,
 and within that constraint keeps each split's label mix close to the whole's.
+:func:`assign_splits` is the ingest's policy over manifest rows: keep the source's splits, split
+the rest by patient, and place inbox patients by a keyed hash so that adding files moves nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+from collections import Counter, defaultdict
 from fractions import Fraction
 from math import fsum
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
+
+from medimg.config import SplitConfig
+from medimg.data.manifest import SPLITS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.8, "val": 0.1, "test": 0.1}
 _MAX_FOLDS = 100
@@ -95,3 +105,100 @@ def _fold_counts(fractions: dict[str, float]) -> dict[str, int]:
     for name in by_remainder[: _MAX_FOLDS - sum(counts.values())]:
         counts[name] += 1
     return {name: k for name, k in counts.items() if k > 0}
+
+
+def assign_splits(rows: list[dict], config: SplitConfig) -> None:
+    """Fill ``split`` and ``path`` (``images/<split>/<id>.png``) of every manifest row, in place.
+
+    Each row needs ``id``, ``patient_id``, ``label``, ``split`` (None when the source gave none),
+    ``_origin`` ("source" or "inbox") and ``_explicit_split`` (the source gave the split). Rules,
+    in order: a split layout without ``val`` gets one carved from ``train`` by patient
+    (``config.val_fraction``); source rows without a split join their patient's split when the
+    patient is already placed, else are split by patient, stratified and seeded
+    (:func:`split_group`); inbox rows without a split join their patient's split, and a new
+    patient is placed by :func:`hash_split` of its pseudonym, so adding files never moves
+    existing ones. Deterministic for the same rows and config.
+    """
+    base = [r for r in rows if r["_origin"] == "source"]
+    inbox = [r for r in rows if r["_origin"] == "inbox"]
+    explicit = [r for r in base if r["_explicit_split"]]
+    seed = config.seed
+    # a split layout without val: carve val out of train, by patient
+    present = {r["split"] for r in explicit}
+    if explicit and "val" not in present and "train" in present and config.val_fraction > 0:
+        train = [r for r in explicit if r["split"] == "train"]
+        vf = config.val_fraction
+        split_group(train, {"train": 1 - vf, "val": vf}, seed)
+    # base rows without a split: by patient (a patient already placed keeps its split)
+    known = patient_splits(explicit)
+    rest = [r for r in base if not r["_explicit_split"]]
+    fresh = []
+    for row in rest:
+        if row["patient_id"] in known:
+            row["split"] = known[row["patient_id"]]
+        else:
+            fresh.append(row)
+    if fresh:
+        split_group(fresh, config.fractions, seed)
+    # inbox rows: a known patient keeps its split, a new one is placed by its pseudonym
+    known = patient_splits(base)
+    for row in inbox:
+        if row["_explicit_split"]:
+            continue
+        row["split"] = known.get(row["patient_id"]) or hash_split(row["patient_id"], config.fractions)
+    for row in rows:
+        row["path"] = f"images/{row['split']}/{row['id']}.png"
+
+
+def split_group(rows: list[dict], fractions: dict[str, float], seed: int) -> None:
+    """Set ``split`` of ``rows`` (with ``patient_id`` and ``label``) in place: :func:`split_by_patient`,
+    stratified and seeded; with too few patients or images for its folds, :func:`hash_split` of each
+    patient instead (still whole patients, with a warning).
+
+    ``fractions`` were validated with the params, so a ``ValueError`` of :func:`split_by_patient`
+    (or of scikit-learn's fold maker under it) means too few patients or images per class.
+    """
+    frame = pd.DataFrame({"patient": [r["patient_id"] for r in rows], "label": [r["label"] for r in rows]})
+    try:
+        splits = split_by_patient(frame, fractions, seed=seed).tolist()
+    except ValueError as err:
+        log.warning("%d images of %d patients are too few for stratified folds (%s): split by patient pseudonym hash",
+                    len(frame), frame["patient"].nunique(), err)
+        splits = [hash_split(p, fractions) for p in frame["patient"]]
+    for row, split in zip(rows, splits, strict=True):
+        row["split"] = split
+
+
+def patient_splits(rows: list[dict]) -> dict[str, str]:
+    """``patient_id`` -> the split holding most of its rows (ties: train, then val, then test).
+
+    Rows whose ``split`` is None are not counted; a patient with no placed row is absent.
+    """
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for row in rows:
+        if row["split"] is not None:
+            counts[row["patient_id"]][row["split"]] += 1
+    rank = {s: i for i, s in enumerate(SPLITS)}
+    return {p: sorted(c.items(), key=lambda kv: (-kv[1], rank.get(kv[0], 9)))[0][0] for p, c in counts.items()}
+
+
+def hash_split(patient: str, fractions: dict[str, float]) -> str:
+    """The split of ``patient`` (a keyed pseudonym) by a uniform hash: the first 8 bytes of its
+    SHA-256 as u in [0, 1) falls into the cumulative ``fractions`` in train, val, test order.
+
+    Stable: the same patient always gets the same split. Splits with fraction <= 0 are never
+    chosen; u beyond the sum of the fractions gets the last positive split ("train" when none).
+    """
+    digest = hashlib.sha256(patient.encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    edge = 0.0
+    chosen = None
+    for split in SPLITS:
+        share = fractions.get(split, 0.0)
+        if share <= 0:
+            continue
+        chosen = split
+        edge += share
+        if u < edge:
+            return split
+    return chosen or "train"

@@ -20,6 +20,8 @@ REMOTE_NAME = "local"
 
 @dataclass(frozen=True)
 class DataVersion:
+    """A DVC-tracked dataset folder: the ``.dir`` MD5, its ``.dvc`` file, file count, bytes, and whether it is new."""
+
     md5: str
     dvc_file: Path
     n_files: int
@@ -28,6 +30,7 @@ class DataVersion:
 
     @property
     def id(self) -> str:
+        """The data version id: the DVC directory MD5 without ``.dir``."""
         return self.md5.removesuffix(".dir")
 
 
@@ -63,6 +66,7 @@ def _repo(ws: Workspace):
 
 
 def read_dvc_file(path: Path) -> dict:
+    """The first ``outs`` entry (md5, nfiles, size, path) of the ``.dvc`` file at ``path``."""
     out = yaml.safe_load(path.read_text())["outs"][0]
     return out
 
@@ -94,6 +98,7 @@ def commit_and_push(ws: Workspace) -> DataVersion:
 
 
 def current_version(ws: Workspace) -> str | None:
+    """The data version the workspace's dataset ``.dvc`` file records, or None when there is none."""
     dvc_file = ws.data.with_name(ws.data.name + ".dvc")
     if not dvc_file.is_file():
         return None

@@ -83,10 +83,10 @@ def _check_margin(margin: float) -> float:
 
 
 def benchmark_noninferiority(
-    sensitivity: float,
-    sensitivity_ci: tuple[float, float],
-    specificity: float,
-    specificity_ci: tuple[float, float],
+    sensitivity: float | None,
+    sensitivity_ci: tuple[float | None, float | None],
+    specificity: float | None,
+    specificity_ci: tuple[float | None, float | None],
     benchmark: Mapping[str, Any],
     margin: float,
 ) -> GateResult:
@@ -97,7 +97,7 @@ def benchmark_noninferiority(
     ``>= benchmark["sensitivity"] - margin`` AND the lower CI bound of specificity is
     ``>= benchmark["specificity"] - margin``. ``benchmark`` must hold the keys id,
     sensitivity, specificity, source, readers and reference_standard (``ValueError``
-    otherwise).
+    otherwise). A missing (None) or NaN estimate or bound fails the rule.
     """
     missing = [key for key in _BENCHMARK_KEYS if key not in benchmark]
     if missing:

@@ -16,6 +16,9 @@ from torch import nn
 
 
 def last_conv(model: nn.Module) -> nn.Module:
+    """The last ``nn.Conv2d`` of ``model`` in module order (Grad-CAM's default layer); ``ValueError`` when it has
+    none.
+    """
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer for Grad-CAM")
@@ -26,9 +29,14 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target_class: int = 1, layer: nn
     """Heatmaps ``[N, H, W]`` in [0, 1] for preprocessed inputs ``[N, C, H, W]``."""
     layer = layer or last_conv(model)
     store: dict[str, torch.Tensor] = {}
+
+    def keep_grad(_m: nn.Module, _gi: tuple[torch.Tensor, ...] | torch.Tensor,
+                  go: tuple[torch.Tensor, ...] | torch.Tensor) -> None:
+        store["grad"] = go[0] if isinstance(go, tuple) else go
+
     handles = [
         layer.register_forward_hook(lambda _m, _i, out: store.__setitem__("act", out)),
-        layer.register_full_backward_hook(lambda _m, _gi, go: store.__setitem__("grad", go[0])),
+        layer.register_full_backward_hook(keep_grad),
     ]
     was_training = model.training
     model.eval()

@@ -31,6 +31,10 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class ParityReport:
+    """ONNX Runtime vs PyTorch on the same inputs: max |logit difference|, whether argmax labels agree, tolerance,
+    provider.
+    """
+
     n_images: int
     max_abs_diff: float
     labels_identical: bool
@@ -39,13 +43,21 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
+        """Labels identical and the max absolute logit difference within ``atol``."""
         return self.labels_identical and self.max_abs_diff <= self.atol
 
     def to_json(self) -> dict:
+        """The fields plus ``passed``, as a JSON-ready dict."""
         return {**self.__dict__, "passed": self.passed}
 
 
 def export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, metadata: dict[str, object]) -> Path:
+    """Export ``model`` (eval mode) to ONNX at ``path`` with the dynamo exporter and return ``path``.
+
+    ``example``: an input batch ``[N, C, H, W]`` float32 (its first two images trace the graph; the
+    batch dimension stays dynamic). ``metadata``: written as the file's metadata_props (values as
+    str), replacing any the exporter wrote. ``RuntimeError`` when the exporter gives no program.
+    """
     model = model.eval()
     program = torch.onnx.export(
         model,
@@ -59,6 +71,8 @@ def export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, meta
         external_data=False,
         verbose=False,
     )
+    if program is None:  # only the legacy exporter (dynamo=False) returns None
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNX program")
     proto = program.model_proto
     del proto.metadata_props[:]
     for key, value in sorted(metadata.items()):
@@ -75,6 +89,7 @@ def export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, meta
 
 
 def read_metadata(path: Path) -> dict[str, str]:
+    """The ONNX file's metadata_props as a dict (external data is not loaded)."""
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
 
@@ -109,6 +124,7 @@ def check_parity(model: nn.Module, path: Path, x: torch.Tensor, atol: float) -> 
 
 
 def softmax_positive(logits: np.ndarray) -> np.ndarray:
+    """Probability of class 1 from logits ``[N, C]``: softmax over C (max-shifted), column 1, float64 ``[N]``."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e[:, 1] / e.sum(axis=1)).astype(np.float64)

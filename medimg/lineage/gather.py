@@ -25,6 +25,7 @@ import json
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -101,7 +102,7 @@ def _code(commit: str | None) -> CodeSection:
     if not commit or commit == "unknown":
         return CodeSection(commit=commit, sha=None, dirty=None, in_checkout=False, checkout_command=None)
     sha = commit.removesuffix("-dirty")
-    known = {"commit": commit, "sha": sha, "dirty": commit.endswith("-dirty"), "in_checkout": False,
+    known: dict[str, Any] = {"commit": commit, "sha": sha, "dirty": commit.endswith("-dirty"), "in_checkout": False,
              "checkout_command": f"git checkout {sha}"}
     try:
         shown = subprocess.run(["git", "show", "--no-patch", "--format=%s%n%cI", sha], cwd=PROJECT_ROOT,
@@ -219,12 +220,12 @@ def lineage(params: Params, ws: Workspace, ref: str) -> LineageReport:
         figures = _roc_figure(record.run.id, tmp) if record.run else {}
         onnx = _onnx(record, tmp)
     run = _run(record)
-    sections = {
-        "model": _model(record), "run": run, "code": _code(record.git_commit),
-        "data": _data(ws, record.data_version, run.tags.get(registry.TAG_DATA_VERSION), ingest),
-        "validation": _validation(record), "gate": _gate(record), "onnx": onnx, "promotion": _promotion(ws, record),
-    }
-    checks = lineage_checks(**sections)
+    model, code = _model(record), _code(record.git_commit)
+    data = _data(ws, record.data_version, run.tags.get(registry.TAG_DATA_VERSION), ingest)
+    validation, gate, promotion = _validation(record), _gate(record), _promotion(ws, record)
+    checks = lineage_checks(model=model, run=run, code=code, data=data, validation=validation, gate=gate, onnx=onnx,
+                            promotion=promotion)
     return LineageReport(ref=ref, generated_at=audit.now_iso(), tracking_uri=MlflowClient().tracking_uri,
                          workspace=str(ws.root), figures=figures, checks=checks,
-                         all_checks_ok=all(c.ok for c in checks), **sections)
+                         all_checks_ok=all(c.ok for c in checks), model=model, run=run, code=code, data=data,
+                         validation=validation, gate=gate, onnx=onnx, promotion=promotion)

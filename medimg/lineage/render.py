@@ -59,8 +59,8 @@ def render_text(report: LineageReport) -> str:
               f"dropped rows {val.n_dropped}  ({val.artifact})"]
     for key, value in val.warts.items():
         lines.append(f"  wart {key}: {json.dumps(value)}")
-    for item in val.warnings:
-        lines.append(f"  warning: {item.description or item.expectation} ({item.unexpected_count} rows)")
+    for finding in val.warnings:
+        lines.append(f"  warning: {finding.description or finding.expectation} ({finding.unexpected_count} rows)")
     lines += ["", "5. Gate report", f"  decision {gate.decision}  threshold {gate.threshold}"]
     for rule in gate.rules:
         lines.append(f"  [{'PASS' if rule.passed else 'FAIL'}] {rule.name}: {rule.reason}")

@@ -17,6 +17,8 @@ class _Frozen(BaseModel):
 
 
 class ModelSection(_Frozen):
+    """The registered version: name, version, aliases, source URI, tags, registration time."""
+
     name: str
     version: str
     aliases: tuple[str, ...]
@@ -34,6 +36,8 @@ class MetricSummary(_Frozen):
 
 
 class RunSection(_Frozen):
+    """The MLflow run that trained the version: ids, times, params, ``medimg.*`` tags, key test metrics."""
+
     id: str | None
     found: bool  # False: no run id, or the run cannot be read
     status: str | None
@@ -53,6 +57,8 @@ class RunSection(_Frozen):
 
 
 class CodeSection(_Frozen):
+    """The git commit the run was trained from, whether it was dirty, and whether this checkout knows it."""
+
     commit: str | None  # as tagged: sha, ``-dirty`` appended when the tree had changes
     sha: str | None
     dirty: bool | None
@@ -63,6 +69,8 @@ class CodeSection(_Frozen):
 
 
 class DataSection(_Frozen):
+    """The DVC data version: md5, ``.dvc`` file, size, source fingerprint, split counts, fetch commands."""
+
     version: str | None  # the version's data-version tag (DVC md5 without ``.dir``)
     run_tag: str | None  # the run's data-version tag
     md5: str | None  # from the kept ``.dvc`` file
@@ -88,6 +96,8 @@ class Finding(_Frozen):
 
 
 class ValidationSection(_Frozen):
+    """The data validation report of the run: passed, warnings, critical failures, warts, dropped rows."""
+
     artifact: str | None
     found: bool
     passed: bool | None
@@ -102,12 +112,16 @@ class ValidationSection(_Frozen):
 
 
 class RuleVerdict(_Frozen):
+    """One gate rule's outcome: its name, whether it passed, and why."""
+
     name: str
     passed: bool
     reason: str
 
 
 class GateSection(_Frozen):
+    """The gate report: decision (PASSED, FAILED or UNKNOWN), the rules' verdicts, threshold, champion compared."""
+
     artifact: str
     found: bool
     passed: bool | None
@@ -121,6 +135,10 @@ class GateSection(_Frozen):
 
 
 class OnnxSection(_Frozen):
+    """The stored ONNX file: tagged and actual SHA-256, size, export parity, lineage metadata; ``error`` if
+    unreadable.
+    """
+
     sha256: str | None  # the version's tag
     stored_sha256: str | None  # the stored file's actual hash
     size_bytes: int | None
@@ -131,10 +149,13 @@ class OnnxSection(_Frozen):
 
     @property
     def sha256_verified(self) -> bool:
+        """True when the version's sha256 tag is set and equals the stored file's hash."""
         return bool(self.sha256) and self.sha256 == self.stored_sha256
 
 
 class PromotionSection(_Frozen):
+    """The audit trail: events that moved an alias to or from the version, every alias event, current aliases."""
+
     audit_log: str | None
     events: tuple[AuditEvent, ...]  # events that moved an alias to or from this version
     alias_history: tuple[AuditEvent, ...]  # every event of the model, oldest first
@@ -143,18 +164,24 @@ class PromotionSection(_Frozen):
 
 
 class Check(_Frozen):
+    """One lineage check: ``ok`` True/False, or None when it does not apply; ``detail`` says why."""
+
     name: str
     ok: bool | None
     detail: str
 
 
 class Figure(_Frozen):
+    """A figure artifact of the run: its path, SHA-256, and the PNG as base64 (for the HTML report)."""
+
     artifact: str
     sha256: str
     png_base64: str
 
 
 class LineageReport(_Frozen):
+    """Everything known about one model version, section by section, with the lineage checks and their verdict."""
+
     ref: str
     generated_at: str
     tracking_uri: str

@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PullResult:
+    """A finished pull: the ``out_dir`` link, the release folder it points at, the version, its sha256 and card."""
+
     out_dir: Path  # the symlink the caller named
     release_dir: Path  # the folder it points at now (this pull's files)
     model_name: str
@@ -66,6 +68,7 @@ class PullResult:
 
     @property
     def onnx(self) -> Path:
+        """The pulled ONNX file inside the release folder."""
         return self.release_dir / registry.ONNX_FILE
 
 
@@ -91,6 +94,7 @@ def pull(params: Params, *, out_dir: str | Path, alias: str | None = None, versi
     try:
         onnx_path = fetch_verified_onnx(record.name, record.version, record.onnx_sha256, partial)
         sha256 = record.onnx_sha256
+        assert sha256  # fetch_verified_onnx raised IntegrityError if the tag was missing
         card = build_card(record, onnx_path, alias if version is None else None)
         swap.write_synced(partial / CARD_JSON, json.dumps(card, indent=1, sort_keys=True, default=str))
         swap.write_synced(partial / CARD_MD, card_markdown(card))

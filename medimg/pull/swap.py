@@ -66,6 +66,9 @@ def write_synced(path: Path, text: str) -> None:
 
 
 def fsync_dir(path: Path) -> None:
+    """fsync the directory ``path`` itself, so a rename or link inside it survives a crash (POSIX); raises
+    ``OSError``.
+    """
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

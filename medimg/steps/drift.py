@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 def _champion_outputs(params: Params, ws: Workspace, champion: registry.VersionInfo,
                       frame: pd.DataFrame) -> DriftFeature | None:
+    if champion.run_id is None:
+        log.warning("champion v%s has no MLflow run: output drift not checked", champion.version)
+        return None
     try:
         local = registry.download_run_artifact(champion.run_id, artifacts.TEST_PREDICTIONS, ws.runs / "drift-ref")
     except Exception as err:  # an old or foreign champion without predictions: intensity drift only

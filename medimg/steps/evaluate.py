@@ -14,8 +14,8 @@ from medimg.contracts import EvaluationSummary, TrainingData, TrainSummary
 from medimg.data import manifest
 from medimg.evaluation import plots
 from medimg.evaluation.bootstrap import bootstrap_ci
-from medimg.evaluation.gradcam import grad_cam, pick_examples
 from medimg.evaluation.gates import to_jsonable
+from medimg.evaluation.gradcam import grad_cam, pick_examples
 from medimg.evaluation.metrics import binary_metrics
 from medimg.evaluation.threshold import threshold_for_sensitivity, youden_threshold
 from medimg.training.data import load_split
@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def choose_threshold(params: Params, y_val: np.ndarray, p_val: np.ndarray) -> float:
+    """The decision threshold on validation probabilities ``p_val`` (labels ``y_val``, 0/1) by ``gates.threshold``.
+
+    fixed: ``gates.fixed_threshold``; target_sensitivity: the highest threshold reaching
+    ``gates.target_sensitivity``; youden: the one maximising sensitivity + specificity - 1.
+    """
     if params.gates.threshold == "fixed":
         return params.gates.fixed_threshold
     if params.gates.threshold == "target_sensitivity":
@@ -127,7 +132,8 @@ def run(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained:
     for png in filter(None, pngs):
         tracking.log_artifact(run_id, png, artifacts.FIGURES_DIR)
     log.info(
-        "test (n=%d, threshold %.3f): AUC %.4f [%.4f, %.4f], accuracy %.4f [%.4f, %.4f], sensitivity %.4f, specificity %.4f",
+        "test (n=%d, threshold %.3f): AUC %.4f [%.4f, %.4f], accuracy %.4f [%.4f, %.4f], "
+        "sensitivity %.4f, specificity %.4f",
         len(test_split.labels), threshold, metrics["roc_auc"], *ci["roc_auc"], metrics["accuracy"], *ci["accuracy"],
         metrics["sensitivity"], metrics["specificity"],
     )

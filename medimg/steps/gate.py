@@ -46,7 +46,7 @@ def run(params: Params, ws: Workspace, run_id: str, evaluated: EvaluationSummary
     bench = benchmark(cfg.benchmark.id)
     results = [
         gates.benchmark_noninferiority(
-            metrics["sensitivity"], tuple(ci["sensitivity"]), metrics["specificity"], tuple(ci["specificity"]),
+            metrics["sensitivity"], ci["sensitivity"], metrics["specificity"], ci["specificity"],
             bench, cfg.benchmark.margin,
         ),
         gates.minimum_metrics(metrics, {"roc_auc": cfg.min_auc, "accuracy": cfg.min_accuracy}),

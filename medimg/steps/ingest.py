@@ -31,7 +31,9 @@ from medimg.config import Params
 from medimg.contracts import IngestSummary
 from medimg.data import skips, versioning
 from medimg.data.deid import SECRET_ENV, secret_from_env
-from medimg.data.ingest import IngestResult, ingest_files, ingest_medmnist
+from medimg.data.ingest_folders import ingest_files
+from medimg.data.ingest_medmnist import ingest_medmnist
+from medimg.data.ingest_result import IngestResult
 from medimg.data.medmnist import DataSourceError, locate
 from medimg.workspace import Workspace
 

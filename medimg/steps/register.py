@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from medimg import artifacts, promotion, registry, tracking
 from medimg.config import Params
@@ -55,7 +56,7 @@ def run(params: Params, ws: Workspace, run_id: str, flow_run_id: str, validated:
         # the same audited code path as `medimg promote`: alias, version tags, audit.jsonl, audit tag
         reason = "all gates passed: " + ", ".join(rule.name for rule in gated.rules)
         previous = promotion.promote(params, ws, version.version, reason, flow_run_id=flow_run_id)["previous"]
-        alias = registry.CHAMPION
+        alias: Literal["champion", "challenger"] = registry.CHAMPION
     else:
         champion = registry.version_by_alias(name, registry.CHAMPION)
         previous = champion.version if champion else None

@@ -20,6 +20,10 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class SplitArrays:
+    """One split in memory: image ids, contract images uint8 ``[N, H, W]`` and labels int64 ``[N]``, in manifest
+    order.
+    """
+
     ids: list[str]
     images: np.ndarray  # uint8 [N, H, W]
     labels: np.ndarray  # int64 [N]
@@ -45,9 +49,9 @@ def load_split(folder: Path, manifest: pd.DataFrame, split: str, exclude: set[st
             images.append(np.asarray(image if image.mode == "L" else image.convert("L")))
     if not images:
         raise ValueError(f"{folder}: split {split!r} has no images")
-    shapes = {}
-    for rel, image in zip(rows["path"], images, strict=True):
-        shapes.setdefault(image.shape, rel)
+    shapes: dict[tuple[int, ...], str] = {}
+    for rel, array in zip(rows["path"], images, strict=True):
+        shapes.setdefault(array.shape, rel)
     if len(shapes) > 1:
         raise ValueError(f"{folder}: split {split!r} mixes image sizes {dict(shapes)}; re-ingest with one contract")
     return SplitArrays(ids=rows["id"].tolist(), images=np.stack(images), labels=rows["label"].to_numpy(np.int64, copy=True))

@@ -35,6 +35,12 @@ class DistributedTrainingError(RuntimeError):
 
 def launch(params_dict: dict, data_folder: Path, exclude: list[str], out_dir: Path, run_id: str | None,
            nproc: int) -> dict:
+    """Train with DistributedDataParallel on ``nproc`` processes (torchrun) and return the job's result dict.
+
+    The job (params, data folder, excluded ids, run id) is written to ``out_dir``/ddp_job.json; rank 0
+    writes ``out_dir``/ddp_result.json. Raises :class:`DistributedTrainingError` with the end of
+    torchrun's stderr when it fails.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     job = out_dir / "ddp_job.json"
     job.write_text(json.dumps({"params": params_dict, "data_folder": str(data_folder), "exclude": exclude,
@@ -51,6 +57,7 @@ def launch(params_dict: dict, data_folder: Path, exclude: list[str], out_dir: Pa
 
 
 def main(job_file: str) -> None:
+    """One torchrun worker: read the job file, join the process group, train its shard; rank 0 writes the result."""
     job = json.loads(Path(job_file).read_text())
     params = parse_params(job["params"])
     backend = params.train.distributed.backend

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -51,6 +52,10 @@ def report_epochs(run_id: str | None, epochs: int) -> EpochCallback:
 
 @dataclass
 class TrainResult:
+    """A finished training: the best-epoch model (on the CPU, eval mode), its epoch and validation AUC, per-epoch
+    history, speed.
+    """
+
     model: nn.Module
     best_epoch: int
     best_val_auc: float
@@ -63,6 +68,7 @@ class TrainResult:
 
 
 def set_determinism(seed: int, num_threads: int | None) -> None:
+    """Seed torch and numpy with ``seed`` and, when given, fix torch's intra-op thread count."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     if num_threads:
@@ -70,6 +76,10 @@ def set_determinism(seed: int, num_threads: int | None) -> None:
 
 
 def pick_device(choice: str) -> torch.device:
+    """The torch device for ``train.device`` (auto, cpu or cuda); under DDP, the rank's GPU.
+
+    Raises ``RuntimeError`` when cuda is requested but not available.
+    """
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("train.device: cuda requested but no CUDA device is available")
@@ -123,6 +133,18 @@ def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+class _LoopState(TypedDict):
+    """Progress of one training run, saved in last.pt so a run can resume where it stopped."""
+
+    epoch: int  # last finished epoch (0 before the first)
+    best_auc: float  # best validation ROC AUC so far (-1.0 before the first epoch)
+    best_epoch: int
+    best_weights: dict[str, torch.Tensor] | None  # CPU copy of the best epoch's state_dict
+    history: list[dict[str, Any]]  # one row per epoch: epoch, train_loss, val_loss, val_auc, lr
+    steps: int  # optimizer steps taken
+    since_best: int  # epochs since best_auc last improved (early stopping)
+
+
 def train(
     params: Params,
     train_split: SplitArrays,
@@ -131,6 +153,13 @@ def train(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
 ) -> TrainResult:
+    """Train the configured model on ``train_split``, validating on ``val_split`` after every epoch.
+
+    Keeps the weights of the epoch with the best validation ROC AUC; stops after ``train.epochs``,
+    ``train.max_steps`` or early-stopping patience. ``on_epoch`` gets each epoch's row (epoch,
+    train_loss, val_loss, val_auc, lr) on rank 0. With ``checkpoint_dir``, ``last.pt`` is written
+    after every epoch and ``resume`` continues from it. Deterministic for a seed on the CPU.
+    """
     cfg = params.train
     rank, world = _rank_world()
     set_determinism(cfg.seed, cfg.num_threads)
@@ -142,7 +171,8 @@ def train(
     x_val = preprocess.apply(val_split.images, params.preprocess)
     n_classes = len(params.data.class_names)
 
-    model = build_model(params.model, params.preprocess.channels, n_classes).to(device, memory_format=memory_format)
+    model = build_model(params.model, params.preprocess.channels, n_classes)
+    model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]  # stubs lack memory_format
     head_epochs = {"head": cfg.epochs, "staged": params.model.staged_head_epochs}.get(params.model.finetune, 0)
     net: nn.Module = model
     if world > 1:
@@ -162,8 +192,8 @@ def train(
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
 
-    state = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "best_weights": None, "history": [], "steps": 0,
-             "since_best": 0}
+    state: _LoopState = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "best_weights": None, "history": [],
+                         "steps": 0, "since_best": 0}
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
     if resume and last is not None and last.is_file():
         saved = torch.load(last, weights_only=False, map_location=device)
@@ -216,7 +246,8 @@ def train(
             state["history"].append(row)
             if val_auc > state["best_auc"]:
                 best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                state.update(best_auc=val_auc, best_epoch=epoch, best_weights=best, since_best=0)
+                state["best_auc"], state["best_epoch"], state["best_weights"] = val_auc, epoch, best
+                state["since_best"] = 0
             else:
                 state["since_best"] += 1
             state["epoch"] = epoch

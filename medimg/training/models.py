@@ -41,6 +41,7 @@ class CompactResNet(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, num_classes]`` for images ``[N, C, H, W]``."""
         return self.head(self.stages(self.stem(x)))
 
 
@@ -63,6 +64,7 @@ class SimpleCNN(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N, num_classes]`` for images ``[N, C, H, W]``."""
         return self.head(self.features(x))
 
 
@@ -93,6 +95,7 @@ def _torchvision(config: ModelConfig, in_channels: int, num_classes: int) -> nn.
 
 
 def build_model(config: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
+    """A new network for ``config.architecture`` taking ``in_channels`` and giving ``num_classes`` logits."""
     if config.architecture == "compact_resnet":
         return CompactResNet(in_channels, num_classes, width=config.width, dropout=config.dropout)
     if config.architecture == "simple_cnn":
@@ -101,6 +104,9 @@ def build_model(config: ModelConfig, in_channels: int, num_classes: int) -> nn.M
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the classification head (``head``, ``fc`` or ``classifier``); :class:`ModelError` when there
+    is none.
+    """
     for name in ("head", "fc", "classifier"):
         if hasattr(model, name):
             return list(getattr(model, name).parameters())
@@ -115,6 +121,7 @@ def set_trainable(model: nn.Module, head_only: bool) -> None:
 
 
 def load_model(config: ModelConfig, in_channels: int, num_classes: int, checkpoint: str | Path) -> nn.Module:
+    """The network of ``config`` with the state dict of ``checkpoint`` (weights only, on the CPU), in eval mode."""
     model = build_model(config.model_copy(update={"pretrained_weights": None}), in_channels, num_classes)
     model.load_state_dict(torch.load(checkpoint, weights_only=True, map_location="cpu"))
     return model.eval()

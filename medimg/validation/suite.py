@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -24,11 +25,19 @@ from medimg.config import ValidationConfig, WartPolicy
 from medimg.data.manifest import COLUMNS, SPLITS, plain_strings
 from medimg.validation import warts as wartlib
 
+if TYPE_CHECKING:
+    from great_expectations.expectations import Expectation
+    from great_expectations.expectations.metadata_types import FailureSeverity
+
 ID_COLUMN = "id"
 
 
 @dataclass
 class ValidationOutcome:
+    """The verdict of both suites: passed, critical failures, warnings, ids to drop, warts, split statistics, GX
+    results.
+    """
+
     passed: bool
     failed_critical: list[dict]
     warnings: list[dict]
@@ -38,6 +47,7 @@ class ValidationOutcome:
     results: dict = field(repr=False)  # GX's own result JSON, per suite
 
     def to_json(self) -> dict:
+        """The outcome as a JSON-ready dict (GX's own results under ``great_expectations``)."""
         return {
             "passed": self.passed,
             "failed_critical": self.failed_critical,
@@ -49,8 +59,11 @@ class ValidationOutcome:
         }
 
 
-def _severity(policy: WartPolicy) -> str:
-    return "critical" if policy == WartPolicy.FAIL else "warning"
+def _severity(policy: WartPolicy) -> FailureSeverity:
+    # here: GX takes 2 s to import; the suite builders that call this have loaded it already
+    from great_expectations.expectations.metadata_types import FailureSeverity
+
+    return FailureSeverity.CRITICAL if policy == WartPolicy.FAIL else FailureSeverity.WARNING
 
 
 FILE_FORMATS = {"medmnist": ["npz"], "image_folder": ["png", "jpeg"], "dicom_folder": ["dicom"]}
@@ -71,7 +84,7 @@ def manifest_expectations(config: ValidationConfig, class_labels: list[int], sou
     schema = list(COLUMNS) + list(CHECK_COLUMNS)
     lo_bits, hi_bits = config.bit_depth_range
     lo_side, hi_side = config.original_side_range
-    out = [
+    out: list[Expectation] = [
         gxe.ExpectTableColumnsToMatchSet(column_set=schema, exact_match=True),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
         *[gxe.ExpectColumnValuesToNotBeNull(column=c)
@@ -131,9 +144,12 @@ def manifest_expectations(config: ValidationConfig, class_labels: list[int], sou
 
 
 def summary_expectations(config: ValidationConfig) -> list:
+    """The per-split suite over :func:`medimg.validation.warts.split_summary`: every split has images, class balance,
+    expected sizes.
+    """
     import great_expectations.expectations as gxe  # here: GX takes 2 s to import; only when a suite runs
 
-    out = [
+    out: list[Expectation] = [
         gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=1, description="every split has images"),
         gxe.ExpectColumnValuesToBeBetween(
             column="positive_fraction",

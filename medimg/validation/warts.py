@@ -17,11 +17,14 @@ from medimg.data.manifest import SPLITS
 
 @dataclass(frozen=True)
 class Warts:
+    """Data problems that are not errors: byte-identical duplicates within and across splits, patients in two splits."""
+
     within_split: list[dict]  # one entry per duplicate group: split, sha256, ids
     across_splits: list[dict]  # one entry per shared hash: sha256, splits, ids
     patients_across_splits: list[dict] = field(default_factory=list)  # patient_id, splits, images per split
 
     def summary(self) -> dict:
+        """Counts of each wart, by split or split pair, as a JSON-ready dict (no ids)."""
         pairs: dict[str, int] = {}
         for group in self.patients_across_splits:
             key = "|".join(group["splits"])
@@ -43,6 +46,9 @@ class Warts:
 
 
 def find_warts(manifest: pd.DataFrame) -> Warts:
+    """The :class:`Warts` of a manifest (columns id, split, sha256 and, when present, patient_id), sorted for stable
+    output.
+    """
     within = []
     for (split, sha), group in manifest.groupby(["split", "sha256"], sort=True):
         if len(group) > 1:
@@ -108,6 +114,7 @@ def add_check_columns(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
+    """One row per split (train, val, test): n_images, n_positive and positive_fraction (NaN for an empty split)."""
     rows = []
     for split in SPLITS:
         part = manifest[manifest["split"] == split]

@@ -7,7 +7,6 @@ import hmac
 import json
 import re
 import warnings
-from pathlib import Path
 
 import pydicom
 import pytest

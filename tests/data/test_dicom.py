@@ -129,7 +129,7 @@ def test_ct_is_rescaled_to_hu_and_windowed():
     small = decode_dicom(CT_SMALL)
     assert "WindowCenter" not in pydicom.dcmread(CT_SMALL, stop_before_pixels=True)
     assert small.window == DEFAULT_CT_WINDOW
-    assert 0.0 <= small.pixels.min() and small.pixels.max() <= 1.0
+    assert small.pixels.min() >= 0.0 and small.pixels.max() <= 1.0
 
 
 def test_explicit_window_applies_to_mr_too():

@@ -133,5 +133,5 @@ def test_layout_rules(tmp_path):
         scan_image_folder(tmp_path / "absent")
     empty = tmp_path / "empty"
     (empty / "NORMAL").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no .jpeg"):
+    with pytest.raises(ValueError, match=r"no .jpeg"):
         scan_image_folder(empty)

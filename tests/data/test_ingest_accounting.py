@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from datapaths import CHEST, DICOM, FIELD_CASES
 from pydicom.data import get_testdata_file
-from registry_fixtures import write_params
 from typer.testing import CliRunner
 
+from datapaths import CHEST, DICOM, FIELD_CASES
 from medimg.cli import app
 from medimg.config import load_params
 from medimg.data import manifest
@@ -28,6 +27,7 @@ from medimg.data.deid import pseudonym
 from medimg.data.sop_classes import is_image_storage, non_image_object
 from medimg.steps import ingest
 from medimg.workspace import Workspace
+from registry_fixtures import write_params
 
 SECRET = "test-secret-for-medimg-accounting-0123456789"
 CD_EXPORT = FIELD_CASES / "dicomdir-cd-export"
@@ -178,7 +178,7 @@ def test_the_quarantine_report_lets_the_owner_find_the_file_and_mlflow_gets_pseu
     assert summary.n_images == 12 and summary.n_files == 13
 
 
-# --------------------------------------------------------------------------- field case: class folders mixing JPEG and DICOM
+# ---------------------------------------------------------------------- field case: class folders mixing JPEG and DICOM
 
 
 def test_mixed_class_folders_through_the_cli_land_all_8_files_with_folder_labels_and_deidentified(

@@ -20,9 +20,9 @@ from medimg import preprocess
 from medimg.config import parse_params
 from medimg.data import manifest
 from medimg.data.deid import MissingSecretError, pseudonym
+from medimg.data.quarantine import QuarantineThresholdError
 from medimg.data.sources import kermany_patient_key
 from medimg.provenance import file_sha256
-from medimg.data.quarantine import QuarantineThresholdError
 from medimg.steps import ingest
 from medimg.validation.warts import find_warts
 from medimg.workspace import Workspace
@@ -334,7 +334,7 @@ def test_the_whole_kermany_folder_reports_its_duplicates_and_patient_overlap(tmp
     official train and test folders (their images keep the official split, so the overlap shows);
     val is carved from train by patient, so no patient is in both train and val.
     """
-    from medimg.data.ingest import ingest_files
+    from medimg.data.ingest_folders import ingest_files
     from medimg.validation.warts import find_warts
 
     params = _params(tmp_path / "ws", source="image_folder", root=str(CHEST), cache=False)

@@ -10,10 +10,10 @@ import pytest
 from pydicom.encaps import get_frame
 
 from datapaths import DATA_DIR
+from medimg import preprocess
 from medimg.config import PreprocessConfig
 from medimg.data import jpeg2000
 from medimg.data.dicom import decode_dicom
-from medimg import preprocess
 
 DICOM = DATA_DIR / "dicom"
 RG1 = DICOM / "xray" / "RG1_J2KI.dcm"  # CR chest, 1955 x 1841, 15 bits, MONOCHROME1, irreversible

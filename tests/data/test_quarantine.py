@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 
@@ -11,7 +10,6 @@ from datapaths import DATA_DIR
 from medimg.data.dicom import decode_dicom
 from medimg.data.images import BadImage, decode_raster
 from medimg.data.quarantine import Quarantine, QuarantineThresholdError
-
 
 
 @pytest.fixture()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +9,6 @@ import pytest
 from datapaths import DATA_DIR
 from medimg.data.sources import kermany_patient_key
 from medimg.data.splitting import _fold_counts, split_by_patient
-
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from medimg.config import DataConfig
 from medimg.data import manifest, versioning
-from medimg.data.ingest import ingest_medmnist
+from medimg.data.ingest_medmnist import ingest_medmnist
 from medimg.data.medmnist import locate
 from medimg.workspace import Workspace
 

@@ -196,9 +196,9 @@ def test_threshold_for_sensitivity(target: float, expected: float) -> None:
 
 @pytest.mark.parametrize("y", [[0, 0, 0], [1, 1, 1]])
 def test_thresholds_need_both_classes(y: list) -> None:
-    with pytest.raises(ValueError, match="one class|only"):
+    with pytest.raises(ValueError, match=r"one class|only"):
         youden_threshold(y, [0.2, 0.5, 0.7])
-    with pytest.raises(ValueError, match="one class|only"):
+    with pytest.raises(ValueError, match=r"one class|only"):
         threshold_for_sensitivity(y, [0.2, 0.5, 0.7], 0.9)
 
 

@@ -42,7 +42,7 @@ def workspace(tmp_path_factory, data_dir, prefect_harness):
 def champion_run(workspace):
     from flows.retrain import retrain
 
-    ws, params_file = workspace
+    _ws, params_file = workspace
     state = retrain(params_path=str(params_file), return_state=True)
     return state
 
@@ -87,7 +87,7 @@ def test_first_run_registers_a_champion_with_lineage_tags(workspace, champion_ru
 
 
 def test_status_json_shows_the_champion(workspace, champion_run):
-    ws, params_file = workspace
+    _ws, params_file = workspace
     result = CliRunner().invoke(app, ["status", "--json", "--params", str(params_file)])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)

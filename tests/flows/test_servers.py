@@ -284,7 +284,7 @@ def test_failed_gate_notifies_with_the_failed_rules_and_leaves_the_champion(serv
     received: list[dict] = []
 
     class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):  # the name http.server calls
             received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(200)
             self.end_headers()
@@ -537,12 +537,12 @@ def test_scheduled_deployment_runs_on_a_process_worker_and_registers_in_postgres
     if servers.mlflow_db:  # straight from PostgreSQL: the registry really lives there
         import psycopg2
 
-        with psycopg2.connect(servers.mlflow_db.replace("postgresql+psycopg2://", "postgresql://")) as conn:
-            with conn.cursor() as cur:
-                cur.execute("SELECT version, current_stage FROM model_versions WHERE name = %s", (model,))
-                assert [row[0] for row in cur.fetchall()] == [1]
-                cur.execute("SELECT alias, version FROM registered_model_aliases WHERE name = %s", (model,))
-                assert ("champion", 1) in cur.fetchall()
+        dsn = servers.mlflow_db.replace("postgresql+psycopg2://", "postgresql://")
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT version, current_stage FROM model_versions WHERE name = %s", (model,))
+            assert [row[0] for row in cur.fetchall()] == [1]
+            cur.execute("SELECT alias, version FROM registered_model_aliases WHERE name = %s", (model,))
+            assert ("champion", 1) in cur.fetchall()
 
 
 def _final_states(servers: Servers, flow_run_ids: list[str], proc: subprocess.Popen, log: Path) -> dict:
@@ -574,7 +574,8 @@ def test_served_deployment_runs_here_and_two_runs_at_once_never_overlap(servers,
     log = tmp_path / "serve.log"
     env = _env(servers, PREFECT_RUNNER_POLL_FREQUENCY="2")
     serve = subprocess.Popen([PYTHON, "-m", "medimg.cli", "schedule", "--params", str(params_file)], cwd=ROOT, env=env,
-                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                             stdout=open(log, "w"),  # noqa: SIM115 - the server writes to it while it runs
+                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def served():
             try:

@@ -2,7 +2,8 @@
 
 The workspace comes from ``registry_fixtures``: the real retraining flow run twice in a session
 template (Prefect test harness, MLflow on SQLite, DVC, Great Expectations, ONNX export), cloned
-whole (registry and DVC project) for this module by ``lineage_fixtures``. v1 passed its *relaxed* gates (min AUC/accuracy 0, benchmark margin 1: a cheap
+whole (registry and DVC project) for this module by ``lineage_fixtures``. v1 passed its *relaxed* gates (min
+AUC/accuracy 0, benchmark margin 1: a cheap
 ten-step model must be promotable) and is the champion; v2 (three optimiser steps, shipped gates)
 failed them and is the challenger. Nothing is mocked; Chromium is Debian's ``chromium`` package.
 """

@@ -174,14 +174,14 @@ def test_concurrent_pulls_during_a_promotion_each_get_one_complete_model(fresh_r
             else:
                 promoted.wait()
             results[i] = pull(params, out_dir=out, alias="champion", keep_previous=20)
-        except BaseException as err:  # noqa: BLE001 - reported below
+        except BaseException as err:  # reported below
             errors.append(err)
 
     def promoter() -> None:
         try:
             start.wait()
             promotion.promote(params, ws, "2", "concurrency test: promotion during pulls", force=True)
-        except BaseException as err:  # noqa: BLE001
+        except BaseException as err:  # reported below
             errors.append(err)
         finally:
             promoted.set()
@@ -226,7 +226,7 @@ def _free_port() -> int:
 @pytest.mark.integration
 def test_pull_from_a_remote_tracking_server(registry_ws, tmp_path, monkeypatch):
     port = _free_port()
-    log = open(tmp_path / "server.log", "wb")
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - the server writes to it until the test ends
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     server = subprocess.Popen(
         [str(mlflow_bin), "server", "--backend-store-uri", registry_ws.tracking_uri, "--host", "127.0.0.1",

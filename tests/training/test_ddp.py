@@ -6,7 +6,7 @@ import pytest
 
 from medimg.config import DataConfig, parse_params
 from medimg.data import manifest
-from medimg.data.ingest import ingest_medmnist
+from medimg.data.ingest_medmnist import ingest_medmnist
 from medimg.data.medmnist import locate
 from medimg.training import ddp
 from medimg.training.data import load_split

@@ -6,7 +6,7 @@ import pytest
 
 from medimg.config import DataConfig, ValidationConfig
 from medimg.data import manifest
-from medimg.data.ingest import ingest_medmnist
+from medimg.data.ingest_medmnist import ingest_medmnist
 from medimg.data.medmnist import locate
 from medimg.validation.suite import validate_manifest
 from medimg.validation.warts import find_warts, rows_to_drop

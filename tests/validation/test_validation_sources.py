@@ -102,7 +102,7 @@ def _assert_self_contained(html: str) -> None:
 
 
 def test_fail_and_drop_policies_for_patient_overlap(folder_ws):
-    params, ws, _, _, _ = folder_ws
+    _params, ws, _, _, _ = folder_ws
     frame = manifest.read(ws.data)
     failed = validate_manifest(frame, ValidationConfig(patient_overlap="fail"), LABELS)
     assert not failed.passed

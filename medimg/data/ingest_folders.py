@@ -1,11 +1,11 @@
-"""Ingest: turn a source into the workspace's dataset folder (contract images as PNG plus the manifest).
+"""Ingest a folder of PNG/JPEG files or of DICOM files into the workspace's dataset folder.
 
 The folder's content is a pure function of the source (and inbox), the preprocessing contract,
 the split settings and the de-identification secret, so ingesting the same input twice gives
 byte-identical files and therefore the same DVC data version, and a changed input a new one.
 
-Sources: a MedMNIST archive (:func:`ingest_medmnist`), or a folder of PNG/JPEG files or of DICOM
-files (:func:`ingest_files`). For folders:
+The dataset folder holds contract images as PNG plus the manifest. (A MedMNIST archive:
+:mod:`medimg.data.ingest_medmnist`.) :func:`ingest_files`:
 
 * every file is hashed, decoded and preprocessed in worker processes, through the decode cache
   (:mod:`medimg.data.decode_pool`): a file whose bytes were ingested before is not decoded again,
@@ -28,7 +28,8 @@ files (:func:`ingest_files`). For folders:
   (``data.split.val_fraction``); files without a split are split by patient, stratified and
   seeded (:func:`medimg.data.splitting.split_by_patient`). Inbox files of a patient already in
   the data join that patient's split; new inbox patients get a split from their pseudonym (a
-  uniform keyed hash, in ``data.split.fractions``), so adding files never moves existing ones;
+  uniform keyed hash, in ``data.split.fractions``), so adding files never moves existing ones
+  (the rules: :func:`medimg.data.splitting.assign_splits`);
 * patients, studies, series, ids and DICOM file names become keyed pseudonyms.
 """
 
@@ -39,26 +40,22 @@ import logging
 import os
 import shutil
 import tempfile
-from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from PIL import Image
 
 from medimg import preprocess
 from medimg.config import DataConfig, PreprocessConfig
 from medimg.data import manifest, skips, sources
-from medimg.data.manifest import SPLITS
 from medimg.data.decode_pool import DecodeCache, DecodeJob, DecodeOptions, cache_folder, decode
 from medimg.data.deid import pseudonym
-from medimg.data.images import REASONS, DecodedImage
-from medimg.data.medmnist import MedMNISTArchive
+from medimg.data.images import REASONS
+from medimg.data.ingest_result import IngestResult, remove_stale_images
+from medimg.data.manifest import SPLITS
 from medimg.data.quarantine import Quarantine
 from medimg.data.skips import SkippedFile
-from medimg.data.splitting import split_by_patient
+from medimg.data.splitting import assign_splits
 
 log = logging.getLogger(__name__)
 
@@ -68,96 +65,6 @@ EXTRA_REASONS = {
     "unknown_class": "the class folder is not one of the configured classes",
     "no_label": "the labels CSV has no (usable) label for the file",
 }
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    folder: Path
-    n_images: int
-    split_counts: dict[str, int]
-    source: str
-    source_md5: str
-    source_kind: str = "medmnist"
-    n_files: int = 0
-    n_decoded: int = 0
-    n_cached: int = 0
-    contract_hash: str = ""
-    quarantine: Quarantine = field(default_factory=Quarantine, repr=False)
-    skipped: tuple[SkippedFile, ...] = field(default=(), repr=False)  # files that are not images, by place
-
-
-# --------------------------------------------------------------------------- MedMNIST
-
-
-def ingest_medmnist(archive: MedMNISTArchive, config: DataConfig, folder: Path,
-                    contract: PreprocessConfig | None = None) -> IngestResult:
-    """The archive's splits as they are, each image through the contract (a no-op at 28 px defaults)."""
-    contract = contract or PreprocessConfig()
-    chash = preprocess.contract_hash(contract)
-    arrays = archive.load()
-    rows: list[dict] = []
-    for split in SPLITS:
-        images, labels = arrays[split]
-        _check_labels(archive.path, split, labels, config.class_names)
-        stored = _contract_images(images, contract)
-        split_rows = manifest.rows_for_split(
-            split, stored, labels, config.class_names, archive.path.name, source_images=images,
-            modality=config.modality, contract_hash=chash,
-        )
-        _write_pngs(folder, split_rows, stored)
-        rows.extend(split_rows)
-    frame = manifest.to_frame(rows)
-    _remove_stale(folder, set(frame["path"]))
-    manifest.write(frame, folder)
-    return IngestResult(
-        folder=folder,
-        n_images=len(frame),
-        split_counts={split: int((frame["split"] == split).sum()) for split in SPLITS},
-        source=str(archive.path),
-        source_md5=archive.md5,
-        source_kind="medmnist",
-        n_files=1,
-        contract_hash=chash,
-    )
-
-
-def _contract_images(images: np.ndarray, contract: PreprocessConfig) -> np.ndarray:
-    out = np.empty((len(images), contract.size, contract.size), dtype=np.uint8)
-    for i, image in enumerate(images):
-        decoded = DecodedImage(pixels=image.astype(np.float32), original_height=image.shape[0],
-                               original_width=image.shape[1], bit_depth=8, photometric="MONOCHROME2",
-                               modality=None, source_kind="npz")
-        out[i] = preprocess.prepare(decoded, contract)
-    return out
-
-
-def _check_labels(path: Path, split: str, labels: np.ndarray, class_names: tuple[str, ...]) -> None:
-    bad = sorted(set(np.unique(labels).tolist()) - set(range(len(class_names))))
-    if bad:
-        raise ValueError(f"{path}: {split} labels {bad} are outside 0..{len(class_names) - 1} ({class_names})")
-
-
-def _write_pngs(folder: Path, rows: list[dict], images: np.ndarray) -> None:
-    for row, image in zip(rows, images, strict=True):
-        target = folder / row["path"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.unlink(missing_ok=True)  # never write through a hard link into the decode cache
-        Image.fromarray(image, mode="L").save(target, format="PNG", optimize=False)
-
-
-def _remove_stale(folder: Path, keep: set[str]) -> None:
-    images_root = folder / "images"
-    if not images_root.is_dir():
-        return
-    for path in images_root.rglob("*.png"):
-        if path.relative_to(folder).as_posix() not in keep:
-            path.unlink()
-    for sub in sorted(images_root.rglob("*"), reverse=True):
-        if sub.is_dir() and not any(sub.iterdir()):
-            shutil.rmtree(sub)
-
-
-# --------------------------------------------------------------------------- image and DICOM folders
 
 
 def ingest_files(
@@ -213,7 +120,7 @@ def ingest_files(
 
     temp = None
     use_cache = config.cache and cache_root is not None
-    if use_cache:
+    if use_cache and cache_root is not None:
         cache_dir = cache_folder(cache_root, chash, secret, config.min_side, config.dicom.allow_burned_in)
     else:
         temp = tempfile.TemporaryDirectory(prefix="medimg-decode-")
@@ -269,7 +176,7 @@ def ingest_files(
         quarantine.check_threshold(n_total, config.max_bad_fraction)
         if not rows:
             raise sources.SourceLayoutError(f"{root}: no usable image among {n_total} files")
-        _assign_splits(rows, config)
+        assign_splits(rows, config.split)
         frame = manifest.to_frame(_ordered(rows))
         _store(folder, frame, rows, cache_dir)
     finally:
@@ -303,15 +210,17 @@ def _scan(kind: str, config: DataConfig, root: Path, inbox: Path | None):
         extra = sources.inbox_scan(inbox, kind, config.image_folder.patient_id)
         return scan.files + extra.files, scan.skipped + extra.skipped, table
     cfg = config.dicom
-    csv_path = (root / cfg.labels_csv) if cfg.labels_csv else None
-    if csv_path is None:
+    labels_csv = cfg.labels_csv
+    if not labels_csv:
         raise sources.SourceLayoutError("data.dicom.labels_csv is not set: DICOM folders need a labels CSV")
+    csv_path = root / labels_csv
     table = sources.read_label_table(csv_path, cfg.key_column, cfg.label_column, cfg.split_column)
     scan = sources.scan_dicom_layout(root, "source", _inside(csv_path, root))
-    if inbox is not None and cfg.labels_csv and (inbox / cfg.labels_csv).is_file():
-        extra = sources.read_label_table(inbox / cfg.labels_csv, cfg.key_column, cfg.label_column, cfg.split_column)
-        table = {**table, **{k: v for k, v in extra.items() if k not in table}}
-    extra_scan = sources.inbox_scan(inbox, kind, labels_csv=_inside(inbox / cfg.labels_csv, inbox) if inbox else None)
+    if inbox is not None and (inbox / labels_csv).is_file():
+        inbox_table = sources.read_label_table(inbox / labels_csv, cfg.key_column, cfg.label_column,
+                                               cfg.split_column)
+        table = {**table, **{k: v for k, v in inbox_table.items() if k not in table}}
+    extra_scan = sources.inbox_scan(inbox, kind, labels_csv=_inside(inbox / labels_csv, inbox) if inbox else None)
     return scan.files + extra_scan.files, scan.skipped + extra_scan.skipped, table
 
 
@@ -349,7 +258,7 @@ def _label_before_decode(kind, config: DataConfig, file: sources.SourceFile, tab
         return None, None, None
     entry = sources.lookup_dicom_label(file, table, config.dicom.label_key)
     label = sources.class_index(entry.label, config.class_names) if entry else None
-    if label is None:
+    if entry is None or label is None:
         return None, None, "no_label"
     return label, entry.split, None
 
@@ -358,6 +267,15 @@ def _sop_index(kind: str, config: DataConfig, table, secret: bytes) -> dict:
     if kind != "dicom_folder" or config.dicom.label_key != "sop_instance_uid":
         return {}
     return {pseudonym(uid, secret, "sop"): entry for uid, entry in table.items()}
+
+
+def _source_folder(file: sources.SourceFile, root: Path, inbox: Path | None) -> Path:
+    """The folder ``file`` was found in: the source ``root``, or the inbox for an inbox file."""
+    if file.origin == "source":
+        return root
+    if inbox is None:
+        raise ValueError(f"{file.rel}: an inbox file, but no inbox folder is set")
+    return inbox
 
 
 def _row(kind, config: DataConfig, file: sources.SourceFile, meta: dict, label: int, split: str | None,
@@ -375,7 +293,7 @@ def _row(kind, config: DataConfig, file: sources.SourceFile, meta: dict, label: 
         "label": int(label),
         "label_name": config.class_names[int(label)],
         "split": split,
-        "source": (root if file.origin == "source" else inbox).name,
+        "source": _source_folder(file, root, inbox).name,
         "path": None,  # set once the split is known
         "height": size,
         "width": size,
@@ -396,82 +314,6 @@ def _row(kind, config: DataConfig, file: sources.SourceFile, meta: dict, label: 
         "_origin": file.origin,
         "_explicit_split": split is not None,
     }
-
-
-def _assign_splits(rows: list[dict], config: DataConfig) -> None:
-    """Fill ``split`` and ``path`` of every row (rules in the module docstring)."""
-    base = [r for r in rows if r["_origin"] == "source"]
-    inbox = [r for r in rows if r["_origin"] == "inbox"]
-    explicit = [r for r in base if r["_explicit_split"]]
-    seed = config.split.seed
-    # a split layout without val: carve val out of train, by patient
-    present = {r["split"] for r in explicit}
-    if explicit and "val" not in present and "train" in present and config.split.val_fraction > 0:
-        train = [r for r in explicit if r["split"] == "train"]
-        vf = config.split.val_fraction
-        _split_group(train, {"train": 1 - vf, "val": vf}, seed)
-    # base rows without a split: by patient (a patient already placed keeps its split)
-    known = _patient_splits(explicit)
-    rest = [r for r in base if not r["_explicit_split"]]
-    fresh = []
-    for row in rest:
-        if row["patient_id"] in known:
-            row["split"] = known[row["patient_id"]]
-        else:
-            fresh.append(row)
-    if fresh:
-        _split_group(fresh, config.split.fractions, seed)
-    # inbox rows: a known patient keeps its split, a new one is placed by its pseudonym
-    known = _patient_splits(base)
-    for row in inbox:
-        if row["_explicit_split"]:
-            continue
-        row["split"] = known.get(row["patient_id"]) or _hash_split(row["patient_id"], config.split.fractions)
-    for row in rows:
-        row["path"] = f"images/{row['split']}/{row['id']}.png"
-
-
-def _split_group(rows: list[dict], fractions: dict[str, float], seed: int) -> None:
-    """Stratified by patient; too few patients or images for the folds: the keyed-hash rule, still by patient.
-
-    ``fractions`` were validated with the params, so a ``ValueError`` of :func:`split_by_patient`
-    (or of scikit-learn's fold maker under it) means too few patients or images per class.
-    """
-    frame = pd.DataFrame({"patient": [r["patient_id"] for r in rows], "label": [r["label"] for r in rows]})
-    try:
-        splits = split_by_patient(frame, fractions, seed=seed).tolist()
-    except ValueError as err:
-        log.warning("%d images of %d patients are too few for stratified folds (%s): split by patient pseudonym hash",
-                    len(frame), frame["patient"].nunique(), err)
-        splits = [_hash_split(p, fractions) for p in frame["patient"]]
-    for row, split in zip(rows, splits, strict=True):
-        row["split"] = split
-
-
-def _patient_splits(rows: list[dict]) -> dict[str, str]:
-    """patient -> the split holding most of its images (ties: train, then val, then test)."""
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for row in rows:
-        if row["split"] is not None:
-            counts[row["patient_id"]][row["split"]] += 1
-    rank = {s: i for i, s in enumerate(SPLITS)}
-    return {p: sorted(c.items(), key=lambda kv: (-kv[1], rank.get(kv[0], 9)))[0][0] for p, c in counts.items()}
-
-
-def _hash_split(patient: str, fractions: dict[str, float]) -> str:
-    digest = hashlib.sha256(patient.encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    edge = 0.0
-    chosen = None
-    for split in SPLITS:
-        share = fractions.get(split, 0.0)
-        if share <= 0:
-            continue
-        chosen = split
-        edge += share
-        if u < edge:
-            return split
-    return chosen or "train"
 
 
 def _ordered(rows: list[dict]) -> list[dict]:
@@ -502,7 +344,7 @@ def _store(folder: Path, frame: pd.DataFrame, rows: list[dict], cache_dir: Path)
             os.link(source, target)
         except OSError:
             shutil.copyfile(source, target)
-    _remove_stale(folder, set(frame["path"]))
+    remove_stale_images(folder, set(frame["path"]))
     manifest.write(frame, folder)
 
 
