@@ -40,20 +40,34 @@ class Scored:
 
 def fit_and_score(params: Params) -> Scored:
     """Load the archive, train on train/val, pick the threshold on val, score the test split."""
-    archive = locate(params.data.medmnist_flag, params.data.resolved_data_dir(), ROOT / ".medimg" / "downloads",
-                     download=False)
+    archive = locate(
+        params.data.medmnist_flag, params.data.resolved_data_dir(), ROOT / ".medimg" / "downloads", download=False
+    )
     splits = {s: SplitArrays([f"{s}-{i}" for i in range(len(y))], x, y) for s, (x, y) in archive.load().items()}
     result = train(params, splits["train"], splits["val"])
     p_val = predict_proba(result.model, preprocess.apply(splits["val"].images, params.preprocess))
     p_test = predict_proba(result.model, preprocess.apply(splits["test"].images, params.preprocess))
     threshold = choose_threshold(params, splits["val"].labels, p_val)
-    return Scored(archive.path, result, splits["test"].labels, p_test, threshold,
-                  binary_metrics(splits["test"].labels, p_test, threshold))
+    return Scored(
+        archive.path,
+        result,
+        splits["test"].labels,
+        p_test,
+        threshold,
+        binary_metrics(splits["test"].labels, p_test, threshold),
+    )
 
 
 if __name__ == "__main__":
     scored = fit_and_score(load_params(sys.argv[1] if len(sys.argv) > 1 else "params.yaml"))
-    print(json.dumps({"script": "bare", "test_auc": round(scored.metrics["roc_auc"], 4),
-                      "test_acc": round(scored.metrics["accuracy"], 4),
-                      "train_seconds": round(scored.result.seconds, 1),
-                      "seconds": round(time.perf_counter() - started, 1)}))
+    print(
+        json.dumps(
+            {
+                "script": "bare",
+                "test_auc": round(scored.metrics["roc_auc"], 4),
+                "test_acc": round(scored.metrics["accuracy"], 4),
+                "train_seconds": round(scored.result.seconds, 1),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+        )
+    )

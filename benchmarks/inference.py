@@ -92,8 +92,9 @@ def _round(run_batch, inputs: list, batch_size: int, seconds: float, min_iters: 
             return iters * batch_size / elapsed
 
 
-def time_pair(engines: dict, inputs: dict, batch_size: int, warmup: int, rounds: int, seconds: float,
-              min_iters: int) -> dict:
+def time_pair(
+    engines: dict, inputs: dict, batch_size: int, warmup: int, rounds: int, seconds: float, min_iters: int
+) -> dict:
     """Warm up every engine, then alternate their timed rounds, so a change in machine load hits both alike."""
     for name, run_batch in engines.items():
         for i in range(warmup):
@@ -105,8 +106,11 @@ def time_pair(engines: dict, inputs: dict, batch_size: int, warmup: int, rounds:
     out = {}
     for name, values in per_round.items():
         median = statistics.median(values)
-        out[name] = {"images_per_s": median, "rounds_images_per_s": [round(v, 1) for v in values],
-                     "latency_ms": 1000 * batch_size / median}
+        out[name] = {
+            "images_per_s": median,
+            "rounds_images_per_s": [round(v, 1) for v in values],
+            "latency_ms": 1000 * batch_size / median,
+        }
     return out
 
 
@@ -161,18 +165,37 @@ def main(argv: list[str] | None = None) -> dict:
     for size in [int(s) for s in args.batch_sizes.split(",")]:
         tb = batches(x, size)
         nb = [b.numpy() for b in tb]
-        timed = time_pair({"pytorch": torch_run, "onnxruntime": ort_run}, {"pytorch": tb, "onnxruntime": nb}, size,
-                          args.warmup, args.rounds, args.seconds, args.min_iters)
+        timed = time_pair(
+            {"pytorch": torch_run, "onnxruntime": ort_run},
+            {"pytorch": tb, "onnxruntime": nb},
+            size,
+            args.warmup,
+            args.rounds,
+            args.seconds,
+            args.min_iters,
+        )
         pt, ox = timed["pytorch"], timed["onnxruntime"]
         paired = [o / p for o, p in zip(ox["rounds_images_per_s"], pt["rounds_images_per_s"], strict=True)]
-        results.append({"batch_size": size, "pytorch": pt, "onnxruntime": ox,
-                        "ratio_ort_over_pytorch": ox["images_per_s"] / pt["images_per_s"],
-                        "ratio_median_of_paired_rounds": statistics.median(paired)})
+        results.append(
+            {
+                "batch_size": size,
+                "pytorch": pt,
+                "onnxruntime": ox,
+                "ratio_ort_over_pytorch": ox["images_per_s"] / pt["images_per_s"],
+                "ratio_median_of_paired_rounds": statistics.median(paired),
+            }
+        )
 
     report = {
-        "model": {"architecture": params.model.architecture, "width": params.model.width, "parameters": n_params,
-                  "weights": weights, "input": [params.preprocess.channels, params.preprocess.size, params.preprocess.size],
-                  "onnx_bytes": onnx_bytes, "opset": params.export.opset},
+        "model": {
+            "architecture": params.model.architecture,
+            "width": params.model.width,
+            "parameters": n_params,
+            "weights": weights,
+            "input": [params.preprocess.channels, params.preprocess.size, params.preprocess.size],
+            "onnx_bytes": onnx_bytes,
+            "opset": params.export.opset,
+        },
         "images": f"PneumoniaMNIST test split, first {len(x)} images, medimg.preprocess",
         "threads": args.threads,
         "max_abs_logit_diff": max_diff,
@@ -180,8 +203,12 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
-        "protocol": {"warmup": args.warmup, "rounds": args.rounds, "seconds_per_round": args.seconds,
-                     "statistic": "median round"},
+        "protocol": {
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "seconds_per_round": args.seconds,
+            "statistic": "median round",
+        },
         "results": results,
     }
     render(report)
@@ -194,15 +221,28 @@ def render(report: dict) -> None:
     from rich.table import Table
 
     m = report["model"]
-    table = Table(title=f"CPU inference, {m['architecture']} width {m['width']} ({m['parameters']:,} params, {m['weights']}), "
-                        f"{report['threads']} threads")
-    for col in ("batch", "PyTorch eager img/s", "ONNX Runtime img/s", "ORT / PyTorch", "PyTorch ms/batch", "ORT ms/batch"):
+    table = Table(
+        title=f"CPU inference, {m['architecture']} width {m['width']} ({m['parameters']:,} params, {m['weights']}), "
+        f"{report['threads']} threads"
+    )
+    for col in (
+        "batch",
+        "PyTorch eager img/s",
+        "ONNX Runtime img/s",
+        "ORT / PyTorch",
+        "PyTorch ms/batch",
+        "ORT ms/batch",
+    ):
         table.add_column(col, justify="right")
     for r in report["results"]:
-        table.add_row(str(r["batch_size"]), f"{r['pytorch']['images_per_s']:,.0f}", f"{r['onnxruntime']['images_per_s']:,.0f}",
-                      f"{r['ratio_ort_over_pytorch']:.2f}x (paired {r['ratio_median_of_paired_rounds']:.2f}x)",
-                      f"{r['pytorch']['latency_ms']:.3f}",
-                      f"{r['onnxruntime']['latency_ms']:.3f}")
+        table.add_row(
+            str(r["batch_size"]),
+            f"{r['pytorch']['images_per_s']:,.0f}",
+            f"{r['onnxruntime']['images_per_s']:,.0f}",
+            f"{r['ratio_ort_over_pytorch']:.2f}x (paired {r['ratio_median_of_paired_rounds']:.2f}x)",
+            f"{r['pytorch']['latency_ms']:.3f}",
+            f"{r['onnxruntime']['latency_ms']:.3f}",
+        )
     Console(stderr=True).print(table)
 
 

@@ -46,9 +46,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDIMG_DATA_DIR", ROOT.parent / "shared" / "data"))
 GOOD_DICOM = [
-    "xray/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm", "xray/Fake_MONOHR1.dcm",
-    "xray/RG1_J2KI.dcm", "ct/CT_small.dcm", "ct/693_UNCI.dcm", "ct/693_J2KI.dcm", "mr/MR_small.dcm",
-    "mr/MR_small_RLE.dcm", "mr/MR_small_jp2klossless.dcm", "mr/MR2_J2KI.dcm",
+    "xray/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
+    "xray/Fake_MONOHR1.dcm",
+    "xray/RG1_J2KI.dcm",
+    "ct/CT_small.dcm",
+    "ct/693_UNCI.dcm",
+    "ct/693_J2KI.dcm",
+    "mr/MR_small.dcm",
+    "mr/MR_small_RLE.dcm",
+    "mr/MR_small_jp2klossless.dcm",
+    "mr/MR2_J2KI.dcm",
 ]
 
 
@@ -120,15 +127,25 @@ def run_one(config: dict) -> dict:
             _baseline(files, dicom)
             n = len(files)
         else:
-            params = parse_params({
-                "preprocess": {"size": 64, "interpolation": "area", "jpeg_dct_scaling": config["reduced"],
-                               "jpeg2000_reduce": config["reduced"]},
-                "data": {"source": "dicom_folder" if dicom else "image_folder", "workers": config["workers"],
-                         "cache": False,
-                         "dicom": {"label_key": "folder"}},
-            })
-            result = ingest_files(params.data.source, params.data, params.preprocess, tmp / "dataset", DEMO_SECRET,
-                                  tmp / "src")
+            params = parse_params(
+                {
+                    "preprocess": {
+                        "size": 64,
+                        "interpolation": "area",
+                        "jpeg_dct_scaling": config["reduced"],
+                        "jpeg2000_reduce": config["reduced"],
+                    },
+                    "data": {
+                        "source": "dicom_folder" if dicom else "image_folder",
+                        "workers": config["workers"],
+                        "cache": False,
+                        "dicom": {"label_key": "folder"},
+                    },
+                }
+            )
+            result = ingest_files(
+                params.data.source, params.data, params.preprocess, tmp / "dataset", DEMO_SECRET, tmp / "src"
+            )
             n = result.n_images
             assert n == len(files), (n, len(files), result.quarantine.counts_by_reason())
         seconds = time.perf_counter() - started
@@ -139,8 +156,9 @@ def measure(config: dict) -> dict:
     """Run one config in a fresh interpreter, sampling the peak RSS of its whole process tree."""
     import psutil
 
-    child = subprocess.Popen([sys.executable, __file__, "--one", json.dumps(config)], stdout=subprocess.PIPE,
-                             text=True, cwd=ROOT)
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--one", json.dumps(config)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
     peak = 0
     cpu: dict[int, float] = {}  # pid -> user + system seconds, last seen
     done = threading.Event()
@@ -204,8 +222,12 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here too")
-    parser.add_argument("--trials", type=int, default=2,
-                        help="runs per configuration, interleaved; the fastest is kept (other programs share the CPUs)")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=2,
+        help="runs per configuration, interleaved; the fastest is kept (other programs share the CPUs)",
+    )
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
@@ -214,8 +236,12 @@ def main() -> None:
     plan = []
     for workload, (small, large) in sizes.items():
         for repeat in (small, large):
-            plan.append({"workload": workload, "repeat": repeat, "contender": "baseline", "workers": 1, "reduced": False})
-            plan.append({"workload": workload, "repeat": repeat, "contender": "pipeline", "workers": 2, "reduced": True})
+            plan.append(
+                {"workload": workload, "repeat": repeat, "contender": "baseline", "workers": 1, "reduced": False}
+            )
+            plan.append(
+                {"workload": workload, "repeat": repeat, "contender": "pipeline", "workers": 2, "reduced": True}
+            )
         plan.append({"workload": workload, "repeat": large, "contender": "pipeline", "workers": 1, "reduced": True})
         plan.append({"workload": workload, "repeat": large, "contender": "pipeline", "workers": 2, "reduced": False})
     headroom = [parallel_headroom()]
@@ -231,18 +257,27 @@ def main() -> None:
         results.append(best)
     headroom.append(parallel_headroom())
     base = {(r["workload"], r["repeat"]): r["images_per_s"] for r in results if r["contender"] == "baseline"}
-    print(f"{'workload':9} {'images':>6} {'contender':22} {'images/s':>9} {'x baseline':>10} {'peak tree RSS MB':>17} "
-          f"{'CPU s':>7} {'images/CPU s':>12}")
+    print(
+        f"{'workload':9} {'images':>6} {'contender':22} {'images/s':>9} {'x baseline':>10} {'peak tree RSS MB':>17} "
+        f"{'CPU s':>7} {'images/CPU s':>12}"
+    )
     for r in results:
-        label = r["contender"] if r["contender"] == "baseline" else \
-            f"pipeline w{r['workers']} {'reduced' if r['reduced'] else 'full'}"
+        label = (
+            r["contender"]
+            if r["contender"] == "baseline"
+            else f"pipeline w{r['workers']} {'reduced' if r['reduced'] else 'full'}"
+        )
         ratio = r["images_per_s"] / base[(r["workload"], r["repeat"])]
         r["x_baseline"] = round(ratio, 2)
         per_cpu = r["n_images"] / r["tree_cpu_s"] if r["tree_cpu_s"] else float("nan")
-        print(f"{r['workload']:9} {r['n_images']:>6} {label:22} {r['images_per_s']:>9.1f} {ratio:>10.2f} "
-              f"{r['peak_tree_rss_mb']:>17.1f} {r['tree_cpu_s']:>7.1f} {per_cpu:>12.1f}")
-    print(f"cpus available: {len(os.sched_getaffinity(0))}; 2-process speed-up of a busy loop before/after: "
-          f"{headroom}; load average at the end: {os.getloadavg()}")
+        print(
+            f"{r['workload']:9} {r['n_images']:>6} {label:22} {r['images_per_s']:>9.1f} {ratio:>10.2f} "
+            f"{r['peak_tree_rss_mb']:>17.1f} {r['tree_cpu_s']:>7.1f} {per_cpu:>12.1f}"
+        )
+    print(
+        f"cpus available: {len(os.sched_getaffinity(0))}; 2-process speed-up of a busy loop before/after: "
+        f"{headroom}; load average at the end: {os.getloadavg()}"
+    )
     if args.out:
         args.out.write_text(json.dumps({"headroom": headroom, "results": results}, indent=1))
 

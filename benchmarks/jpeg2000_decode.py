@@ -48,8 +48,10 @@ def main() -> None:
     print(f"OpenJPEG through glymur available: {jpeg2000.available()}; contract size {args.size}")
     fast = PreprocessConfig(size=args.size, interpolation="area", jpeg2000_reduce=True)
     full = fast.model_copy(update={"jpeg2000_reduce": False})
-    print(f"{'file':28} {'full shape':>12} {'full ms':>8} {'reduced shape':>14} {'reduced ms':>10} {'speed-up':>8} "
-          f"{'mean |diff|':>11} {'corr':>7}")
+    print(
+        f"{'file':28} {'full shape':>12} {'full ms':>8} {'reduced shape':>14} {'reduced ms':>10} {'speed-up':>8} "
+        f"{'mean |diff|':>11} {'corr':>7}"
+    )
     for rel in FILES:
         path = DATA / "dicom" / rel
         whole = decode_dicom(path)
@@ -59,8 +61,10 @@ def main() -> None:
         a = preprocess.prepare(small, fast).astype(np.float64)
         b = preprocess.prepare(whole, full).astype(np.float64)
         corr = np.corrcoef(a.ravel(), b.ravel())[0, 1] if a.std() and b.std() else float("nan")
-        print(f"{Path(rel).name:28} {whole.pixels.shape!s:>12} {t_full:8.1f} {small.pixels.shape!s:>14} "
-              f"{t_fast:10.1f} {t_full / t_fast:8.1f} {np.abs(a - b).mean():11.2f} {corr:7.4f}")
+        print(
+            f"{Path(rel).name:28} {whole.pixels.shape!s:>12} {t_full:8.1f} {small.pixels.shape!s:>14} "
+            f"{t_fast:10.1f} {t_full / t_fast:8.1f} {np.abs(a - b).mean():11.2f} {corr:7.4f}"
+        )
 
 
 if __name__ == "__main__":

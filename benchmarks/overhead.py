@@ -40,15 +40,20 @@ def main(extra: list[str]) -> None:
         params = load_params(ROOT / "params.yaml", overrides)  # a bad --set fails here, before any training
         params_file = Path(tmp) / "params.yaml"
         params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
-        bare_s, bare_out = timed([str(BIN / "python"), str(ROOT / "benchmarks" / "bare_train.py"), str(params_file)], ROOT)
+        bare_s, bare_out = timed(
+            [str(BIN / "python"), str(ROOT / "benchmarks" / "bare_train.py"), str(params_file)], ROOT
+        )
         flow_s, _ = timed([str(BIN / "medimg"), "run", "--params", str(params_file)], ROOT)
         bare = json.loads(bare_out.strip().splitlines()[-1])
         import mlflow
 
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'ws' / 'mlflow.db'}")
         run = mlflow.search_runs(experiment_names=[params.registry.experiment], output_format="list")[0]
-        steps = {k.removeprefix("step_seconds_"): round(v, 2) for k, v in run.data.metrics.items()
-                 if k.startswith("step_seconds_")}
+        steps = {
+            k.removeprefix("step_seconds_"): round(v, 2)
+            for k, v in run.data.metrics.items()
+            if k.startswith("step_seconds_")
+        }
         report = {
             "bare_seconds": round(bare_s, 1),
             "flow_seconds": round(flow_s, 1),

@@ -16,8 +16,11 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 started = time.perf_counter()
-path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.environ.get("MEDIMG_DATA_DIR", "../shared/data"),
-                                                          "pneumoniamnist", "pneumoniamnist.npz")
+path = (
+    sys.argv[1]
+    if len(sys.argv) > 1
+    else os.path.join(os.environ.get("MEDIMG_DATA_DIR", "../shared/data"), "pneumoniamnist", "pneumoniamnist.npz")
+)
 d = np.load(path)
 torch.manual_seed(0)
 
@@ -34,7 +37,9 @@ def block(i, o):
     return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
 
 
-model = nn.Sequential(block(1, 32), block(32, 64), block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 2))
+model = nn.Sequential(
+    block(1, 32), block(32, 64), block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 2)
+)
 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 loss_fn = nn.CrossEntropyLoss()
 
@@ -57,6 +62,13 @@ for _epoch in range(10):
         best_auc, best_state = auc, {k: v.clone() for k, v in model.state_dict().items()}
 model.load_state_dict(best_state)
 p = probs(xs)
-print(json.dumps({"script": "plain", "test_auc": round(float(roc_auc_score(ys.numpy(), p)), 4),
-                  "test_acc": round(float(((p >= 0.5) == ys.numpy()).mean()), 4),
-                  "seconds": round(time.perf_counter() - started, 1)}))
+print(
+    json.dumps(
+        {
+            "script": "plain",
+            "test_auc": round(float(roc_auc_score(ys.numpy(), p)), 4),
+            "test_acc": round(float(((p >= 0.5) == ys.numpy()).mean()), 4),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    )
+)

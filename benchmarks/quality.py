@@ -50,26 +50,54 @@ def main(argv: list[str]) -> None:
     result, p_test, threshold, metrics = scored.result, scored.p_test, scored.threshold, scored.metrics
     ci = bootstrap_ci(scored.y_test, p_test, threshold, n_boot=params.gates.bootstrap_samples, seed=params.train.seed)
     seconds = time.perf_counter() - started
-    plain = json.loads(subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plain_script.py"), str(scored.archive)],
-                                      capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    plain = json.loads(
+        subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "plain_script.py"), str(scored.archive)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
 
     table = Table(title=f"PneumoniaMNIST test (n={len(p_test)}), {os.cpu_count()} CPU cores")
     for col in ("model", "input", "AUC", "ACC", "note"):
         table.add_column(col)
-    table.add_row(f"medimg {params.model.architecture} (w{params.model.width}, {params.train.epochs} ep)",
-                  str(params.preprocess.size),
-                  f"{metrics['roc_auc']:.4f} [{ci['roc_auc'][0]:.4f}, {ci['roc_auc'][1]:.4f}]",
-                  f"{metrics['accuracy']:.4f} [{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}]",
-                  f"train {result.seconds:.0f} s, threshold {threshold:.3f} ({params.gates.threshold})")
-    table.add_row("plain script (3 conv, AdamW, 10 ep)", "28", f"{plain['test_auc']:.4f}", f"{plain['test_acc']:.4f}",
-                  f"{plain['seconds']:.0f} s, threshold 0.5")
+    table.add_row(
+        f"medimg {params.model.architecture} (w{params.model.width}, {params.train.epochs} ep)",
+        str(params.preprocess.size),
+        f"{metrics['roc_auc']:.4f} [{ci['roc_auc'][0]:.4f}, {ci['roc_auc'][1]:.4f}]",
+        f"{metrics['accuracy']:.4f} [{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}]",
+        f"train {result.seconds:.0f} s, threshold {threshold:.3f} ({params.gates.threshold})",
+    )
+    table.add_row(
+        "plain script (3 conv, AdamW, 10 ep)",
+        "28",
+        f"{plain['test_auc']:.4f}",
+        f"{plain['test_acc']:.4f}",
+        f"{plain['seconds']:.0f} s, threshold 0.5",
+    )
     for name, size, auc, acc in reference_rows(REFERENCE):
         table.add_row(name, size, auc, acc, "published")
     Console().print(table)
-    print(json.dumps({"auc": metrics["roc_auc"], "auc_ci": ci["roc_auc"], "acc": metrics["accuracy"],
-                      "acc_ci": ci["accuracy"], "sensitivity": metrics["sensitivity"],
-                      "specificity": metrics["specificity"], "threshold": threshold, "train_seconds": result.seconds,
-                      "total_seconds": seconds, "best_epoch": result.best_epoch, "plain": plain}))
+    print(
+        json.dumps(
+            {
+                "auc": metrics["roc_auc"],
+                "auc_ci": ci["roc_auc"],
+                "acc": metrics["accuracy"],
+                "acc_ci": ci["accuracy"],
+                "sensitivity": metrics["sensitivity"],
+                "specificity": metrics["specificity"],
+                "threshold": threshold,
+                "train_seconds": result.seconds,
+                "total_seconds": seconds,
+                "best_epoch": result.best_epoch,
+                "plain": plain,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -31,13 +31,31 @@ def _settings(params: Params, params_path: Path) -> list[tuple]:
     """(flow, entrypoint, deployment options) of each deployment, shared by serving and the work pool."""
     common = {"parameters": {"params_path": str(params_path.resolve())}, "tags": ["medimg"]}
     name = params.schedule.deployment_name
-    out: list[tuple[Flow[..., Any], str, dict[str, object]]] = [(retrain, "flows/retrain.py:retrain",
-            {**common, "name": name, "concurrency_limit": _limit(params.schedule.collision_strategy),
-             "schedule": Cron(params.schedule.cron, timezone=params.schedule.timezone)})]
+    out: list[tuple[Flow[..., Any], str, dict[str, object]]] = [
+        (
+            retrain,
+            "flows/retrain.py:retrain",
+            {
+                **common,
+                "name": name,
+                "concurrency_limit": _limit(params.schedule.collision_strategy),
+                "schedule": Cron(params.schedule.cron, timezone=params.schedule.timezone),
+            },
+        )
+    ]
     if params.data.inbox:
-        out.append((watch_inbox, "flows/watch_inbox.py:watch_inbox",
-                    {**common, "name": f"{name}-inbox", "concurrency_limit": _limit("cancel_new"),
-                     "interval": params.schedule.inbox_poll_seconds}))
+        out.append(
+            (
+                watch_inbox,
+                "flows/watch_inbox.py:watch_inbox",
+                {
+                    **common,
+                    "name": f"{name}-inbox",
+                    "concurrency_limit": _limit("cancel_new"),
+                    "interval": params.schedule.inbox_poll_seconds,
+                },
+            )
+        )
     return out
 
 
@@ -48,6 +66,11 @@ def runner_deployments(params: Params, params_path: Path) -> list:
 
 def deploy_to_pool(params: Params, params_path: Path, work_pool: str) -> list[str]:
     """Register the deployments with a work pool; a worker on that pool runs them from this checkout."""
-    return [str(flow.from_source(source=str(ROOT), entrypoint=entrypoint).deploy(
-                work_pool_name=work_pool, print_next_steps=False, **options))
-            for flow, entrypoint, options in _settings(params, params_path)]
+    return [
+        str(
+            flow.from_source(source=str(ROOT), entrypoint=entrypoint).deploy(
+                work_pool_name=work_pool, print_next_steps=False, **options
+            )
+        )
+        for flow, entrypoint, options in _settings(params, params_path)
+    ]

@@ -63,8 +63,9 @@ from tasks.retrain import (
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(params_path: str = "params.yaml", overrides: dict | None = None,
-            force: bool = False) -> State[Any] | RetrainSummary:
+def retrain(
+    params_path: str = "params.yaml", overrides: dict | None = None, force: bool = False
+) -> State[Any] | RetrainSummary:
     logger = get_run_logger()
     params = load_params(params_path, overrides)
     ws = Workspace.at(params.workspace.path)
@@ -85,16 +86,24 @@ def _signal(logger, params, outcome: str, message: str, payload: dict) -> None:
 
 
 def _tags(version: str, key: str, params) -> dict[str, str]:
-    return {artifacts.TAG_DATA_VERSION: version, artifacts.TAG_PARAMS_HASH: params.fingerprint(),
-            artifacts.TAG_FLOW_RUN: str(flow_run.id or "none"), artifacts.TAG_GIT_COMMIT: git_commit(),
-            artifacts.TAG_CODE_HASH: code_hash(), artifacts.TAG_RUN_KEY_CHECKED: key}
+    return {
+        artifacts.TAG_DATA_VERSION: version,
+        artifacts.TAG_PARAMS_HASH: params.fingerprint(),
+        artifacts.TAG_FLOW_RUN: str(flow_run.id or "none"),
+        artifacts.TAG_GIT_COMMIT: git_commit(),
+        artifacts.TAG_CODE_HASH: code_hash(),
+        artifacts.TAG_RUN_KEY_CHECKED: key,
+    }
 
 
 def _retrain(params, ws, force: bool, logger) -> State[Any] | RetrainSummary:
     opts = params.orchestration
-    io = {"retries": opts.task_retries, "retry_delay_seconds": opts.retry_delay_seconds,
-          "retry_condition_fn": retry_transient,
-          "timeout_seconds": opts.io_timeout_seconds}
+    io = {
+        "retries": opts.task_retries,
+        "retry_delay_seconds": opts.retry_delay_seconds,
+        "retry_condition_fn": retry_transient,
+        "timeout_seconds": opts.io_timeout_seconds,
+    }
     timings: dict[str, float] = {}
 
     storage = result_storage(ws)
@@ -112,24 +121,40 @@ def _retrain(params, ws, force: bool, logger) -> State[Any] | RetrainSummary:
     key = tracking.run_key(version, params.fingerprint(), code_hash())
     done = tracking.last_completed(params.registry.experiment, key)
     if done is not None and opts.skip_if_up_to_date and not force:
-        message = (f"up to date: data version {version}, params {params.fingerprint()} and code {code_hash()} match "
-                   f"MLflow run {done.info.run_id} ({done.data.tags.get(artifacts.TAG_OUTCOME)}); nothing trained")
+        message = (
+            f"up to date: data version {version}, params {params.fingerprint()} and code {code_hash()} match "
+            f"MLflow run {done.info.run_id} ({done.data.tags.get(artifacts.TAG_OUTCOME)}); nothing trained"
+        )
         logger.info(message)
         tracking.record_outcome_only(params, ws, "up_to_date", message, _tags(version, key, params))
-        return Completed(name="UpToDate", message=message,
-                         data=RunSkipped(outcome="up_to_date", reason=message, data_version=version, run_key=key,
-                                         matching_run_id=done.info.run_id))
+        return Completed(
+            name="UpToDate",
+            message=message,
+            data=RunSkipped(
+                outcome="up_to_date",
+                reason=message,
+                data_version=version,
+                run_key=key,
+                matching_run_id=done.info.run_id,
+            ),
+        )
 
-    drift_result = (timed("drift", check_drift, params, ws, version) if params.drift.enabled
-                    else DriftCheck(checked=False, reason="drift.enabled is false: not checked"))
+    drift_result = (
+        timed("drift", check_drift, params, ws, version)
+        if params.drift.enabled
+        else DriftCheck(checked=False, reason="drift.enabled is false: not checked")
+    )
     if params.drift.retrain_on == "drift" and drift_result.drifted is False and not force:
-        message = (f"new data version {version} shows no drift against the champion ({drift_result.reason}); "
-                   "not retrained")
+        message = (
+            f"new data version {version} shows no drift against the champion ({drift_result.reason}); not retrained"
+        )
         logger.info(message)
         tracking.record_outcome_only(params, ws, "no_drift", message, _tags(version, key, params))
-        return Completed(name="NoDrift", message=message,
-                         data=RunSkipped(outcome="no_drift", reason=message, data_version=version, run_key=key,
-                                         drift=drift_result))
+        return Completed(
+            name="NoDrift",
+            message=message,
+            data=RunSkipped(outcome="no_drift", reason=message, data_version=version, run_key=key, drift=drift_result),
+        )
 
     # here: ~0.8 s of imports (pydicom, Pillow, scikit-learn), only when training
     from medimg.steps.validate import raise_if_failed
@@ -142,33 +167,62 @@ def _retrain(params, ws, force: bool, logger) -> State[Any] | RetrainSummary:
         trained = timed("train", train_model, params, ws, run_id, data, timeout_seconds=opts.train_timeout_seconds)
         evaluated = timed("evaluate", evaluate_model, params, ws, run_id, data, trained)
         gated = timed("gate", gate_model, params, ws, run_id, evaluated, **io)
-        exported = timed("export", export_model, params, ws, run_id, data, trained, evaluated,
-                         timeout_seconds=opts.io_timeout_seconds)
+        exported = timed(
+            "export",
+            export_model,
+            params,
+            ws,
+            run_id,
+            data,
+            trained,
+            evaluated,
+            timeout_seconds=opts.io_timeout_seconds,
+        )
         registered = timed("register", register_model, params, ws, run_id, validated, gated, exported, **io)
     except BaseException as err:
         reason = str(err).splitlines()[0][:500] if str(err) else type(err).__name__
         tracking.set_tags(run_id, {artifacts.TAG_OUTCOME: "failed", artifacts.TAG_REASON: reason})
         tracking.finish(run_id, "FAILED")
         if isinstance(err, Exception):
-            _signal(logger, params, "failed", f"retrain failed: {reason}",
-                    {"mlflow_run_id": run_id, "data_version": version})
+            _signal(
+                logger,
+                params,
+                "failed",
+                f"retrain failed: {reason}",
+                {"mlflow_run_id": run_id, "data_version": version},
+            )
         raise
     tracking.log_metrics(run_id, {f"step_seconds_{k}": v for k, v in timings.items()})
     summary = RetrainSummary(
-        mlflow_run_id=run_id, run_key=key, data_version=version, ingest=ingested, drift=drift_result,
-        validation=validated, training=trained, evaluation=evaluated, gate=gated, export=exported, model=registered,
+        mlflow_run_id=run_id,
+        run_key=key,
+        data_version=version,
+        ingest=ingested,
+        drift=drift_result,
+        validation=validated,
+        training=trained,
+        evaluation=evaluated,
+        gate=gated,
+        export=exported,
+        model=registered,
         step_seconds=timings,
     )
     logger.info("step wall times (s): %s", timings)
     if not gated.passed:
-        message = (f"gate failed ({', '.join(gated.failed)}); v{registered.version} is challenger, "
-                   "champion unchanged")
+        message = f"gate failed ({', '.join(gated.failed)}); v{registered.version} is challenger, champion unchanged"
         tracking.set_tags(run_id, {artifacts.TAG_OUTCOME: "not_promoted", artifacts.TAG_REASON: message})
         tracking.finish(run_id)
-        _signal(logger, params, "not-promoted", message, {"mlflow_run_id": run_id, "version": registered.version,
-                                                 "failed_rules": list(gated.failed)})
+        _signal(
+            logger,
+            params,
+            "not-promoted",
+            message,
+            {"mlflow_run_id": run_id, "version": registered.version, "failed_rules": list(gated.failed)},
+        )
         return Completed(name="NotPromoted", message=message, data=summary)
-    tracking.set_tags(run_id, {artifacts.TAG_OUTCOME: "promoted",
-                               artifacts.TAG_REASON: f"v{registered.version} promoted: all gates passed"})
+    tracking.set_tags(
+        run_id,
+        {artifacts.TAG_OUTCOME: "promoted", artifacts.TAG_REASON: f"v{registered.version} promoted: all gates passed"},
+    )
     tracking.finish(run_id)
     return summary

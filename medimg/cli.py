@@ -36,7 +36,9 @@ from medimg.contracts import RetrainSummary
 from medimg.data import versioning
 from medimg.workspace import Workspace, activate
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="medimg: retrain, gate and promote medical image classifiers.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="medimg: retrain, gate and promote medical image classifiers."
+)
 console = Console(stderr=True)
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to use")]
@@ -97,8 +99,11 @@ def _open(params: Path, overrides: list[str] | None = None) -> tuple[Params, Wor
 
 
 @app.command()
-def run(params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
-        force: Annotated[bool, typer.Option("--force", help="retrain even when nothing changed")] = False) -> None:
+def run(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    force: Annotated[bool, typer.Option("--force", help="retrain even when nothing changed")] = False,
+) -> None:
     """Run the retraining flow end to end: ingest, validate, train, evaluate, gate, export, register.
 
     Exit codes: 0 completed (promoted, not promoted, up to date or no drift), 1 bad or missing data
@@ -154,7 +159,9 @@ def _print_run(summary: RetrainSummary, state_name: str | None, message: str | N
 
 
 @app.command()
-def status(params: ParamsOption = Path("params.yaml"), as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def status(
+    params: ParamsOption = Path("params.yaml"), as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
     """The champion: version, metrics, data version, ONNX sha256, when and why it was promoted."""
     loaded, ws = _open(params)
     from medimg.status import champion_status  # here: after activate (MLflow, Prefect read settings on import)
@@ -165,15 +172,22 @@ def status(params: ParamsOption = Path("params.yaml"), as_json: Annotated[bool, 
         return
     out = Console()
     sched = info["schedule"]
-    out.print(f"schedule: {sched['cron']} ({sched['timezone']}), deployment {sched['deployment']}"
-              + (f", work pool {sched['work_pool']}" if sched["work_pool"] else ", served by `medimg schedule`"))
+    out.print(
+        f"schedule: {sched['cron']} ({sched['timezone']}), deployment {sched['deployment']}"
+        + (f", work pool {sched['work_pool']}" if sched["work_pool"] else ", served by `medimg schedule`")
+    )
     runs = Table(title="last runs")
     for column in ("started (UTC)", "outcome", "reason", "data version", "model"):
         runs.add_column(column)
     for row in info["last_runs"]:
         started = datetime.fromtimestamp(row["start_time"] / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M")
-        runs.add_row(started, row["outcome"] or row["status"], (row["reason"] or "")[:90],
-                     (row["data_version"] or "")[:12], row["model_version"] or "")
+        runs.add_row(
+            started,
+            row["outcome"] or row["status"],
+            (row["reason"] or "")[:90],
+            (row["data_version"] or "")[:12],
+            row["model_version"] or "",
+        )
     out.print(runs)
     champ = info["champion"]
     if champ is None:
@@ -194,7 +208,9 @@ ReasonOption = Annotated[str, typer.Option("--reason", help="why; recorded in th
 def promote(
     version: Annotated[str, typer.Argument(help="the model version to make champion")],
     reason: ReasonOption,
-    force: Annotated[bool, typer.Option("--force", help="promote although its gates did not pass (logged as forced)")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="promote although its gates did not pass (logged as forced)")
+    ] = False,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Make VERSION the champion: refused unless it passed its gates, or --force with a reason."""
@@ -205,8 +221,10 @@ def promote(
     with _exit_on(PromotionRefused, "promotion refused"):
         entry = promote_version(loaded, ws, version, reason, force=force)
     forced = " [bold yellow](FORCED past failed gates)[/]" if entry["forced"] else ""
-    console.print(f"{entry['model']} v{entry['version']} is champion (previous: {entry['previous'] or 'none'}){forced}; "
-                  f"audit: {ws.audit_log} and registry tag {entry['mlflow_tag']}")
+    console.print(
+        f"{entry['model']} v{entry['version']} is champion (previous: {entry['previous'] or 'none'}){forced}; "
+        f"audit: {ws.audit_log} and registry tag {entry['mlflow_tag']}"
+    )
 
 
 @app.command()
@@ -218,8 +236,10 @@ def rollback(reason: ReasonOption, params: ParamsOption = Path("params.yaml")) -
 
     with _exit_on(PromotionRefused, "rollback refused"):
         entry = rollback_champion(loaded, ws, reason)
-    console.print(f"{entry['model']}: champion rolled back from v{entry['previous']} to v{entry['version']}; "
-                  f"audit: {ws.audit_log} and registry tag {entry['mlflow_tag']}")
+    console.print(
+        f"{entry['model']}: champion rolled back from v{entry['previous']} to v{entry['version']}; "
+        f"audit: {ws.audit_log} and registry tag {entry['mlflow_tag']}"
+    )
 
 
 @app.command()
@@ -251,16 +271,23 @@ def pull(
 
 @app.command()
 def predict(
-    model: Annotated[str, typer.Argument(help="an .onnx file, or an alias (champion) or version (3) of the registered model")],
+    model: Annotated[
+        str, typer.Argument(help="an .onnx file, or an alias (champion) or version (3) of the registered model")
+    ],
     paths: Annotated[list[Path], typer.Argument(help="DICOM, PNG or JPEG files, or folders of them")],
     out: Annotated[Path | None, typer.Option("--out", help="write the rows here instead of stdout")] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
-    allow_modality: Annotated[list[str] | None, typer.Option(
-        "--allow-modality", help="also score DICOM of this Modality (e.g. CT), which the model is not for; repeatable",
-    )] = None,
-    any_modality: Annotated[bool, typer.Option(
-        "--any-modality", help="score DICOM of every Modality (no modality_mismatch)")] = False,
+    allow_modality: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-modality",
+            help="also score DICOM of this Modality (e.g. CT), which the model is not for; repeatable",
+        ),
+    ] = None,
+    any_modality: Annotated[
+        bool, typer.Option("--any-modality", help="score DICOM of every Modality (no modality_mismatch)")
+    ] = False,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Run the model over images with the preprocessing from its own metadata; bad files get a reason.
@@ -296,12 +323,23 @@ def predict(
         files = collect_files(paths)
         console.print(f"model {source}; ONNX Runtime provider: {onnx_model.provider}; {len(files)} file(s)")
         rules = onnx_model.input_rules.allowing(allow_modality or (), any_modality)
-        console.print(f"input checks: {rules.describe()}"
-                      + ("" if rules.bit_depth_range is not None else
-                         " (the model records no validation limits: exported before they were recorded)"))
-        predictions = predict_files(onnx_model, files, batch_size=batch_size, show_progress=len(files) >= 32,
-                                    console=console, allow_modalities=tuple(allow_modality or ()),
-                                    any_modality=any_modality)
+        console.print(
+            f"input checks: {rules.describe()}"
+            + (
+                ""
+                if rules.bit_depth_range is not None
+                else " (the model records no validation limits: exported before they were recorded)"
+            )
+        )
+        predictions = predict_files(
+            onnx_model,
+            files,
+            batch_size=batch_size,
+            show_progress=len(files) >= 32,
+            console=console,
+            allow_modalities=tuple(allow_modality or ()),
+            any_modality=any_modality,
+        )
     text = render(predictions, fmt)
     if out is None:
         typer.echo(text, nl=False)
@@ -311,8 +349,10 @@ def predict(
         tmp.write_text(text)
         tmp.replace(out)
     bad = [p for p in predictions if p.error]
-    console.print(f"{len(predictions) - len(bad)} predicted, {len(bad)} not usable"
-                  + (": " + ", ".join(f"{Path(p.file).name} ({p.error})" for p in bad[:10]) if bad else ""))
+    console.print(
+        f"{len(predictions) - len(bad)} predicted, {len(bad)} not usable"
+        + (": " + ", ".join(f"{Path(p.file).name} ({p.error})" for p in bad[:10]) if bad else "")
+    )
     if len(bad) == len(predictions):  # nothing predicted (no files, or all unusable)
         raise typer.Exit(1)
 
@@ -322,14 +362,23 @@ def predict(
 SOURCE_KINDS = ("medmnist", "image_folder", "dicom_folder")
 SourceArgument = Annotated[
     str | None,
-    typer.Argument(help="a source kind (medmnist | image_folder | dicom_folder) or the folder/.npz to ingest; "
-                        "default: data.source and data.root from params"),
+    typer.Argument(
+        help="a source kind (medmnist | image_folder | dicom_folder) or the folder/.npz to ingest; "
+        "default: data.source and data.root from params"
+    ),
 ]
-KindOption = Annotated[str | None, typer.Option("--kind", help=(
-    "source kind for a SOURCE folder (default: data.source from params unless medmnist, else told by the "
-    "layout: top-level folders named after a class or a split (NORMAL/, train/...) -> image_folder, "
-    "whatever the files (PNG, JPEG or DICOM); else a labels CSV (data.dicom.labels_csv) at the top -> "
-    "dicom_folder)"))]
+KindOption = Annotated[
+    str | None,
+    typer.Option(
+        "--kind",
+        help=(
+            "source kind for a SOURCE folder (default: data.source from params unless medmnist, else told by the "
+            "layout: top-level folders named after a class or a split (NORMAL/, train/...) -> image_folder, "
+            "whatever the files (PNG, JPEG or DICOM); else a labels CSV (data.dicom.labels_csv) at the top -> "
+            "dicom_folder)"
+        ),
+    ),
+]
 InboxOption = Annotated[Path | None, typer.Option("--inbox", help="folder of new files to add incrementally")]
 
 
@@ -344,8 +393,9 @@ def _data_errors() -> tuple[type[Exception], ...]:
     return (DataSourceError, MissingSecretError, QuarantineThresholdError, SourceLayoutError)
 
 
-def source_overrides(source: str | None, kind: str | None, inbox: Path | None, configured: str,
-                     data_config=None) -> dict:
+def source_overrides(
+    source: str | None, kind: str | None, inbox: Path | None, configured: str, data_config=None
+) -> dict:
     """``medimg ingest SOURCE --kind K --inbox I`` as params overrides of the ``data`` section.
 
     A SOURCE folder without ``--kind`` takes ``configured`` (``data.source``) unless it is medmnist;
@@ -388,7 +438,8 @@ def _guess_kind(path: Path, data_config: DataConfig | None) -> str:
         raise ConfigError(
             f"{path}: cannot tell the source kind: no top-level class or split folder "
             f"({', '.join(cfg.class_names)}, train/val/test; any case) and no {cfg.dicom.labels_csv or 'labels CSV'}; "
-            "give --kind image_folder or --kind dicom_folder")
+            "give --kind image_folder or --kind dicom_folder"
+        )
     return guessed
 
 
@@ -401,8 +452,13 @@ def _console_logging() -> None:
 
 
 @app.command()
-def ingest(source: SourceArgument = None, params: ParamsOption = Path("params.yaml"), set_: SetOption = None,
-           kind: KindOption = None, inbox: InboxOption = None) -> None:
+def ingest(
+    source: SourceArgument = None,
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    kind: KindOption = None,
+    inbox: InboxOption = None,
+) -> None:
     """Ingest a source: decode in parallel, de-identify, preprocess, quarantine bad files, version with DVC.
 
     Every file under the source is ingested, quarantined (a bad image, with its reason) or skipped
@@ -508,8 +564,13 @@ def reproduce(
 @app.command()
 def schedule(
     params: ParamsOption = Path("params.yaml"),
-    work_pool: Annotated[str | None, typer.Option("--work-pool", help="register with this Prefect work pool "
-                                                  "instead of serving here (default: schedule.work_pool)")] = None,
+    work_pool: Annotated[
+        str | None,
+        typer.Option(
+            "--work-pool",
+            help="register with this Prefect work pool instead of serving here (default: schedule.work_pool)",
+        ),
+    ] = None,
 ) -> None:
     """Run retraining on the cron schedule in params (and the inbox watcher when data.inbox is set).
 
@@ -522,9 +583,11 @@ def schedule(
     from prefect.settings import PREFECT_API_URL  # here: after activate (MLflow, Prefect read settings on import)
 
     if not PREFECT_API_URL.value():  # the ephemeral API runs no scheduler: the cron would never fire
-        console.print("[bold red]no Prefect server[/] schedules need a running one (Prefect's embedded API has no "
-                      "scheduler): start it with `prefect server start` (or `scripts/services.sh start`) and "
-                      "export PREFECT_API_URL=http://127.0.0.1:4200/api")
+        console.print(
+            "[bold red]no Prefect server[/] schedules need a running one (Prefect's embedded API has no "
+            "scheduler): start it with `prefect server start` (or `scripts/services.sh start`) and "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
         raise typer.Exit(2)
     # here: after activate (MLflow, Prefect read settings on import)
     from flows.deployments import deploy_to_pool, runner_deployments
@@ -532,13 +595,17 @@ def schedule(
     pool = work_pool or loaded.schedule.work_pool
     if pool:
         ids = deploy_to_pool(loaded, params, pool)
-        console.print(f"registered {len(ids)} deployment(s) with work pool {pool!r}: {', '.join(ids)}; "
-                      f"start a worker with `prefect worker start --pool {pool}`")
+        console.print(
+            f"registered {len(ids)} deployment(s) with work pool {pool!r}: {', '.join(ids)}; "
+            f"start a worker with `prefect worker start --pool {pool}`"
+        )
         return
     import prefect  # here: after activate (MLflow, Prefect read settings on import)
 
-    console.print(f"serving retrain on '{loaded.schedule.cron}' ({loaded.schedule.timezone})"
-                  + (f" and the inbox watcher every {loaded.schedule.inbox_poll_seconds} s" if loaded.data.inbox else ""))
+    console.print(
+        f"serving retrain on '{loaded.schedule.cron}' ({loaded.schedule.timezone})"
+        + (f" and the inbox watcher every {loaded.schedule.inbox_poll_seconds} s" if loaded.data.inbox else "")
+    )
     prefect.serve(*runner_deployments(loaded, params))
 
 

@@ -56,7 +56,8 @@ class DicomFolderConfig(_Strict):
         default="labels.csv", description="CSV with the labels; relative paths are under the source root"
     )
     label_key: Literal["file", "sop_instance_uid", "folder"] = Field(
-        default="file", description="what the CSV's key column holds: a file path (relative to the root), "
+        default="file",
+        description="what the CSV's key column holds: a file path (relative to the root), "
         "the SOPInstanceUID, or a folder (relative to the root; labels every file below it)",
     )
     key_column: str = "key"
@@ -104,9 +105,7 @@ class DataConfig(_Strict):
 
     source: Literal["medmnist", "image_folder", "dicom_folder"] = "medmnist"
     medmnist_flag: Literal["pneumoniamnist"] = "pneumoniamnist"
-    data_dir: str | None = Field(
-        default=None, description=f"folder holding the archive; default: ${DATA_DIR_ENV}"
-    )
+    data_dir: str | None = Field(default=None, description=f"folder holding the archive; default: ${DATA_DIR_ENV}")
     download: bool = Field(default=True, description="download with the medmnist package if absent")
     class_names: tuple[str, ...] = ("normal", "pneumonia")
     root: str | None = Field(
@@ -116,7 +115,9 @@ class DataConfig(_Strict):
         default=None, description="folder of new files ingested incrementally with the source; relative: under data_dir"
     )
     modality: str = Field(
-        default="DX", pattern=r"^[A-Z0-9]{2,4}$", description="declared modality of files that cannot say (PNG, JPEG, NPZ)"
+        default="DX",
+        pattern=r"^[A-Z0-9]{2,4}$",
+        description="declared modality of files that cannot say (PNG, JPEG, NPZ)",
     )
     modalities: tuple[ModalityCode, ...] | None = Field(
         default=None,
@@ -124,7 +125,8 @@ class DataConfig(_Strict):
         "another modality); null: those in the training manifest",
     )
     body_part: str | None = Field(
-        default=None, pattern=r"^[A-Z0-9_ ]{1,16}$",
+        default=None,
+        pattern=r"^[A-Z0-9_ ]{1,16}$",
         description="DICOM Body Part Examined the model is for (ONNX medimg.body_part); null: not recorded",
     )
     image_folder: ImageFolderConfig = ImageFolderConfig()
@@ -133,9 +135,11 @@ class DataConfig(_Strict):
     deid: DeidConfig = DeidConfig()
     min_side: int = Field(default=16, ge=1, description="files with a smaller side are quarantined (too_small)")
     max_bad_fraction: float = Field(
-        default=0.05, ge=0, le=1,
+        default=0.05,
+        ge=0,
+        le=1,
         description="the ingest fails when a larger share of the images is quarantined "
-                    "(skipped non-images do not count)",
+        "(skipped non-images do not count)",
     )
     workers: int | None = Field(default=2, ge=1, description="decoding processes; null: one per CPU")
     cache: bool = Field(default=True, description="reuse decoded images by sha256 of the file (incremental ingest)")
@@ -143,11 +147,14 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _declared_modality_in_modalities(self) -> DataConfig:
         if self.modalities == ():
-            raise ValueError("data.modalities is empty: list the modalities the model is for, or null for the "
-                             "training data's")
+            raise ValueError(
+                "data.modalities is empty: list the modalities the model is for, or null for the training data's"
+            )
         if self.modalities is not None and self.modality not in self.modalities:
-            raise ValueError(f"data.modalities {list(self.modalities)} must include data.modality {self.modality!r}, "
-                             "the modality declared for the files that cannot say theirs")
+            raise ValueError(
+                f"data.modalities {list(self.modalities)} must include data.modality {self.modality!r}, "
+                "the modality declared for the files that cannot say theirs"
+            )
         return self
 
     def resolved_data_dir(self) -> Path | None:
@@ -195,7 +202,8 @@ class PreprocessConfig(_Strict):
     interpolation: Literal["bilinear", "bicubic", "area"] = "bilinear"
     antialias: bool = Field(default=False, description="antialiased bilinear/bicubic (area always is)")
     intensity: Literal["auto", "minmax", "percentile"] = Field(
-        default="auto", description="grey uint8 mapping: auto (medimg.preprocess rules) | per-image min-max | percentiles"
+        default="auto",
+        description="grey uint8 mapping: auto (medimg.preprocess rules) | per-image min-max | percentiles",
     )
     percentiles: tuple[float, float] = (0.5, 99.5)
     ct_window: tuple[float, float] | None = Field(
@@ -210,7 +218,7 @@ class PreprocessConfig(_Strict):
     jpeg2000_reduce: bool = Field(
         default=False,
         description="decode JPEG 2000 DICOM at its coarsest wavelet resolution level keeping >= 2x size "
-                    "before resizing",
+        "before resizing",
     )
     channels: Literal[1, 3] = 1
     mean: float = Field(default=0.5, description="normalisation after scaling to [0, 1]")
@@ -344,8 +352,12 @@ class DriftConfig(_Strict):
     """Compare each new data version with the champion's training data before retraining."""
 
     enabled: bool = True
-    psi_threshold: float = Field(default=0.2, gt=0, description="population stability index above which drift is flagged")
-    pvalue_threshold: float = Field(default=0.01, gt=0, lt=1, description="two-sample KS test p-value below which drift is flagged")
+    psi_threshold: float = Field(
+        default=0.2, gt=0, description="population stability index above which drift is flagged"
+    )
+    pvalue_threshold: float = Field(
+        default=0.01, gt=0, lt=1, description="two-sample KS test p-value below which drift is flagged"
+    )
     sample_size: int = Field(default=1000, ge=50, description="images per side scored by the champion")
     retrain_on: Literal["any_change", "drift"] = Field(
         default="any_change", description="any_change: every new data version retrains; drift: only a drifted one does"
@@ -375,8 +387,12 @@ class OrchestrationConfig(_Strict):
     skip_if_up_to_date: bool = Field(
         default=True, description="a run whose data, params and code match the last completed run trains nothing"
     )
-    notify_webhook_url: str | None = Field(default=None, description="POSTed a JSON message when a run fails or is gated")
-    notify_block: str | None = Field(default=None, description="name of a saved Prefect notification block to use instead")
+    notify_webhook_url: str | None = Field(
+        default=None, description="POSTed a JSON message when a run fails or is gated"
+    )
+    notify_block: str | None = Field(
+        default=None, description="name of a saved Prefect notification block to use instead"
+    )
 
 
 class Params(_Strict):

@@ -51,16 +51,25 @@ class IngestSummary(Contract):
     n_cached: int = Field(description="files whose decoding came from the decode cache")
     n_quarantined: int = Field(description="files set aside with a reason (see quarantine_csv)")
     quarantine_by_reason: dict[str, int] = Field(description="quarantined files per reason code")
-    quarantine_csv: Path = Field(description="reports/quarantine-<data version>.csv: each file's place in the source "
-                                 "folder, pseudonym, reason and the library's message; stays in the workspace")
+    quarantine_csv: Path = Field(
+        description="reports/quarantine-<data version>.csv: each file's place in the source "
+        "folder, pseudonym, reason and the library's message; stays in the workspace"
+    )
     quarantine_pseudonymous_csv: Path | None = Field(
-        default=None, description="reports/pseudonymous/quarantine-<data version>.csv: pseudonym and reason only; "
-                                  "the copy that may leave the workspace (MLflow)")
-    n_skipped_files: int = Field(default=0, description="files that are not images, skipped with a reason "
-                                                         "(hidden/system files, DICOMDIR, non-image DICOM, labels CSV)")
+        default=None,
+        description="reports/pseudonymous/quarantine-<data version>.csv: pseudonym and reason only; "
+        "the copy that may leave the workspace (MLflow)",
+    )
+    n_skipped_files: int = Field(
+        default=0,
+        description="files that are not images, skipped with a reason "
+        "(hidden/system files, DICOMDIR, non-image DICOM, labels CSV)",
+    )
     skipped_files_by_reason: dict[str, int] = Field(default_factory=dict, description="skipped files per reason code")
-    skipped_files_csv: Path | None = Field(default=None, description="reports/skipped-<data version>.csv: each "
-                                                                     "skipped file's place in the source and reason")
+    skipped_files_csv: Path | None = Field(
+        default=None,
+        description="reports/skipped-<data version>.csv: each skipped file's place in the source and reason",
+    )
     contract_hash: str = Field(description="hash of the preprocessing contract the images were made with")
     dvc_file: Path = Field(description="the .dvc file of this data version (data/versions/<id>.dvc)")
     fetch_commands: tuple[str, ...] = Field(description="shell commands that restore this data version")
@@ -135,7 +144,8 @@ class TrainSummary(Contract):
     train_seconds: float = Field(description="wall time of the training loop, s")
     images_per_second: float = Field(description="training images per second, all ranks together")
     history: tuple[dict[str, int | float], ...] = Field(
-        description="one row per epoch: epoch, train_loss, val_loss, val_auc, lr")
+        description="one row per epoch: epoch, train_loss, val_loss, val_auc, lr"
+    )
     n_train: int = Field(description="training images")
     n_val: int = Field(description="validation images")
     device: str = Field(description="torch device trained on (cpu, cuda, cuda:0, ...)")
@@ -152,11 +162,13 @@ class EvaluationSummary(Contract):
     threshold_rule: str = Field(description="gates.threshold: youden, target_sensitivity or fixed")
     test: Metrics = Field(description="test-split metrics at the threshold")
     test_ci95: dict[str, tuple[float | None, float | None]] = Field(
-        description="bootstrap 95% CI (low, high) per metric name of the test split")
+        description="bootstrap 95% CI (low, high) per metric name of the test split"
+    )
     val: Metrics = Field(description="validation-split metrics at the threshold")
     n_test: int = Field(description="test images")
     subgroups: dict[str, dict[str, Metrics]] = Field(
-        description="test metrics per group column (modality, site, sex) and value, where a column varies")
+        description="test metrics per group column (modality, site, sex) and value, where a column varies"
+    )
     bootstrap_samples: int = Field(description="bootstrap resamples behind test_ci95")
     metrics_file: Path = Field(description="runs/<run id>/metrics.json: these numbers as JSON")
     predictions: Path = Field(description="runs/<run id>/test_predictions.csv: id, label, probability per test image")

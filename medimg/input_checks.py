@@ -123,8 +123,9 @@ class InputRules:
     def describe(self) -> str:
         """One line for a terminal: which checks apply."""
         parts = ["non-finite pixels"]
-        parts.append("modality " + ", ".join(sorted(self.modalities)) if self.modalities is not None
-                     else "any modality")
+        parts.append(
+            "modality " + ", ".join(sorted(self.modalities)) if self.modalities is not None else "any modality"
+        )
         if self.bit_depth_range is not None:
             parts.append(f"bits stored {self.bit_depth_range[0]}-{self.bit_depth_range[1]}")
         if self.original_side_range is not None:
@@ -155,8 +156,9 @@ def check_input(image: DecodedImage, rules: InputRules, stored: np.ndarray | Non
         bad = int(pixels.size - np.count_nonzero(np.isfinite(pixels)))
         return InputProblem("non_finite", f"{bad} of {pixels.size} pixels are NaN or infinite")
     if rules.modalities is not None and image.modality is not None and image.modality.upper() not in rules.modalities:
-        return InputProblem("modality_mismatch",
-                            f"modality {image.modality}, the model is for {', '.join(sorted(rules.modalities))}")
+        return InputProblem(
+            "modality_mismatch", f"modality {image.modality}, the model is for {', '.join(sorted(rules.modalities))}"
+        )
     if rules.bit_depth_range is not None:
         low, high = rules.bit_depth_range
         if not low <= image.bit_depth <= high:

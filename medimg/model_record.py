@@ -214,9 +214,11 @@ def metrics_with_ci(run_metrics: dict[str, float]) -> dict[str, MetricEstimate]:
     for key in sorted(run_metrics):
         if not key.startswith(TEST_PREFIX) or key.endswith((CI_LOW_SUFFIX, CI_HIGH_SUFFIX)):
             continue
-        out[key[len(TEST_PREFIX):]] = MetricEstimate(value=run_metrics[key],
-                                                     ci95_low=run_metrics.get(f"{key}{CI_LOW_SUFFIX}"),
-                                                     ci95_high=run_metrics.get(f"{key}{CI_HIGH_SUFFIX}"))
+        out[key[len(TEST_PREFIX) :]] = MetricEstimate(
+            value=run_metrics[key],
+            ci95_low=run_metrics.get(f"{key}{CI_LOW_SUFFIX}"),
+            ci95_high=run_metrics.get(f"{key}{CI_HIGH_SUFFIX}"),
+        )
     return out
 
 
@@ -235,11 +237,22 @@ def gate_report(document: dict, artifact: str = artifacts.GATE_REPORT) -> GateRe
     """The gate report JSON (as :mod:`medimg.steps.gate` writes it), typed."""
     champion = document.get("champion_version")
     return GateReport(
-        artifact=artifact, passed=bool(document.get("passed")), failed=tuple(document.get("failed") or ()),
-        rules=tuple(GateRule(name=r.get("name"), passed=bool(r.get("passed")), reason=r.get("reason") or "",
-                             inputs=r.get("inputs") or {}) for r in document.get("rules") or ()),
-        threshold=document.get("threshold"), champion_version=None if champion is None else str(champion),
-        benchmark_id=(document.get("benchmark") or {}).get("id"), document=document,
+        artifact=artifact,
+        passed=bool(document.get("passed")),
+        failed=tuple(document.get("failed") or ()),
+        rules=tuple(
+            GateRule(
+                name=r.get("name"),
+                passed=bool(r.get("passed")),
+                reason=r.get("reason") or "",
+                inputs=r.get("inputs") or {},
+            )
+            for r in document.get("rules") or ()
+        ),
+        threshold=document.get("threshold"),
+        champion_version=None if champion is None else str(champion),
+        benchmark_id=(document.get("benchmark") or {}).get("id"),
+        document=document,
     )
 
 
@@ -263,9 +276,17 @@ def _run(run_id: str) -> tuple[RunRecord | None, str | None]:
         return None, f"MLflow run {run_id} cannot be read ({err.error_code})"
     info, data = run.info, run.data
     return RunRecord(
-        id=info.run_id, name=info.run_name, status=info.status, experiment_id=str(info.experiment_id),
-        start=_utc(info.start_time), end=_utc(info.end_time), user=info.user_id, artifact_uri=info.artifact_uri,
-        params=dict(sorted(data.params.items())), tags=dict(data.tags), metrics=dict(data.metrics),
+        id=info.run_id,
+        name=info.run_name,
+        status=info.status,
+        experiment_id=str(info.experiment_id),
+        start=_utc(info.start_time),
+        end=_utc(info.end_time),
+        user=info.user_id,
+        artifact_uri=info.artifact_uri,
+        params=dict(sorted(data.params.items())),
+        tags=dict(data.tags),
+        metrics=dict(data.metrics),
     ), None
 
 
@@ -287,8 +308,9 @@ def _validation(run_id: str, scratch: Path) -> ValidationResult | None:
     document = _artifact_json(run_id, files[0], scratch) if files else None
     if document is None:
         return None
-    return ValidationResult(artifact=files[0], passed=document.get("passed"),
-                            data_version=document.get("data_version"), document=document)
+    return ValidationResult(
+        artifact=files[0], passed=document.get("passed"), data_version=document.get("data_version"), document=document
+    )
 
 
 def _registered_model(name: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -314,22 +336,38 @@ def from_version(info: registry.VersionInfo, audit_log: Path | None = None) -> M
     workspace_events = audit.read(audit_log) if audit_log is not None else []
     tags = info.tags
     return ModelRecord(
-        name=info.name, version=info.version, aliases=tuple(info.aliases), tags=dict(sorted(tags.items())),
-        source=info.source, created_at=_utc(info.created_ms), run_id=info.run_id, run=run, run_error=run_error,
+        name=info.name,
+        version=info.version,
+        aliases=tuple(info.aliases),
+        tags=dict(sorted(tags.items())),
+        source=info.source,
+        created_at=_utc(info.created_ms),
+        run_id=info.run_id,
+        run=run,
+        run_error=run_error,
         test_metrics=metrics_with_ci(run.metrics) if run else {},
-        data_version=tags.get(registry.TAG_DATA_VERSION), params_hash=tags.get(registry.TAG_PARAMS_HASH),
-        git_commit=tags.get(registry.TAG_GIT_COMMIT), code_hash=tags.get(registry.TAG_CODE_HASH), onnx_sha256=tags.get(registry.TAG_ONNX_SHA256),
-        onnx_parity_max_abs_diff=_float(tags.get(registry.TAG_PARITY)), flow_run_id=tags.get(registry.TAG_FLOW_RUN),
-        validation_passed=_flag(tags.get(registry.TAG_VALIDATION)), gate_passed=_flag(tags.get(registry.TAG_GATE)),
+        data_version=tags.get(registry.TAG_DATA_VERSION),
+        params_hash=tags.get(registry.TAG_PARAMS_HASH),
+        git_commit=tags.get(registry.TAG_GIT_COMMIT),
+        code_hash=tags.get(registry.TAG_CODE_HASH),
+        onnx_sha256=tags.get(registry.TAG_ONNX_SHA256),
+        onnx_parity_max_abs_diff=_float(tags.get(registry.TAG_PARITY)),
+        flow_run_id=tags.get(registry.TAG_FLOW_RUN),
+        validation_passed=_flag(tags.get(registry.TAG_VALIDATION)),
+        gate_passed=_flag(tags.get(registry.TAG_GATE)),
         gate_failed_rules=tuple(r for r in (tags.get(registry.TAG_GATE_FAILED) or "").split(",") if r and r != "none"),
         promotion=PromotionTags(
-            promoted_at=tags.get(registry.TAG_PROMOTED_AT), reason=tags.get(registry.TAG_PROMOTION_REASON),
+            promoted_at=tags.get(registry.TAG_PROMOTED_AT),
+            reason=tags.get(registry.TAG_PROMOTION_REASON),
             previous_champion=tags.get(registry.TAG_PREVIOUS_CHAMPION),
             forced=tags.get(registry.TAG_PROMOTION_FORCED) == "True",
             rolled_back_at=tags.get(registry.TAG_ROLLED_BACK_AT),
             rollback_reason=tags.get(registry.TAG_ROLLBACK_REASON),
         ),
-        gate=gate, validation=validation, model_aliases=model_aliases, model_tags=model_tags,
+        gate=gate,
+        validation=validation,
+        model_aliases=model_aliases,
+        model_tags=model_tags,
         promotion_history=merge_events(workspace_events, events_from_tags(model_tags), info.name),
         audit_log=audit_log,
     )

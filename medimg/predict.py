@@ -86,18 +86,29 @@ def collect_files(paths: Sequence[str | Path]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out.extend(sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and p.suffix.lower() in IMAGE_SUFFIXES
-            ))
+            out.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                    and p.suffix.lower() in IMAGE_SUFFIXES
+                )
+            )
         else:
             out.append(path)
     return out
 
 
-def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, show_progress: bool = False,
-                  console=None, allow_modalities: tuple[str, ...] = (), any_modality: bool = False) -> list[Prediction]:
+def predict_files(
+    model: OnnxModel,
+    files: list[Path],
+    batch_size: int = 32,
+    show_progress: bool = False,
+    console=None,
+    allow_modalities: tuple[str, ...] = (),
+    any_modality: bool = False,
+) -> list[Prediction]:
     """Predictions for ``files`` in order; bad files carry their reason and do not stop the batch.
 
     ``allow_modalities`` adds DICOM modalities to those the model is for; ``any_modality`` turns
@@ -120,8 +131,14 @@ def predict_files(model: OnnxModel, files: list[Path], batch_size: int = 32, sho
         # here: only a run that shows a bar needs rich
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=console, transient=False)
+        progress = Progress(
+            TextColumn("predict"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
         progress.start()
         task = progress.add_task("predict", total=len(files))
     try:

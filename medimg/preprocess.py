@@ -86,25 +86,32 @@ CONTRACT_VERSION = 4
 #: How medimg turns a decoded file into the contract's grey uint8 input (see the module docstring).
 GREY_UINT8 = {
     "png_jpeg": "grey values as stored; colour -> 0.299 R + 0.587 G + 0.114 B in float64 (alpha dropped); "
-                "uint8 = clip(rint(v * 255 / (2**bit_depth - 1)), 0, 255): 8-bit kept, 16-bit scaled",
+    "uint8 = clip(rint(v * 255 / (2**bit_depth - 1)), 0, 255): 8-bit kept, 16-bit scaled",
     "dicom": "Modality LUT applied, MONOCHROME1 inverted; CT: window (file VOI, else level 40 width 400 HU) onto "
-             "[0, 1], uint8 = rint(v * 255); other modalities: uint8 = rint((v - min) / (max - min) * 255), "
-             "0 for a constant image",
+    "[0, 1], uint8 = rint(v * 255); other modalities: uint8 = rint((v - min) / (max - min) * 255), "
+    "0 for a constant image",
     "rint": "round half to even",
 }
 _GREY_OTHER = {
     "minmax": "every image: uint8 = rint((v - min) / (max - min) * 255), 0 for a constant image",
     "percentile": "every image: lo, hi = percentiles of v (every k-th row/column, k = max(1, min(H, W) // 512)); "
-                  "uint8 = rint(clip((v - lo) / (hi - lo), 0, 1) * 255), 0 when hi <= lo",
+    "uint8 = rint(clip((v - lo) / (hi - lo), 0, 1) * 255), 0 when hi <= lo",
 }
-RESIZE_SAMPLING = ("half-pixel centres (align_corners=False): s = max((d + 0.5) * in / out - 0.5, 0), "
-                   "neighbours floor(s) and min(floor(s) + 1, in - 1), per axis, applied to x / 255; "
-                   "float32 arithmetic (s = float32(in) / float32(out) * (d + 0.5) - 0.5, weights 1 - t and t, "
-                   "t = s - floor(s)), along the width first, then the height; then uint8 = clip(rint(y * 255))")
-_PIL_SAMPLING = ("Pillow Image.resize on uint8 with the {filter} filter, whose support widens by the reduction "
-                 "factor (antialiased), rounded to uint8")
-_POLICY_TEXT = {"stretch": "aspect ratio not kept", "pad": "padded to square with black, centred",
-                "crop": "centre-cropped to square"}
+RESIZE_SAMPLING = (
+    "half-pixel centres (align_corners=False): s = max((d + 0.5) * in / out - 0.5, 0), "
+    "neighbours floor(s) and min(floor(s) + 1, in - 1), per axis, applied to x / 255; "
+    "float32 arithmetic (s = float32(in) / float32(out) * (d + 0.5) - 0.5, weights 1 - t and t, "
+    "t = s - floor(s)), along the width first, then the height; then uint8 = clip(rint(y * 255))"
+)
+_PIL_SAMPLING = (
+    "Pillow Image.resize on uint8 with the {filter} filter, whose support widens by the reduction "
+    "factor (antialiased), rounded to uint8"
+)
+_POLICY_TEXT = {
+    "stretch": "aspect ratio not kept",
+    "pad": "padded to square with black, centred",
+    "crop": "centre-cropped to square",
+}
 
 
 def _uses_pillow(config: PreprocessConfig) -> bool:
@@ -140,17 +147,36 @@ def contract(config: PreprocessConfig) -> dict:
         "clahe_clip_limit": config.clahe_clip_limit,
         "jpeg_dct_scaling": config.jpeg_dct_scaling,
         "jpeg2000_reduce": config.jpeg2000_reduce,
-        "order": ["decode", "grey_uint8", "resize_policy", "resize", "denoise", "clahe", "scale", "normalise",
-                  "channels"],
+        "order": [
+            "decode",
+            "grey_uint8",
+            "resize_policy",
+            "resize",
+            "denoise",
+            "clahe",
+            "scale",
+            "normalise",
+            "channels",
+        ],
     }
 
 
 _CONTRACT_FIELDS = {
-    "size": "size", "resize_policy": "resize", "interpolation": "interpolation", "antialias": "antialias",
-    "intensity": "intensity", "percentiles": "percentiles", "ct_window": "ct_window", "denoise": "denoise",
-    "clahe": "clahe", "clahe_clip_limit": "clahe_clip_limit", "jpeg_dct_scaling": "jpeg_dct_scaling",
+    "size": "size",
+    "resize_policy": "resize",
+    "interpolation": "interpolation",
+    "antialias": "antialias",
+    "intensity": "intensity",
+    "percentiles": "percentiles",
+    "ct_window": "ct_window",
+    "denoise": "denoise",
+    "clahe": "clahe",
+    "clahe_clip_limit": "clahe_clip_limit",
+    "jpeg_dct_scaling": "jpeg_dct_scaling",
     "jpeg2000_reduce": "jpeg2000_reduce",
-    "channels": "channels", "mean": "mean", "std": "std",
+    "channels": "channels",
+    "mean": "mean",
+    "std": "std",
 }
 
 
@@ -196,7 +222,7 @@ def grey_uint8(image, config: PreprocessConfig | None = None) -> np.ndarray:
             else:
                 _by_range(v, float(v.min()), float(v.max()))
         else:
-            v *= 255.0 / (2.0 ** image.bit_depth - 1.0)
+            v *= 255.0 / (2.0**image.bit_depth - 1.0)
     elif mode == "minmax":
         _by_range(v, float(v.min()), float(v.max()))
     else:
@@ -229,8 +255,11 @@ def to_contract_size(grey: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     size = config.size
     if grey.shape != (size, size):
         if _uses_pillow(config):
-            flt = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-                   "area": Image.Resampling.BOX}[config.interpolation]
+            flt = {
+                "bilinear": Image.Resampling.BILINEAR,
+                "bicubic": Image.Resampling.BICUBIC,
+                "area": Image.Resampling.BOX,
+            }[config.interpolation]
             grey = np.asarray(Image.fromarray(grey).resize((size, size), flt))
         else:
             grey = _resize_sampled(grey, size, config.interpolation)
@@ -315,8 +344,16 @@ def prepare(image, config: PreprocessConfig) -> np.ndarray:
     return to_contract_size(grey_uint8(image, config), config)
 
 
-def decode_file(path: str | Path, config: PreprocessConfig, min_size: int = 16, allow_burned_in: bool = False, *,
-                kind: str | None = None, data: bytes | None = None, secret: bytes | None = None):
+def decode_file(
+    path: str | Path,
+    config: PreprocessConfig,
+    min_size: int = 16,
+    allow_burned_in: bool = False,
+    *,
+    kind: str | None = None,
+    data: bytes | None = None,
+    secret: bytes | None = None,
+):
     """Decode a DICOM, PNG or JPEG file the way the contract says (raises ``BadImage``).
 
     ``kind`` "dicom" or "raster" says which decoder to use (a DICOM folder's text file is then
@@ -335,16 +372,23 @@ def decode_file(path: str | Path, config: PreprocessConfig, min_size: int = 16, 
     if kind is None:
         kind = "dicom" if (_has_dicm(data) if data is not None else is_dicom_file(path)) else "raster"
     if kind == "dicom":
-        return decode_dicom(path, min_size=min_size, allow_burned_in=allow_burned_in,
-                            jpeg2000_min_side=2 * config.size if config.jpeg2000_reduce else None,
-                            ct_window=config.ct_window,
-                            data=data, secret=secret)
-    return decode_raster(path, min_size=min_size, jpeg_min_side=2 * config.size if config.jpeg_dct_scaling else None,
-                         data=data)
+        return decode_dicom(
+            path,
+            min_size=min_size,
+            allow_burned_in=allow_burned_in,
+            jpeg2000_min_side=2 * config.size if config.jpeg2000_reduce else None,
+            ct_window=config.ct_window,
+            data=data,
+            secret=secret,
+        )
+    return decode_raster(
+        path, min_size=min_size, jpeg_min_side=2 * config.size if config.jpeg_dct_scaling else None, data=data
+    )
 
 
-def prepare_file(path: str | Path, config: PreprocessConfig, min_size: int = 16,
-                 allow_burned_in: bool = False) -> np.ndarray:
+def prepare_file(
+    path: str | Path, config: PreprocessConfig, min_size: int = 16, allow_burned_in: bool = False
+) -> np.ndarray:
     """One file -> the contract's uint8 ``[size, size]`` image; what ingest stores and predict feeds."""
     return prepare(decode_file(path, config, min_size, allow_burned_in), config)
 
@@ -373,6 +417,7 @@ def apply(images: np.ndarray | torch.Tensor, config: PreprocessConfig) -> torch.
     normalised; others go through :func:`to_contract_size` first, one by one.
     """
     import torch  # here, so decoding workers that only prepare images never load torch
+
     if isinstance(images, np.ndarray) and not images.flags.writeable:  # e.g. np.asarray(PIL image)
         images = images.copy()  # torch cannot share a read-only buffer; the uint8 copy is a quarter of the output
     x = torch.as_tensor(images)

@@ -66,15 +66,19 @@ def _record(ws: Workspace, name: str, event: dict) -> dict:
     """Append the event to audit.jsonl, then mirror the same JSON as a registered-model tag."""
     entry = audit.record(ws.audit_log, event)
     tags = registry.model_tags(name)
-    taken = [int(k[len(registry.AUDIT_TAG_PREFIX):]) for k in tags
-             if k.startswith(registry.AUDIT_TAG_PREFIX) and k[len(registry.AUDIT_TAG_PREFIX):].isdigit()]
+    taken = [
+        int(k[len(registry.AUDIT_TAG_PREFIX) :])
+        for k in tags
+        if k.startswith(registry.AUDIT_TAG_PREFIX) and k[len(registry.AUDIT_TAG_PREFIX) :].isdigit()
+    ]
     key = f"{registry.AUDIT_TAG_PREFIX}{max(taken, default=0) + 1:06d}"
     registry.set_model_tag(name, key, json.dumps(entry, sort_keys=True))
     return {**entry, "mlflow_tag": key}
 
 
-def promote(params: Params, ws: Workspace, version: str | int, reason: str, force: bool = False,
-            flow_run_id: str | None = None) -> dict:
+def promote(
+    params: Params, ws: Workspace, version: str | int, reason: str, force: bool = False, flow_run_id: str | None = None
+) -> dict:
     """Make ``version`` the champion; returns the audit event (with ``mlflow_tag``, its tag key).
 
     Refused when the reason is empty, the version does not exist or already is the champion,
@@ -103,28 +107,51 @@ def promote(params: Params, ws: Workspace, version: str | int, reason: str, forc
     if registry.CHALLENGER in info.aliases:
         registry.delete_alias(name, registry.CHALLENGER)  # a champion is no longer a challenger
         cleared.append(registry.CHALLENGER)
-    registry.set_tags(name, version, {
-        registry.TAG_PROMOTED_AT: audit.now_iso(),
-        registry.TAG_PROMOTION_REASON: reason,
-        registry.TAG_PREVIOUS_CHAMPION: previous.version if previous else "none",
-        registry.TAG_PROMOTION_FORCED: forced,
-    })
-    entry = _record(ws, name, {
-        "action": "promote", "model": name, "alias": registry.CHAMPION, "version": version,
-        "previous": previous.version if previous else None, "reason": reason, "forced": forced,
-        "force_requested": bool(force), "gate_passed": gate_passed, "flow_run_id": flow_run_id, "mlflow_run_id": info.run_id,
-        "onnx_sha256": info.tags.get(registry.TAG_ONNX_SHA256), "cleared_aliases": cleared,
-    })
+    registry.set_tags(
+        name,
+        version,
+        {
+            registry.TAG_PROMOTED_AT: audit.now_iso(),
+            registry.TAG_PROMOTION_REASON: reason,
+            registry.TAG_PREVIOUS_CHAMPION: previous.version if previous else "none",
+            registry.TAG_PROMOTION_FORCED: forced,
+        },
+    )
+    entry = _record(
+        ws,
+        name,
+        {
+            "action": "promote",
+            "model": name,
+            "alias": registry.CHAMPION,
+            "version": version,
+            "previous": previous.version if previous else None,
+            "reason": reason,
+            "forced": forced,
+            "force_requested": bool(force),
+            "gate_passed": gate_passed,
+            "flow_run_id": flow_run_id,
+            "mlflow_run_id": info.run_id,
+            "onnx_sha256": info.tags.get(registry.TAG_ONNX_SHA256),
+            "cleared_aliases": cleared,
+        },
+    )
     (log.warning if forced else log.info)(
-        "model %s v%s is the new champion (previous: %s)%s", name, version,
-        f"v{previous.version}" if previous else "none", " [FORCED past failed gates]" if forced else "",
+        "model %s v%s is the new champion (previous: %s)%s",
+        name,
+        version,
+        f"v{previous.version}" if previous else "none",
+        " [FORCED past failed gates]" if forced else "",
     )
     return entry
 
 
 def _previous_from_audit(path: Path, name: str, version: str) -> str | None:
-    promotions = [e for e in audit.read(path)
-                  if e.get("action") == "promote" and e.get("model") == name and e.get("version") == version]
+    promotions = [
+        e
+        for e in audit.read(path)
+        if e.get("action") == "promote" and e.get("model") == name and e.get("version") == version
+    ]
     return promotions[-1].get("previous") if promotions else None
 
 
@@ -158,15 +185,30 @@ def rollback(params: Params, ws: Workspace, reason: str, flow_run_id: str | None
     registry.set_alias(name, registry.CHAMPION, restored.version)
     now = audit.now_iso()
     registry.set_tags(name, current.version, {registry.TAG_ROLLED_BACK_AT: now, registry.TAG_ROLLBACK_REASON: reason})
-    registry.set_tags(name, restored.version, {
-        registry.TAG_PROMOTED_AT: now,
-        registry.TAG_PROMOTION_REASON: f"rollback from v{current.version}: {reason}",
-    })
-    entry = _record(ws, name, {
-        "action": "rollback", "model": name, "alias": registry.CHAMPION, "version": restored.version,
-        "previous": current.version, "reason": reason, "forced": False, "flow_run_id": flow_run_id,
-        "mlflow_run_id": restored.run_id, "onnx_sha256": restored.tags.get(registry.TAG_ONNX_SHA256),
-    })
+    registry.set_tags(
+        name,
+        restored.version,
+        {
+            registry.TAG_PROMOTED_AT: now,
+            registry.TAG_PROMOTION_REASON: f"rollback from v{current.version}: {reason}",
+        },
+    )
+    entry = _record(
+        ws,
+        name,
+        {
+            "action": "rollback",
+            "model": name,
+            "alias": registry.CHAMPION,
+            "version": restored.version,
+            "previous": current.version,
+            "reason": reason,
+            "forced": False,
+            "flow_run_id": flow_run_id,
+            "mlflow_run_id": restored.run_id,
+            "onnx_sha256": restored.tags.get(registry.TAG_ONNX_SHA256),
+        },
+    )
     log.warning("model %s: champion rolled back from v%s to v%s (%s)", name, current.version, restored.version, reason)
     return entry
 

@@ -25,10 +25,17 @@ def git_commit(root: Path = PROJECT_ROOT) -> str:
     checkout moves on while the run is going.
     """
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
@@ -59,9 +66,12 @@ def code_hash(root: Path = PROJECT_ROOT) -> str:
     """
     root = Path(root)
     files = sorted(
-        path for package in CODE_PACKAGES if (root / package).is_dir()
+        path
+        for package in CODE_PACKAGES
+        if (root / package).is_dir()
         for path in (root / package).rglob("*")
-        if path.suffix in CODE_SUFFIXES and path.is_file()
+        if path.suffix in CODE_SUFFIXES
+        and path.is_file()
         and not any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(root).parts)
     )
     digest = hashlib.sha256()

@@ -82,8 +82,12 @@ def ensure_experiment(name: str, artifact_root: Path | None) -> str:
 
 def _info(mv) -> VersionInfo:
     return VersionInfo(
-        name=mv.name, version=str(mv.version), run_id=mv.run_id, tags=dict(mv.tags or {}),
-        aliases=list(getattr(mv, "aliases", []) or []), source=mv.source,
+        name=mv.name,
+        version=str(mv.version),
+        run_id=mv.run_id,
+        tags=dict(mv.tags or {}),
+        aliases=list(getattr(mv, "aliases", []) or []),
+        source=mv.source,
         created_ms=getattr(mv, "creation_timestamp", None),
     )
 

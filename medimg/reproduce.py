@@ -166,8 +166,12 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
     recorded = params_from_run(original.params)
     params_hash = recorded.fingerprint()
     recorded_hash = original.tags.get(TAG_PARAMS_HASH)
-    params = parse_params({**recorded.model_dump(mode="json"),
-                           "workspace": {**current.workspace.model_dump(mode="json"), "path": str(ws.root)}})
+    params = parse_params(
+        {
+            **recorded.model_dump(mode="json"),
+            "workspace": {**current.workspace.model_dump(mode="json"), "path": str(ws.root)},
+        }
+    )
 
     previous_data = versioning.current_version(ws)
     run_id = None
@@ -182,17 +186,27 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
             raise ReproduceError(f"data version {data_version} fails validation now: {outcome.failed_critical}")
         data = TrainingData(data_version=data_version, dropped_ids=tuple(outcome.dropped_ids))
 
-        run_id = tracking.start_run(params, ws, {
-            TAG_REPRODUCES: mv.version,
-            TAG_REPRODUCES_RUN: mv.run_id,
-            TAG_REPRODUCES_MODEL: mv.name,
-            TAG_DATA_VERSION: data_version,
-            TAG_GIT_COMMIT: git_commit(),
-            TAG_CODE_HASH: code_hash(),
-            TAG_PARAMS_HASH: params_hash,
-        })
-        log.info("reproducing %s v%s (run %s) on data version %s in MLflow run %s", mv.name, mv.version, mv.run_id,
-                 data_version, run_id)
+        run_id = tracking.start_run(
+            params,
+            ws,
+            {
+                TAG_REPRODUCES: mv.version,
+                TAG_REPRODUCES_RUN: mv.run_id,
+                TAG_REPRODUCES_MODEL: mv.name,
+                TAG_DATA_VERSION: data_version,
+                TAG_GIT_COMMIT: git_commit(),
+                TAG_CODE_HASH: code_hash(),
+                TAG_PARAMS_HASH: params_hash,
+            },
+        )
+        log.info(
+            "reproducing %s v%s (run %s) on data version %s in MLflow run %s",
+            mv.name,
+            mv.version,
+            mv.run_id,
+            data_version,
+            run_id,
+        )
         trained = train.run(params, ws, run_id, data)
         evaluated = evaluate.run(params, ws, run_id, data, trained)
     except BaseException:
@@ -212,8 +226,10 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
         new = float(value)
         ci95 = evaluated.test_ci95.get(name)
         metrics[name] = {
-            "original": orig.value if orig else None, "original_ci95": list(orig.ci95) if orig and orig.ci95 else None,
-            "reproduced": new, "reproduced_ci95": list(ci95) if ci95 is not None else None,
+            "original": orig.value if orig else None,
+            "original_ci95": list(orig.ci95) if orig and orig.ci95 else None,
+            "reproduced": new,
+            "reproduced_ci95": list(ci95) if ci95 is not None else None,
             "diff": None if orig is None else new - orig.value,
         }
     auc = metrics["roc_auc"]
@@ -258,11 +274,16 @@ def render_text(result: dict) -> str:
         f"Reproduction of {result['model_name']} v{result['version']} (run {result['original_run_id']})"
         f" -> MLflow run {result['run_id']}",
         f"  data version {result['data_version']} restored with DVC; params hash {result['params_hash']}"
-        + (f" (matches the recorded {result['params_hash_recorded']})" if result["params_hash_matches"] else
-           f" (differs from the recorded {result['params_hash_recorded']}: the params or their hashing changed"
-           " after the run)"),
-        (f"  code then {result['git_commit_original']}, now {result['git_commit_now']}"
-         f" (source hash then {result.get('code_hash_original')}, now {result.get('code_hash_now')})"),
+        + (
+            f" (matches the recorded {result['params_hash_recorded']})"
+            if result["params_hash_matches"]
+            else f" (differs from the recorded {result['params_hash_recorded']}: the params or their hashing changed"
+            " after the run)"
+        ),
+        (
+            f"  code then {result['git_commit_original']}, now {result['git_commit_now']}"
+            f" (source hash then {result.get('code_hash_original')}, now {result.get('code_hash_now')})"
+        ),
         f"  threshold original {result['threshold']['original']}, reproduced {result['threshold']['reproduced']}",
         f"  {'metric':<12} {'original':>9} {'95% CI':>17}   {'reproduced':>10} {'diff':>10}",
     ]
@@ -272,6 +293,8 @@ def render_text(result: dict) -> str:
         orig = f"{m['original']:.4f}" if m["original"] is not None else "n/a"
         diff = f"{m['diff']:+.2e}" if m["diff"] is not None else "n/a"
         lines.append(f"  {name:<12} {orig:>9} {ci_text:>17}   {m['reproduced']:>10.4f} {diff:>10}")
-    lines.append(f"  AUC within the original 95% CI: {result['auc_within_original_ci']}; identical: {result['identical']}"
-                 f" (max |probability diff| {result['predictions_max_abs_diff']})")
+    lines.append(
+        f"  AUC within the original 95% CI: {result['auc_within_original_ci']}; identical: {result['identical']}"
+        f" (max |probability diff| {result['predictions_max_abs_diff']})"
+    )
     return "\n".join(lines) + "\n"

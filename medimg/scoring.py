@@ -100,7 +100,10 @@ def cached_version_model(info: ModelRecord | VersionInfo, cache_root: Path) -> O
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".partial-") as partial:
-            downloaded = (fetch_verified_onnx(info.name, info.version, expected, Path(partial)) if sha
-                          else registry.download_onnx(info.name, info.version, Path(partial)))
+            downloaded = (
+                fetch_verified_onnx(info.name, info.version, expected, Path(partial))
+                if sha
+                else registry.download_onnx(info.name, info.version, Path(partial))
+            )
             downloaded.replace(path)
     return OnnxModel(path)

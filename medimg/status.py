@@ -36,12 +36,19 @@ def champion_status(params: Params, ws: Workspace) -> dict:
     name = params.registry.model_name
     champ = model_record.by_alias(name, registry.CHAMPION, ws.audit_log)
     challenger = registry.version_by_alias(name, registry.CHALLENGER)
-    out: dict = {"model_name": name, "tracking_uri": MlflowClient().tracking_uri, "champion": None,
-                 "challenger": challenger.version if challenger else None,
-                 "schedule": {"cron": params.schedule.cron, "timezone": params.schedule.timezone,
-                              "deployment": f"retrain/{params.schedule.deployment_name}",
-                              "work_pool": params.schedule.work_pool},
-                 "last_runs": tracking.recent_runs(params.registry.experiment, limit=10)}
+    out: dict = {
+        "model_name": name,
+        "tracking_uri": MlflowClient().tracking_uri,
+        "champion": None,
+        "challenger": challenger.version if challenger else None,
+        "schedule": {
+            "cron": params.schedule.cron,
+            "timezone": params.schedule.timezone,
+            "deployment": f"retrain/{params.schedule.deployment_name}",
+            "work_pool": params.schedule.work_pool,
+        },
+        "last_runs": tracking.recent_runs(params.registry.experiment, limit=10),
+    }
     if champ is None:
         return out
     out["champion"] = {

@@ -88,8 +88,10 @@ def runs_with_key(experiment: str, key: str) -> list:
     if found is None:
         return []
     return mlflow.search_runs(
-        experiment_ids=[found.experiment_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{key}'",
-        order_by=["attributes.start_time DESC"], output_format="list",
+        experiment_ids=[found.experiment_id],
+        filter_string=f"tags.`{TAG_RUN_KEY}` = '{key}'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
     )
 
 
@@ -116,20 +118,32 @@ def recent_runs(experiment: str, limit: int = 10) -> list[dict]:
     found = mlflow.get_experiment_by_name(experiment)
     if found is None:
         return []
-    runs = mlflow.search_runs(experiment_ids=[found.experiment_id], order_by=["attributes.start_time DESC"],
-                              max_results=limit, output_format="list")
-    return [{
-        "run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
-        "outcome": r.data.tags.get(TAG_OUTCOME), "reason": r.data.tags.get(TAG_REASON),
-        "data_version": r.data.tags.get(TAG_DATA_VERSION), "flow_run_id": r.data.tags.get(TAG_FLOW_RUN),
-        "model_version": r.data.tags.get(TAG_MODEL_VERSION),
-    } for r in runs]
+    runs = mlflow.search_runs(
+        experiment_ids=[found.experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=limit,
+        output_format="list",
+    )
+    return [
+        {
+            "run_id": r.info.run_id,
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "outcome": r.data.tags.get(TAG_OUTCOME),
+            "reason": r.data.tags.get(TAG_REASON),
+            "data_version": r.data.tags.get(TAG_DATA_VERSION),
+            "flow_run_id": r.data.tags.get(TAG_FLOW_RUN),
+            "model_version": r.data.tags.get(TAG_MODEL_VERSION),
+        }
+        for r in runs
+    ]
 
 
 def record_outcome_only(params: Params, ws: Workspace, outcome: str, reason: str, tags: dict[str, str]) -> str:
     """A run that trained nothing (up to date, no drift), so status and audits still see it happened."""
     client = mlflow.MlflowClient()
-    run = client.create_run(_experiment_id(params, ws), tags={**tags, TAG_OUTCOME: outcome, TAG_REASON: reason},
-                            run_name=f"{outcome}")
+    run = client.create_run(
+        _experiment_id(params, ws), tags={**tags, TAG_OUTCOME: outcome, TAG_REASON: reason}, run_name=f"{outcome}"
+    )
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id

@@ -43,10 +43,13 @@ def signal(params: Params, outcome: str, message: str, payload: dict | None = No
     """Emit ``medimg.retrain.<outcome>`` and notify, when configured, with the reason."""
     emit_event(
         event=f"{EVENT_PREFIX}.{outcome}",
-        resource={"prefect.resource.id": f"medimg.model.{params.registry.model_name}",
-                  "prefect.resource.name": params.registry.model_name},
+        resource={
+            "prefect.resource.id": f"medimg.model.{params.registry.model_name}",
+            "prefect.resource.name": params.registry.model_name,
+        },
         related=[{"prefect.resource.id": f"prefect.flow-run.{flow_run.id}", "prefect.resource.role": "flow-run"}]
-        if flow_run.id else None,
+        if flow_run.id
+        else None,
         payload={"message": message, **(payload or {})},
     )
     cfg = params.orchestration
@@ -59,10 +62,17 @@ def signal(params: Params, outcome: str, message: str, payload: dict | None = No
             run_coro_as_sync(sent)
     elif cfg.notify_webhook_url:
         block = CustomWebhookNotificationBlock(
-            name="medimg-webhook", url=cfg.notify_webhook_url, method="POST",
-            json_data={"subject": "{{subject}}", "body": "{{body}}", "outcome": outcome,
-                       "model": params.registry.model_name, "flow_run_id": str(flow_run.id or "none"),
-                       "details": json.loads(json.dumps(payload or {}, default=str))},  # e.g. failed_rules
+            name="medimg-webhook",
+            url=cfg.notify_webhook_url,
+            method="POST",
+            json_data={
+                "subject": "{{subject}}",
+                "body": "{{body}}",
+                "outcome": outcome,
+                "model": params.registry.model_name,
+                "flow_run_id": str(flow_run.id or "none"),
+                "details": json.loads(json.dumps(payload or {}, default=str)),
+            },  # e.g. failed_rules
         )
         block.notify(body=message, subject=subject)
     else:

@@ -92,23 +92,29 @@ def open_run(params: Params, ws: Workspace, run_key: str, ingested: IngestSummar
         run_id = tracking.reopen(previous.info.run_id)
         tracking.set_tags(run_id, {artifacts.TAG_RESUMED_BY: _flow_run_id()})
     else:
-        run_id = tracking.start_run(params, ws, {
-            artifacts.TAG_FLOW_RUN: _flow_run_id(),
-            artifacts.TAG_FLOW_RUN_NAME: str(flow_run.name or "none"),
-            artifacts.TAG_GIT_COMMIT: git_commit(),
-            artifacts.TAG_CODE_HASH: code_hash(),
-            artifacts.TAG_PARAMS_HASH: params.fingerprint(),
-            artifacts.TAG_DATA_VERSION: ingested.data_version,
-            artifacts.TAG_RUN_KEY: run_key,
-        })
+        run_id = tracking.start_run(
+            params,
+            ws,
+            {
+                artifacts.TAG_FLOW_RUN: _flow_run_id(),
+                artifacts.TAG_FLOW_RUN_NAME: str(flow_run.name or "none"),
+                artifacts.TAG_GIT_COMMIT: git_commit(),
+                artifacts.TAG_CODE_HASH: code_hash(),
+                artifacts.TAG_PARAMS_HASH: params.fingerprint(),
+                artifacts.TAG_DATA_VERSION: ingested.data_version,
+                artifacts.TAG_RUN_KEY: run_key,
+            },
+        )
     tracking.log_json(run_id, ingested.model_dump(mode="json"), artifacts.INGEST_REPORT)
     # the files set aside at ingest: pseudonyms and reasons only (the workspace's own report names the files)
     if ingested.quarantine_pseudonymous_csv is not None:
         tracking.log_artifact(run_id, ingested.quarantine_pseudonymous_csv, artifacts.QUARANTINE_DIR)
     tracking.log_json(run_id, drift_result.model_dump(mode="json"), artifacts.DRIFT_REPORT)
     for feature in drift_result.features:
-        tracking.log_metrics(run_id, {f"drift_{feature.feature}_psi": feature.psi,
-                                      f"drift_{feature.feature}_ks_pvalue": feature.ks_pvalue})
+        tracking.log_metrics(
+            run_id,
+            {f"drift_{feature.feature}_psi": feature.psi, f"drift_{feature.feature}_ks_pvalue": feature.ks_pvalue},
+        )
     return run_id
 
 
@@ -131,8 +137,9 @@ def train_model(params: Params, ws: Workspace, run_id: str, data: TrainingData) 
 
 
 @cached("evaluate")
-def evaluate_model(params: Params, ws: Workspace, run_id: str, data: TrainingData,
-                   trained: TrainSummary) -> EvaluationSummary:
+def evaluate_model(
+    params: Params, ws: Workspace, run_id: str, data: TrainingData, trained: TrainSummary
+) -> EvaluationSummary:
     from medimg.steps import evaluate  # here: see the module docstring
 
     return evaluate.run(params, ws, run_id, data, trained)
@@ -146,16 +153,23 @@ def gate_model(params: Params, ws: Workspace, run_id: str, evaluated: Evaluation
 
 
 @cached("export-onnx")
-def export_model(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained: TrainSummary,
-                 evaluated: EvaluationSummary) -> ExportSummary:
+def export_model(
+    params: Params, ws: Workspace, run_id: str, data: TrainingData, trained: TrainSummary, evaluated: EvaluationSummary
+) -> ExportSummary:
     from medimg.steps import export  # here: see the module docstring
 
     return export.run(params, ws, run_id, data, trained, evaluated)
 
 
 @task(name="register", cache_policy=NO_CACHE)
-def register_model(params: Params, ws: Workspace, run_id: str, validated: ValidationSummary, gated: GateDecision,
-                   exported: ExportSummary) -> Registration:
+def register_model(
+    params: Params,
+    ws: Workspace,
+    run_id: str,
+    validated: ValidationSummary,
+    gated: GateDecision,
+    exported: ExportSummary,
+) -> Registration:
     from medimg.steps import register  # here: see the module docstring
 
     return register.run(params, ws, run_id, _flow_run_id(), validated, gated, exported)

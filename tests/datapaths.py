@@ -33,8 +33,9 @@ def copy_chest_subset(root: Path, per_class: int = 10, skip: int = 0) -> list[Pa
     return copied
 
 
-def copy_dicom_samples(root: Path, folders: tuple[str, ...] | None = None,
-                       labels: str | None = DICOM_FOLDER_LABELS) -> Path:
+def copy_dicom_samples(
+    root: Path, folders: tuple[str, ...] | None = None, labels: str | None = DICOM_FOLDER_LABELS
+) -> Path:
     """The DICOM samples (``folders`` of them, None: all) copied to ``root``, writable (the shared
     data is read-only), with ``labels`` written to ``root/labels.csv`` unless None."""
     for folder in (None,) if folders is None else folders:

@@ -39,9 +39,17 @@ def _tails(logs: Sequence[Path]) -> str:
     return "\n---\n".join(p.read_text(errors="replace")[-2500:] for p in logs if p.exists())
 
 
-def wait_while_progressing(done: Callable[[], Any], what: str, *, progress: Callable[[], Any] = lambda: None,
-                           procs: Sequence[subprocess.Popen] = (), logs: Sequence[Path] = (),
-                           stall: float = STALL_S, cap: float = CAP_S, every: float = 0.5) -> Any:
+def wait_while_progressing(
+    done: Callable[[], Any],
+    what: str,
+    *,
+    progress: Callable[[], Any] = lambda: None,
+    procs: Sequence[subprocess.Popen] = (),
+    logs: Sequence[Path] = (),
+    stall: float = STALL_S,
+    cap: float = CAP_S,
+    every: float = 0.5,
+) -> Any:
     """Poll ``done()`` until it returns something truthy, and return that.
 
     Progress is any change of ``progress()`` or of the size of a file in ``logs``; each change restarts
@@ -64,8 +72,9 @@ def wait_while_progressing(done: Callable[[], Any], what: str, *, progress: Call
         time.sleep(every)
 
 
-def run_logged(cmd: Sequence[str], log: Path, *, split: bool = False, stall: float = STALL_S, cap: float = CAP_S,
-               **popen: Any) -> subprocess.CompletedProcess:
+def run_logged(
+    cmd: Sequence[str], log: Path, *, split: bool = False, stall: float = STALL_S, cap: float = CAP_S, **popen: Any
+) -> subprocess.CompletedProcess:
     """``subprocess.run`` with its output in ``log``, ended only when that output stalls (or past ``cap``).
 
     ``split``: stderr goes to ``log`` with the suffix ``.err`` (both count as progress) and comes back as
@@ -75,12 +84,23 @@ def run_logged(cmd: Sequence[str], log: Path, *, split: bool = False, stall: flo
     # a Python child writing to a file buffers its stdout in blocks: unbuffered, its log shows each step
     popen["env"] = {**(popen.get("env") or os.environ), "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out, open(err_log or os.devnull, "w") as err:
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err if split else subprocess.STDOUT,
-                                start_new_session=True, **popen)
+        proc = subprocess.Popen(
+            list(cmd), stdout=out, stderr=err if split else subprocess.STDOUT, start_new_session=True, **popen
+        )
         try:
-            wait_while_progressing(lambda: proc.poll() is not None, " ".join(map(str, cmd))[:200],
-                                   procs=[proc], logs=[log, err_log] if err_log else [log], stall=stall, cap=cap)
+            wait_while_progressing(
+                lambda: proc.poll() is not None,
+                " ".join(map(str, cmd))[:200],
+                procs=[proc],
+                logs=[log, err_log] if err_log else [log],
+                stall=stall,
+                cap=cap,
+            )
         finally:
             _kill([proc])
-    return subprocess.CompletedProcess(list(cmd), proc.returncode, log.read_text(errors="replace"),
-                                       err_log.read_text(errors="replace") if err_log else "")
+    return subprocess.CompletedProcess(
+        list(cmd),
+        proc.returncode,
+        log.read_text(errors="replace"),
+        err_log.read_text(errors="replace") if err_log else "",
+    )

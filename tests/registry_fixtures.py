@@ -35,10 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "pneumonia-classifier"
 
 # Small and fast: the point is a real registry, not a good model.
-FAST = {"train": {"epochs": 1, "max_steps": 10, "num_threads": 1}, "gates": {"bootstrap_samples": 200},
-        "export": {"parity_images": 64}}
-RELAXED_GATES = {"gates": {"min_auc": 0.0, "min_accuracy": 0.0, "benchmark": {"id": "self2012_radiologists_ed",
-                                                                               "margin": 1.0}}}
+FAST = {
+    "train": {"epochs": 1, "max_steps": 10, "num_threads": 1},
+    "gates": {"bootstrap_samples": 200},
+    "export": {"parity_images": 64},
+}
+RELAXED_GATES = {
+    "gates": {"min_auc": 0.0, "min_accuracy": 0.0, "benchmark": {"id": "self2012_radiologists_ed", "margin": 1.0}}
+}
 WEAK = {"train": {"max_steps": 3}}
 
 

@@ -58,12 +58,15 @@ def test_overrides_merge_and_fingerprint_changes():
 
 def test_fingerprint_ignores_where_when_and_whether_to_run():
     base = load_params(ROOT / "params.yaml")
-    elsewhere = load_params(ROOT / "params.yaml", {
-        "workspace": {"path": "/tmp/elsewhere"},
-        "schedule": {"cron": "30 4 * * *", "collision_strategy": "enqueue"},
-        "orchestration": {"task_retries": 5, "notify_webhook_url": "https://example.org/hook"},
-        "drift": {"retrain_on": "drift", "psi_threshold": 0.5},
-    })
+    elsewhere = load_params(
+        ROOT / "params.yaml",
+        {
+            "workspace": {"path": "/tmp/elsewhere"},
+            "schedule": {"cron": "30 4 * * *", "collision_strategy": "enqueue"},
+            "orchestration": {"task_retries": 5, "notify_webhook_url": "https://example.org/hook"},
+            "drift": {"retrain_on": "drift", "psi_threshold": 0.5},
+        },
+    )
     assert elsewhere.fingerprint() == base.fingerprint()
     for shaping in ({"preprocess": {"size": 64}}, {"gates": {"min_auc": 0.5}}, {"export": {"opset": 17}}):
         assert load_params(ROOT / "params.yaml", shaping).fingerprint() != base.fingerprint(), shaping

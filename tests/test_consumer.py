@@ -15,12 +15,12 @@ import textwrap
 
 import numpy as np
 import pytest
-from progress import run_logged
-from test_predict import chest_jpegs, sixteen_bit_png
 
 from medimg.predict import predict_files
 from medimg.pull import pull
 from medimg.scoring import OnnxModel
+from progress import run_logged
+from test_predict import chest_jpegs, sixteen_bit_png
 
 CONSUMER = textwrap.dedent('''
     """Score PNG/JPEG files with a medimg ONNX model using only onnxruntime, numpy and Pillow."""
@@ -106,15 +106,21 @@ CONSUMER = textwrap.dedent('''
 @pytest.mark.integration
 def test_a_consumer_without_medimg_reproduces_the_predictions(registry_ws, data_dir, tmp_path):
     model_path = pull(registry_ws.params, out_dir=tmp_path / "model").onnx
-    files = [*sorted((data_dir / "chest_xray_fullres").rglob("*.jpeg"))[::3],  # grey and RGB, up to ~2900 px
-             *chest_jpegs(data_dir, 4),  # 224x224 RGB
-             *sorted((registry_ws.dataset / "images" / "test").glob("*.png"))[:6],  # 28x28 grey PNG
-             sixteen_bit_png(data_dir, tmp_path / "chest16.png")]
+    files = [
+        *sorted((data_dir / "chest_xray_fullres").rglob("*.jpeg"))[::3],  # grey and RGB, up to ~2900 px
+        *chest_jpegs(data_dir, 4),  # 224x224 RGB
+        *sorted((registry_ws.dataset / "images" / "test").glob("*.png"))[:6],  # 28x28 grey PNG
+        sixteen_bit_png(data_dir, tmp_path / "chest16.png"),
+    ]
     assert any(p.suffix == ".png" for p in files) and any(p.suffix == ".jpeg" for p in files)
     script = tmp_path / "consumer.py"
     script.write_text(CONSUMER)
-    done = run_logged([sys.executable, str(script), str(model_path), *map(str, files)], tmp_path / "consumer.log",
-                      split=True, cwd=tmp_path)  # waited on while it writes output, not a fixed time
+    done = run_logged(
+        [sys.executable, str(script), str(model_path), *map(str, files)],
+        tmp_path / "consumer.log",
+        split=True,
+        cwd=tmp_path,
+    )  # waited on while it writes output, not a fixed time
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout)
     assert answer["leaked_modules"] == [], "the consumer must not need medimg or torch"

@@ -32,8 +32,11 @@ def missing_docstrings(package: Path) -> list[str]:
                     found.append(f"{rel}:{node.lineno} {node.name}")
                 if isinstance(node, ast.ClassDef):
                     for item in node.body:
-                        if (isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and _public(item.name)
-                                and ast.get_docstring(item) is None):
+                        if (
+                            isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+                            and _public(item.name)
+                            and ast.get_docstring(item) is None
+                        ):
                             found.append(f"{rel}:{item.lineno} {node.name}.{item.name}")
     return found
 
@@ -42,7 +45,7 @@ def test_the_checker_finds_a_missing_docstring(tmp_path):
     (tmp_path / "mod.py").write_text(
         'def documented():\n    """Yes."""\n\n\ndef bare():\n    pass\n\n\ndef _private():\n    pass\n\n\n'
         'class Thing:\n    """A thing."""\n\n    def method(self):\n        return 1\n\n    def _hidden(self):\n'
-        '        return 2\n'
+        "        return 2\n"
     )
     assert missing_docstrings(tmp_path) == [f"{tmp_path.name}/mod.py:5 bare", f"{tmp_path.name}/mod.py:16 Thing.method"]
 

@@ -87,8 +87,11 @@ def chest_model(data_dir, tmp_path_factory) -> Path:
 def small_old(data_dir, tmp_path_factory) -> Path:
     """A model with only the metadata older exports had: no input checks, no modalities."""
     params = parse_params(SMALL)
-    meta = {META_PREPROCESSING: preprocess.contract(params.preprocess), "medimg.threshold": 0.5,
-            "medimg.class_names": list(params.data.class_names)}
+    meta = {
+        META_PREPROCESSING: preprocess.contract(params.preprocess),
+        "medimg.threshold": 0.5,
+        "medimg.class_names": list(params.data.class_names),
+    }
     return _export(tmp_path_factory.mktemp("old"), params, meta, data_dir)
 
 
@@ -138,7 +141,8 @@ def test_adding_modalities_and_body_part_does_not_change_what_is_trained():
     for section in ("preprocess", "model", "train", "validation", "gates", "export"):
         assert getattr(shipped, section) == getattr(without, section)
     assert shipped.data.model_dump(exclude={"modalities", "body_part"}) == without.data.model_dump(
-        exclude={"modalities", "body_part"})
+        exclude={"modalities", "body_part"}
+    )
 
 
 def test_float_pixel_data_with_nan_is_non_finite_at_predict(chest_model, small_old):
@@ -160,8 +164,9 @@ def test_nan_in_decoded_pixels_is_caught_before_grey_uint8_would_blacken_them():
         image = dataclasses.replace(reference, pixels=pixels)
         problem = check_input(image, InputRules())
         assert problem.reason == "non_finite" and "4 of 65536" in problem.detail
-    nan_image = dataclasses.replace(reference, pixels=np.where(np.arange(256) == 3, np.nan, reference.pixels)
-                                    .astype(np.float32))
+    nan_image = dataclasses.replace(
+        reference, pixels=np.where(np.arange(256) == 3, np.nan, reference.pixels).astype(np.float32)
+    )
     assert check_input(nan_image, InputRules()).reason == "non_finite"
     with pytest.raises(ValueError, match="NaN or infinite"):  # the grey mapping refuses rather than blacken it
         preprocess.grey_uint8(nan_image)
@@ -211,8 +216,9 @@ def test_dicom_of_another_modality_is_refused_unless_the_caller_allows_it(chest_
 
 def test_bit_depth_and_size_limits_come_from_the_model(data_dir, tmp_path):
     """A model trained under narrower validation limits refuses what falls outside them."""
-    params = load_params(ROOT / "params.yaml", {**SMALL, "validation": {"bit_depth_range": [8, 12],
-                                                                         "original_side_range": [16, 1024]}})
+    params = load_params(
+        ROOT / "params.yaml", {**SMALL, "validation": {"bit_depth_range": [8, 12], "original_side_range": [16, 1024]}}
+    )
     model = OnnxModel(_export(tmp_path, params, metadata(params, "run-0", "data-0", 0.5, ["CR"]), data_dir))
     rows = _by_name(predict_files(model, [CR, CR_J2K, NO_NAN], any_modality=True))
     assert rows[CR.name].error is None  # 8 bits, 1024 x 1024: inside
@@ -230,16 +236,28 @@ def test_cli_says_which_checks_apply_and_takes_the_modality_override(chest_model
     assert "input checks: non-finite pixels; modality CR, DX; bits stored 8-16" in " ".join(result.output.split())
     rows = json.loads(result.stdout)
     assert [r["error"] for r in rows] == ["modality_mismatch", "modality_mismatch", "non_finite"]
-    result = CliRunner().invoke(app, ["predict", str(chest_model), str(CT), str(MR), "--allow-modality", "CT",
-                                      "--allow-modality", "MR", "--format", "csv"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(chest_model),
+            str(CT),
+            str(MR),
+            "--allow-modality",
+            "CT",
+            "--allow-modality",
+            "MR",
+            "--format",
+            "csv",
+        ],
+    )
     assert result.exit_code == 0 and "2 predicted, 0 not usable" in " ".join(result.output.split()), result.output
     result = CliRunner().invoke(app, ["predict", str(small_old), str(CT)])
     assert result.exit_code == 0 and "records no validation limits" in " ".join(result.output.split())
 
 
 def test_every_reason_is_documented():
-    assert set(REASONS) == {"non_finite", "blank", "bit_depth_out_of_range", "size_out_of_range",
-                            "modality_mismatch"}
+    assert set(REASONS) == {"non_finite", "blank", "bit_depth_out_of_range", "size_out_of_range", "modality_mismatch"}
 
 
 def test_a_model_with_malformed_input_checks_is_refused(small_old, tmp_path):

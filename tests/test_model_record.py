@@ -20,13 +20,25 @@ from medimg.config import load_params
 from medimg.workspace import Workspace
 from registry_fixtures import MODEL, write_params
 
-METRICS = {"test_roc_auc": 0.912, "test_roc_auc_ci_low": 0.887, "test_roc_auc_ci_high": 0.936,
-           "test_accuracy": 0.851, "test_accuracy_ci_low": 0.823, "test_accuracy_ci_high": 0.878,
-           "test_n": 624.0, "test_threshold": 0.4125, "val_roc_auc": 0.95}
-GATE_REPORT = {"passed": True, "failed": [], "threshold": 0.4125, "champion_version": None,
-               "benchmark": {"id": "self2012_radiologists_ed"},
-               "rules": [{"name": "minimum_metrics", "passed": True, "reason": "AUC 0.912 >= 0.9",
-                          "inputs": {"roc_auc": 0.912}}]}
+METRICS = {
+    "test_roc_auc": 0.912,
+    "test_roc_auc_ci_low": 0.887,
+    "test_roc_auc_ci_high": 0.936,
+    "test_accuracy": 0.851,
+    "test_accuracy_ci_low": 0.823,
+    "test_accuracy_ci_high": 0.878,
+    "test_n": 624.0,
+    "test_threshold": 0.4125,
+    "val_roc_auc": 0.95,
+}
+GATE_REPORT = {
+    "passed": True,
+    "failed": [],
+    "threshold": 0.4125,
+    "champion_version": None,
+    "benchmark": {"id": "self2012_radiologists_ed"},
+    "rules": [{"name": "minimum_metrics", "passed": True, "reason": "AUC 0.912 >= 0.9", "inputs": {"roc_auc": 0.912}}],
+}
 VALIDATION = {"data_version": "d" * 32, "passed": True, "warnings": [], "failed_critical": [], "dropped_ids": []}
 
 
@@ -49,12 +61,22 @@ def small_registry(tmp_path, monkeypatch):
     client.log_text(run_id, "<html></html>", f"validation/validation-{'d' * 32}.html")
     client.set_terminated(run_id)
     client.create_registered_model(MODEL)
-    client.create_model_version(MODEL, str(tmp_path / "model"), run_id=run_id, tags={
-        registry.TAG_DATA_VERSION: "d" * 32, registry.TAG_GIT_COMMIT: "c" * 40 + "-dirty",
-        registry.TAG_PARAMS_HASH: "p" * 16, registry.TAG_ONNX_SHA256: "a" * 64, registry.TAG_PARITY: "1.5e-06",
-        registry.TAG_VALIDATION: "True", registry.TAG_GATE: "True", registry.TAG_GATE_FAILED: "none",
-        registry.TAG_FLOW_RUN: "flow-1",
-    })
+    client.create_model_version(
+        MODEL,
+        str(tmp_path / "model"),
+        run_id=run_id,
+        tags={
+            registry.TAG_DATA_VERSION: "d" * 32,
+            registry.TAG_GIT_COMMIT: "c" * 40 + "-dirty",
+            registry.TAG_PARAMS_HASH: "p" * 16,
+            registry.TAG_ONNX_SHA256: "a" * 64,
+            registry.TAG_PARITY: "1.5e-06",
+            registry.TAG_VALIDATION: "True",
+            registry.TAG_GATE: "True",
+            registry.TAG_GATE_FAILED: "none",
+            registry.TAG_FLOW_RUN: "flow-1",
+        },
+    )
     promotion.promote(params, ws, "1", "all gates passed: minimum_metrics")
     return params, ws, run_id
 
@@ -138,13 +160,32 @@ def test_status_reads_the_champion_from_the_record(small_registry):
 
     params, ws, run_id = small_registry
     champ = champion_status(params, ws)["champion"]
-    assert set(champ) == {"version", "run_id", "data_version", "onnx_sha256", "git_commit", "gate_passed",
-                          "promoted_at", "promotion_reason", "previous_champion", "metrics", "audit"}
+    assert set(champ) == {
+        "version",
+        "run_id",
+        "data_version",
+        "onnx_sha256",
+        "git_commit",
+        "gate_passed",
+        "promoted_at",
+        "promotion_reason",
+        "previous_champion",
+        "metrics",
+        "audit",
+    }
     assert (champ["version"], champ["run_id"], champ["data_version"]) == ("1", run_id, "d" * 32)
     assert champ["gate_passed"] == "True" and champ["previous_champion"] == "none"
-    assert champ["metrics"] == {k: METRICS[k] for k in (
-        "test_roc_auc", "test_accuracy", "test_roc_auc_ci_low", "test_roc_auc_ci_high", "test_accuracy_ci_low",
-        "test_accuracy_ci_high")}
+    assert champ["metrics"] == {
+        k: METRICS[k]
+        for k in (
+            "test_roc_auc",
+            "test_accuracy",
+            "test_roc_auc_ci_low",
+            "test_roc_auc_ci_high",
+            "test_accuracy_ci_low",
+            "test_accuracy_ci_high",
+        )
+    }
     assert champ["audit"] == [json.loads(ws.audit_log.read_text())]
     ws.audit_log.unlink()  # another workspace on the same registry still sees the promotion
     assert [e["action"] for e in champion_status(params, ws)["champion"]["audit"]] == ["promote"]

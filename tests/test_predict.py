@@ -46,7 +46,9 @@ def _text(result) -> str:
 
 def chest_jpegs(data_dir: Path, n: int = 3) -> list[Path]:
     """The first ``n`` test JPEGs of each class of the 224x224 Kermany set (RGB files)."""
-    return [p for cls in ("NORMAL", "PNEUMONIA") for p in sorted((data_dir / "chest_xray/test" / cls).glob("*.jpeg"))[:n]]
+    return [
+        p for cls in ("NORMAL", "PNEUMONIA") for p in sorted((data_dir / "chest_xray/test" / cls).glob("*.jpeg"))[:n]
+    ]
 
 
 def sixteen_bit_png(data_dir: Path, dest: Path) -> Path:
@@ -63,8 +65,12 @@ def broken_files(data_dir: Path, folder: Path) -> dict[str, str]:
     (folder / "cut.jpeg").write_bytes(source[: len(source) * 6 // 10])
     (folder / "notes.png").write_text("this is a text file, not an image\n")
     (folder / "empty.dcm").write_bytes(b"")
-    return {str(folder / "cut.jpeg"): "truncated", str(folder / "notes.png"): "not_an_image",
-            str(folder / "empty.dcm"): "empty", str(data_dir / "dicom/mr/MR_truncated.dcm"): "truncated"}
+    return {
+        str(folder / "cut.jpeg"): "truncated",
+        str(folder / "notes.png"): "not_an_image",
+        str(folder / "empty.dcm"): "empty",
+        str(data_dir / "dicom/mr/MR_truncated.dcm"): "truncated",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +82,36 @@ def champion_onnx(registry_ws, tmp_path_factory) -> Path:
 def test_predict_cli_on_real_dicom_png_jpeg_with_bad_files(registry_ws, champion_onnx, data_dir, tmp_path):
     bad = broken_files(data_dir, tmp_path / "bad")
     pngs = sorted((registry_ws.dataset / "images" / "test").glob("*.png"))[:8]
-    inputs = [data_dir / "dicom" / "xray", data_dir / "dicom" / "ct", data_dir / "dicom" / "mr",
-              data_dir / "chest_xray_fullres", *chest_jpegs(data_dir), *pngs,
-              sixteen_bit_png(data_dir, tmp_path / "chest16.png"), tmp_path / "bad"]
+    inputs = [
+        data_dir / "dicom" / "xray",
+        data_dir / "dicom" / "ct",
+        data_dir / "dicom" / "mr",
+        data_dir / "chest_xray_fullres",
+        *chest_jpegs(data_dir),
+        *pngs,
+        sixteen_bit_png(data_dir, tmp_path / "chest16.png"),
+        tmp_path / "bad",
+    ]
     out = tmp_path / "rows.json"
-    result = CliRunner().invoke(app, ["predict", "champion", *map(str, inputs), "--format", "json", "--out", str(out),
-                                      "--params", str(registry_ws.params_file)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "champion",
+            *map(str, inputs),
+            "--format",
+            "json",
+            "--out",
+            str(out),
+            "--params",
+            str(registry_ws.params_file),
+        ],
+    )
     assert result.exit_code == 0, result.output
     text = _text(result)
-    assert "ONNX Runtime provider: CPUExecutionProvider" in text or "ONNX Runtime provider: CUDAExecutionProvider" in text
+    assert (
+        "ONNX Runtime provider: CPUExecutionProvider" in text or "ONNX Runtime provider: CUDAExecutionProvider" in text
+    )
     assert f"{MODEL} v1 (sha256 verified)" in text
 
     rows = json.loads(out.read_text())
@@ -125,8 +152,13 @@ def test_png_predictions_reproduce_the_evaluation(registry_ws, champion_onnx, tm
 @pytest.mark.integration
 def test_predict_csv_keeps_going_and_a_16bit_png_equals_its_8bit_source(champion_onnx, data_dir, tmp_path):
     bad = broken_files(data_dir, tmp_path / "bad")
-    files = [data_dir / FULLRES_GREY, sixteen_bit_png(data_dir, tmp_path / "chest16.png"), *map(Path, bad),
-             tmp_path / "missing.png", *chest_jpegs(data_dir, 20)]
+    files = [
+        data_dir / FULLRES_GREY,
+        sixteen_bit_png(data_dir, tmp_path / "chest16.png"),
+        *map(Path, bad),
+        tmp_path / "missing.png",
+        *chest_jpegs(data_dir, 20),
+    ]
     result = CliRunner().invoke(app, ["predict", str(champion_onnx), *map(str, files), "--format", "csv"])
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False)
@@ -152,8 +184,10 @@ def test_grey_uint8_mapping_is_the_documented_one(data_dir, tmp_path):
     # CT: windowed onto [0, 1] by decode_dicom, then x 255
     ct = decode_dicom(data_dir / "dicom/ct/CT_small.dcm")
     assert ct.window is not None
-    assert np.array_equal(load_grey_uint8(data_dir / "dicom/ct/CT_small.dcm"),
-                          np.rint(ct.pixels.astype(np.float64) * 255).astype(np.uint8))
+    assert np.array_equal(
+        load_grey_uint8(data_dir / "dicom/ct/CT_small.dcm"),
+        np.rint(ct.pixels.astype(np.float64) * 255).astype(np.uint8),
+    )
     # other DICOM: the image's own min..max onto 0..255
     mr = decode_dicom(data_dir / "dicom/mr/MR_small.dcm")
     u = load_grey_uint8(data_dir / "dicom/mr/MR_small.dcm")
@@ -170,8 +204,12 @@ def test_render_formats_round_trip():
     from medimg.predict import Prediction
 
     rows = [Prediction("a.png", 0.25, "normal"), Prediction("b.dcm", None, None, "truncated")]
-    assert json.loads(render(rows, "json"))[1] == {"file": "b.dcm", "probability": None, "label": None,
-                                                   "error": "truncated"}
+    assert json.loads(render(rows, "json"))[1] == {
+        "file": "b.dcm",
+        "probability": None,
+        "label": None,
+        "error": "truncated",
+    }
     lines = render(rows, "csv").splitlines()
     assert lines == ["file,probability,label,error", "a.png,0.25,normal,", "b.dcm,,,truncated"]
     with pytest.raises(ValueError, match="csv or json"):
@@ -187,8 +225,11 @@ def small_onnx(data_dir, tmp_path_factory) -> tuple[Path, torch.Tensor]:
     folder = tmp_path_factory.mktemp("small")
     images, _ = locate("pneumoniamnist", data_dir, folder, download=False).load()["test"]
     x = preprocess.apply(images[:40], params.preprocess)
-    meta = {META_PREPROCESSING: preprocess.contract(params.preprocess), "medimg.threshold": 0.42,
-            "medimg.class_names": list(params.data.class_names)}
+    meta = {
+        META_PREPROCESSING: preprocess.contract(params.preprocess),
+        "medimg.threshold": 0.42,
+        "medimg.class_names": list(params.data.class_names),
+    }
     return export(model, x, folder / "model.onnx", 18, meta), x
 
 
@@ -205,8 +246,11 @@ def test_a_registered_version_is_downloaded_once(small_onnx, tmp_path, monkeypat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     store = tmp_path / "artifacts"
     run = MlflowClient().create_run(registry.ensure_experiment("cache-test", store))
-    info = registry.register(registry.log_onnx(run.info.run_id, small_onnx[0]), "cache-test-model",
-                             {registry.TAG_ONNX_SHA256: file_sha256(small_onnx[0])})
+    info = registry.register(
+        registry.log_onnx(run.info.run_id, small_onnx[0]),
+        "cache-test-model",
+        {registry.TAG_ONNX_SHA256: file_sha256(small_onnx[0])},
+    )
     first = cached_version_model(info, tmp_path / "cache")
     shutil.rmtree(store)  # the artifact store is gone: a second download would fail
     second = cached_version_model(info, tmp_path / "cache")
@@ -220,8 +264,9 @@ def test_a_registered_version_whose_file_does_not_match_its_sha256_is_refused(sm
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = MlflowClient().create_run(registry.ensure_experiment("cache-test", tmp_path / "artifacts"))
-    info = registry.register(registry.log_onnx(run.info.run_id, small_onnx[0]), "cache-test-model",
-                             {registry.TAG_ONNX_SHA256: "0" * 64})  # not this file's hash
+    info = registry.register(
+        registry.log_onnx(run.info.run_id, small_onnx[0]), "cache-test-model", {registry.TAG_ONNX_SHA256: "0" * 64}
+    )  # not this file's hash
     with pytest.raises(IntegrityError, match="sha256"):
         cached_version_model(info, tmp_path / "cache")
     assert not list((tmp_path / "cache").rglob("*.onnx"))  # nothing kept for gate or drift to score
@@ -250,8 +295,11 @@ def trained_onnx(data_dir, tmp_path_factory) -> Path:
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    meta = {META_PREPROCESSING: preprocess.contract(params.preprocess), "medimg.threshold": 0.5,
-            "medimg.class_names": list(params.data.class_names)}
+    meta = {
+        META_PREPROCESSING: preprocess.contract(params.preprocess),
+        "medimg.threshold": 0.5,
+        "medimg.class_names": list(params.data.class_names),
+    }
     return export(model.eval(), x[:64], folder / "model.onnx", 18, meta)
 
 
@@ -263,7 +311,8 @@ def test_a_rotated_jpeg_and_its_upright_png_get_the_same_probability(trained_onn
     with Image.open(folder / "IM-9001-0001.jpeg") as pil:  # the stored, sideways samples
         pil.convert("L").save(tmp_path / "sideways.png")
     rotated, upright, sideways = predict_files(
-        model, [folder / "IM-9001-0001.jpeg", folder / "reference_upright.png", tmp_path / "sideways.png"])
+        model, [folder / "IM-9001-0001.jpeg", folder / "reference_upright.png", tmp_path / "sideways.png"]
+    )
     assert rotated.error is None and upright.error is None
     assert abs(rotated.probability - upright.probability) <= 1e-6
     assert abs(sideways.probability - upright.probability) > 0.01  # the picture matters to this model

@@ -39,16 +39,36 @@ def test_default_contract_keeps_the_version_2_keys_and_defaults_describe_them():
 
 
 def test_contract_round_trips_through_json_and_the_hash_sees_every_field():
-    config = parse_params({"preprocess": {"size": 64, "resize": "pad", "interpolation": "area", "clahe": True,
-                                          "intensity": "percentile", "percentiles": [1, 99], "ct_window": [-600, 1500],
-                                          "denoise": "median3", "jpeg_dct_scaling": True, "jpeg2000_reduce": True,
-                                          "channels": 3}}).preprocess
+    config = parse_params(
+        {
+            "preprocess": {
+                "size": 64,
+                "resize": "pad",
+                "interpolation": "area",
+                "clahe": True,
+                "intensity": "percentile",
+                "percentiles": [1, 99],
+                "ct_window": [-600, 1500],
+                "denoise": "median3",
+                "jpeg_dct_scaling": True,
+                "jpeg2000_reduce": True,
+                "channels": 3,
+            }
+        }
+    ).preprocess
     back = preprocess.config_from_contract(json.loads(json.dumps(preprocess.contract(config))))
     assert back == config
     hashes = {preprocess.contract_hash(config)}
-    for change in ({"resize": "crop"}, {"interpolation": "bicubic"}, {"clahe": False}, {"denoise": "none"},
-                   {"jpeg_dct_scaling": False}, {"jpeg2000_reduce": False}, {"percentiles": (2.0, 98.0)},
-                   {"ct_window": None}):
+    for change in (
+        {"resize": "crop"},
+        {"interpolation": "bicubic"},
+        {"clahe": False},
+        {"denoise": "none"},
+        {"jpeg_dct_scaling": False},
+        {"jpeg2000_reduce": False},
+        {"percentiles": (2.0, 98.0)},
+        {"ct_window": None},
+    ):
         hashes.add(preprocess.contract_hash(config.model_copy(update=change)))
     assert len(hashes) == 9
 
@@ -74,8 +94,17 @@ def test_bilinear_without_antialias_samples_like_pytorch():
     for mode in ("bilinear", "bicubic"):
         ours = preprocess.to_contract_size(image, PreprocessConfig(size=64, interpolation=mode)).astype(int)
         x = torch.from_numpy(image).float()[None, None] / 255
-        ref = torch.clamp(torch.round(F.interpolate(x, size=(64, 64), mode=mode, align_corners=False,
-                                                    antialias=False)[0, 0] * 255), 0, 255).numpy().astype(int)
+        ref = (
+            torch.clamp(
+                torch.round(
+                    F.interpolate(x, size=(64, 64), mode=mode, align_corners=False, antialias=False)[0, 0] * 255
+                ),
+                0,
+                255,
+            )
+            .numpy()
+            .astype(int)
+        )
         assert np.abs(ours - ref).max() <= 1 and (ours != ref).mean() < 0.02
 
 
@@ -156,8 +185,15 @@ def test_apply_resizes_through_the_contract_so_there_is_one_definition():
 
 def test_prepare_accepts_a_decoded_npz_image():
     pixels = np.arange(28 * 28, dtype=np.float32).reshape(28, 28) % 256
-    decoded = DecodedImage(pixels=pixels, original_height=28, original_width=28, bit_depth=8,
-                           photometric="MONOCHROME2", modality=None, source_kind="npz")
+    decoded = DecodedImage(
+        pixels=pixels,
+        original_height=28,
+        original_width=28,
+        bit_depth=8,
+        photometric="MONOCHROME2",
+        modality=None,
+        source_kind="npz",
+    )
     assert np.array_equal(preprocess.prepare(decoded, PreprocessConfig()), pixels.astype(np.uint8))
 
 
@@ -173,14 +209,23 @@ def test_grey_uint8_equals_the_documented_formulas_evaluated_literally():
                 lo, hi = float(v.min()), float(v.max())
                 scaled = (v - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(v)
         else:
-            scaled = v * (255.0 / (2.0 ** image.bit_depth - 1.0))
+            scaled = v * (255.0 / (2.0**image.bit_depth - 1.0))
         return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
     decoded = [decode_dicom(p) for p in sorted((DATA_DIR / "dicom").rglob("*.dcm")) if p.name != "MR_truncated.dcm"]
     decoded.append(decode_raster(KERMANY_RGB))
     sixteen = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.float32)
-    decoded.append(DecodedImage(pixels=sixteen, original_height=64, original_width=64, bit_depth=16,
-                                photometric="MONOCHROME2", modality=None, source_kind="png"))
+    decoded.append(
+        DecodedImage(
+            pixels=sixteen,
+            original_height=64,
+            original_width=64,
+            bit_depth=16,
+            photometric="MONOCHROME2",
+            modality=None,
+            source_kind="png",
+        )
+    )
     for image in decoded:
         assert np.array_equal(preprocess.grey_uint8(image), literal(image))
 
@@ -200,8 +245,10 @@ def test_a_rotated_jpeg_and_its_upright_png_prepare_to_the_same_bytes(size):
     upright = preprocess.prepare_file(folder / "reference_upright.png", config)
     np.testing.assert_array_equal(rotated, upright)
     area = config.model_copy(update={"interpolation": "area"})
-    np.testing.assert_array_equal(preprocess.prepare_file(folder / "IM-9001-0001.jpeg", area),
-                                  preprocess.prepare_file(folder / "reference_upright.png", area))
+    np.testing.assert_array_equal(
+        preprocess.prepare_file(folder / "IM-9001-0001.jpeg", area),
+        preprocess.prepare_file(folder / "reference_upright.png", area),
+    )
     fast = config.model_copy(update={"jpeg_dct_scaling": True})
     a = preprocess.prepare_file(folder / "IM-9001-0001.jpeg", fast).astype(float)
     b = upright.astype(float)
@@ -215,7 +262,14 @@ def test_a_rotated_jpeg_and_its_upright_png_prepare_to_the_same_bytes(size):
 def test_grey_uint8_refuses_non_finite_pixels_instead_of_a_blank_image():
     pixels = np.ones((32, 32), dtype=np.float32)
     pixels[3, 4] = np.nan
-    image = DecodedImage(pixels=pixels, original_height=32, original_width=32, bit_depth=32,
-                         photometric="MONOCHROME2", modality="MR", source_kind="dicom")
+    image = DecodedImage(
+        pixels=pixels,
+        original_height=32,
+        original_width=32,
+        bit_depth=32,
+        photometric="MONOCHROME2",
+        modality="MR",
+        source_kind="dicom",
+    )
     with pytest.raises(ValueError, match="NaN or infinite"):
         preprocess.grey_uint8(image)

@@ -51,8 +51,9 @@ def test_the_flow_promotes_through_the_audited_path(registry_ws):
 
 def test_promoting_a_version_that_failed_its_gates_is_refused(fresh_registry):
     before_tags = registry.model_tags(MODEL)
-    result = CliRunner().invoke(app, ["promote", "2", "--reason", "looks fine to me",
-                                      "--params", str(fresh_registry.params_file)])
+    result = CliRunner().invoke(
+        app, ["promote", "2", "--reason", "looks fine to me", "--params", str(fresh_registry.params_file)]
+    )
     assert result.exit_code == 1
     assert "promotion refused" in _text(result) and "failed its gates" in _text(result)
     assert "minimum_metrics" in _text(result)
@@ -77,8 +78,9 @@ def test_forced_promotion_needs_a_reason_and_is_logged_as_forced(fresh_registry)
     assert _champion() == "1"
 
     reason = "clinical lead accepts the risk for the pilot site, ticket MED-42"
-    result = runner.invoke(app, ["promote", "2", "--force", "--reason", reason,
-                                 "--params", str(fresh_registry.params_file)])
+    result = runner.invoke(
+        app, ["promote", "2", "--force", "--reason", reason, "--params", str(fresh_registry.params_file)]
+    )
     assert result.exit_code == 0, result.output
     assert "FORCED" in _text(result)
     v2 = registry.get_version(MODEL, "2")
@@ -99,8 +101,16 @@ def test_rollback_restores_the_previous_champion(fresh_registry):
     assert _champion() == "2"
 
     runner = CliRunner()
-    result = runner.invoke(app, ["rollback", "--reason", "false positives reported by the pilot site",
-                                 "--params", str(fresh_registry.params_file)])
+    result = runner.invoke(
+        app,
+        [
+            "rollback",
+            "--reason",
+            "false positives reported by the pilot site",
+            "--params",
+            str(fresh_registry.params_file),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert _champion() == "1"
     v1, v2 = registry.get_version(MODEL, "1"), registry.get_version(MODEL, "2")
@@ -110,7 +120,10 @@ def test_rollback_restores_the_previous_champion(fresh_registry):
 
     events = audit.read(ws.audit_log)
     assert [(e["action"], e["version"], e["previous"]) for e in events] == [
-        ("promote", "1", None), ("promote", "2", "1"), ("rollback", "1", "2")]
+        ("promote", "1", None),
+        ("promote", "2", "1"),
+        ("rollback", "1", "2"),
+    ]
     assert [t["action"] for t in promotion.history(params)] == ["promote", "promote", "rollback"]
 
     # v1 was the first champion: nothing earlier to go back to, and nothing changes

@@ -70,7 +70,9 @@ def test_reproduce_champion_restores_data_and_matches_metrics(lineage_ws):
     assert new_run.info.status == "FINISHED" and new_run.data.tags[TAG_REPRODUCES] == "1"
     assert new_run.data.tags["medimg.reproduces_run_id"] == champion.run_id
     assert new_run.data.metrics["test_roc_auc"] == auc["reproduced"]
-    assert "reproduction/comparison.json" in {a.path for a in mlflow.MlflowClient().list_artifacts(result["run_id"], "reproduction")}
+    assert "reproduction/comparison.json" in {
+        a.path for a in mlflow.MlflowClient().list_artifacts(result["run_id"], "reproduction")
+    }
 
     # No registration, no alias move.
     assert {v.version for v in mlflow.MlflowClient().search_model_versions(f"name='{MODEL}'")} == versions_before

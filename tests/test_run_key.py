@@ -43,8 +43,9 @@ def copy_source(dest: Path) -> Path:
 def medimg_run(src: Path, params_file: Path, env: dict) -> subprocess.CompletedProcess:
     """``medimg run`` in ``src``; waits while its output grows (``progress.run_logged``), not a fixed time."""
     log = params_file.parent / f"run-{next(_RUNS)}.log"
-    return run_logged([sys.executable, "-m", "medimg.cli", "run", "--params", str(params_file)], log, split=True,
-                      cwd=src, env=env)
+    return run_logged(
+        [sys.executable, "-m", "medimg.cli", "run", "--params", str(params_file)], log, split=True, cwd=src, env=env
+    )
 
 
 _RUNS = itertools.count(1)
@@ -62,9 +63,16 @@ def test_each_uncommitted_edit_of_the_training_code_retrains(tmp_path, data_dir,
     src = copy_source(tmp_path / "src")
     ws = Workspace.at(tmp_path / "ws")
     params_file = write_params(tmp_path, ws.root, overrides={**FAST, "train": {**FAST["train"], "num_threads": 1}})
-    env = {**os.environ, "PYTHONPATH": str(src), "MEDIMG_DATA_DIR": str(data_dir),
-           "PREFECT_API_URL": str(PREFECT_API_URL.value()), "MLFLOW_TRACKING_URI": ws.default_tracking_uri(),
-           "MEDIMG_WORKSPACE": str(ws.root), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(src),
+        "MEDIMG_DATA_DIR": str(data_dir),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "MLFLOW_TRACKING_URI": ws.default_tracking_uri(),
+        "MEDIMG_WORKSPACE": str(ws.root),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     client = MlflowClient(tracking_uri=ws.default_tracking_uri())
 
     def trained_runs() -> list:
@@ -75,8 +83,9 @@ def test_each_uncommitted_edit_of_the_training_code_retrains(tmp_path, data_dir,
     hashes = []
     for n in (1, 2):
         _edit(src, f"# uncommitted edit {n}")
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=src, capture_output=True, text=True,
-                               check=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=src, capture_output=True, text=True, check=True
+        ).stdout
         assert LOOP.as_posix() in dirty, "the edit must be uncommitted"
         hashes.append(code_hash.__wrapped__(src))  # uncached: this process already hashed the folder
         done = medimg_run(src, params_file, env)

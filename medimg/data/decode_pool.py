@@ -90,8 +90,9 @@ class DecodeOptions:
     use_cache: bool = True  # False: decode every file (the cache folder is still where images go)
 
 
-def cache_folder(cache_root: Path, contract_hash: str, secret: bytes | None, min_side: int = 16,
-                 allow_burned_in: bool = False) -> Path:
+def cache_folder(
+    cache_root: Path, contract_hash: str, secret: bytes | None, min_side: int = 16, allow_burned_in: bool = False
+) -> Path:
     """``<cache_root>/v<version>-<contract hash>-<options>-<key id>``: one folder per way of decoding.
 
     Everything that changes a file's outcome is in the name: the contract, the rejection
@@ -213,8 +214,17 @@ def process(job: DecodeJob) -> tuple[DecodeJob, dict, bool]:
     try:
         data = Path(job.path).read_bytes()
     except OSError as err:
-        return job, {"status": "bad", "reason": "not_an_image", "detail": f"unreadable ({type(err).__name__})",
-                     "library_message": _library_message(str(err)), "sha256": None}, False
+        return (
+            job,
+            {
+                "status": "bad",
+                "reason": "not_an_image",
+                "detail": f"unreadable ({type(err).__name__})",
+                "library_message": _library_message(str(err)),
+                "sha256": None,
+            },
+            False,
+        )
     sha = hashlib.sha256(data).hexdigest()
     if job.hash_only:
         return job, {**(_non_image(data) or {"status": "hashed"}), "sha256": sha}, False
@@ -239,17 +249,32 @@ def _decode(job: DecodeJob, options: DecodeOptions, data: bytes) -> tuple[dict, 
     if skipped is not None:
         return skipped, None
     try:
-        decoded = preprocess.decode_file(job.path, options.preprocess, options.min_side, options.allow_burned_in,
-                                         kind=job.kind, data=data, secret=options.secret)
+        decoded = preprocess.decode_file(
+            job.path,
+            options.preprocess,
+            options.min_side,
+            options.allow_burned_in,
+            kind=job.kind,
+            data=data,
+            secret=options.secret,
+        )
         image = preprocess.prepare(decoded, options.preprocess)
     except BadImage as err:
-        return {"status": "bad", "reason": err.reason, "detail": err.detail,
-                "library_message": _library_message(getattr(err, "library_message", None))}, None
+        return {
+            "status": "bad",
+            "reason": err.reason,
+            "detail": err.detail,
+            "library_message": _library_message(getattr(err, "library_message", None)),
+        }, None
     except MemoryError:
         raise
     except Exception as err:  # an unexpected failure: its text is for the workspace's report only
-        return {"status": "bad", "reason": "decode_error", "detail": f"unexpected {type(err).__name__}",
-                "library_message": _library_message(str(err))}, None
+        return {
+            "status": "bad",
+            "reason": "decode_error",
+            "detail": f"unexpected {type(err).__name__}",
+            "library_message": _library_message(str(err)),
+        }, None
     meta = {
         "status": "ok",
         "file_format": decoded.source_kind,
@@ -279,8 +304,9 @@ def _library_message(text: str | None) -> str | None:
 # --------------------------------------------------------------------------- parent side
 
 
-def decode(jobs: Iterable[DecodeJob], options: DecodeOptions,
-           workers: int = 2) -> Iterator[tuple[DecodeJob, dict, bool]]:
+def decode(
+    jobs: Iterable[DecodeJob], options: DecodeOptions, workers: int = 2
+) -> Iterator[tuple[DecodeJob, dict, bool]]:
     """Yield ``(job, meta, from_cache)`` for every job, in input order.
 
     ``options.use_cache`` False decodes every job (what a first ingest costs). ``workers`` <= 1

@@ -198,8 +198,9 @@ def _check_complete(path: Path, ds: Dataset, size: int, caught: list) -> None:
     """
     for warning in caught:
         if "End of file reached" in str(warning.message):
-            raise BadImage(path, "truncated", "file ends inside a sequence or encapsulated pixel data",
-                           str(warning.message))
+            raise BadImage(
+                path, "truncated", "file ends inside a sequence or encapsulated pixel data", str(warning.message)
+            )
     tsuid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if tsuid == DeflatedExplicitVRLittleEndian:
         return  # offsets refer to the inflated stream, not to the file
@@ -242,8 +243,9 @@ def _check_header(path: Path, ds: Dataset, min_size: int, allow_burned_in: bool)
         if photometric == "PALETTE COLOR":  # the pixels will hold LUT entries, not stored values
             bits_stored = int(ds.RedPaletteColorLookupTableDescriptor[2])
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as err:
-        raise BadImage(path, "invalid_header", f"image pixel module incomplete ({type(err).__name__})",
-                       str(err)) from None
+        raise BadImage(
+            path, "invalid_header", f"image pixel module incomplete ({type(err).__name__})", str(err)
+        ) from None
     if n_frames > 1:
         raise BadImage(path, "multiframe", f"{n_frames} frames")
     if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES" and not allow_burned_in:
@@ -274,9 +276,7 @@ def _check_decoder(path: Path, tsuid: UID) -> None:
     except NotImplementedError as err:
         raise BadImage(path, "unsupported_transfer_syntax", f"no decoder for {name}", str(err)) from None
     if not decoder.is_available:
-        raise BadImage(
-            path, "unsupported_transfer_syntax", f"no installed pixel-data plugin decodes {name}"
-        )
+        raise BadImage(path, "unsupported_transfer_syntax", f"no installed pixel-data plugin decodes {name}")
 
 
 def _decode_pixels(path: Path, ds: Dataset, rows: int, columns: int) -> np.ndarray:
@@ -289,8 +289,7 @@ def _decode_pixels(path: Path, ds: Dataset, rows: int, columns: int) -> np.ndarr
             raise BadImage(path, "truncated", "pixel data shorter than the image size", str(err)) from None
         raise BadImage(path, "decode_error", type(err).__name__, str(err)) from None
     except (AttributeError, KeyError, TypeError) as err:
-        raise BadImage(path, "invalid_header", f"pixel description unusable ({type(err).__name__})",
-                       str(err)) from None
+        raise BadImage(path, "invalid_header", f"pixel description unusable ({type(err).__name__})", str(err)) from None
     except Exception as err:
         raise BadImage(path, "decode_error", f"pixel decoding failed ({type(err).__name__})", str(err)) from None
     if arr.shape[:2] != (rows, columns) or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
@@ -353,8 +352,7 @@ def _reduced_jpeg2000(ds: Dataset, header: dict, min_side: int) -> np.ndarray | 
     except Exception:
         return None
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    reduced = jpeg2000.decode_reduced(frame, header["rows"], header["columns"], header["bits_stored"], signed,
-                                      min_side)
+    reduced = jpeg2000.decode_reduced(frame, header["rows"], header["columns"], header["bits_stored"], signed, min_side)
     return None if reduced is None else reduced.pixels
 
 

@@ -142,8 +142,9 @@ _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _RASTER_KINDS: dict[str, SourceKind] = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg"}
 
 
-def decode_raster(path: str | Path, min_size: int = 16, jpeg_min_side: int | None = None,
-                  data: bytes | None = None) -> DecodedImage:
+def decode_raster(
+    path: str | Path, min_size: int = 16, jpeg_min_side: int | None = None, data: bytes | None = None
+) -> DecodedImage:
     """Decode a PNG or JPEG file into a grey :class:`DecodedImage`, upright.
 
     Raises :class:`BadImage` with reason ``empty``, ``not_an_image``, ``unsupported_format``
@@ -236,8 +237,9 @@ def _upright(path: Path, image: Image.Image) -> bool:
     except BadImage:
         raise
     except Exception as err:  # Pillow's EXIF parser raises many types on a damaged block
-        raise BadImage(path, "invalid_header", f"EXIF orientation unreadable ({type(err).__name__})",
-                       str(err)) from None
+        raise BadImage(
+            path, "invalid_header", f"EXIF orientation unreadable ({type(err).__name__})", str(err)
+        ) from None
     return orientation in _SWAPS_SIDES
 
 

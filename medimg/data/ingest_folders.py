@@ -115,8 +115,15 @@ def ingest_files(
 
     def bad(file: sources.SourceFile, reason: str, meta: dict | None = None) -> None:
         meta = meta or {}
-        _quarantine(quarantine, refs[file.place], reason, meta.get("detail", ""), file=where(file),
-                    file_pseudonym=pseudonym(file.place, secret, "file"), library_message=meta.get("library_message"))
+        _quarantine(
+            quarantine,
+            refs[file.place],
+            reason,
+            meta.get("detail", ""),
+            file=where(file),
+            file_pseudonym=pseudonym(file.place, secret, "file"),
+            library_message=meta.get("library_message"),
+        )
 
     temp = None
     use_cache = config.cache and cache_root is not None
@@ -125,8 +132,14 @@ def ingest_files(
     else:
         temp = tempfile.TemporaryDirectory(prefix="medimg-decode-")
         cache_dir = Path(temp.name)
-    options = DecodeOptions(preprocess=contract, cache_dir=str(cache_dir), min_side=config.min_side,
-                            allow_burned_in=config.dicom.allow_burned_in, secret=secret, use_cache=use_cache)
+    options = DecodeOptions(
+        preprocess=contract,
+        cache_dir=str(cache_dir),
+        min_side=config.min_side,
+        allow_burned_in=config.dicom.allow_burned_in,
+        secret=secret,
+        use_cache=use_cache,
+    )
     try:
         rows, n_decoded, n_cached = [], 0, 0
         sop_index = _sop_index(kind, config, table, secret)
@@ -139,8 +152,9 @@ def ingest_files(
                 n_cached += cached
                 n_decoded += not cached
             if meta["status"] == "skipped":  # not an image (a DICOMDIR, a report...): no label needed, not bad
-                skipped.append(SkippedFile(where(file).split("/", 1)[1], file.origin, meta["reason"],
-                                           meta.get("detail", "")))
+                skipped.append(
+                    SkippedFile(where(file).split("/", 1)[1], file.origin, meta["reason"], meta.get("detail", ""))
+                )
             elif job.hash_only:
                 bad(file, set_aside[file.place])
             else:
@@ -154,15 +168,36 @@ def ingest_files(
                 elif label is None:
                     bad(file, "no_label")
                 else:
-                    rows.append(_row(kind, config, file, meta, label, split, secret, refs[file.place], root, inbox,
-                                     chash, contract.size))
+                    rows.append(
+                        _row(
+                            kind,
+                            config,
+                            file,
+                            meta,
+                            label,
+                            split,
+                            secret,
+                            refs[file.place],
+                            root,
+                            inbox,
+                            chash,
+                            contract.size,
+                        )
+                    )
             if progress is not None:
                 progress(done, len(jobs))
             elif len(jobs) >= 500 and done % max(1, len(jobs) // 10) == 0:
                 log.info("decoded %d of %d files (%d from the cache)", done, len(jobs), n_cached)
         n_total = len(rows) + len(quarantine)
-        log.info("%s: %d images, %d decoded, %d from the cache, %d quarantined, %d other files skipped", root.name,
-                 n_total, n_decoded, n_cached, len(quarantine), len(skipped))
+        log.info(
+            "%s: %d images, %d decoded, %d from the cache, %d quarantined, %d other files skipped",
+            root.name,
+            n_total,
+            n_decoded,
+            n_cached,
+            len(quarantine),
+            len(skipped),
+        )
         if len(quarantine):
             counts = ", ".join(f"{k}: {v}" for k, v in quarantine.counts_by_reason().items())
             log.warning("quarantined %d of %d images (%s)", len(quarantine), n_total, counts)
@@ -217,8 +252,7 @@ def _scan(kind: str, config: DataConfig, root: Path, inbox: Path | None):
     table = sources.read_label_table(csv_path, cfg.key_column, cfg.label_column, cfg.split_column)
     scan = sources.scan_dicom_layout(root, "source", _inside(csv_path, root))
     if inbox is not None and (inbox / labels_csv).is_file():
-        inbox_table = sources.read_label_table(inbox / labels_csv, cfg.key_column, cfg.label_column,
-                                               cfg.split_column)
+        inbox_table = sources.read_label_table(inbox / labels_csv, cfg.key_column, cfg.label_column, cfg.split_column)
         table = {**table, **{k: v for k, v in inbox_table.items() if k not in table}}
     extra_scan = sources.inbox_scan(inbox, kind, labels_csv=_inside(inbox / labels_csv, inbox) if inbox else None)
     return scan.files + extra_scan.files, scan.skipped + extra_scan.skipped, table
@@ -238,8 +272,16 @@ def _ref(kind: str, file: sources.SourceFile, secret: bytes) -> str:
     return file.rel if file.origin == "source" else f"inbox/{file.rel}"
 
 
-def _quarantine(quarantine: Quarantine, ref: str, reason: str, detail: str = "", *, file: str = "",
-                file_pseudonym: str = "", library_message: str | None = None) -> None:
+def _quarantine(
+    quarantine: Quarantine,
+    ref: str,
+    reason: str,
+    detail: str = "",
+    *,
+    file: str = "",
+    file_pseudonym: str = "",
+    library_message: str | None = None,
+) -> None:
     """Add one entry; the log line names the file by its pseudonym only (file names can hold patient names)."""
     text = f"{ref}: {reason} ({detail or REASONS.get(reason) or EXTRA_REASONS.get(reason, reason)})"
     quarantine.add(ref, reason, text, file=file, pseudonym=file_pseudonym, library_message=library_message)
@@ -278,8 +320,20 @@ def _source_folder(file: sources.SourceFile, root: Path, inbox: Path | None) -> 
     return inbox
 
 
-def _row(kind, config: DataConfig, file: sources.SourceFile, meta: dict, label: int, split: str | None,
-         secret: bytes, ref: str, root: Path, inbox: Path | None, chash: str, size: int) -> dict:
+def _row(
+    kind,
+    config: DataConfig,
+    file: sources.SourceFile,
+    meta: dict,
+    label: int,
+    split: str | None,
+    secret: bytes,
+    ref: str,
+    root: Path,
+    inbox: Path | None,
+    chash: str,
+    size: int,
+) -> dict:
     image_id = pseudonym(file.place, secret, "img")
     if kind == "image_folder" and meta["file_format"] != "dicom":
         patient = pseudonym(file.patient_key or file.place, secret, "pat")

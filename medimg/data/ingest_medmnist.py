@@ -21,8 +21,9 @@ from medimg.data.manifest import SPLITS
 from medimg.data.medmnist import MedMNISTArchive
 
 
-def ingest_medmnist(archive: MedMNISTArchive, config: DataConfig, folder: Path,
-                    contract: PreprocessConfig | None = None) -> IngestResult:
+def ingest_medmnist(
+    archive: MedMNISTArchive, config: DataConfig, folder: Path, contract: PreprocessConfig | None = None
+) -> IngestResult:
     """The archive's splits as they are, each image through the contract (a no-op at 28 px defaults)."""
     contract = contract or PreprocessConfig()
     chash = preprocess.contract_hash(contract)
@@ -33,8 +34,14 @@ def ingest_medmnist(archive: MedMNISTArchive, config: DataConfig, folder: Path,
         _check_labels(archive.path, split, labels, config.class_names)
         stored = _contract_images(images, contract)
         split_rows = manifest.rows_for_split(
-            split, stored, labels, config.class_names, archive.path.name, source_images=images,
-            modality=config.modality, contract_hash=chash,
+            split,
+            stored,
+            labels,
+            config.class_names,
+            archive.path.name,
+            source_images=images,
+            modality=config.modality,
+            contract_hash=chash,
         )
         _write_pngs(folder, split_rows, stored)
         rows.extend(split_rows)
@@ -56,9 +63,15 @@ def ingest_medmnist(archive: MedMNISTArchive, config: DataConfig, folder: Path,
 def _contract_images(images: np.ndarray, contract: PreprocessConfig) -> np.ndarray:
     out = np.empty((len(images), contract.size, contract.size), dtype=np.uint8)
     for i, image in enumerate(images):
-        decoded = DecodedImage(pixels=image.astype(np.float32), original_height=image.shape[0],
-                               original_width=image.shape[1], bit_depth=8, photometric="MONOCHROME2",
-                               modality=None, source_kind="npz")
+        decoded = DecodedImage(
+            pixels=image.astype(np.float32),
+            original_height=image.shape[0],
+            original_width=image.shape[1],
+            bit_depth=8,
+            photometric="MONOCHROME2",
+            modality=None,
+            source_kind="npz",
+        )
         out[i] = preprocess.prepare(decoded, contract)
     return out
 

@@ -67,8 +67,9 @@ def reduction_level(rows: int, columns: int, min_side: int, max_level: int) -> i
     return level
 
 
-def decode_reduced(codestream: bytes, rows: int, columns: int, bits_stored: int, signed: bool,
-                   min_side: int) -> Reduced | None:
+def decode_reduced(
+    codestream: bytes, rows: int, columns: int, bits_stored: int, signed: bool, min_side: int
+) -> Reduced | None:
     """One grey JPEG 2000 codestream (no JP2 wrapper) at the coarsest level keeping ``min_side``.
 
     ``rows``, ``columns``, ``bits_stored`` and ``signed`` are what the container (the DICOM
@@ -112,6 +113,8 @@ def _matches(siz, rows: int, columns: int, bits_stored: int, signed: bool) -> bo
         and int(siz.bitdepth[0]) == bits_stored
         and bool(siz.signed[0]) == signed
         and (int(siz.ysiz) - int(siz.yosiz), int(siz.xsiz) - int(siz.xosiz)) == (rows, columns)
-        and int(siz.xosiz) == 0 and int(siz.yosiz) == 0
-        and tuple(siz.xrsiz) == (1,) and tuple(siz.yrsiz) == (1,)
+        and int(siz.xosiz) == 0
+        and int(siz.yosiz) == 0
+        and tuple(siz.xrsiz) == (1,)
+        and tuple(siz.yrsiz) == (1,)
     )

@@ -54,8 +54,16 @@ class Quarantine:
     def __init__(self) -> None:
         self._entries: list[QuarantineEntry] = []
 
-    def add(self, path: str | Path, reason: str, message: str = "", *, file: str = "", pseudonym: str = "",
-            library_message: str | None = None) -> None:
+    def add(
+        self,
+        path: str | Path,
+        reason: str,
+        message: str = "",
+        *,
+        file: str = "",
+        pseudonym: str = "",
+        library_message: str | None = None,
+    ) -> None:
         """Record one quarantined image: its ``path`` (or ref), ``reason`` code and PHI-free ``message``.
 
         ``file``: its place in the source folder; ``pseudonym``: the keyed file pseudonym (default: the
@@ -63,8 +71,9 @@ class Quarantine:
         """
         if not reason:
             raise ValueError("a quarantine entry needs a reason")
-        self._entries.append(QuarantineEntry(str(path), reason, message, file, pseudonym or str(path),
-                                             library_message or None))
+        self._entries.append(
+            QuarantineEntry(str(path), reason, message, file, pseudonym or str(path), library_message or None)
+        )
 
     def add_bad_image(self, error: BadImage) -> None:
         """Record a :class:`BadImage` with its own path, reason, message and library message (when it has one)."""
@@ -88,8 +97,9 @@ class Quarantine:
 
         It names files by their place in the source and quotes library messages: keep it in the workspace.
         """
-        return self._write(path, CSV_COLUMNS, lambda e: (e.path, e.reason, e.message, e.file, e.pseudonym,
-                                                          e.library_message or ""))
+        return self._write(
+            path, CSV_COLUMNS, lambda e: (e.path, e.reason, e.message, e.file, e.pseudonym, e.library_message or "")
+        )
 
     def write_pseudonymous_csv(self, path: str | Path) -> Path:
         """Write what may leave the workspace: ``pseudonym,reason`` rows (header included, even with no entries)."""

@@ -25,7 +25,7 @@ SKIP_REASONS: dict[str, str] = {
     "system_file": "file-manager metadata: Thumbs.db, ehthumbs.db, desktop.ini, anything under __MACOSX/",
     "labels_csv": "the source's labels CSV (data.dicom.labels_csv)",
     "not_an_image_file": "neither PNG/JPEG (by suffix) nor DICOM "
-                         "(by suffix .dcm/.dicom or the DICM marker at byte 128)",
+    "(by suffix .dcm/.dicom or the DICM marker at byte 128)",
     "outside_layout": "an image where the class-folder layout gives it no class (beside or below the class folders)",
     "not_a_file": "a link to nothing, a folder loop, a socket, a pipe or another non-regular file",
     **NON_IMAGE_REASONS,

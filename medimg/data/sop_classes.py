@@ -44,7 +44,7 @@ from pydicom.uid import UID, MediaStorageDirectoryStorage
 NON_IMAGE_REASONS: dict[str, str] = {
     "dicomdir": "a DICOMDIR: the media's directory of the other files (no pixels; DICOM PS3.10 section 8.6)",
     "non_image_dicom": "a DICOM object of a non-image SOP Class (report, presentation state, document, "
-                       "waveform, raw data...; DICOM PS3.4 Annex B)",
+    "waveform, raw data...; DICOM PS3.4 Annex B)",
 }
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")

@@ -225,7 +225,9 @@ def scan_image_layout(root: Path, origin: str, patient_id: str = "kermany") -> S
     # the folder (as walked) -> (split, class folder)
     class_dirs: dict[tuple[str, ...], tuple[str | None, str]] = (
         {(d.name, c.name): (d.name.lower(), c.name) for d in split_dirs for c in _visible_dirs(d)}
-        if split_dirs else {(c.name,): (None, c.name) for c in top})
+        if split_dirs
+        else {(c.name,): (None, c.name) for c in top}
+    )
     files, skipped = [], []
     for walked, path in walk_files(root, hidden=True):
         parts = tuple(walked.split("/"))
@@ -243,9 +245,17 @@ def scan_image_layout(root: Path, origin: str, patient_id: str = "kermany") -> S
         rel = "/".join(p for p in (split, class_name, path.name) if p)
         # "file": each file its own patient, named by its place so source and inbox never share one
         own = rel if origin == "source" else f"{origin}/{rel}"
-        files.append(SourceFile(path=path, rel=rel, origin=origin, class_name=class_name, split=split,
-                                patient_key=kermany_patient_key(path.name) if patient_id == "kermany" else own,
-                                decoder=decoder))
+        files.append(
+            SourceFile(
+                path=path,
+                rel=rel,
+                origin=origin,
+                class_name=class_name,
+                split=split,
+                patient_key=kermany_patient_key(path.name) if patient_id == "kermany" else own,
+                decoder=decoder,
+            )
+        )
     if not files and origin == "source":
         raise SourceLayoutError(f"{root}: no .jpeg/.jpg/.png or DICOM images found in class folders")
     order: dict[str | None, int] = {name: i for i, name in enumerate(SPLITS)}
@@ -304,13 +314,19 @@ def inbox_scan(inbox: Path | None, kind: str, patient_id: str = "kermany", label
     return scan_image_layout(inbox, "inbox", patient_id)
 
 
-def inbox_files(inbox: Path | None, kind: str, patient_id: str = "kermany", labels_csv: str | None = None) -> list[SourceFile]:
+def inbox_files(
+    inbox: Path | None, kind: str, patient_id: str = "kermany", labels_csv: str | None = None
+) -> list[SourceFile]:
     """The inbox's files to decode (:func:`inbox_scan` without its skip list)."""
     return inbox_scan(inbox, kind, patient_id, labels_csv).files
 
 
-def guess_kind(folder: Path, class_names: tuple[str, ...], class_folders: dict[str, str] | None = None,
-               labels_csv: str | None = "labels.csv") -> str | None:
+def guess_kind(
+    folder: Path,
+    class_names: tuple[str, ...],
+    class_folders: dict[str, str] | None = None,
+    labels_csv: str | None = "labels.csv",
+) -> str | None:
     """The source kind a folder's *layout* says (its file types do not: a class folder may hold DICOM), or None.
 
     ``image_folder`` when a top-level folder (not hidden, not ``__*``) is named after a split
@@ -364,7 +380,9 @@ def read_label_table(path: Path, key_column: str, label_column: str, split_colum
     return table
 
 
-def class_index(name: str | None, class_names: tuple[str, ...], class_folders: dict[str, str] | None = None) -> int | None:
+def class_index(
+    name: str | None, class_names: tuple[str, ...], class_folders: dict[str, str] | None = None
+) -> int | None:
     """The class index a folder name or CSV label stands for, or None.
 
     ``class_folders`` maps folder names to class names first; then a class name matches ignoring

@@ -162,8 +162,12 @@ def split_group(rows: list[dict], fractions: dict[str, float], seed: int) -> Non
     try:
         splits = split_by_patient(frame, fractions, seed=seed).tolist()
     except ValueError as err:
-        log.warning("%d images of %d patients are too few for stratified folds (%s): split by patient pseudonym hash",
-                    len(frame), frame["patient"].nunique(), err)
+        log.warning(
+            "%d images of %d patients are too few for stratified folds (%s): split by patient pseudonym hash",
+            len(frame),
+            frame["patient"].nunique(),
+            err,
+        )
         splits = [hash_split(p, fractions) for p in frame["patient"]]
     for row, split in zip(rows, splits, strict=True):
         row["split"] = split

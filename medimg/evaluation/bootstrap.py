@@ -43,9 +43,7 @@ def _check_boot_args(n_boot: int, alpha: float) -> None:
         raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
 
 
-def _stratified_weights(
-    y: NDArray[np.int64], n_boot: int, seed: int
-) -> Iterator[NDArray[np.float64]]:
+def _stratified_weights(y: NDArray[np.int64], n_boot: int, seed: int) -> Iterator[NDArray[np.float64]]:
     """Yield blocks of replicates as per-sample counts, shape ``(replicates, n)``.
 
     Row ``r`` column ``i`` is how many times sample ``i`` was drawn in replicate ``r``; each
@@ -168,13 +166,8 @@ def bootstrap_ci(
     threshold = float(threshold)
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold}")
-    blocks = [
-        _weighted_metrics(y, p, threshold, w) for w in _stratified_weights(y, int(n_boot), seed)
-    ]
-    return {
-        name: _percentile_interval(np.concatenate([b[name] for b in blocks]), alpha)
-        for name in METRIC_NAMES
-    }
+    blocks = [_weighted_metrics(y, p, threshold, w) for w in _stratified_weights(y, int(n_boot), seed)]
+    return {name: _percentile_interval(np.concatenate([b[name] for b in blocks]), alpha) for name in METRIC_NAMES}
 
 
 def paired_auc_difference(
@@ -201,9 +194,7 @@ def paired_auc_difference(
     _check_boot_args(n_boot, alpha)
     n_pos = int(y.sum())
     if n_pos == 0 or n_pos == y.shape[0]:
-        raise ValueError(
-            "cannot compare AUCs: y_true holds one class only, so AUC is undefined"
-        )
+        raise ValueError("cannot compare AUCs: y_true holds one class only, so AUC is undefined")
     delta = float(roc_auc_score(y, pa) - roc_auc_score(y, pb))
     diffs = []
     for w in _stratified_weights(y, int(n_boot), seed):

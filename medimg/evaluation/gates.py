@@ -101,9 +101,7 @@ def benchmark_noninferiority(
     """
     missing = [key for key in _BENCHMARK_KEYS if key not in benchmark]
     if missing:
-        raise ValueError(
-            f"benchmark is missing the keys {missing}; expected {list(_BENCHMARK_KEYS)}"
-        )
+        raise ValueError(f"benchmark is missing the keys {missing}; expected {list(_BENCHMARK_KEYS)}")
     margin = _check_margin(margin)
     sens, spec = _num(sensitivity), _num(specificity)
     sens_lo, sens_hi = (_num(v) for v in sensitivity_ci)
@@ -143,9 +141,7 @@ def benchmark_noninferiority(
     return GateResult("benchmark_noninferiority", passed, reason, to_jsonable(inputs))
 
 
-def champion_noninferiority(
-    delta: Mapping[str, Any] | None, margin: float, champion_version: str | None
-) -> GateResult:
+def champion_noninferiority(delta: Mapping[str, Any] | None, margin: float, champion_version: str | None) -> GateResult:
     """Non-inferiority of the candidate's ROC AUC to the current champion's.
 
     Why: a retrained model must not quietly be worse than the one in service. ``delta`` is
@@ -159,16 +155,14 @@ def champion_noninferiority(
         return GateResult(
             name,
             True,
-            "No champion model is registered yet (first run), so there is nothing to be "
-            "non-inferior to: passed.",
+            "No champion model is registered yet (first run), so there is nothing to be non-inferior to: passed.",
             {"champion_version": None, "margin": margin},
         )
     if delta is None:
         return GateResult(
             name,
             False,
-            f"Champion version {champion_version} exists but no paired AUC comparison with it "
-            "was supplied: failed.",
+            f"Champion version {champion_version} exists but no paired AUC comparison with it was supplied: failed.",
             {"champion_version": str(champion_version), "margin": margin, "delta": None},
         )
     point, lower, upper = (_num(delta.get(key)) for key in ("delta", "lower", "upper"))
@@ -220,10 +214,7 @@ def minimum_metrics(metrics: Mapping[str, Any], minimums: Mapping[str, float]) -
     elif passed:
         reason = f"All {len(floors)} metrics reach their minimums ({', '.join(parts)}): passed."
     else:
-        reason = (
-            f"{len(failed)} of {len(floors)} metrics miss their minimums "
-            f"({', '.join(parts)}): failed."
-        )
+        reason = f"{len(failed)} of {len(floors)} metrics miss their minimums ({', '.join(parts)}): failed."
     inputs = {"values": values, "minimums": floors, "failed": failed}
     return GateResult("minimum_metrics", passed, reason, to_jsonable(inputs))
 

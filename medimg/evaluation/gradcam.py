@@ -30,8 +30,9 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target_class: int = 1, layer: nn
     layer = layer or last_conv(model)
     store: dict[str, torch.Tensor] = {}
 
-    def keep_grad(_m: nn.Module, _gi: tuple[torch.Tensor, ...] | torch.Tensor,
-                  go: tuple[torch.Tensor, ...] | torch.Tensor) -> None:
+    def keep_grad(
+        _m: nn.Module, _gi: tuple[torch.Tensor, ...] | torch.Tensor, go: tuple[torch.Tensor, ...] | torch.Tensor
+    ) -> None:
         store["grad"] = go[0] if isinstance(go, tuple) else go
 
     handles = [

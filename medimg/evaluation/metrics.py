@@ -56,9 +56,7 @@ COUNT_NAMES: tuple[str, ...] = ("tp", "fp", "tn", "fn", "n")
 NAN = float("nan")
 
 
-def check_binary_inputs(
-    y_true: ArrayLike, y_prob: ArrayLike
-) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+def check_binary_inputs(y_true: ArrayLike, y_prob: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     """Validate labels and probabilities and return them as 1-D ``int64`` / ``float64`` arrays.
 
     Why: every evaluation function must reject the same bad inputs with the same clear message
@@ -70,13 +68,9 @@ def check_binary_inputs(
     y = np.asarray(y_true)
     p = np.asarray(y_prob, dtype=np.float64)
     if y.ndim != 1 or p.ndim != 1:
-        raise ValueError(
-            f"y_true and y_prob must be 1-D, got shapes {y.shape} and {p.shape}"
-        )
+        raise ValueError(f"y_true and y_prob must be 1-D, got shapes {y.shape} and {p.shape}")
     if y.shape[0] != p.shape[0]:
-        raise ValueError(
-            f"y_true and y_prob must have the same length, got {y.shape[0]} and {p.shape[0]}"
-        )
+        raise ValueError(f"y_true and y_prob must have the same length, got {y.shape[0]} and {p.shape[0]}")
     if y.shape[0] == 0:
         raise ValueError("cannot evaluate an empty set: y_true and y_prob have no samples")
     bad_labels = ~np.isin(y, (0, 1))
@@ -86,9 +80,7 @@ def check_binary_inputs(
     if not np.isfinite(p).all():
         raise ValueError("y_prob must be finite: found NaN or infinity")
     if (p < 0).any() or (p > 1).any():
-        raise ValueError(
-            f"y_prob must lie in [0, 1], found values in [{p.min():.6g}, {p.max():.6g}]"
-        )
+        raise ValueError(f"y_prob must lie in [0, 1], found values in [{p.min():.6g}, {p.max():.6g}]")
     return y.astype(np.int64), p
 
 

@@ -53,18 +53,14 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def _both_classes(
-    y_true: ArrayLike, y_prob: ArrayLike, what: str
-) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+def _both_classes(y_true: ArrayLike, y_prob: ArrayLike, what: str) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     y, p = check_binary_inputs(y_true, y_prob)
     if y.min() == y.max():
         raise ValueError(f"cannot draw a {what}: y_true holds one class only")
     return y, p
 
 
-def roc_curve_png(
-    y_true: ArrayLike, y_prob: ArrayLike, path: str | os.PathLike[str], title: str
-) -> Path:
+def roc_curve_png(y_true: ArrayLike, y_prob: ArrayLike, path: str | os.PathLike[str], title: str) -> Path:
     """ROC curve with its AUC in the legend and the chance diagonal."""
     y, p = _both_classes(y_true, y_prob, "ROC curve")
     fpr, tpr, _ = roc_curve(y, p)
@@ -80,17 +76,14 @@ def roc_curve_png(
     return _save(fig, path)
 
 
-def pr_curve_png(
-    y_true: ArrayLike, y_prob: ArrayLike, path: str | os.PathLike[str], title: str
-) -> Path:
+def pr_curve_png(y_true: ArrayLike, y_prob: ArrayLike, path: str | os.PathLike[str], title: str) -> Path:
     """Precision-recall curve with average precision in the legend and the prevalence line."""
     y, p = _both_classes(y_true, y_prob, "precision-recall curve")
     precision, recall, _ = precision_recall_curve(y, p)
     prevalence = float(y.mean())
     fig = _new_figure()
     ax = fig.add_subplot()
-    ax.step(recall, precision, where="post", lw=2,
-            label=f"model (AP = {average_precision_score(y, p):.3f})")
+    ax.step(recall, precision, where="post", lw=2, label=f"model (AP = {average_precision_score(y, p):.3f})")
     ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"prevalence = {prevalence:.3f}")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title)
     ax.set_xlabel("recall (sensitivity)")
@@ -100,9 +93,7 @@ def pr_curve_png(
     return _save(fig, path)
 
 
-def calibration_png(
-    y_true: ArrayLike, y_prob: ArrayLike, path: str | os.PathLike[str], title: str
-) -> Path:
+def calibration_png(y_true: ArrayLike, y_prob: ArrayLike, path: str | os.PathLike[str], title: str) -> Path:
     """Reliability diagram (10 equal-width bins) above a histogram of the probabilities."""
     y, p = check_binary_inputs(y_true, y_prob)
     frac_pos, mean_prob = calibration_curve(y, p, n_bins=N_CALIBRATION_BINS, strategy="uniform")
@@ -146,17 +137,14 @@ def confusion_matrix_png(
         for j in range(2):
             share = counts[i, j] / row_totals[i, 0] if row_totals[i, 0] else math.nan
             label = f"{counts[i, j]}\n({share:.1%})" if math.isfinite(share) else f"{counts[i, j]}"
-            ax.text(j, i, label, ha="center", va="center",
-                    color="white" if counts[i, j] > threshold else "black")
+            ax.text(j, i, label, ha="center", va="center", color="white" if counts[i, j] > threshold else "black")
     ax.set_xticks([0, 1], labels=list(class_names))
     ax.set_yticks([0, 1], labels=list(class_names))
     ax.set(xlabel="predicted", ylabel="true", title=title)
     return _save(fig, path)
 
 
-def training_curves_png(
-    history: Sequence[Mapping[str, float]], path: str | os.PathLike[str]
-) -> Path:
+def training_curves_png(history: Sequence[Mapping[str, float]], path: str | os.PathLike[str]) -> Path:
     """Train/validation loss and validation AUC per epoch, side by side.
 
     Each row of ``history`` has ``epoch``, ``train_loss``, ``val_loss`` and ``val_auc``

@@ -36,8 +36,7 @@ def _roc_counts(
     if n_pos == 0 or n_neg == 0:
         only = "negatives (0)" if n_pos == 0 else "positives (1)"
         raise ValueError(
-            f"cannot choose a {purpose} threshold: y_true holds only {only}; "
-            "both classes are needed for a ROC curve"
+            f"cannot choose a {purpose} threshold: y_true holds only {only}; both classes are needed for a ROC curve"
         )
     fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
     tp = np.rint(tpr * n_pos).astype(np.int64)

@@ -54,8 +54,16 @@ from medimg.provenance import PROJECT_ROOT, file_sha256
 from medimg.workspace import Workspace
 
 KEY_METRICS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "brier", "ece")
-ONNX_LINEAGE_KEYS = (artifacts.META_DATA_VERSION, artifacts.META_GIT_COMMIT, artifacts.META_CODE_HASH, artifacts.META_MLFLOW_RUN_ID,
-                     artifacts.META_THRESHOLD, artifacts.META_CLASS_NAMES, artifacts.META_PARAMS_HASH, artifacts.META_PREPROCESSING_HASH)
+ONNX_LINEAGE_KEYS = (
+    artifacts.META_DATA_VERSION,
+    artifacts.META_GIT_COMMIT,
+    artifacts.META_CODE_HASH,
+    artifacts.META_MLFLOW_RUN_ID,
+    artifacts.META_THRESHOLD,
+    artifacts.META_CLASS_NAMES,
+    artifacts.META_PARAMS_HASH,
+    artifacts.META_PREPROCESSING_HASH,
+)
 
 
 def _download(run_id: str, artifact_path: str, dest: Path) -> Path | None:
@@ -75,9 +83,15 @@ def _read_json(path: Path | None) -> dict | None:
 
 
 def _model(record: ModelRecord) -> ModelSection:
-    return ModelSection(name=record.name, version=record.version, aliases=record.aliases,
-                        is_champion=record.is_champion, source=record.source, tags=record.tags,
-                        registered_at=iso(record.created_at))
+    return ModelSection(
+        name=record.name,
+        version=record.version,
+        aliases=record.aliases,
+        is_champion=record.is_champion,
+        source=record.source,
+        tags=record.tags,
+        registered_at=iso(record.created_at),
+    )
 
 
 def _run(record: ModelRecord) -> RunSection:
@@ -87,13 +101,26 @@ def _run(record: ModelRecord) -> RunSection:
     threshold = record.test_metrics.get("threshold")
     n_test = record.test_metrics.get("n")
     return RunSection(
-        id=run.id, found=True, status=run.status, name=run.name, experiment_id=run.experiment_id,
-        start=iso(run.start), end=iso(run.end), user=run.user, artifact_uri=run.artifact_uri, params=run.params,
+        id=run.id,
+        found=True,
+        status=run.status,
+        name=run.name,
+        experiment_id=run.experiment_id,
+        start=iso(run.start),
+        end=iso(run.end),
+        user=run.user,
+        artifact_uri=run.artifact_uri,
+        params=run.params,
         tags={k: v for k, v in run.tags.items() if k.startswith(artifacts.TAG_PREFIX)},
-        flow_run_id=run.tags.get(registry.TAG_FLOW_RUN), flow_run_name=run.tags.get(artifacts.TAG_FLOW_RUN_NAME),
-        metrics={name: MetricSummary(value=m.value, ci95=m.ci95) for name in KEY_METRICS
-                 if (m := record.test_metrics.get(name)) is not None},
-        threshold=threshold.value if threshold else None, n_test=int(n_test.value) if n_test else None,
+        flow_run_id=run.tags.get(registry.TAG_FLOW_RUN),
+        flow_run_name=run.tags.get(artifacts.TAG_FLOW_RUN_NAME),
+        metrics={
+            name: MetricSummary(value=m.value, ci95=m.ci95)
+            for name in KEY_METRICS
+            if (m := record.test_metrics.get(name)) is not None
+        },
+        threshold=threshold.value if threshold else None,
+        n_test=int(n_test.value) if n_test else None,
     )
 
 
@@ -102,34 +129,58 @@ def _code(commit: str | None) -> CodeSection:
     if not commit or commit == "unknown":
         return CodeSection(commit=commit, sha=None, dirty=None, in_checkout=False, checkout_command=None)
     sha = commit.removesuffix("-dirty")
-    known: dict[str, Any] = {"commit": commit, "sha": sha, "dirty": commit.endswith("-dirty"), "in_checkout": False,
-             "checkout_command": f"git checkout {sha}"}
+    known: dict[str, Any] = {
+        "commit": commit,
+        "sha": sha,
+        "dirty": commit.endswith("-dirty"),
+        "in_checkout": False,
+        "checkout_command": f"git checkout {sha}",
+    }
     try:
-        shown = subprocess.run(["git", "show", "--no-patch", "--format=%s%n%cI", sha], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=10)
+        shown = subprocess.run(
+            ["git", "show", "--no-patch", "--format=%s%n%cI", sha],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return CodeSection(**known)
     if shown.returncode == 0:
         lines = shown.stdout.strip().splitlines()
-        known.update(in_checkout=True, subject=lines[0] if lines else None,
-                     committed_at=lines[1] if len(lines) > 1 else None)
+        known.update(
+            in_checkout=True, subject=lines[0] if lines else None, committed_at=lines[1] if len(lines) > 1 else None
+        )
     return CodeSection(**known)
 
 
 def _data(ws: Workspace, data_version: str | None, run_data_version: str | None, ingest: dict | None) -> DataSection:
     ingest = ingest or {}
-    found: dict = {"md5": None, "nfiles": None, "size": None, "dvc_file": None, "dvc_file_exists": False,
-                   "fetch_commands": ()}
+    found: dict = {
+        "md5": None,
+        "nfiles": None,
+        "size": None,
+        "dvc_file": None,
+        "dvc_file_exists": False,
+        "fetch_commands": (),
+    }
     if data_version:
         kept = ws.data_versions / f"{data_version}.dvc"
-        found.update(dvc_file=str(kept.relative_to(ws.root)),
-                     fetch_commands=tuple(versioning.fetch_commands(ws, data_version)))
+        found.update(
+            dvc_file=str(kept.relative_to(ws.root)), fetch_commands=tuple(versioning.fetch_commands(ws, data_version))
+        )
         if kept.is_file():
             entry = versioning.read_dvc_file(kept)
             found.update(dvc_file_exists=True, md5=entry.get("md5"), nfiles=entry.get("nfiles"), size=entry.get("size"))
-    return DataSection(version=data_version, run_tag=run_data_version, source=ingest.get("source"),
-                       source_md5=ingest.get("source_md5"), split_counts=ingest.get("split_counts"),
-                       n_images=ingest.get("n_images"), **found)
+    return DataSection(
+        version=data_version,
+        run_tag=run_data_version,
+        source=ingest.get("source"),
+        source_md5=ingest.get("source_md5"),
+        split_counts=ingest.get("split_counts"),
+        n_images=ingest.get("n_images"),
+        **found,
+    )
 
 
 def _finding(item: dict) -> Finding:
@@ -144,7 +195,11 @@ def _validation(record: ModelRecord) -> ValidationSection:
     report = found.document
     warts = report.get("warts") or {}
     return ValidationSection(
-        artifact=found.artifact, found=True, passed=found.passed, run_tag=run_tag, data_version=found.data_version,
+        artifact=found.artifact,
+        found=True,
+        passed=found.passed,
+        run_tag=run_tag,
+        data_version=found.data_version,
         n_warnings=len(report.get("warnings") or []),
         warnings=tuple(_finding(w) for w in report.get("warnings") or []),
         failed_critical=tuple(_finding(f) for f in report.get("failed_critical") or []),
@@ -158,13 +213,20 @@ def _gate(record: ModelRecord) -> GateSection:
     tag = record.tags.get(registry.TAG_GATE)
     report = record.gate
     if report is None:
-        return GateSection(artifact=artifacts.GATE_REPORT, found=False, passed=None, decision="UNKNOWN",
-                           registry_tag=tag)
+        return GateSection(
+            artifact=artifacts.GATE_REPORT, found=False, passed=None, decision="UNKNOWN", registry_tag=tag
+        )
     return GateSection(
-        artifact=report.artifact, found=True, passed=report.passed, decision="PASSED" if report.passed else "FAILED",
-        registry_tag=tag, failed=report.failed,
+        artifact=report.artifact,
+        found=True,
+        passed=report.passed,
+        decision="PASSED" if report.passed else "FAILED",
+        registry_tag=tag,
+        failed=report.failed,
         rules=tuple(RuleVerdict(name=r.name, passed=r.passed, reason=r.reason) for r in report.rules),
-        threshold=report.threshold, champion_version=report.champion_version, benchmark=report.benchmark_id,
+        threshold=report.threshold,
+        champion_version=report.champion_version,
+        benchmark=report.benchmark_id,
     )
 
 
@@ -173,8 +235,14 @@ def _onnx(record: ModelRecord, tmp: Path) -> OnnxSection:
     from medimg.export.onnx_export import read_metadata  # here: it loads torch (1 s); only to read a stored file
 
     parity = _read_json(_download(record.run_id, artifacts.PARITY_REPORT, tmp)) if record.run_id else None
-    known: dict = {"sha256": record.onnx_sha256, "stored_sha256": None, "size_bytes": None,
-                   "parity_max_abs_diff": record.onnx_parity_max_abs_diff, "metadata": {}, "parity": parity}
+    known: dict = {
+        "sha256": record.onnx_sha256,
+        "stored_sha256": None,
+        "size_bytes": None,
+        "parity_max_abs_diff": record.onnx_parity_max_abs_diff,
+        "metadata": {},
+        "parity": parity,
+    }
     try:
         path = registry.download_onnx(record.name, record.version, tmp / "onnx")
     except (MlflowException, OSError) as err:
@@ -194,9 +262,13 @@ def _promotion(ws: Workspace, record: ModelRecord) -> PromotionSection:
     The history is the workspace's ``audit.jsonl`` merged with the copy that promotion mirrors into
     the registered model's tags (:mod:`medimg.model_record`), so a lineage read from another
     workspace (a shared registry) still sees every promotion; an event in both is listed once."""
-    return PromotionSection(audit_log=str(ws.audit_log), events=record.version_events,
-                            alias_history=record.promotion_history, current_aliases=record.model_aliases,
-                            registered_model_tags=record.model_tags)
+    return PromotionSection(
+        audit_log=str(ws.audit_log),
+        events=record.version_events,
+        alias_history=record.promotion_history,
+        current_aliases=record.model_aliases,
+        registered_model_tags=record.model_tags,
+    )
 
 
 def _roc_figure(run_id: str, tmp: Path) -> dict[str, Figure]:
@@ -204,8 +276,13 @@ def _roc_figure(run_id: str, tmp: Path) -> dict[str, Figure]:
     if roc is None or not roc.is_file():
         return {}
     blob = roc.read_bytes()
-    return {"roc_curve": Figure(artifact=artifacts.ROC_CURVE, sha256=hashlib.sha256(blob).hexdigest(),
-                                png_base64=base64.b64encode(blob).decode("ascii"))}
+    return {
+        "roc_curve": Figure(
+            artifact=artifacts.ROC_CURVE,
+            sha256=hashlib.sha256(blob).hexdigest(),
+            png_base64=base64.b64encode(blob).decode("ascii"),
+        )
+    }
 
 
 def lineage(params: Params, ws: Workspace, ref: str) -> LineageReport:
@@ -223,9 +300,23 @@ def lineage(params: Params, ws: Workspace, ref: str) -> LineageReport:
     model, code = _model(record), _code(record.git_commit)
     data = _data(ws, record.data_version, run.tags.get(registry.TAG_DATA_VERSION), ingest)
     validation, gate, promotion = _validation(record), _gate(record), _promotion(ws, record)
-    checks = lineage_checks(model=model, run=run, code=code, data=data, validation=validation, gate=gate, onnx=onnx,
-                            promotion=promotion)
-    return LineageReport(ref=ref, generated_at=audit.now_iso(), tracking_uri=MlflowClient().tracking_uri,
-                         workspace=str(ws.root), figures=figures, checks=checks,
-                         all_checks_ok=all(c.ok for c in checks), model=model, run=run, code=code, data=data,
-                         validation=validation, gate=gate, onnx=onnx, promotion=promotion)
+    checks = lineage_checks(
+        model=model, run=run, code=code, data=data, validation=validation, gate=gate, onnx=onnx, promotion=promotion
+    )
+    return LineageReport(
+        ref=ref,
+        generated_at=audit.now_iso(),
+        tracking_uri=MlflowClient().tracking_uri,
+        workspace=str(ws.root),
+        figures=figures,
+        checks=checks,
+        all_checks_ok=all(c.ok for c in checks),
+        model=model,
+        run=run,
+        code=code,
+        data=data,
+        validation=validation,
+        gate=gate,
+        onnx=onnx,
+        promotion=promotion,
+    )

@@ -48,15 +48,25 @@ def render_text(report: LineageReport) -> str:
         lines.append(f"  test {name:<12} {_fmt_metric(item)}")
     if run.threshold is not None:
         lines.append(f"  threshold      {run.threshold:.4f}")
-    lines += ["", "2. Code", f"  git commit {code.commit}"
-              + (f"  ({code.subject})" if code.subject else "  (not in this checkout)")]
-    lines += ["", "3. Data (DVC)", f"  version {data.version}  md5 {data.md5}",
-              f"  .dvc file {data.dvc_file} ({'present' if data.dvc_file_exists else 'MISSING'})",
-              f"  files {data.nfiles}  bytes {data.size}  source {data.source} (md5 {data.source_md5})",
-              "  fetch exactly this data:"]
+    lines += [
+        "",
+        "2. Code",
+        f"  git commit {code.commit}" + (f"  ({code.subject})" if code.subject else "  (not in this checkout)"),
+    ]
+    lines += [
+        "",
+        "3. Data (DVC)",
+        f"  version {data.version}  md5 {data.md5}",
+        f"  .dvc file {data.dvc_file} ({'present' if data.dvc_file_exists else 'MISSING'})",
+        f"  files {data.nfiles}  bytes {data.size}  source {data.source} (md5 {data.source_md5})",
+        "  fetch exactly this data:",
+    ]
     lines += [f"    {cmd}" for cmd in data.fetch_commands]
-    lines += ["", "4. Data validation", f"  passed {val.passed}  warnings {val.n_warnings}  "
-              f"dropped rows {val.n_dropped}  ({val.artifact})"]
+    lines += [
+        "",
+        "4. Data validation",
+        f"  passed {val.passed}  warnings {val.n_warnings}  dropped rows {val.n_dropped}  ({val.artifact})",
+    ]
     for key, value in val.warts.items():
         lines.append(f"  wart {key}: {json.dumps(value)}")
     for finding in val.warnings:
@@ -64,8 +74,13 @@ def render_text(report: LineageReport) -> str:
     lines += ["", "5. Gate report", f"  decision {gate.decision}  threshold {gate.threshold}"]
     for rule in gate.rules:
         lines.append(f"  [{'PASS' if rule.passed else 'FAIL'}] {rule.name}: {rule.reason}")
-    lines += ["", "6. ONNX", f"  sha256 tag    {onnx.sha256}", f"  stored file   {onnx.stored_sha256}",
-              f"  parity max |logit diff| {onnx.parity_max_abs_diff}"]
+    lines += [
+        "",
+        "6. ONNX",
+        f"  sha256 tag    {onnx.sha256}",
+        f"  stored file   {onnx.stored_sha256}",
+        f"  parity max |logit diff| {onnx.parity_max_abs_diff}",
+    ]
     if onnx.error:
         lines.append(f"  ERROR {onnx.error}")
     lines += ["", "7. Promotion history", f"  current aliases {json.dumps(promo.current_aliases)}"]
@@ -73,8 +88,10 @@ def render_text(report: LineageReport) -> str:
         lines.append("  no audit-log events for this model")
     for event in promo.alias_history:
         previous = f"v{event.previous}" if event.previous else "none"
-        lines.append(f"  {event.when} {event.action} {event.alias or ''} v{event.version} "
-                     f"(previous: {previous}) by {event.who}: {event.reason}")
+        lines.append(
+            f"  {event.when} {event.action} {event.alias or ''} v{event.version} "
+            f"(previous: {previous}) by {event.who}: {event.reason}"
+        )
     lines += ["", "Checks"]
     for check in report.checks:
         lines.append(f"  [{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}")

@@ -49,8 +49,16 @@ from medimg.pull.errors import IntegrityError, PullError
 from medimg.pull.fetch import fetch_verified_onnx
 from medimg.pull.swap import releases_dir
 
-__all__ = ["IntegrityError", "PullError", "PullResult", "fetch_verified_onnx", "pull", "read_pulled", "releases_dir",
-           "resolve_version"]
+__all__ = [
+    "IntegrityError",
+    "PullError",
+    "PullResult",
+    "fetch_verified_onnx",
+    "pull",
+    "read_pulled",
+    "releases_dir",
+    "resolve_version",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +91,14 @@ def resolve_version(model_name: str, alias: str | None = None, version: str | in
         raise PullError(str(err)) from None
 
 
-def pull(params: Params, *, out_dir: str | Path, alias: str | None = None, version: str | int | None = None,
-         keep_previous: int = 2) -> PullResult:
+def pull(
+    params: Params,
+    *,
+    out_dir: str | Path,
+    alias: str | None = None,
+    version: str | int | None = None,
+    keep_previous: int = 2,
+) -> PullResult:
     """Pull one verified model into ``out_dir`` (see the module docstring for the layout and promises)."""
     out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))
     swap.check_out_dir(out_dir)
@@ -108,8 +122,9 @@ def pull(params: Params, *, out_dir: str | Path, alias: str | None = None, versi
     except OSError as err:  # pruning is housekeeping: never fail a good pull over it
         log.warning("could not prune old releases in %s: %s", releases_dir(out_dir), err)
     log.info("pulled %s v%s (sha256 %s) into %s -> %s", name, record.version, sha256, out_dir, release.name)
-    return PullResult(out_dir=out_dir, release_dir=release, model_name=name, version=record.version, sha256=sha256,
-                      card=card)
+    return PullResult(
+        out_dir=out_dir, release_dir=release, model_name=name, version=record.version, sha256=sha256, card=card
+    )
 
 
 def read_pulled(out_dir: str | Path) -> tuple[Path, dict]:

@@ -54,7 +54,7 @@ def new_partial(out_dir: Path) -> Path:
 
 def partial_id(partial: Path) -> str:
     """The random part of a partial folder's name (unique among concurrent pulls)."""
-    return partial.name[len(PARTIAL_PREFIX):]
+    return partial.name[len(PARTIAL_PREFIX) :]
 
 
 def write_synced(path: Path, text: str) -> None:

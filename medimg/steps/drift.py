@@ -28,8 +28,9 @@ from medimg.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-def _champion_outputs(params: Params, ws: Workspace, champion: registry.VersionInfo,
-                      frame: pd.DataFrame) -> DriftFeature | None:
+def _champion_outputs(
+    params: Params, ws: Workspace, champion: registry.VersionInfo, frame: pd.DataFrame
+) -> DriftFeature | None:
     if champion.run_id is None:
         log.warning("champion v%s has no MLflow run: output drift not checked", champion.version)
         return None
@@ -48,8 +49,9 @@ def _champion_outputs(params: Params, ws: Workspace, champion: registry.VersionI
     sample = frame.sample(n=min(params.drift.sample_size, len(frame)), random_state=params.train.seed)
     images = np.concatenate([load_split(ws.data, sample, split).images for split in sample["split"].unique()])
     current = model.probabilities(preprocess.apply(images, model.config).numpy())
-    return DriftFeature(**compare("champion_output", reference, current, params.drift.psi_threshold,
-                                  params.drift.pvalue_threshold))
+    return DriftFeature(
+        **compare("champion_output", reference, current, params.drift.psi_threshold, params.drift.pvalue_threshold)
+    )
 
 
 def run(params: Params, ws: Workspace, data_version: str) -> DriftCheck:
@@ -64,25 +66,51 @@ def run(params: Params, ws: Workspace, data_version: str) -> DriftCheck:
         return DriftCheck(checked=False, drifted=None, reason="no champion yet: nothing to compare with")
     reference_version = champion.tags.get(artifacts.TAG_DATA_VERSION)
     if reference_version == data_version:
-        return DriftCheck(checked=False, drifted=None, reason="same data version as the champion's: nothing to compare",
-                          reference_version=reference_version, champion_version=champion.version)
+        return DriftCheck(
+            checked=False,
+            drifted=None,
+            reason="same data version as the champion's: nothing to compare",
+            reference_version=reference_version,
+            champion_version=champion.version,
+        )
     frame = manifest.read(ws.data)
     ref_manifest = versioning.version_manifest(ws, reference_version) if reference_version else None
     features = []
     if ref_manifest is not None:
         reference = pd.read_parquet(ref_manifest)
-        features.append(DriftFeature(**compare("pixel_mean", reference["pixel_mean"].to_numpy(),
-                                               frame["pixel_mean"].to_numpy(), params.drift.psi_threshold,
-                                               params.drift.pvalue_threshold)))
+        features.append(
+            DriftFeature(
+                **compare(
+                    "pixel_mean",
+                    reference["pixel_mean"].to_numpy(),
+                    frame["pixel_mean"].to_numpy(),
+                    params.drift.psi_threshold,
+                    params.drift.pvalue_threshold,
+                )
+            )
+        )
     else:
-        log.warning("manifest of the champion's data version %s is not in this workspace: intensity drift not checked",
-                    reference_version)
+        log.warning(
+            "manifest of the champion's data version %s is not in this workspace: intensity drift not checked",
+            reference_version,
+        )
     outputs = _champion_outputs(params, ws, champion, frame)
     if outputs:
         features.append(outputs)
     drifted = any(f.drifted for f in features) if features else None
     summary = ", ".join(f"{f.feature} PSI {f.psi:.3f} KS p {f.ks_pvalue:.3g}" for f in features) or "nothing comparable"
-    log.info("drift against champion v%s (data %s): %s -> %s", champion.version, reference_version, summary,
-             "DRIFT" if drifted else "no drift" if drifted is False else "unknown")
-    return DriftCheck(checked=bool(features), drifted=drifted, reason=summary, reference_version=reference_version,
-                      champion_version=champion.version, features=tuple(features))
+    log.info(
+        "drift against champion v%s (data %s): %s -> %s",
+        champion.version,
+        reference_version,
+        summary,
+        "DRIFT" if drifted else "no drift" if drifted is False else "unknown",
+    )
+    return DriftCheck(
+        checked=bool(features),
+        drifted=drifted,
+        reason=summary,
+        reference_version=reference_version,
+        champion_version=champion.version,
+        features=tuple(features),
+    )

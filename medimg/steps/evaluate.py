@@ -26,7 +26,6 @@ from medimg.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-
 def choose_threshold(params: Params, y_val: np.ndarray, p_val: np.ndarray) -> float:
     """The decision threshold on validation probabilities ``p_val`` (labels ``y_val``, 0/1) by ``gates.threshold``.
 
@@ -55,8 +54,9 @@ def gradcam_review(model, split, probs: np.ndarray, threshold: float, params: Pa
 GROUP_COLUMNS = ("modality", "site", "sex")
 
 
-def subgroup_metrics(frame: pd.DataFrame, ids: list[str], labels: np.ndarray, probs: np.ndarray,
-                     threshold: float) -> dict:
+def subgroup_metrics(
+    frame: pd.DataFrame, ids: list[str], labels: np.ndarray, probs: np.ndarray, threshold: float
+) -> dict:
     """Test metrics per value of each group column the manifest has with more than one value."""
     rows = frame.set_index("id").reindex(ids)
     out: dict = {}
@@ -87,38 +87,55 @@ def run(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained:
     threshold = choose_threshold(params, val_split.labels, p_val)
 
     metrics = binary_metrics(test_split.labels, p_test, threshold)
-    ci = bootstrap_ci(test_split.labels, p_test, threshold, n_boot=params.gates.bootstrap_samples, seed=params.train.seed)
+    ci = bootstrap_ci(
+        test_split.labels, p_test, threshold, n_boot=params.gates.bootstrap_samples, seed=params.train.seed
+    )
     val_metrics = binary_metrics(val_split.labels, p_val, threshold)
 
     out = ws.run_dir(run_id)
     predictions = out / artifacts.filename(artifacts.TEST_PREDICTIONS)
-    pd.DataFrame({"id": test_split.ids, "label": test_split.labels, "probability": p_test}).to_csv(predictions, index=False)
+    pd.DataFrame({"id": test_split.ids, "label": test_split.labels, "probability": p_test}).to_csv(
+        predictions, index=False
+    )
     val_predictions = out / artifacts.filename(artifacts.VAL_PREDICTIONS)
-    pd.DataFrame({"id": val_split.ids, "label": val_split.labels, "probability": p_val}).to_csv(val_predictions, index=False)
+    pd.DataFrame({"id": val_split.ids, "label": val_split.labels, "probability": p_val}).to_csv(
+        val_predictions, index=False
+    )
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     names = list(params.data.class_names)
     pngs = [
-        plots.roc_curve_png(test_split.labels, p_test, figures / artifacts.filename(artifacts.ROC_CURVE), "ROC, test split"),
+        plots.roc_curve_png(
+            test_split.labels, p_test, figures / artifacts.filename(artifacts.ROC_CURVE), "ROC, test split"
+        ),
         plots.pr_curve_png(test_split.labels, p_test, figures / "pr_curve.png", "Precision-recall, test split"),
         plots.calibration_png(test_split.labels, p_test, figures / "calibration.png", "Calibration, test split"),
-        plots.confusion_matrix_png(int(metrics["tp"]), int(metrics["fp"]), int(metrics["tn"]), int(metrics["fn"]),
-                                   names, figures / "confusion_matrix.png", f"Test split, threshold {threshold:.3f}"),
+        plots.confusion_matrix_png(
+            int(metrics["tp"]),
+            int(metrics["fp"]),
+            int(metrics["tn"]),
+            int(metrics["fn"]),
+            names,
+            figures / "confusion_matrix.png",
+            f"Test split, threshold {threshold:.3f}",
+        ),
     ]
     if trained.history:
         pngs.append(plots.training_curves_png(trained.history, figures / "training_curves.png"))
     pngs.append(gradcam_review(model, test_split, p_test, threshold, params, figures / "gradcam_grid.png"))
 
-    report = to_jsonable({
-        "threshold": threshold,
-        "threshold_rule": params.gates.threshold,
-        "test": metrics,
-        "test_ci95": {k: list(v) for k, v in ci.items()},
-        "val": val_metrics,
-        "n_test": len(test_split.labels),
-        "subgroups": subgroup_metrics(frame, test_split.ids, test_split.labels, p_test, threshold),
-        "bootstrap_samples": params.gates.bootstrap_samples,
-    })
+    report = to_jsonable(
+        {
+            "threshold": threshold,
+            "threshold_rule": params.gates.threshold,
+            "test": metrics,
+            "test_ci95": {k: list(v) for k, v in ci.items()},
+            "val": val_metrics,
+            "n_test": len(test_split.labels),
+            "subgroups": subgroup_metrics(frame, test_split.ids, test_split.labels, p_test, threshold),
+            "bootstrap_samples": params.gates.bootstrap_samples,
+        }
+    )
     metrics_file = out / "metrics.json"
     metrics_file.write_text(json.dumps(report, indent=1))
 
@@ -134,7 +151,13 @@ def run(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained:
     log.info(
         "test (n=%d, threshold %.3f): AUC %.4f [%.4f, %.4f], accuracy %.4f [%.4f, %.4f], "
         "sensitivity %.4f, specificity %.4f",
-        len(test_split.labels), threshold, metrics["roc_auc"], *ci["roc_auc"], metrics["accuracy"], *ci["accuracy"],
-        metrics["sensitivity"], metrics["specificity"],
+        len(test_split.labels),
+        threshold,
+        metrics["roc_auc"],
+        *ci["roc_auc"],
+        metrics["accuracy"],
+        *ci["accuracy"],
+        metrics["sensitivity"],
+        metrics["specificity"],
     )
     return EvaluationSummary(metrics_file=metrics_file, predictions=predictions, **report)

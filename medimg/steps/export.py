@@ -49,8 +49,9 @@ def model_modalities(params: Params, trained: Iterable[str | None] = ()) -> list
     return sorted({str(m).upper() for m in trained if m})
 
 
-def metadata(params: Params, run_id: str, data_version: str, threshold: float,
-             trained_modalities: Iterable[str | None] = ()) -> dict[str, object]:
+def metadata(
+    params: Params, run_id: str, data_version: str, threshold: float, trained_modalities: Iterable[str | None] = ()
+) -> dict[str, object]:
     """The ONNX file's ``metadata_props`` (keys: :mod:`medimg.artifacts` ``META_*``); non-strings become JSON.
 
     ``medimg.input_checks`` holds the validation limits the training data passed and
@@ -70,7 +71,7 @@ def metadata(params: Params, run_id: str, data_version: str, threshold: float,
         META_POSITIVE_CLASS: params.data.class_names[1],
         META_THRESHOLD: threshold,
         META_OUTPUT: f"{OUTPUT_NAME}: [N, {len(params.data.class_names)}] logits; "
-                     "softmax[:, 1] is the positive-class probability",
+        "softmax[:, 1] is the positive-class probability",
         META_INPUT_NAME: INPUT_NAME,
         META_INPUT_LAYOUT: "NCHW float32",
         META_PREPROCESSING: preprocess.contract(params.preprocess),
@@ -84,8 +85,9 @@ def metadata(params: Params, run_id: str, data_version: str, threshold: float,
     }
 
 
-def run(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained: TrainSummary,
-        evaluated: EvaluationSummary) -> ExportSummary:
+def run(
+    params: Params, ws: Workspace, run_id: str, data: TrainingData, trained: TrainSummary, evaluated: EvaluationSummary
+) -> ExportSummary:
     """The trained model as ``runs/<run_id>/model.onnx``, checked, with its metadata and ``evaluated.threshold``.
 
     ``onnx.checker`` (full check) must accept it and ONNX Runtime must match PyTorch on up to
@@ -105,9 +107,16 @@ def run(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained:
     sha256 = file_sha256(path)
     tracking.log_json(run_id, parity.to_json(), artifacts.PARITY_REPORT)
     tracking.log_metrics(run_id, {"onnx_parity_max_abs_diff": parity.max_abs_diff})
-    log.info("ONNX %s sha256 %s; parity on %d test images: max |logit diff| %.2e, labels identical: %s",
-             path.name, sha256, parity.n_images, parity.max_abs_diff, parity.labels_identical)
+    log.info(
+        "ONNX %s sha256 %s; parity on %d test images: max |logit diff| %.2e, labels identical: %s",
+        path.name,
+        sha256,
+        parity.n_images,
+        parity.max_abs_diff,
+        parity.labels_identical,
+    )
     if not parity.passed:
         raise ExportError(f"{path}: ONNX parity failed: {json.dumps(parity.to_json())}")
-    return ExportSummary(onnx=path, sha256=sha256, parity=ParityCheck(**parity.to_json()),
-                         size_bytes=path.stat().st_size)
+    return ExportSummary(
+        onnx=path, sha256=sha256, parity=ParityCheck(**parity.to_json()), size_bytes=path.stat().st_size
+    )

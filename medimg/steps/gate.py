@@ -46,8 +46,12 @@ def run(params: Params, ws: Workspace, run_id: str, evaluated: EvaluationSummary
     bench = benchmark(cfg.benchmark.id)
     results = [
         gates.benchmark_noninferiority(
-            metrics["sensitivity"], ci["sensitivity"], metrics["specificity"], ci["specificity"],
-            bench, cfg.benchmark.margin,
+            metrics["sensitivity"],
+            ci["sensitivity"],
+            metrics["specificity"],
+            ci["specificity"],
+            bench,
+            cfg.benchmark.margin,
         ),
         gates.minimum_metrics(metrics, {"roc_auc": cfg.min_auc, "accuracy": cfg.min_accuracy}),
     ]
@@ -59,17 +63,26 @@ def run(params: Params, ws: Workspace, run_id: str, evaluated: EvaluationSummary
         try:
             champ = champion_probabilities(ws, champion, predictions["id"].tolist())
             delta = paired_auc_difference(
-                predictions["label"].to_numpy(), predictions["probability"].to_numpy(), champ,
-                n_boot=cfg.bootstrap_samples, seed=params.train.seed,
+                predictions["label"].to_numpy(),
+                predictions["probability"].to_numpy(),
+                champ,
+                n_boot=cfg.bootstrap_samples,
+                seed=params.train.seed,
             )
         except Exception as err:  # fail closed: a champion we cannot score is never silently replaced
             log.error("could not score champion v%s on the test split: %s", champion.version, err)
-            results.append(gates.GateResult("champion_noninferiority", False,
-                                            f"champion v{champion.version} could not be scored: {err}",
-                                            {"champion_version": champion.version}))
+            results.append(
+                gates.GateResult(
+                    "champion_noninferiority",
+                    False,
+                    f"champion v{champion.version} could not be scored: {err}",
+                    {"champion_version": champion.version},
+                )
+            )
     if not any(r.name == "champion_noninferiority" for r in results):
-        results.append(gates.champion_noninferiority(delta, cfg.champion_auc_margin,
-                                                     champion.version if champion else None))
+        results.append(
+            gates.champion_noninferiority(delta, cfg.champion_auc_margin, champion.version if champion else None)
+        )
 
     decision = gates.decide(results)
     report = {
@@ -82,9 +95,18 @@ def run(params: Params, ws: Workspace, run_id: str, evaluated: EvaluationSummary
     path = ws.run_dir(run_id) / artifacts.filename(artifacts.GATE_REPORT)
     path.write_text(json.dumps(gates.to_jsonable(report), indent=1))
     tracking.log_artifact(run_id, path, artifacts.folder(artifacts.GATE_REPORT))
-    tracking.set_tags(run_id, {artifacts.TAG_GATE: decision["passed"],
-                               artifacts.TAG_GATE_FAILED: ",".join(decision["failed"]) or "none"})
+    tracking.set_tags(
+        run_id,
+        {artifacts.TAG_GATE: decision["passed"], artifacts.TAG_GATE_FAILED: ",".join(decision["failed"]) or "none"},
+    )
     for rule in results:
-        (log.info if rule.passed else log.warning)("gate %s: %s: %s", rule.name, "PASS" if rule.passed else "FAIL", rule.reason)
-    return GateDecision(passed=decision["passed"], failed=tuple(decision["failed"]), rules=tuple(decision["rules"]),
-                        champion_version=champion.version if champion else None, report=path)
+        (log.info if rule.passed else log.warning)(
+            "gate %s: %s: %s", rule.name, "PASS" if rule.passed else "FAIL", rule.reason
+        )
+    return GateDecision(
+        passed=decision["passed"],
+        failed=tuple(decision["failed"]),
+        rules=tuple(decision["rules"]),
+        champion_version=champion.version if champion else None,
+        report=path,
+    )

@@ -55,7 +55,8 @@ def deid_secret(params: Params) -> bytes:
     if not os.environ.get(SECRET_ENV):
         log.warning(
             "%s is not set: using the PUBLIC demo de-identification key (data.deid.demo). Pseudonyms made "
-            "with it protect nothing; use it for public demo data only", SECRET_ENV,
+            "with it protect nothing; use it for public demo data only",
+            SECRET_ENV,
         )
     return secret
 
@@ -91,15 +92,32 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
         if root is None:
             raise DataSourceError(f"data.source is {kind} but data.root is not set: name the folder to ingest")
         if not root.is_dir():
-            raise DataSourceError(f"{root}: source folder not found (data.root; a relative root is looked up under "
-                                  f"data.data_dir or $MEDIMG_DATA_DIR, else the current folder)")
+            raise DataSourceError(
+                f"{root}: source folder not found (data.root; a relative root is looked up under "
+                f"data.data_dir or $MEDIMG_DATA_DIR, else the current folder)"
+            )
         inbox = params.data.resolve_path(params.data.inbox)
         secret = deid_secret(params)
-        log.info("source %s (%s)%s; contract %s", root, kind, f", inbox {inbox}" if inbox else "",
-                 preprocess.contract_hash(params.preprocess))
-        result = ingest_files(kind, params.data, params.preprocess, ws.data, secret, root, inbox,
-                              cache_root=ws.decode_cache, quarantine_csv=quarantine_csv, progress=progress,
-                              skipped_csv=skipped_csv)
+        log.info(
+            "source %s (%s)%s; contract %s",
+            root,
+            kind,
+            f", inbox {inbox}" if inbox else "",
+            preprocess.contract_hash(params.preprocess),
+        )
+        result = ingest_files(
+            kind,
+            params.data,
+            params.preprocess,
+            ws.data,
+            secret,
+            root,
+            inbox,
+            cache_root=ws.decode_cache,
+            quarantine_csv=quarantine_csv,
+            progress=progress,
+            skipped_csv=skipped_csv,
+        )
     version = versioning.commit_and_push(ws)
     kept_csv = ws.reports / f"quarantine-{version.id}.csv"
     shutil.copyfile(quarantine_csv, kept_csv)
@@ -107,21 +125,40 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
     shutil.copyfile(skipped_csv, kept_skipped)
     pseudonymous = result.quarantine.write_pseudonymous_csv(ws.reports / PSEUDONYMOUS_DIR / kept_csv.name)
     log.info(
-        "data version %s (%s): %d images %s", version.id, "new" if version.is_new else "unchanged",
-        result.n_images, result.split_counts,
+        "data version %s (%s): %d images %s",
+        version.id,
+        "new" if version.is_new else "unchanged",
+        result.n_images,
+        result.split_counts,
     )
     summary = _summary(result, version, ws, kept_csv, kept_skipped, pseudonymous)
     summary_json = summary.model_dump(mode="json", exclude={"skipped"})
     (ws.reports / SUMMARY_FILE).write_text(json.dumps(summary_json, indent=1))
-    stable = {k: summary_json[k] for k in ("data_version", "n_images", "split_counts", "n_quarantined",
-                                           "quarantine_by_reason", "contract_hash", "source_kind")}
+    stable = {
+        k: summary_json[k]
+        for k in (
+            "data_version",
+            "n_images",
+            "split_counts",
+            "n_quarantined",
+            "quarantine_by_reason",
+            "contract_hash",
+            "source_kind",
+        )
+    }
     ws.pipeline.mkdir(parents=True, exist_ok=True)
     (ws.pipeline / VERSION_FILE).write_text(json.dumps(stable, indent=1, sort_keys=True) + "\n")
     return summary
 
 
-def _summary(result: IngestResult, version: versioning.DataVersion, ws: Workspace, quarantine_csv: Path,
-             skipped_csv: Path, pseudonymous_csv: Path) -> IngestSummary:
+def _summary(
+    result: IngestResult,
+    version: versioning.DataVersion,
+    ws: Workspace,
+    quarantine_csv: Path,
+    skipped_csv: Path,
+    pseudonymous_csv: Path,
+) -> IngestSummary:
     return IngestSummary(
         data_version=version.id,
         new_version=version.is_new,

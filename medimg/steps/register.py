@@ -18,8 +18,15 @@ class RegistryIntegrityError(RuntimeError):
     """The file stored in the registry is not the file that was exported and checked."""
 
 
-def run(params: Params, ws: Workspace, run_id: str, flow_run_id: str, validated: ValidationSummary,
-        gated: GateDecision, exported: ExportSummary) -> Registration:
+def run(
+    params: Params,
+    ws: Workspace,
+    run_id: str,
+    flow_run_id: str,
+    validated: ValidationSummary,
+    gated: GateDecision,
+    exported: ExportSummary,
+) -> Registration:
     """Register ``exported.onnx`` from MLflow run ``run_id`` with its lineage tags; promote it if ``gated.passed``.
 
     Idempotent per run: a version already registered from ``run_id`` (a retried step, a resumed
@@ -62,9 +69,21 @@ def run(params: Params, ws: Workspace, run_id: str, flow_run_id: str, validated:
         previous = champion.version if champion else None
         registry.set_alias(name, registry.CHALLENGER, version.version)
         alias = registry.CHALLENGER
-        log.warning("model %s v%s registered as challenger; champion stays %s (failed gates: %s)", name,
-                    version.version, f"v{previous}" if previous else "unset", ", ".join(gated.failed))
-    tracking.set_tags(run_id, {artifacts.TAG_MODEL_VERSION: version.version, artifacts.TAG_ALIAS: alias,
-                               artifacts.TAG_DATA_VERSION: validated.data_version})
-    return Registration(model_name=name, version=version.version, alias=alias, promoted=gated.passed,
-                        previous_champion=previous)
+        log.warning(
+            "model %s v%s registered as challenger; champion stays %s (failed gates: %s)",
+            name,
+            version.version,
+            f"v{previous}" if previous else "unset",
+            ", ".join(gated.failed),
+        )
+    tracking.set_tags(
+        run_id,
+        {
+            artifacts.TAG_MODEL_VERSION: version.version,
+            artifacts.TAG_ALIAS: alias,
+            artifacts.TAG_DATA_VERSION: validated.data_version,
+        },
+    )
+    return Registration(
+        model_name=name, version=version.version, alias=alias, promoted=gated.passed, previous_champion=previous
+    )

@@ -85,8 +85,10 @@ def source_fingerprint(params: Params, ws: Workspace) -> str:
         "code": _code_hash(),
     }
     if data.source == "medmnist":
-        places = [*candidate_paths(data.medmnist_flag, data.resolved_data_dir()),
-                  ws.root / "downloads" / f"{data.medmnist_flag}.npz"]
+        places = [
+            *candidate_paths(data.medmnist_flag, data.resolved_data_dir()),
+            ws.root / "downloads" / f"{data.medmnist_flag}.npz",
+        ]
         parts["source"] = {str(p): file_stat(p) for p in places}
     else:
         root, inbox = data.resolve_path(data.root), data.resolve_path(data.inbox)
@@ -104,8 +106,12 @@ def _saved(state_file: Path, source: str, ws: Workspace) -> IngestSummary | None
         saved = json.loads(state_file.read_text())
     except (OSError, ValueError):
         return None
-    if not (isinstance(saved, dict) and saved.get("source") == source
-            and saved.get("dataset") == dataset_fingerprint(ws) and saved.get("summary")):
+    if not (
+        isinstance(saved, dict)
+        and saved.get("source") == source
+        and saved.get("dataset") == dataset_fingerprint(ws)
+        and saved.get("summary")
+    ):
         return None
     try:
         return IngestSummary.model_validate(saved["summary"])
@@ -124,13 +130,19 @@ def run(params: Params, ws: Workspace, ingest: Callable[[Params, Workspace], Ing
     source = source_fingerprint(params, ws)
     previous = _saved(state_file, source, ws) if state_file.is_file() else None
     if previous is not None:
-        log.info("source unchanged since the ingest of data version %s (same files, params, code and dataset): "
-                 "ingest skipped", previous.data_version)
+        log.info(
+            "source unchanged since the ingest of data version %s (same files, params, code and dataset): "
+            "ingest skipped",
+            previous.data_version,
+        )
         return previous.model_copy(update={"new_version": False, "skipped": True})
     summary = ingest(params, ws)
     ws.reports.mkdir(parents=True, exist_ok=True)
     tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"source": source, "dataset": dataset_fingerprint(ws),
-                               "summary": summary.model_dump(mode="json")}, indent=1))
+    tmp.write_text(
+        json.dumps(
+            {"source": source, "dataset": dataset_fingerprint(ws), "summary": summary.model_dump(mode="json")}, indent=1
+        )
+    )
     os.replace(tmp, state_file)
     return summary.model_copy(update={"skipped": False})

@@ -35,31 +35,61 @@ def run(params: Params, ws: Workspace, run_id: str, data: TrainingData) -> Train
     exclude = set(data.dropped_ids)
     out = ws.run_dir(run_id)
     if params.train.distributed.enabled:
-        result = ddp.launch(params.model_dump(mode="json"), ws.data, sorted(exclude), out / "ddp", run_id,
-                            params.train.distributed.nproc_per_node)
+        result = ddp.launch(
+            params.model_dump(mode="json"),
+            ws.data,
+            sorted(exclude),
+            out / "ddp",
+            run_id,
+            params.train.distributed.nproc_per_node,
+        )
         log.info("DDP (%d x %s, %s)", result["world_size"], result["device"], result["backend"])
         n_train, n_val = len(split_rows(frame, "train", exclude)), len(split_rows(frame, "val", exclude))
     else:
         train_split = load_split(ws.data, frame, "train", exclude)
         val_split = load_split(ws.data, frame, "val", exclude)
-        trained = train(params, train_split, val_split, on_epoch=report_epochs(run_id, params.train.epochs),
-                        checkpoint_dir=out / "checkpoints", resume=True)
+        trained = train(
+            params,
+            train_split,
+            val_split,
+            on_epoch=report_epochs(run_id, params.train.epochs),
+            checkpoint_dir=out / "checkpoints",
+            resume=True,
+        )
         torch.save(trained.model.state_dict(), out / "best.pt")
-        result = {"checkpoint": str(out / "best.pt"), "best_epoch": trained.best_epoch,
-                  "best_val_auc": trained.best_val_auc, "history": trained.history, "seconds": trained.seconds,
-                  "images_per_second": trained.images_per_second, "steps": trained.steps, "device": trained.device,
-                  "world_size": 1}
+        result = {
+            "checkpoint": str(out / "best.pt"),
+            "best_epoch": trained.best_epoch,
+            "best_val_auc": trained.best_val_auc,
+            "history": trained.history,
+            "seconds": trained.seconds,
+            "images_per_second": trained.images_per_second,
+            "steps": trained.steps,
+            "device": trained.device,
+            "world_size": 1,
+        }
         n_train, n_val = len(train_split.labels), len(val_split.labels)
     return _summary(run_id, result, n_train, n_val)
 
 
 def _summary(run_id: str, result: dict, n_train: int, n_val: int) -> TrainSummary:
     """The step's summary from a training result (the DDP result file's keys), logged to MLflow."""
-    tracking.log_metrics(run_id, {"best_epoch": result["best_epoch"], "best_val_auc": result["best_val_auc"],
-                                  "train_seconds": result["seconds"],
-                                  "train_images_per_second": result["images_per_second"]})
-    log.info("best epoch %d, val AUC %.4f, %.1f s (%.0f images/s)", result["best_epoch"], result["best_val_auc"],
-             result["seconds"], result["images_per_second"])
+    tracking.log_metrics(
+        run_id,
+        {
+            "best_epoch": result["best_epoch"],
+            "best_val_auc": result["best_val_auc"],
+            "train_seconds": result["seconds"],
+            "train_images_per_second": result["images_per_second"],
+        },
+    )
+    log.info(
+        "best epoch %d, val AUC %.4f, %.1f s (%.0f images/s)",
+        result["best_epoch"],
+        result["best_val_auc"],
+        result["seconds"],
+        result["images_per_second"],
+    )
     return TrainSummary(
         checkpoint=result["checkpoint"],
         best_epoch=result["best_epoch"],

@@ -32,8 +32,9 @@ def _describe(item: dict) -> str:
     what = item.get("description") or item["expectation"]
     examples = ", ".join(item.get("unexpected") or [])[:300]
     count = item.get("unexpected_count")
-    return f"{item['suite']}: {what} ({item['expectation']}{where}): {count if count is not None else 'n/a'} unexpected" + (
-        f" [{examples}]" if examples else ""
+    return (
+        f"{item['suite']}: {what} ({item['expectation']}{where}): {count if count is not None else 'n/a'} unexpected"
+        + (f" [{examples}]" if examples else "")
     )
 
 
@@ -41,10 +42,14 @@ def _wart_details(frame, warts: dict) -> dict:
     """The warts with files named by ``source_file`` (never a raw identifier: see the manifest)."""
     name = dict(zip(frame["id"], frame["source_file"] if "source_file" in frame.columns else frame["id"], strict=True))
     return {
-        "within_split": [{"split": g["split"], "sha256": g["sha256"], "files": [name.get(i, i) for i in g["ids"]]}
-                         for g in warts["within_split"]],
-        "across_splits": [{"splits": g["splits"], "sha256": g["sha256"], "files": [name.get(i, i) for i in g["ids"]]}
-                          for g in warts["across_splits"]],
+        "within_split": [
+            {"split": g["split"], "sha256": g["sha256"], "files": [name.get(i, i) for i in g["ids"]]}
+            for g in warts["within_split"]
+        ],
+        "across_splits": [
+            {"splits": g["splits"], "sha256": g["sha256"], "files": [name.get(i, i) for i in g["ids"]]}
+            for g in warts["across_splits"]
+        ],
         "patients_across_splits": warts.get("patients_across_splits_list", []),
     }
 
@@ -54,9 +59,13 @@ def check(params: Params, frame) -> ValidationOutcome:
 
     The one call that the flow and ``medimg reproduce`` share, so that data ingested under another
     contract never trains on either path."""
-    return validate_manifest(frame, params.validation, list(range(len(params.data.class_names))),
-                             contract_hash=preprocess.contract_hash(params.preprocess),
-                             contract_size=params.preprocess.size)
+    return validate_manifest(
+        frame,
+        params.validation,
+        list(range(len(params.data.class_names))),
+        contract_hash=preprocess.contract_hash(params.preprocess),
+        contract_size=params.preprocess.size,
+    )
 
 
 def run(params: Params, ws: Workspace, data_version: str) -> ValidationSummary:
@@ -69,10 +78,17 @@ def run(params: Params, ws: Workspace, data_version: str) -> ValidationSummary:
     frame = manifest.read(ws.data)
     outcome = check(params, frame)
     version = data_version
-    payload = {"data_version": version, "contract_hash": preprocess.contract_hash(params.preprocess), **outcome.to_json()}
+    payload = {
+        "data_version": version,
+        "contract_hash": preprocess.contract_hash(params.preprocess),
+        **outcome.to_json(),
+    }
     payload["wart_details"] = _wart_details(frame, outcome.warts)
-    payload["warts"] = {k: v for k, v in outcome.warts.items()
-                        if k not in ("within_split", "across_splits", "patients_across_splits_list")}
+    payload["warts"] = {
+        k: v
+        for k, v in outcome.warts.items()
+        if k not in ("within_split", "across_splits", "patients_across_splits_list")
+    }
     ws.reports.mkdir(parents=True, exist_ok=True)
     report = ws.reports / f"validation-{version}.json"
     text = json.dumps(payload, indent=1, default=str)
@@ -86,9 +102,12 @@ def run(params: Params, ws: Workspace, data_version: str) -> ValidationSummary:
     log.info(
         "warts: duplicate groups within split %s (extra copies %s); %d hashes shared across splits (%d images); "
         "%d patients in two or more splits (%d images) %s",
-        warts["duplicate_groups_within_split"], warts["extra_copies_within_split"],
-        warts["hashes_across_splits"], warts["images_across_splits"],
-        warts["patients_across_splits"], warts["images_of_patients_across_splits"],
+        warts["duplicate_groups_within_split"],
+        warts["extra_copies_within_split"],
+        warts["hashes_across_splits"],
+        warts["images_across_splits"],
+        warts["patients_across_splits"],
+        warts["images_of_patients_across_splits"],
         warts["patients_across_splits_by_splits"],
     )
     for item in outcome.warnings:

@@ -54,11 +54,19 @@ def load_split(folder: Path, manifest: pd.DataFrame, split: str, exclude: set[st
         shapes.setdefault(array.shape, rel)
     if len(shapes) > 1:
         raise ValueError(f"{folder}: split {split!r} mixes image sizes {dict(shapes)}; re-ingest with one contract")
-    return SplitArrays(ids=rows["id"].tolist(), images=np.stack(images), labels=rows["label"].to_numpy(np.int64, copy=True))
+    return SplitArrays(
+        ids=rows["id"].tolist(), images=np.stack(images), labels=rows["label"].to_numpy(np.int64, copy=True)
+    )
 
 
-def augment_batch(x: torch.Tensor, generator: torch.Generator, rotate_deg: float = 10.0,
-                  translate: float = 0.08, scale: tuple[float, float] = (0.9, 1.1), hflip: bool = True) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    rotate_deg: float = 10.0,
+    translate: float = 0.08,
+    scale: tuple[float, float] = (0.9, 1.1),
+    hflip: bool = True,
+) -> torch.Tensor:
     """Random per-image affine (rotation, translation, scale) and horizontal flip."""
     n = x.shape[0]
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(rotate_deg)

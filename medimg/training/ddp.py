@@ -33,8 +33,9 @@ class DistributedTrainingError(RuntimeError):
     """torchrun or one of its workers failed."""
 
 
-def launch(params_dict: dict, data_folder: Path, exclude: list[str], out_dir: Path, run_id: str | None,
-           nproc: int) -> dict:
+def launch(
+    params_dict: dict, data_folder: Path, exclude: list[str], out_dir: Path, run_id: str | None, nproc: int
+) -> dict:
     """Train with DistributedDataParallel on ``nproc`` processes (torchrun) and return the job's result dict.
 
     The job (params, data folder, excluded ids, run id) is written to ``out_dir``/ddp_job.json; rank 0
@@ -43,12 +44,29 @@ def launch(params_dict: dict, data_folder: Path, exclude: list[str], out_dir: Pa
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     job = out_dir / "ddp_job.json"
-    job.write_text(json.dumps({"params": params_dict, "data_folder": str(data_folder), "exclude": exclude,
-                               "out_dir": str(out_dir), "run_id": run_id}))
+    job.write_text(
+        json.dumps(
+            {
+                "params": params_dict,
+                "data_folder": str(data_folder),
+                "exclude": exclude,
+                "out_dir": str(out_dir),
+                "run_id": run_id,
+            }
+        )
+    )
     threads = max(1, (os.cpu_count() or 1) // nproc)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "medimg.training.ddp", str(job)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "medimg.training.ddp",
+        str(job),
+    ]
     log.info("launching DDP training: %s", " ".join(cmd))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -72,16 +90,32 @@ def main(job_file: str) -> None:
         train_split = load_split(folder, frame, "train", exclude)
         val_split = load_split(folder, frame, "val", exclude)
         out = Path(job["out_dir"])
-        result = train(params, train_split, val_split, on_epoch=report_epochs(job["run_id"], params.train.epochs),
-                       checkpoint_dir=out / "checkpoints", resume=True)
+        result = train(
+            params,
+            train_split,
+            val_split,
+            on_epoch=report_epochs(job["run_id"], params.train.epochs),
+            checkpoint_dir=out / "checkpoints",
+            resume=True,
+        )
         if rank == 0:
             torch.save(result.model.state_dict(), out / "best.pt")
-            (out / "ddp_result.json").write_text(json.dumps({
-                "checkpoint": str(out / "best.pt"), "best_epoch": result.best_epoch,
-                "best_val_auc": result.best_val_auc, "history": result.history, "seconds": result.seconds,
-                "images_per_second": result.images_per_second, "steps": result.steps, "device": result.device,
-                "world_size": dist.get_world_size(), "backend": backend,
-            }))
+            (out / "ddp_result.json").write_text(
+                json.dumps(
+                    {
+                        "checkpoint": str(out / "best.pt"),
+                        "best_epoch": result.best_epoch,
+                        "best_val_auc": result.best_val_auc,
+                        "history": result.history,
+                        "seconds": result.seconds,
+                        "images_per_second": result.images_per_second,
+                        "steps": result.steps,
+                        "device": result.device,
+                        "world_size": dist.get_world_size(),
+                        "backend": backend,
+                    }
+                )
+            )
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -41,9 +41,16 @@ def report_epochs(run_id: str | None, epochs: int) -> EpochCallback:
 
     Single-process and DDP training (rank 0) report alike; without a run id it only logs.
     """
+
     def on_epoch(row: dict) -> None:
-        log.info("epoch %d/%d train_loss %.4f val_loss %.4f val_auc %.4f", row["epoch"], epochs,
-                 row["train_loss"], row["val_loss"], row["val_auc"])
+        log.info(
+            "epoch %d/%d train_loss %.4f val_loss %.4f val_auc %.4f",
+            row["epoch"],
+            epochs,
+            row["train_loss"],
+            row["val_loss"],
+            row["val_auc"],
+        )
         if run_id:
             tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
 
@@ -92,8 +99,10 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> n
     """Positive-class probability for already preprocessed inputs (on the model's device)."""
     model.eval()
     device = next(model.parameters()).device
-    out = [torch.softmax(model(x[i : i + batch_size].to(device)).float(), dim=1)[:, 1].cpu()
-           for i in range(0, len(x), batch_size)]
+    out = [
+        torch.softmax(model(x[i : i + batch_size].to(device)).float(), dim=1)[:, 1].cpu()
+        for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -109,8 +118,9 @@ def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
 
 def _scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
-                                                   pct_start=cfg.warmup_fraction)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=cfg.warmup_fraction
+        )
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -118,8 +128,9 @@ def _scheduler(cfg: TrainConfig, optimizer, total_steps: int):
 
 def _augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     a = cfg.augment
-    x = augment_batch(x, generator, rotate_deg=a.rotate_deg, translate=a.translate,
-                      scale=(a.scale_min, a.scale_max), hflip=a.hflip)
+    x = augment_batch(
+        x, generator, rotate_deg=a.rotate_deg, translate=a.translate, scale=(a.scale_min, a.scale_max), hflip=a.hflip
+    )
     if a.contrast or a.brightness:
         n = x.shape[0]
         gain = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * a.contrast
@@ -176,8 +187,9 @@ def train(
     head_epochs = {"head": cfg.epochs, "staged": params.model.staged_head_epochs}.get(params.model.finetune, 0)
     net: nn.Module = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None,
-                                                  find_unused_parameters=head_epochs > 0)
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if cuda else None, find_unused_parameters=head_epochs > 0
+        )
     optimizer = _optimizer(cfg, model.parameters())
     global_batch = cfg.batch_size
     local_batch = max(1, global_batch // world)
@@ -192,8 +204,15 @@ def train(
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1 + rank)
 
-    state: _LoopState = {"epoch": 0, "best_auc": -1.0, "best_epoch": 0, "best_weights": None, "history": [],
-                         "steps": 0, "since_best": 0}
+    state: _LoopState = {
+        "epoch": 0,
+        "best_auc": -1.0,
+        "best_epoch": 0,
+        "best_weights": None,
+        "history": [],
+        "steps": 0,
+        "since_best": 0,
+    }
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
     if resume and last is not None and last.is_file():
         saved = torch.load(last, weights_only=False, map_location=device)
@@ -238,11 +257,20 @@ def train(
                 if cfg.max_steps and state["steps"] >= cfg.max_steps:
                     break
             val_probs = predict_proba(model, x_val)
-            val_loss = float(nn.functional.binary_cross_entropy(
-                torch.as_tensor(val_probs).clamp(1e-7, 1 - 1e-7), torch.as_tensor(val_split.labels, dtype=torch.float64)))
+            val_loss = float(
+                nn.functional.binary_cross_entropy(
+                    torch.as_tensor(val_probs).clamp(1e-7, 1 - 1e-7),
+                    torch.as_tensor(val_split.labels, dtype=torch.float64),
+                )
+            )
             val_auc = _auc(val_split.labels, val_probs)
-            row = {"epoch": epoch, "train_loss": total_loss.item() / max(batches, 1), "val_loss": val_loss,
-                   "val_auc": val_auc, "lr": scheduler.get_last_lr()[0]}
+            row = {
+                "epoch": epoch,
+                "train_loss": total_loss.item() / max(batches, 1),
+                "val_loss": val_loss,
+                "val_auc": val_auc,
+                "lr": scheduler.get_last_lr()[0],
+            }
             state["history"].append(row)
             if val_auc > state["best_auc"]:
                 best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -256,10 +284,18 @@ def train(
             if last is not None and rank == 0:
                 last.parent.mkdir(parents=True, exist_ok=True)
                 tmp = last.with_suffix(".tmp")
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "order_generator": order_gen.get_state(),
-                            "aug_generator": aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                            "state": state}, tmp)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "order_generator": order_gen.get_state(),
+                        "aug_generator": aug_gen.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "state": state,
+                    },
+                    tmp,
+                )
                 tmp.replace(last)
             if cfg.max_steps and state["steps"] >= cfg.max_steps:
                 break
@@ -281,4 +317,3 @@ def train(
         device=str(device),
         stopped_early=stopped_early,
     )
-

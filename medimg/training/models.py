@@ -38,7 +38,9 @@ class CompactResNet(nn.Module):
             stages.append(BasicBlock(channels, out_channels, stride=stride, downsample=downsample))
             channels = out_channels
         self.stages = nn.Sequential(*stages)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, num_classes]`` for images ``[N, C, H, W]``."""
@@ -61,7 +63,9 @@ class SimpleCNN(nn.Module):
             ]
             channels = out_channels
         self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, num_classes]`` for images ``[N, C, H, W]``."""
@@ -90,7 +94,9 @@ def _torchvision(config: ModelConfig, in_channels: int, num_classes: int) -> nn.
     if config.architecture.startswith("resnet"):
         model.fc = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(model.fc.in_features, num_classes))
     else:
-        model.classifier = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(model.classifier.in_features, num_classes))
+        model.classifier = nn.Sequential(
+            nn.Dropout(config.dropout), nn.Linear(model.classifier.in_features, num_classes)
+        )
     return model
 
 

@@ -37,8 +37,17 @@ def _expectation_rows(report: dict) -> dict[str, list[list]]:
                 status = "FAIL" if (item or {}).get("severity", severity) == "critical" else "warn"
             result_part = res.get("result") or {}
             examples = ", ".join((item or {}).get("unexpected") or [])[:240]
-            rows.append([status, config.get("type"), column or "", description or "", severity,
-                         result_part.get("unexpected_count", ""), examples])
+            rows.append(
+                [
+                    status,
+                    config.get("type"),
+                    column or "",
+                    description or "",
+                    severity,
+                    result_part.get("unexpected_count", ""),
+                    examples,
+                ]
+            )
         out[suite] = rows
     return out
 
@@ -50,23 +59,50 @@ def render_html(report: dict) -> str:
     detail = report.get("wart_details") or {}
     wart_details = []
     if detail.get("within_split"):
-        wart_details.append(("Byte-identical files within a split", ["split", "sha256", "files"],
-                             [[g["split"], g["sha256"][:16], ", ".join(g["files"])] for g in detail["within_split"]]))
+        wart_details.append(
+            (
+                "Byte-identical files within a split",
+                ["split", "sha256", "files"],
+                [[g["split"], g["sha256"][:16], ", ".join(g["files"])] for g in detail["within_split"]],
+            )
+        )
     if detail.get("across_splits"):
-        wart_details.append(("Byte-identical files across splits", ["splits", "sha256", "files"],
-                             [[", ".join(g["splits"]), g["sha256"][:16], ", ".join(g["files"])]
-                              for g in detail["across_splits"]]))
+        wart_details.append(
+            (
+                "Byte-identical files across splits",
+                ["splits", "sha256", "files"],
+                [[", ".join(g["splits"]), g["sha256"][:16], ", ".join(g["files"])] for g in detail["across_splits"]],
+            )
+        )
     if detail.get("patients_across_splits"):
-        wart_details.append(("Patients (pseudonyms) with images in several splits",
-                             ["patient", "splits", "images per split"],
-                             [[g["patient_id"], ", ".join(g["splits"]), g["images"]]
-                              for g in detail["patients_across_splits"]]))
+        wart_details.append(
+            (
+                "Patients (pseudonyms) with images in several splits",
+                ["patient", "splits", "images per split"],
+                [[g["patient_id"], ", ".join(g["splits"]), g["images"]] for g in detail["patients_across_splits"]],
+            )
+        )
     return rendering.render(
-        TEMPLATE, report=report, max_rows=MAX_ROWS, expectations=_expectation_rows(report), wart_details=wart_details,
-        failed_rows=[[f["suite"], f["expectation"], f.get("column"), f.get("description"), f.get("unexpected_count"),
-                      ", ".join(f.get("unexpected") or [])[:300]] for f in report.get("failed_critical") or []],
-        split_rows=[[r.get("split"), r.get("n_images"), r.get("n_positive"), r.get("positive_fraction")]
-                    for r in stats.get("split_summary", [])],
+        TEMPLATE,
+        report=report,
+        max_rows=MAX_ROWS,
+        expectations=_expectation_rows(report),
+        wart_details=wart_details,
+        failed_rows=[
+            [
+                f["suite"],
+                f["expectation"],
+                f.get("column"),
+                f.get("description"),
+                f.get("unexpected_count"),
+                ", ".join(f.get("unexpected") or [])[:300],
+            ]
+            for f in report.get("failed_critical") or []
+        ],
+        split_rows=[
+            [r.get("split"), r.get("n_images"), r.get("n_positive"), r.get("positive_fraction")]
+            for r in stats.get("split_summary", [])
+        ],
         wart_rows=[
             ["duplicate groups within a split", warts.get("duplicate_groups_within_split")],
             ["extra copies within a split", warts.get("extra_copies_within_split")],

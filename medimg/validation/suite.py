@@ -70,14 +70,27 @@ FILE_FORMATS = {"medmnist": ["npz"], "image_folder": ["png", "jpeg"], "dicom_fol
 PHOTOMETRICS = {
     "medmnist": ["MONOCHROME2"],
     "image_folder": ["MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL"],
-    "dicom_folder": ["MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
-                     "PALETTE COLOR"],
+    "dicom_folder": [
+        "MONOCHROME1",
+        "MONOCHROME2",
+        "RGB",
+        "YBR_FULL",
+        "YBR_FULL_422",
+        "YBR_ICT",
+        "YBR_RCT",
+        "PALETTE COLOR",
+    ],
 }
 CHECK_COLUMNS = ("copies_in_split", "splits_with_hash", "splits_with_patient")
 
 
-def manifest_expectations(config: ValidationConfig, class_labels: list[int], source_kind: str = "medmnist",
-                          contract_hash: str | None = None, contract_size: int | None = None) -> list:
+def manifest_expectations(
+    config: ValidationConfig,
+    class_labels: list[int],
+    source_kind: str = "medmnist",
+    contract_hash: str | None = None,
+    contract_size: int | None = None,
+) -> list:
     """The row-level suite for one source kind (see the module docstring)."""
     import great_expectations.expectations as gxe  # here: GX takes 2 s to import; only when a suite runs
 
@@ -87,14 +100,17 @@ def manifest_expectations(config: ValidationConfig, class_labels: list[int], sou
     out: list[Expectation] = [
         gxe.ExpectTableColumnsToMatchSet(column_set=schema, exact_match=True),
         gxe.ExpectTableRowCountToBeBetween(min_value=1),
-        *[gxe.ExpectColumnValuesToNotBeNull(column=c)
-          for c in ("id", "sha256", "label", "split", "path", "source_kind", "contract_hash")],
+        *[
+            gxe.ExpectColumnValuesToNotBeNull(column=c)
+            for c in ("id", "sha256", "label", "split", "path", "source_kind", "contract_hash")
+        ],
         gxe.ExpectColumnValuesToBeUnique(column="id"),
         gxe.ExpectColumnValueLengthsToEqual(column="sha256", value=64),
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=class_labels),
         gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
-        gxe.ExpectColumnValuesToBeInSet(column="source_kind", value_set=[source_kind],
-                                        description=f"every row comes from a {source_kind} source"),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="source_kind", value_set=[source_kind], description=f"every row comes from a {source_kind} source"
+        ),
         gxe.ExpectColumnValuesToBeBetween(
             column="pixel_std", min_value=config.min_pixel_std, description="no blank or near-constant images"
         ),
@@ -110,17 +126,28 @@ def manifest_expectations(config: ValidationConfig, class_labels: list[int], sou
             severity=_severity(config.duplicates_across_splits),
             description="no image shared between splits (leakage)",
         ),
-        gxe.ExpectColumnValuesToBeBetween(column="bit_depth", min_value=lo_bits, max_value=hi_bits,
-                                          description="source bit depth in range"),
-        *[gxe.ExpectColumnValuesToBeBetween(column=c, min_value=lo_side, max_value=hi_side,
-                                            description="source image size in range")
-          for c in ("original_height", "original_width")],
-        gxe.ExpectColumnValuesToBeInSet(column="modality", value_set=list(config.allowed_modalities),
-                                        description="modality in the allowed set"),
-        gxe.ExpectColumnValuesToBeInSet(column="file_format", value_set=FILE_FORMATS.get(source_kind, []),
-                                        description=f"file formats a {source_kind} source has"),
-        gxe.ExpectColumnValuesToBeInSet(column="photometric", value_set=PHOTOMETRICS.get(source_kind, []),
-                                        description="photometric interpretation a grey image can come from"),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="bit_depth", min_value=lo_bits, max_value=hi_bits, description="source bit depth in range"
+        ),
+        *[
+            gxe.ExpectColumnValuesToBeBetween(
+                column=c, min_value=lo_side, max_value=hi_side, description="source image size in range"
+            )
+            for c in ("original_height", "original_width")
+        ],
+        gxe.ExpectColumnValuesToBeInSet(
+            column="modality", value_set=list(config.allowed_modalities), description="modality in the allowed set"
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="file_format",
+            value_set=FILE_FORMATS.get(source_kind, []),
+            description=f"file formats a {source_kind} source has",
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="photometric",
+            value_set=PHOTOMETRICS.get(source_kind, []),
+            description="photometric interpretation a grey image can come from",
+        ),
     ]
     if source_kind != "medmnist":
         out += [
@@ -133,13 +160,23 @@ def manifest_expectations(config: ValidationConfig, class_labels: list[int], sou
             ),
         ]
     if contract_hash is not None:
-        out.append(gxe.ExpectColumnValuesToBeInSet(
-            column="contract_hash", value_set=[contract_hash],
-            description="images stored by the current preprocessing contract (re-ingest after changing it)"))
+        out.append(
+            gxe.ExpectColumnValuesToBeInSet(
+                column="contract_hash",
+                value_set=[contract_hash],
+                description="images stored by the current preprocessing contract (re-ingest after changing it)",
+            )
+        )
     if contract_size is not None:
-        out += [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=contract_size, max_value=contract_size,
-                                                  description="stored images at the contract size")
-                for c in ("height", "width")]
+        out += [
+            gxe.ExpectColumnValuesToBeBetween(
+                column=c,
+                min_value=contract_size,
+                max_value=contract_size,
+                description="stored images at the contract size",
+            )
+            for c in ("height", "width")
+        ]
     return out
 
 
@@ -219,9 +256,14 @@ def _jsonable(value):
     return str(value)
 
 
-def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig, class_labels: list[int],
-                      source_kind: str | None = None, contract_hash: str | None = None,
-                      contract_size: int | None = None) -> ValidationOutcome:
+def validate_manifest(
+    manifest: pd.DataFrame,
+    config: ValidationConfig,
+    class_labels: list[int],
+    source_kind: str | None = None,
+    contract_hash: str | None = None,
+    contract_size: int | None = None,
+) -> ValidationOutcome:
     """Apply the wart policy, run the source kind's two suites, and say whether training may proceed.
 
     ``source_kind`` defaults to the manifest's own (its most common ``source_kind``), else
@@ -251,7 +293,9 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig, class_la
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     manifest_suite, summary_suite = f"{source_kind}.manifest", f"{source_kind}.split_summary"
     manifest_json, manifest_failures = _run_suite(
-        context, manifest_suite, checked,
+        context,
+        manifest_suite,
+        checked,
         manifest_expectations(config, class_labels, source_kind, contract_hash, contract_size),
     )
     summary_json, summary_failures = _run_suite(context, summary_suite, summary, summary_expectations(config))
@@ -263,8 +307,12 @@ def validate_manifest(manifest: pd.DataFrame, config: ValidationConfig, class_la
         failed_critical=critical,
         warnings=warnings,
         dropped_ids=dropped,
-        warts={**found.summary(), "within_split": found.within_split, "across_splits": found.across_splits,
-               "patients_across_splits_list": found.patients_across_splits},
+        warts={
+            **found.summary(),
+            "within_split": found.within_split,
+            "across_splits": found.across_splits,
+            "patients_across_splits_list": found.patients_across_splits,
+        },
         statistics={
             "source_kind": source_kind,
             "n_rows": len(manifest),

@@ -34,8 +34,7 @@ class Warts:
                 split: sum(1 for g in self.within_split if g["split"] == split) for split in SPLITS
             },
             "extra_copies_within_split": {
-                split: sum(len(g["ids"]) - 1 for g in self.within_split if g["split"] == split)
-                for split in SPLITS
+                split: sum(len(g["ids"]) - 1 for g in self.within_split if g["split"] == split) for split in SPLITS
             },
             "hashes_across_splits": len(self.across_splits),
             "images_across_splits": sum(len(g["ids"]) for g in self.across_splits),

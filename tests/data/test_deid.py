@@ -29,16 +29,46 @@ OTHER_SECRET = b"another-secret-0123456789abcdef"
 
 # Chosen here, independently of PHI_KEYWORDS, so the test does not just mirror the module.
 IDENTIFYING = {
-    "PatientName", "PatientID", "PatientBirthDate", "PatientAddress", "OtherPatientIDs",
-    "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "StudyTime", "SeriesTime",
-    "AcquisitionTime", "ContentTime", "InstitutionName", "InstitutionAddress",
-    "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName", "AccessionNumber",
-    "StudyID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID",
-    "DeviceSerialNumber", "StationName", "StudyDescription", "SeriesDescription",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientAddress",
+    "OtherPatientIDs",
+    "StudyDate",
+    "SeriesDate",
+    "AcquisitionDate",
+    "ContentDate",
+    "StudyTime",
+    "SeriesTime",
+    "AcquisitionTime",
+    "ContentTime",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "AccessionNumber",
+    "StudyID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+    "DeviceSerialNumber",
+    "StationName",
+    "StudyDescription",
+    "SeriesDescription",
 }
 ALLOWED_KEYS = {
-    "patient_pseudonym", "study_pseudonym", "series_pseudonym", "modality", "photometric", "rows",
-    "columns", "bits_stored", "body_part", "view_position",
+    "patient_pseudonym",
+    "study_pseudonym",
+    "series_pseudonym",
+    "modality",
+    "photometric",
+    "rows",
+    "columns",
+    "bits_stored",
+    "body_part",
+    "view_position",
 }
 
 
@@ -122,8 +152,20 @@ def test_phi_keywords_cover_annex_e_basics():
 def test_safe_metadata_contains_no_identifying_value(path):
     ds = pydicom.dcmread(path)
     meta = safe_metadata(ds, SECRET)
-    assert {"patient_pseudonym", "study_pseudonym", "series_pseudonym", "modality", "photometric",
-            "rows", "columns", "bits_stored"} <= set(meta) <= ALLOWED_KEYS
+    assert (
+        {
+            "patient_pseudonym",
+            "study_pseudonym",
+            "series_pseudonym",
+            "modality",
+            "photometric",
+            "rows",
+            "columns",
+            "bits_stored",
+        }
+        <= set(meta)
+        <= ALLOWED_KEYS
+    )
     text = json.dumps(meta)
     values = _string_values(ds)
     phi = {v for keyword, vs in values.items() if keyword in IDENTIFYING | PHI_KEYWORDS for v in vs}

@@ -39,7 +39,11 @@ EXPECTED = {
     "mr/MR_small_RLE.dcm": ("1.2.840.10008.1.2.5", "MONOCHROME2", (64, 64), "MR"),
     "mr/MR_small_jp2klossless.dcm": ("1.2.840.10008.1.2.4.90", "MONOCHROME2", (64, 64), "MR"),
     "xray/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm": (
-        "1.2.840.10008.1.2.4.50", "MONOCHROME2", (1024, 1024), "CR"),
+        "1.2.840.10008.1.2.4.50",
+        "MONOCHROME2",
+        (1024, 1024),
+        "CR",
+    ),
     "xray/Fake_MONOHR1.dcm": ("1.2.840.10008.1.2.4.50", "MONOCHROME1", (1024, 1024), "CR"),
     "xray/RG1_J2KI.dcm": ("1.2.840.10008.1.2.4.91", "MONOCHROME1", (1955, 1841), "CR"),
 }
@@ -81,8 +85,7 @@ def test_every_file_decodes_as_its_header_says(name):
     assert image.pixels.shape == shape == (image.original_height, image.original_width)
     assert image.pixels.dtype == np.float32 and np.isfinite(image.pixels).all()
     assert image.pixels.std() > 0  # not a blank decode
-    assert (image.photometric, image.modality, image.source_kind, image.n_frames) == (
-        photometric, modality, "dicom", 1)
+    assert (image.photometric, image.modality, image.source_kind, image.n_frames) == (photometric, modality, "dicom", 1)
     assert image.bit_depth == int(ds.BitsStored)
 
 
@@ -333,8 +336,10 @@ def test_overlay_bits_are_not_image_data_in_any_encoding():
         reduced = decode_dicom(OVERLAY / name, jpeg2000_min_side=128)
         np.testing.assert_array_equal(reduced.pixels, expected.pixels, err_msg=name)
     config = PreprocessConfig(size=64, jpeg2000_reduce=True)
-    np.testing.assert_array_equal(prepare_file(OVERLAY / "overlay_j2k_lossless.dcm", config),
-                                  prepare_file(OVERLAY / "reference_no_overlay.dcm", config))
+    np.testing.assert_array_equal(
+        prepare_file(OVERLAY / "overlay_j2k_lossless.dcm", config),
+        prepare_file(OVERLAY / "reference_no_overlay.dcm", config),
+    )
 
 
 def test_reduced_jpeg2000_of_the_clean_image_is_the_codestream_level(tmp_path):

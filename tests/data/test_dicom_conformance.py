@@ -193,8 +193,13 @@ def _evidence(path: Path, reason: str) -> bool:
         if any("End of file" in w for w in _read_warnings(path)):
             return True
         ds = pydicom.dcmread(path)
-        return any(isinstance(raw, RawDataElement) and isinstance(raw.value, bytes) and raw.length != 0xFFFFFFFF
-                   and len(raw.value) < raw.length for raw in (ds.get_item(tag) for tag in list(ds.keys())))
+        return any(
+            isinstance(raw, RawDataElement)
+            and isinstance(raw.value, bytes)
+            and raw.length != 0xFFFFFFFF
+            and len(raw.value) < raw.length
+            for raw in (ds.get_item(tag) for tag in list(ds.keys()))
+        )
     ds = pydicom.dcmread(path)
     if reason == "missing_pixel_data":
         return not any(k in ds for k in PIXEL_KEYWORDS)
@@ -289,8 +294,11 @@ def test_every_dicom_file_decodes_like_pydicom_or_is_refused_for_a_true_reason()
         span = _nominal_range(ds, windowed)
         verdict = _agree(image.pixels, want, lossy, windowed, span)
         if verdict is None:
-            detail = (f"max |diff| {np.abs(image.pixels - want).max():.4g}" if image.pixels.shape == want.shape
-                      else f"shape {image.pixels.shape} vs {want.shape}")
+            detail = (
+                f"max |diff| {np.abs(image.pixels - want).max():.4g}"
+                if image.pixels.shape == want.shape
+                else f"shape {image.pixels.shape} vs {want.shape}"
+            )
             failures.append(f"{name}: decoded pixels differ from pydicom's ({plugin}): {detail}")
             continue
         tally[f"decoded {verdict}" + (" (lossy, other plugin)" if verdict == "tolerance" else "")] += 1
@@ -298,14 +306,22 @@ def test_every_dicom_file_decodes_like_pydicom_or_is_refused_for_a_true_reason()
             diff = np.abs(image.pixels - want)
             worst[name] = (float(diff.max()), float(diff.mean()), span)
     n_pydicom = len(_pydicom_files())
-    header = (f"DICOM conformance over {len(files)} files ({n_pydicom} from pydicom and pydicom-data, "
-              f"{len(files) - n_pydicom} from medimg's shared data and field cases):")
+    header = (
+        f"DICOM conformance over {len(files)} files ({n_pydicom} from pydicom and pydicom-data, "
+        f"{len(files) - n_pydicom} from medimg's shared data and field cases):"
+    )
     lines = [header] + [f"  {n:4d}  {k}" for k, n in sorted(tally.items())]
-    lines += [f"  lossy {n}: |diff| max {d[0]:.3g}, mean {d[1]:.3g}, of a range of {d[2]:.0f}"
-              for n, d in sorted(worst.items())]
+    lines += [
+        f"  lossy {n}: |diff| max {d[0]:.3g}, mean {d[1]:.3g}, of a range of {d[2]:.0f}"
+        for n, d in sorted(worst.items())
+    ]
     print("\n".join(lines))
     assert not failures, "\n".join(failures)
     assert sum(tally.values()) == len(files)
     # the run covers what it says it covers: something decoded, and several kinds of refusal
-    assert tally["decoded exact"] > 100 and {"refused: multiframe", "refused: missing_pixel_data",
-                                             "refused: not_an_image", "refused: truncated"} <= set(tally)
+    assert tally["decoded exact"] > 100 and {
+        "refused: multiframe",
+        "refused: missing_pixel_data",
+        "refused: not_an_image",
+        "refused: truncated",
+    } <= set(tally)

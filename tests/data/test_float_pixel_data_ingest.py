@@ -11,14 +11,14 @@ import shutil
 
 import numpy as np
 import pytest
-from datapaths import FIELD_CASES
 from PIL import Image
-from registry_fixtures import write_params
 
+from datapaths import FIELD_CASES
 from medimg.config import load_params
 from medimg.data import manifest
 from medimg.steps import ingest
 from medimg.workspace import Workspace
+from registry_fixtures import write_params
 
 SECRET = "test-secret-for-medimg-float-nan-0123456789"
 CASE = FIELD_CASES / "float-pixel-data-nan"
@@ -34,10 +34,19 @@ def test_nan_float_image_is_quarantined_non_finite_and_its_twin_lands(tmp_path, 
     (root / "labels.csv").write_text("key,label\nnormal,normal\npneumonia,pneumonia\n")
     ws = Workspace.at(tmp_path / "ws")
     # two files, one bad: allow it, so the run lands the good one and reports the bad one
-    params = load_params(write_params(tmp_path, ws.root), {"data": {
-        "source": "dicom_folder", "root": str(root), "max_bad_fraction": 0.5,
-        "dicom": {"label_key": "folder"}, "modalities": None,
-        "split": {"fractions": {"train": 1.0, "val": 0.0, "test": 0.0}}}})
+    params = load_params(
+        write_params(tmp_path, ws.root),
+        {
+            "data": {
+                "source": "dicom_folder",
+                "root": str(root),
+                "max_bad_fraction": 0.5,
+                "dicom": {"label_key": "folder"},
+                "modalities": None,
+                "split": {"fractions": {"train": 1.0, "val": 0.0, "test": 0.0}},
+            }
+        },
+    )
     summary = ingest.run(params, ws)
 
     assert summary.n_images == 1 and summary.quarantine_by_reason == {"non_finite": 1}
@@ -59,8 +68,10 @@ def test_the_nan_file_alone_fails_the_ingest_instead_of_landing_a_blank_image(tm
     shutil.copy(CASE / name, root / name)
     (root.parent / "labels.csv").write_text("key,label\npneumonia,pneumonia\n")
     ws = Workspace.at(tmp_path / "ws")
-    params = load_params(write_params(tmp_path, ws.root), {"data": {
-        "source": "dicom_folder", "root": str(root.parent), "dicom": {"label_key": "folder"}}})
+    params = load_params(
+        write_params(tmp_path, ws.root),
+        {"data": {"source": "dicom_folder", "root": str(root.parent), "dicom": {"label_key": "folder"}}},
+    )
     with pytest.raises(Exception, match="non_finite"):
         ingest.run(params, ws)
     assert not (ws.data / "manifest.parquet").exists()

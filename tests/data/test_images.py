@@ -163,8 +163,16 @@ def test_bad_image_contract():
     assert (again.reason, again.path, str(again)) == (error.reason, error.path, str(error))
     with pytest.raises(ValueError):
         BadImage("x", "no_such_reason")
-    assert {"empty", "truncated", "not_an_image", "unsupported_transfer_syntax", "missing_pixel_data",
-            "too_small", "multiframe", "burned_in_annotation"} <= set(REASONS)
+    assert {
+        "empty",
+        "truncated",
+        "not_an_image",
+        "unsupported_transfer_syntax",
+        "missing_pixel_data",
+        "too_small",
+        "multiframe",
+        "burned_in_annotation",
+    } <= set(REASONS)
 
 
 def test_to_grey_rejects_wrong_shapes():

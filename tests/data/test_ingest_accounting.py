@@ -87,15 +87,24 @@ def test_non_image_dicom_objects_are_told_by_their_sop_class():
 
     dicomdir = check(CD_EXPORT / "DICOMDIR")
     assert (dicomdir.reason, dicomdir.sop_class) == ("dicomdir", "Media Storage Directory Storage")
-    for name, sop_class in (("reportsi.dcm", "Basic Text SR Storage"), ("test-SR.dcm", "Comprehensive SR Storage"),
-                            ("rtplan.dcm", "RT Plan Storage"), ("waveform_ecg.dcm", "12-lead ECG Waveform Storage")):
+    for name, sop_class in (
+        ("reportsi.dcm", "Basic Text SR Storage"),
+        ("test-SR.dcm", "Comprehensive SR Storage"),
+        ("rtplan.dcm", "RT Plan Storage"),
+        ("waveform_ecg.dcm", "12-lead ECG Waveform Storage"),
+    ):
         found = check(get_testdata_file(name))
         assert (found.reason, found.sop_class) == ("non_image_dicom", sop_class), name
     # images, and non-image SOP Classes that carry pixel data (RT Dose; the float Parametric Map field
     # case), go to the decoder: it decides what is wrong with them, if anything
-    for path in (DICOM / "ct" / "CT_small.dcm", CD_EXPORT / "PT000000" / "ST000000" / "SE000000" / "IM000000",
-                 MIXED / "PNEUMONIA" / "rg1-j2k-chest.dcm", get_testdata_file("rtdose_1frame.dcm"),
-                 FIELD_CASES / "float-pixel-data-nan" / "float_with_nan.dcm", CHEST / "test" / "NORMAL" / "IM-0001-0001.jpeg"):
+    for path in (
+        DICOM / "ct" / "CT_small.dcm",
+        CD_EXPORT / "PT000000" / "ST000000" / "SE000000" / "IM000000",
+        MIXED / "PNEUMONIA" / "rg1-j2k-chest.dcm",
+        get_testdata_file("rtdose_1frame.dcm"),
+        FIELD_CASES / "float-pixel-data-nan" / "float_with_nan.dcm",
+        CHEST / "test" / "NORMAL" / "IM-0001-0001.jpeg",
+    ):
         assert check(path) is None, path
     assert non_image_object(b"") is None and non_image_object(b"\0" * 128 + b"DICM" + b"garbage") is None
 
@@ -118,8 +127,13 @@ def test_the_registry_rule_puts_every_report_state_document_and_waveform_class_o
     families = ("SR Storage", "Presentation State", "Encapsulated", "Waveform", "Key Object Selection", "Raw Data")
     non_images = [uid for uid, name in storage.items() if any(f in name for f in families)]
     assert len(non_images) > 50 and not any(is_image_storage(uid) for uid in non_images)
-    for name in ("CT Image Storage", "Computed Radiography Image Storage", "Secondary Capture Image Storage",
-                 "Digital X-Ray Image Storage - For Presentation", "Enhanced MR Image Storage"):
+    for name in (
+        "CT Image Storage",
+        "Computed Radiography Image Storage",
+        "Secondary Capture Image Storage",
+        "Digital X-Ray Image Storage - For Presentation",
+        "Enhanced MR Image Storage",
+    ):
         assert is_image_storage(next(uid for uid, n in storage.items() if n == name)), name
 
 
@@ -137,7 +151,8 @@ def test_cd_export_lands_all_12_images_with_default_params_and_skips_its_dicomdi
     assert summary.skipped_files_by_reason == {"dicomdir": 1, "labels_csv": 1}
     assert _rows(summary.skipped_files_csv) == [
         {"file": "source/DICOMDIR", "reason": "dicomdir", "detail": "Media Storage Directory Storage"},
-        {"file": "source/labels.csv", "reason": "labels_csv", "detail": ""}]
+        {"file": "source/labels.csv", "reason": "labels_csv", "detail": ""},
+    ]
     frame = manifest.read(ws.data)
     assert frame["label_name"].value_counts().to_dict() == {"normal": 6, "pneumonia": 6}
     assert set(frame["modality"]) == {"CR"} and frame["patient_id"].nunique() == 12
@@ -161,14 +176,20 @@ def test_the_quarantine_report_lets_the_owner_find_the_file_and_mlflow_gets_pseu
     with open(root / "labels.csv", "a") as handle:
         handle.write("PT000012/ST000000/SE000000/IM000000,normal\n")
     ws = Workspace.at(tmp_path / "ws")
-    params = load_params(write_params(tmp_path, ws.root), {"data": {"source": "dicom_folder", "root": str(root),
-                                                                    "max_bad_fraction": 0.1}})
+    params = load_params(
+        write_params(tmp_path, ws.root),
+        {"data": {"source": "dicom_folder", "root": str(root), "max_bad_fraction": 0.1}},
+    )
     summary = ingest.run(params, ws)
 
     file_pseudonym = pseudonym("source/PT000012/ST000000/SE000000/IM000000", secret, "file")
     [row] = _rows(summary.quarantine_csv)
     assert (row["file"], row["pseudonym"], row["path"], row["reason"]) == (
-        "source/PT000012/ST000000/SE000000/IM000000", file_pseudonym, file_pseudonym, "truncated")
+        "source/PT000012/ST000000/SE000000/IM000000",
+        file_pseudonym,
+        file_pseudonym,
+        "truncated",
+    )
     assert "library_message" in row  # the decoding library's text, when it gave one
     # what leaves the workspace: the MLflow artifact and the summary logged with it
     public = Path(summary.quarantine_pseudonymous_csv)
@@ -182,7 +203,8 @@ def test_the_quarantine_report_lets_the_owner_find_the_file_and_mlflow_gets_pseu
 
 
 def test_mixed_class_folders_through_the_cli_land_all_8_files_with_folder_labels_and_deidentified(
-        tmp_path, secret, cli_env):
+    tmp_path, secret, cli_env
+):
     root = _copy(MIXED, tmp_path / "mixed")
     _ingest_cli(root, write_params(tmp_path, cli_env))
     ws = Workspace.at(cli_env)
@@ -235,8 +257,10 @@ def test_every_file_is_ingested_quarantined_or_skipped_with_its_reason(tmp_path,
     (inbox / "NORMAL" / ".DS_Store").write_bytes(b"\0")
 
     ws = Workspace.at(tmp_path / "ws")
-    params = load_params(write_params(tmp_path, ws.root), {"data": {
-        "source": "image_folder", "root": str(root), "inbox": str(inbox), "max_bad_fraction": 0.2}})
+    params = load_params(
+        write_params(tmp_path, ws.root),
+        {"data": {"source": "image_folder", "root": str(root), "inbox": str(inbox), "max_bad_fraction": 0.2}},
+    )
     summary = ingest.run(params, ws)
 
     skipped = {row["file"]: (row["reason"], row["detail"]) for row in _rows(summary.skipped_files_csv)}
@@ -252,24 +276,29 @@ def test_every_file_is_ingested_quarantined_or_skipped_with_its_reason(tmp_path,
         "inbox/NORMAL/.DS_Store": ("hidden", ""),
     }
     assert {row["file"]: row["reason"] for row in _rows(summary.quarantine_csv)} == {
-        "source/PNEUMONIA/cut.jpeg": "truncated"}
+        "source/PNEUMONIA/cut.jpeg": "truncated"
+    }
     assert summary.n_images == 11  # 8 JPEGs, 2 DICOM images, 1 from the inbox
     assert summary.n_images + summary.n_quarantined + summary.n_skipped_files == _files_on_disk(root, inbox)
     # skips do not count toward the bad fraction: 1 of 12 images is bad, not 1 of 21 files
     assert summary.n_files == 12
     frame = manifest.read(ws.data)
-    assert set(frame["file_format"]) == {"jpeg", "dicom"} and set(frame.loc[frame["file_format"] == "dicom", "label_name"]) \
-        == {"normal", "pneumonia"}
+    assert set(frame["file_format"]) == {"jpeg", "dicom"} and set(
+        frame.loc[frame["file_format"] == "dicom", "label_name"]
+    ) == {"normal", "pneumonia"}
 
 
 def test_a_label_less_dicomdir_is_skipped_whatever_the_label_key(tmp_path, secret):
     """label_key folder: the DICOMDIR at the root is under no labelled folder; it is still no ``no_label``."""
     root = _copy(CD_EXPORT, tmp_path / "cd")
-    (root / "labels.csv").write_text("key,label\n" + "".join(
-        f"PT{i:06d},{'pneumonia' if i % 2 == 0 else 'normal'}\n" for i in range(12)))
+    (root / "labels.csv").write_text(
+        "key,label\n" + "".join(f"PT{i:06d},{'pneumonia' if i % 2 == 0 else 'normal'}\n" for i in range(12))
+    )
     ws = Workspace.at(tmp_path / "ws")
-    params = load_params(write_params(tmp_path, ws.root), {"data": {
-        "source": "dicom_folder", "root": str(root), "dicom": {"label_key": "folder"}}})
+    params = load_params(
+        write_params(tmp_path, ws.root),
+        {"data": {"source": "dicom_folder", "root": str(root), "dicom": {"label_key": "folder"}}},
+    )
     summary = ingest.run(params, ws)
     assert summary.n_images == 12 and summary.n_quarantined == 0
     assert summary.skipped_files_by_reason == {"dicomdir": 1, "labels_csv": 1}

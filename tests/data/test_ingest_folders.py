@@ -37,8 +37,12 @@ def secret(monkeypatch) -> bytes:
 
 
 def _params(ws: Path, **data):
-    raw = {"workspace": {"path": str(ws)}, "preprocess": {"size": 64},
-           "data": {"workers": 2, **data}, "validation": {"expected_split_sizes": None}}
+    raw = {
+        "workspace": {"path": str(ws)},
+        "preprocess": {"size": 64},
+        "data": {"workers": 2, **data},
+        "validation": {"expected_split_sizes": None},
+    }
     return parse_params(raw)
 
 
@@ -76,8 +80,11 @@ def test_image_folder_manifest_is_pseudonymous_contract_sized_and_split_by_patie
     train_patients = set(frame.loc[frame["split"] == "train", "patient_id"])
     assert not train_patients & set(frame.loc[frame["split"] == "val", "patient_id"])
     warts = find_warts(frame)
-    assert any(twin.name in frame.set_index("id").loc[i, "source_file"]
-               for g in warts.within_split + warts.across_splits for i in g["ids"])
+    assert any(
+        twin.name in frame.set_index("id").loc[i, "source_file"]
+        for g in warts.within_split + warts.across_splits
+        for i in g["ids"]
+    )
 
 
 def test_inbox_is_ingested_incrementally_and_versions_follow_content(tmp_path, secret):
@@ -130,7 +137,9 @@ def test_missing_secret_is_a_clear_error_and_demo_mode_warns(tmp_path, monkeypat
         ingest.run(_params(ws.root, source="image_folder", root=str(root)), ws)
     assert not ws.data.exists()
     with caplog.at_level(logging.WARNING, logger="medimg"):
-        summary = ingest.run(_params(ws.root, source="image_folder", root=str(root), deid={"demo": True}, workers=1), ws)
+        summary = ingest.run(
+            _params(ws.root, source="image_folder", root=str(root), deid={"demo": True}, workers=1), ws
+        )
     assert summary.n_images == 8
     assert any("PUBLIC demo" in r.getMessage() for r in caplog.records)
 
@@ -143,8 +152,13 @@ def _bad_rasters(folder: Path) -> dict[str, str]:
     (folder / "notes.jpeg").write_text("not an image at all\n")
     Image.fromarray(np.full((8, 8), 128, np.uint8)).save(folder / "tiny.png")
     Image.fromarray(np.full((64, 64), 128, np.uint8)).save(folder / "anim.png", format="GIF")
-    return {"empty.png": "empty", "cut.jpeg": "truncated", "notes.jpeg": "not_an_image", "tiny.png": "too_small",
-            "anim.png": "unsupported_format"}
+    return {
+        "empty.png": "empty",
+        "cut.jpeg": "truncated",
+        "notes.jpeg": "not_an_image",
+        "tiny.png": "too_small",
+        "anim.png": "unsupported_format",
+    }
 
 
 def _quarantine_rows(csv_file: Path) -> dict[str, str]:
@@ -166,11 +180,14 @@ def test_every_bad_raster_kind_is_quarantined_and_the_rest_lands(tmp_path, secre
     assert summary.n_images == 24 and summary.n_files == 30 and summary.n_quarantined == 6
     with open(summary.quarantine_csv, newline="") as handle:  # the owner's report: where each file is
         assert {row["file"]: row["reason"] for row in csv.DictReader(handle)} == {
-            f"source/{name}": reason for name, reason in expected.items()}
+            f"source/{name}": reason for name, reason in expected.items()
+        }
     # the log names files by pseudonym only (file names can hold patient names)
     logged = "\n".join(r.getMessage() for r in caplog.records)
-    assert all(f"quarantined {pseudonym(f'source/{name}', secret, 'file')}: {reason}" in logged
-               for name, reason in expected.items())
+    assert all(
+        f"quarantined {pseudonym(f'source/{name}', secret, 'file')}: {reason}" in logged
+        for name, reason in expected.items()
+    )
     assert not any(Path(name).name in logged for name in expected)
 
     # a stricter threshold fails the run, writes the list anyway and leaves the data version alone
@@ -194,8 +211,10 @@ def test_unreadable_files_are_quarantined_and_the_ingest_goes_on(tmp_path, secre
     ws = Workspace.at(tmp_path / "ws")
     params = _params(ws.root, source="image_folder", root=str(root), max_bad_fraction=0.5)
     summary = ingest.run(params, ws)
-    assert _quarantine_rows(summary.quarantine_csv) == {"train/NORMAL/unreadable.jpeg": "not_an_image",
-                                         "train/OTHER/unreadable.jpeg": "unknown_class"}
+    assert _quarantine_rows(summary.quarantine_csv) == {
+        "train/NORMAL/unreadable.jpeg": "not_an_image",
+        "train/OTHER/unreadable.jpeg": "unknown_class",
+    }
     assert summary.n_images == 12 and summary.n_files == 14
     assert ingest.run(params, ws).source_md5 == summary.source_md5
 
@@ -228,24 +247,39 @@ def _dicom_folder(root: Path) -> dict[str, str]:
     ds.PixelData = encapsulate([ds.PixelData])
     ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG-2: no decoder
     ds.save_as(bad / "mpeg2.dcm", enforce_file_format=True)
-    return {"mr/MR_truncated.dcm": "truncated", "mr/empty.dcm": "empty", "mr/notes.dcm": "not_an_image",
-            "mr/no_pixels.dcm": "missing_pixel_data", "mr/dose.dcm": "too_small", "mr/dose_frames.dcm": "multiframe",
-            "ct/burned.dcm": "burned_in_annotation", "mr/mpeg2.dcm": "unsupported_transfer_syntax"}
+    return {
+        "mr/MR_truncated.dcm": "truncated",
+        "mr/empty.dcm": "empty",
+        "mr/notes.dcm": "not_an_image",
+        "mr/no_pixels.dcm": "missing_pixel_data",
+        "mr/dose.dcm": "too_small",
+        "mr/dose_frames.dcm": "multiframe",
+        "ct/burned.dcm": "burned_in_annotation",
+        "mr/mpeg2.dcm": "unsupported_transfer_syntax",
+    }
 
 
 def test_every_bad_dicom_kind_is_quarantined_and_the_rest_lands(tmp_path, secret):
     root = tmp_path / "dicom"
     expected = _dicom_folder(root)
     ws = Workspace.at(tmp_path / "ws")
-    params = _params(ws.root, source="dicom_folder", root=str(root), dicom={"label_key": "folder"},
-                     max_bad_fraction=0.5, split={"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}})
+    params = _params(
+        ws.root,
+        source="dicom_folder",
+        root=str(root),
+        dicom={"label_key": "folder"},
+        max_bad_fraction=0.5,
+        split={"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}},
+    )
     summary = ingest.run(params, ws)
     refs = {pseudonym(f"source/{rel}", secret, "file"): reason for rel, reason in expected.items()}
     assert _quarantine_rows(summary.quarantine_csv) == refs  # named by pseudonym: DICOM file names can be UIDs
     # the structured report is no image: skipped with its SOP Class, beside the labels CSV
     with open(summary.skipped_files_csv, newline="") as handle:
         assert [tuple(row.values()) for row in csv.DictReader(handle)] == [
-            ("source/labels.csv", "labels_csv", ""), ("source/mr/report.dcm", "non_image_dicom", "Basic Text SR Storage")]
+            ("source/labels.csv", "labels_csv", ""),
+            ("source/mr/report.dcm", "non_image_dicom", "Basic Text SR Storage"),
+        ]
     frame = manifest.read(ws.data)
     assert len(frame) == 10 and summary.n_files == 18 and summary.n_skipped_files == 2
     assert set(frame["modality"]) == {"CR", "CT", "MR"} and set(frame["file_format"]) == {"dicom"}
@@ -257,8 +291,13 @@ def test_every_bad_dicom_kind_is_quarantined_and_the_rest_lands(tmp_path, secret
     assert set(mono1["bit_depth"]) == {8, 15} and len(mono1) == 2
 
     # the burned-in file lands when params allow it; keyed labels by file and by SOP Instance UID
-    allowed = params.model_copy(update={"data": params.data.model_copy(update={
-        "dicom": params.data.dicom.model_copy(update={"allow_burned_in": True})})})
+    allowed = params.model_copy(
+        update={
+            "data": params.data.model_copy(
+                update={"dicom": params.data.dicom.model_copy(update={"allow_burned_in": True})}
+            )
+        }
+    )
     assert ingest.run(allowed, ws).n_images == 11
 
 
@@ -268,14 +307,25 @@ def test_jpeg2000_reduce_changes_only_the_jpeg2000_images_and_keeps_the_original
     frames, images = {}, {}
     for reduce in (False, True):
         ws = Workspace.at(tmp_path / f"ws-{reduce}")
-        params = _params(ws.root, source="dicom_folder", root=str(root), dicom={"label_key": "folder"},
-                         max_bad_fraction=0.5, split={"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}})
-        params = params.model_copy(update={"preprocess": params.preprocess.model_copy(
-            update={"interpolation": "area", "jpeg2000_reduce": reduce})})
+        params = _params(
+            ws.root,
+            source="dicom_folder",
+            root=str(root),
+            dicom={"label_key": "folder"},
+            max_bad_fraction=0.5,
+            split={"fractions": {"train": 0.5, "val": 0.25, "test": 0.25}},
+        )
+        params = params.model_copy(
+            update={
+                "preprocess": params.preprocess.model_copy(update={"interpolation": "area", "jpeg2000_reduce": reduce})
+            }
+        )
         ingest.run(params, ws)
         frame = manifest.read(ws.data).set_index("sha256").sort_index()
         frames[reduce] = frame
-        images[reduce] = {sha: np.asarray(Image.open(ws.data / rel), dtype=np.float64) for sha, rel in frame["path"].items()}
+        images[reduce] = {
+            sha: np.asarray(Image.open(ws.data / rel), dtype=np.float64) for sha, rel in frame["path"].items()
+        }
     full, fast = frames[False], frames[True]
     same = ["original_height", "original_width", "bit_depth", "photometric", "modality", "patient_id", "split", "label"]
     pd.testing.assert_frame_equal(full[same], fast[same])
@@ -305,8 +355,14 @@ def test_dicom_labels_keyed_by_file_or_sop_instance_uid(tmp_path, secret):
     # the last file again unlabelled (the two 693_* CT files share one SOP Instance UID: one row labels both)
     uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): "normal" for p in files[:-1]}.items()
     (root / "labels.csv").write_text("uid,diagnosis\n" + "".join(f"{k},{v}\n" for k, v in uids))
-    params = _params(ws.root, source="dicom_folder", root=str(root), max_bad_fraction=0.5, split=split,
-                     dicom={"label_key": "sop_instance_uid", "key_column": "uid", "label_column": "diagnosis"})
+    params = _params(
+        ws.root,
+        source="dicom_folder",
+        root=str(root),
+        max_bad_fraction=0.5,
+        split=split,
+        dicom={"label_key": "sop_instance_uid", "key_column": "uid", "label_column": "diagnosis"},
+    )
     summary = ingest.run(params, ws)
     assert summary.n_images == len(files) - 1 and summary.quarantine_by_reason == {"no_label": 1}
     # same bytes, contract and secret: only the file the first CSV left unlabelled is decoded now
@@ -321,8 +377,9 @@ def test_one_or_two_decoding_processes_give_the_same_data_version(tmp_path, secr
     versions = set()
     for workers in (1, 2):
         ws = Workspace.at(tmp_path / f"ws{workers}")
-        versions.add(ingest.run(_params(ws.root, source="image_folder", root=str(root), workers=workers),
-                                ws).data_version)
+        versions.add(
+            ingest.run(_params(ws.root, source="image_folder", root=str(root), workers=workers), ws).data_version
+        )
     assert len(versions) == 1
 
 
@@ -361,8 +418,11 @@ def test_the_decode_cache_keeps_a_result_per_decoder_kind(tmp_path, secret):
     as_dcm.parent.mkdir()
     shutil.copy(png, as_dcm)
     dcm = DICOM / "ct" / "CT_small.dcm"
-    options = DecodeOptions(preprocess=parse_params({"preprocess": {"size": 64}}).preprocess,
-                            cache_dir=str(tmp_path / "cache"), secret=secret)
+    options = DecodeOptions(
+        preprocess=parse_params({"preprocess": {"size": 64}}).preprocess,
+        cache_dir=str(tmp_path / "cache"),
+        secret=secret,
+    )
 
     def run(*jobs):
         return [(meta, cached) for _, meta, cached in decode(list(jobs), options, workers=1)]

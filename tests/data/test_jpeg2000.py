@@ -41,8 +41,15 @@ def test_openjpeg_is_there():
 
 @pytest.mark.parametrize(
     ("shape", "min_side", "max_level", "level"),
-    [((1955, 1841), 128, 5, 3), ((1024, 1024), 128, 5, 3), ((512, 512), 128, 5, 2), ((64, 64), 128, 5, 0),
-     ((4096, 4096), 16, 2, 2), ((1841, 1955), 231, 5, 3), ((1841, 1955), 232, 5, 2)],
+    [
+        ((1955, 1841), 128, 5, 3),
+        ((1024, 1024), 128, 5, 3),
+        ((512, 512), 128, 5, 2),
+        ((64, 64), 128, 5, 0),
+        ((4096, 4096), 16, 2, 2),
+        ((1841, 1955), 231, 5, 3),
+        ((1841, 1955), 232, 5, 2),
+    ],
 )
 def test_reduction_level_keeps_the_shorter_side(shape, min_side, max_level, level):
     assert jpeg2000.reduction_level(*shape, min_side, max_level) == level

@@ -57,11 +57,21 @@ def test_the_workspace_report_finds_the_file_and_the_pseudonymous_copy_names_non
     """The owner's report gives the file's place and the library's text; the copy that may leave the
     workspace (MLflow) has the pseudonym and the reason code only."""
     q = Quarantine()
-    q.add("file-0123456789abcdef", "truncated", "file-0123456789abcdef: truncated (cut)",
-          file="source/DOE^JANE/IM000001", pseudonym="file-0123456789abcdef",
-          library_message="cannot read DOE^JANE: end of file")
-    q.add("train/NORMAL/x.jpeg", "empty", "train/NORMAL/x.jpeg: empty", file="source/train/NORMAL/x.jpeg",
-          pseudonym="file-fedcba9876543210")
+    q.add(
+        "file-0123456789abcdef",
+        "truncated",
+        "file-0123456789abcdef: truncated (cut)",
+        file="source/DOE^JANE/IM000001",
+        pseudonym="file-0123456789abcdef",
+        library_message="cannot read DOE^JANE: end of file",
+    )
+    q.add(
+        "train/NORMAL/x.jpeg",
+        "empty",
+        "train/NORMAL/x.jpeg: empty",
+        file="source/train/NORMAL/x.jpeg",
+        pseudonym="file-fedcba9876543210",
+    )
     with open(q.write_csv(tmp_path / "quarantine.csv"), newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["file"], r["pseudonym"], r["reason"], r["library_message"]) for r in rows] == [

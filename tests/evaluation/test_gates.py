@@ -79,9 +79,7 @@ def test_champion_absent_passes_and_says_first_run() -> None:
     assert "no champion" in result.reason.lower() and "first run" in result.reason
 
 
-@pytest.mark.parametrize(
-    ("lower", "passed"), [(-0.01, True), (-0.0099, True), (-0.0101, False), (0.02, True)]
-)
+@pytest.mark.parametrize(("lower", "passed"), [(-0.01, True), (-0.0099, True), (-0.0101, False), (0.02, True)])
 def test_champion_margin_boundary(lower: float, passed: bool) -> None:
     delta = {"delta": 0.005, "lower": lower, "upper": 0.03, "n_boot": 1000}
     result = champion_noninferiority(delta, 0.01, "7")
@@ -119,8 +117,7 @@ def test_gate_result_is_frozen() -> None:
 def test_decide_is_strict_json_with_nan_and_numpy_inputs() -> None:
     results = [
         champion_noninferiority(None, 0.01, None),
-        minimum_metrics({"roc_auc": float("nan"), "accuracy": np.float32(0.9)},
-                        {"roc_auc": 0.9, "accuracy": 0.8}),
+        minimum_metrics({"roc_auc": float("nan"), "accuracy": np.float32(0.9)}, {"roc_auc": 0.9, "accuracy": 0.8}),
         GateResult("custom", True, "hand-made", {"x": np.int64(3), "y": (np.nan, 1.0)}),
     ]
     decision = decide(results)
@@ -129,7 +126,9 @@ def test_decide_is_strict_json_with_nan_and_numpy_inputs() -> None:
     assert decision["passed"] is False
     assert decision["failed"] == ["minimum_metrics"]
     assert [rule["name"] for rule in decision["rules"]] == [
-        "champion_noninferiority", "minimum_metrics", "custom",
+        "champion_noninferiority",
+        "minimum_metrics",
+        "custom",
     ]
     assert decision["rules"][1]["inputs"]["values"]["roc_auc"] is None
     assert decision["rules"][2]["inputs"] == {"x": 3, "y": [None, 1.0]}

@@ -20,8 +20,10 @@ from medimg.training.models import build_model
 def trained(data_dir, tmp_path_factory):
     arrays = locate("pneumoniamnist", data_dir, tmp_path_factory.mktemp("dl"), download=False).load()
     params = parse_params({"train": {"epochs": 2, "batch_size": 64}, "model": {"width": 8}})
-    split = {s: SplitArrays([str(i) for i in range(n)], arrays[s][0][:n], arrays[s][1][:n])
-             for s, n in (("train", 512), ("val", 128), ("test", 64))}
+    split = {
+        s: SplitArrays([str(i) for i in range(n)], arrays[s][0][:n], arrays[s][1][:n])
+        for s, n in (("train", 512), ("val", 128), ("test", 64))
+    }
     return params, train(params, split["train"], split["val"]).model, split["test"]
 
 

@@ -35,8 +35,23 @@ Y10 = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
 P10 = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.2, 0.1, 0.05])
 
 EXPECTED_KEYS = {
-    "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "roc_auc", "pr_auc",
-    "brier", "ece", "tp", "fp", "tn", "fn", "n", "prevalence", "threshold",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "npv",
+    "f1",
+    "roc_auc",
+    "pr_auc",
+    "brier",
+    "ece",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
+    "n",
+    "prevalence",
+    "threshold",
 }
 
 
@@ -60,8 +75,16 @@ def test_hand_computed_ten_samples() -> None:
 
 def test_metric_names_are_the_float_metrics_in_order() -> None:
     assert METRIC_NAMES == (
-        "accuracy", "sensitivity", "specificity", "precision", "npv", "f1",
-        "roc_auc", "pr_auc", "brier", "ece",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "precision",
+        "npv",
+        "f1",
+        "roc_auc",
+        "pr_auc",
+        "brier",
+        "ece",
     )
 
 
@@ -212,8 +235,7 @@ def test_subgroup_metrics_split_by_group_columns_only_when_they_vary():
 
     from medimg.steps.evaluate import subgroup_metrics
 
-    frame = pd.DataFrame({"id": list("abcdef"), "modality": ["CR", "CR", "CR", "DX", "DX", "DX"],
-                          "sex": ["F"] * 6})
+    frame = pd.DataFrame({"id": list("abcdef"), "modality": ["CR", "CR", "CR", "DX", "DX", "DX"], "sex": ["F"] * 6})
     labels = np.array([1, 0, 1, 1, 0, 0])
     probs = np.array([0.9, 0.2, 0.4, 0.8, 0.7, 0.1])
     out = subgroup_metrics(frame, list("abcdef"), labels, probs, 0.5)

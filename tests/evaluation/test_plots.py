@@ -32,8 +32,7 @@ def _assert_png(path: Path, expected: Path) -> None:
 def test_all_plots_write_pngs(tmp_path: Path) -> None:
     open_before = plt.get_fignums()
     history = [
-        {"epoch": e, "train_loss": 0.7 / e, "val_loss": 0.75 / e + 0.01 * e,
-         "val_auc": 0.8 + 0.02 * e}
+        {"epoch": e, "train_loss": 0.7 / e, "val_loss": 0.75 / e + 0.01 * e, "val_auc": 0.8 + 0.02 * e}
         for e in range(1, 6)
     ]
     calls = {

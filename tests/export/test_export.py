@@ -28,8 +28,13 @@ def model_and_inputs(data_dir, tmp_path):
 
 def test_export_parity_and_metadata(model_and_inputs, tmp_path):
     params, model, x = model_and_inputs
-    path = export(model, x, tmp_path / "m.onnx", 18, {"medimg.preprocessing": preprocess.contract(params.preprocess),
-                                                       "medimg.threshold": 0.42})
+    path = export(
+        model,
+        x,
+        tmp_path / "m.onnx",
+        18,
+        {"medimg.preprocessing": preprocess.contract(params.preprocess), "medimg.threshold": 0.42},
+    )
     parity = check_parity(model, path, x, atol=1e-4)
     assert parity.passed and parity.max_abs_diff < 1e-4 and parity.n_images == 64
     meta = read_metadata(path)

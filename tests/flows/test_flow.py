@@ -57,8 +57,15 @@ def test_first_run_registers_a_champion_with_lineage_tags(workspace, champion_ru
 
     champ = registry.version_by_alias("pneumonia-classifier", registry.CHAMPION)
     assert champ.version == "1"
-    for tag in (registry.TAG_DATA_VERSION, registry.TAG_GIT_COMMIT, registry.TAG_PARAMS_HASH, registry.TAG_VALIDATION,
-                registry.TAG_GATE, registry.TAG_ONNX_SHA256, registry.TAG_FLOW_RUN):
+    for tag in (
+        registry.TAG_DATA_VERSION,
+        registry.TAG_GIT_COMMIT,
+        registry.TAG_PARAMS_HASH,
+        registry.TAG_VALIDATION,
+        registry.TAG_GATE,
+        registry.TAG_ONNX_SHA256,
+        registry.TAG_FLOW_RUN,
+    ):
         assert champ.tags.get(tag), f"model version lacks tag {tag}"
     assert champ.tags[registry.TAG_DATA_VERSION] == summary.data_version
     onnx_file = registry.download_onnx("pneumonia-classifier", "1", ws.root / "check")
@@ -133,22 +140,32 @@ def test_a_reopened_run_gets_its_finished_steps_back_from_the_persisted_results(
         def cached(task, *args):
             return task.with_options(result_storage=storage)(*args, return_state=True)
 
-        return {"validate": cached(validate_data, params, ws, run_id, done.data_version),
-                "train": cached(train_model, params, ws, run_id, data),
-                "evaluate": cached(evaluate_model, params, ws, run_id, data, done.training),
-                "export-onnx": cached(export_model, params, ws, run_id, data, done.training, done.evaluation)}
+        return {
+            "validate": cached(validate_data, params, ws, run_id, done.data_version),
+            "train": cached(train_model, params, ws, run_id, data),
+            "evaluate": cached(evaluate_model, params, ws, run_id, data, done.training),
+            "export-onnx": cached(export_model, params, ws, run_id, data, done.training, done.evaluation),
+        }
 
     states = resume()
     assert {name: state.name for name, state in states.items()} == dict.fromkeys(states, "Cached")
-    expected = {"validate": done.validation, "train": done.training, "evaluate": done.evaluation,
-                "export-onnx": done.export}
+    expected = {
+        "validate": done.validation,
+        "train": done.training,
+        "evaluate": done.evaluation,
+        "export-onnx": done.export,
+    }
     assert {name: state.result() for name, state in states.items()} == expected
     # read back from the files, by a store with nothing in memory: what a new process would get
     store = ResultStore(result_storage=LocalFileSystem(basepath=str(storage)))
     on_disk = {name: store.read(f"medimg-{name}-{run_id}").result for name in expected}
     assert on_disk == expected
-    assert [type(on_disk[name]) for name in expected] == [ValidationSummary, TrainSummary, EvaluationSummary,
-                                                          ExportSummary]
+    assert [type(on_disk[name]) for name in expected] == [
+        ValidationSummary,
+        TrainSummary,
+        EvaluationSummary,
+        ExportSummary,
+    ]
 
 
 def test_force_trains_again_in_a_new_mlflow_run_instead_of_reusing_the_last_runs_steps(workspace, champion_run):
@@ -176,8 +193,9 @@ def test_validation_failure_stops_before_training(workspace, champion_run):
 
     ws, params_file = workspace
     before = {p.name for p in ws.runs.iterdir()}
-    state = retrain(params_path=str(params_file), overrides={"validation": {"duplicates_across_splits": "fail"}},
-                    return_state=True)
+    state = retrain(
+        params_path=str(params_file), overrides={"validation": {"duplicates_across_splits": "fail"}}, return_state=True
+    )
     assert state.is_failed()
     with pytest.raises(ValidationFailed, match="splits_with_hash"):
         state.result()

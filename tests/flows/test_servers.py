@@ -59,8 +59,13 @@ PYTHON = sys.executable
 pytestmark = pytest.mark.integration
 
 # Gates a 28-px model trained for a few epochs can pass: these tests are about orchestration, not quality.
-RELAXED_GATES = {"min_auc": 0.0, "min_accuracy": 0.0, "benchmark": {"margin": 1.0}, "champion_auc_margin": 1.0,
-                 "bootstrap_samples": 200}
+RELAXED_GATES = {
+    "min_auc": 0.0,
+    "min_accuracy": 0.0,
+    "benchmark": {"margin": 1.0},
+    "champion_auc_margin": 1.0,
+    "bootstrap_samples": 200,
+}
 TIMINGS: dict[str, float] = {}
 
 
@@ -76,9 +81,11 @@ def servers() -> Servers:
     mlflow_uri = os.environ.get("MEDIMG_TEST_MLFLOW_URI")
     prefect_url = os.environ.get("MEDIMG_TEST_PREFECT_API_URL")
     if not mlflow_uri or not prefect_url:
-        pytest.fail("MEDIMG_TEST_MLFLOW_URI / MEDIMG_TEST_PREFECT_API_URL are not set: start the real servers with "
-                    "`scripts/services.sh start && eval \"$(scripts/services.sh env)\"` (or run `make test`, which "
-                    "does it)")
+        pytest.fail(
+            "MEDIMG_TEST_MLFLOW_URI / MEDIMG_TEST_PREFECT_API_URL are not set: start the real servers with "
+            '`scripts/services.sh start && eval "$(scripts/services.sh env)"` (or run `make test`, which '
+            "does it)"
+        )
     for name, url in (("mlflow server", f"{mlflow_uri}/health"), ("prefect server", f"{prefect_url}/health")):
         try:
             with urllib.request.urlopen(url, timeout=10) as response:
@@ -94,10 +101,19 @@ def servers() -> Servers:
 
 def _env(servers: Servers, **extra: str) -> dict[str, str]:
     """This process's environment without any Prefect/MLflow/medimg state a previous test activated."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "MLFLOW_", "MEDIMG_")) or k in ("MEDIMG_DATA_DIR",)}
-    env.update(PREFECT_API_URL=servers.prefect, MLFLOW_TRACKING_URI=servers.mlflow, MEDIMG_DATA_DIR=str(DATA_DIR),
-               COLUMNS="200", PYTHONUNBUFFERED="1", **extra)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_", "MEDIMG_")) or k in ("MEDIMG_DATA_DIR",)
+    }
+    env.update(
+        PREFECT_API_URL=servers.prefect,
+        MLFLOW_TRACKING_URI=servers.mlflow,
+        MEDIMG_DATA_DIR=str(DATA_DIR),
+        COLUMNS="200",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
     return env
 
 
@@ -125,8 +141,14 @@ def _medimg(servers: Servers, log: Path, *args: str, **env: str) -> tuple[int, s
 
 
 def _spawn(servers: Servers, log: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([PYTHON, "-m", "medimg.cli", *args], cwd=ROOT, env=_env(servers),
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [PYTHON, "-m", "medimg.cli", *args],
+        cwd=ROOT,
+        env=_env(servers),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _ingest_code() -> str:
@@ -189,9 +211,13 @@ FINAL_TASK_STATES = {"Completed", "Cached", "Failed", "Crashed", "Cancelled"}
 def _task_states(servers: Servers, flow_run_id: str, expect: frozenset[str] | set[str] = frozenset()) -> dict[str, str]:
     """Task name (``validate``, ``train``, ...) -> state name, for one flow run on the server.
 
-    Waits (while the states keep changing, and a minute more) until every task named in ``expect`` is recorded in a final state."""
-    return _eventually(lambda: _read_task_states(servers, flow_run_id),
-                       lambda states: all(states.get(name) in FINAL_TASK_STATES for name in expect))
+    Waits (while the states keep changing, and a minute more) until every task named in ``expect``
+    is recorded in a final state.
+    """
+    return _eventually(
+        lambda: _read_task_states(servers, flow_run_id),
+        lambda states: all(states.get(name) in FINAL_TASK_STATES for name in expect),
+    )
 
 
 def _read_task_states(servers: Servers, flow_run_id: str) -> dict[str, str]:
@@ -252,9 +278,17 @@ def champion_ws(tmp_path_factory, servers, data_dir):
         assert rc == 0, repeat_log[-4000:]
     TIMINGS.update(full_run=round(full_s, 1), up_to_date_run=round(repeat_s, 1))
     runs = _experiment_runs(servers, raw["registry"]["experiment"])  # later tests add runs: record these two now
-    return {"tmp": tmp, "params": params_file, "raw": raw, "full_log": full_log, "full_s": full_s,
-            "repeat_log": repeat_log, "repeat_s": repeat_s, "full_run_id": runs[0].info.run_id,
-            "repeat_run_id": runs[-1].info.run_id}
+    return {
+        "tmp": tmp,
+        "params": params_file,
+        "raw": raw,
+        "full_log": full_log,
+        "full_s": full_s,
+        "repeat_log": repeat_log,
+        "repeat_s": repeat_s,
+        "full_run_id": runs[0].info.run_id,
+        "repeat_run_id": runs[-1].info.run_id,
+    }
 
 
 def test_repeat_run_with_nothing_changed_trains_nothing(servers, champion_ws):
@@ -298,9 +332,18 @@ def test_failed_gate_notifies_with_the_failed_rules_and_leaves_the_champion(serv
     model = raw["registry"]["model_name"]
     try:
         rc, log, seconds = _medimg(
-            servers, tmp_path / "gated.log", "run", "--params", str(champion_ws["params"]),
-            "--set", "train.epochs=1", "--set", "gates.min_auc=0.9999",
-            "--set", f"orchestration.notify_webhook_url=http://127.0.0.1:{server.server_port}/hook")
+            servers,
+            tmp_path / "gated.log",
+            "run",
+            "--params",
+            str(champion_ws["params"]),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "gates.min_auc=0.9999",
+            "--set",
+            f"orchestration.notify_webhook_url=http://127.0.0.1:{server.server_port}/hook",
+        )
     finally:
         server.shutdown()
     TIMINGS["failed_gate_run"] = round(seconds, 1)
@@ -326,10 +369,11 @@ def test_failed_gate_notifies_with_the_failed_rules_and_leaves_the_champion(serv
 
 def test_status_shows_schedule_last_runs_with_outcome_and_reason_and_champion(servers, champion_ws):
     raw = champion_ws["raw"]
-    rc, out, _ = _medimg(servers, champion_ws["tmp"] / "status.json", "status", "--params", str(champion_ws["params"]),
-                         "--json")
+    rc, out, _ = _medimg(
+        servers, champion_ws["tmp"] / "status.json", "status", "--params", str(champion_ws["params"]), "--json"
+    )
     assert rc == 0, out
-    info, _ = json.JSONDecoder().raw_decode(out[out.index("{"):])
+    info, _ = json.JSONDecoder().raw_decode(out[out.index("{") :])
     assert info["tracking_uri"] == servers.mlflow
     assert info["schedule"]["cron"] == raw["schedule"]["cron"]
     assert info["schedule"]["deployment"] == f"retrain/{raw['schedule']['deployment_name']}"
@@ -368,8 +412,13 @@ def test_two_runs_at_once_give_one_run_and_one_refusal_and_a_killed_run_resumes(
     started = time.perf_counter()
     procs = [_spawn(servers, logs[0], *args), _spawn(servers, logs[1], *args)]
 
-    wait_while_progressing(lambda: any(p.poll() is not None for p in procs), "one of two runs to be refused",
-                           procs=procs, logs=logs, every=0.2)
+    wait_while_progressing(
+        lambda: any(p.poll() is not None for p in procs),
+        "one of two runs to be refused",
+        procs=procs,
+        logs=logs,
+        every=0.2,
+    )
     refused = next(i for i, p in enumerate(procs) if p.poll() is not None)
     runner, runner_log = procs[1 - refused], logs[1 - refused]
     refused_out = logs[refused].read_text()
@@ -377,9 +426,14 @@ def test_two_runs_at_once_give_one_run_and_one_refusal_and_a_killed_run_resumes(
     assert runner.poll() is None, runner_log.read_text()[-3000:]
 
     ws = tmp_path / "ws"
-    wait_while_progressing(lambda: "epoch 2/4" in runner_log.read_text() and _checkpoint_epoch(ws) == 2,
-                           "epoch 2 of the running retrain", progress=lambda: _checkpoint_epoch(ws),
-                           procs=[runner], logs=[runner_log], every=0.2)
+    wait_while_progressing(
+        lambda: "epoch 2/4" in runner_log.read_text() and _checkpoint_epoch(ws) == 2,
+        "epoch 2 of the running retrain",
+        progress=lambda: _checkpoint_epoch(ws),
+        procs=[runner],
+        logs=[runner_log],
+        every=0.2,
+    )
     os.killpg(runner.pid, signal.SIGKILL)
     runner.wait()
     TIMINGS["killed_after_epoch_2"] = round(time.perf_counter() - started, 1)
@@ -426,11 +480,12 @@ print("WATCH " + json.dumps(out))
 
 
 def _watch(servers: Servers, params_file: Path, log: Path, prefect_home: Path) -> dict:
-    proc = run_logged([PYTHON, "-c", WATCH, str(params_file)], log, cwd=ROOT,
-                      env=_env(servers, PREFECT_HOME=str(prefect_home)))
+    proc = run_logged(
+        [PYTHON, "-c", WATCH, str(params_file)], log, cwd=ROOT, env=_env(servers, PREFECT_HOME=str(prefect_home))
+    )
     text = proc.stdout
     assert proc.returncode == 0, text[-4000:]
-    return json.loads(text[text.rindex("WATCH ") + 6:].splitlines()[0])
+    return json.loads(text[text.rindex("WATCH ") + 6 :].splitlines()[0])
 
 
 def _copy(sources: list[Path], folder: Path) -> None:
@@ -447,17 +502,30 @@ def test_new_images_in_the_inbox_start_a_retrain_on_a_new_data_version(servers, 
     from medimg.workspace import Workspace
 
     chest = data_dir / "chest_xray"
-    files = {(split, cls): sorted((chest / split / cls).iterdir()) for split in ("train", "test")
-             for cls in ("NORMAL", "PNEUMONIA")}
+    files = {
+        (split, cls): sorted((chest / split / cls).iterdir())
+        for split in ("train", "test")
+        for cls in ("NORMAL", "PNEUMONIA")
+    }
     source, inbox = tmp_path / "source", tmp_path / "inbox"
     for (split, cls), paths in files.items():
         _copy(paths[: 25 if split == "train" else 15], source / split / cls)
     inbox.mkdir()
     params_file, raw = _params(
-        tmp_path, servers, "inbox", train={"epochs": 2}, gates=RELAXED_GATES,
-        data={"source": "image_folder", "root": str(source), "inbox": str(inbox), "deid": {"demo": True},
-              "split": {"val_fraction": 0.3}},
-        validation={"expected_split_sizes": None})
+        tmp_path,
+        servers,
+        "inbox",
+        train={"epochs": 2},
+        gates=RELAXED_GATES,
+        data={
+            "source": "image_folder",
+            "root": str(source),
+            "inbox": str(inbox),
+            "deid": {"demo": True},
+            "split": {"val_fraction": 0.3},
+        },
+        validation={"expected_split_sizes": None},
+    )
     ws = Workspace.at(tmp_path / "ws")
 
     rc, out, _ = _medimg(servers, tmp_path / "ingest.log", "ingest", "--params", str(params_file))
@@ -500,11 +568,22 @@ def test_scheduled_deployment_runs_on_a_process_worker_and_registers_in_postgres
     params_file, raw = _params(tmp_path, servers, "pool", train={"epochs": 1}, gates=RELAXED_GATES)
     pool = f"t6-pool-{uuid.uuid4().hex[:8]}"
     home = str(tmp_path / "prefect-home")
-    created = run_logged([str(Path(PYTHON).with_name("prefect")), "work-pool", "create", pool, "--type", "process"],
-                         tmp_path / "work-pool.log", env=_env(servers, PREFECT_HOME=home))
+    created = run_logged(
+        [str(Path(PYTHON).with_name("prefect")), "work-pool", "create", pool, "--type", "process"],
+        tmp_path / "work-pool.log",
+        env=_env(servers, PREFECT_HOME=home),
+    )
     assert created.returncode == 0, created.stdout
-    rc, out, _ = _medimg(servers, tmp_path / "schedule.log", "schedule", "--params", str(params_file),
-                         "--work-pool", pool, PREFECT_HOME=home)
+    rc, out, _ = _medimg(
+        servers,
+        tmp_path / "schedule.log",
+        "schedule",
+        "--params",
+        str(params_file),
+        "--work-pool",
+        pool,
+        PREFECT_HOME=home,
+    )
     assert rc == 0 and pool in out, out[-3000:]
 
     name = f"retrain/{raw['schedule']['deployment_name']}"
@@ -519,7 +598,9 @@ def test_scheduled_deployment_runs_on_a_process_worker_and_registers_in_postgres
     started = time.perf_counter()
     worker = run_logged(
         [str(Path(PYTHON).with_name("prefect")), "worker", "start", "--pool", pool, "--run-once", "--limit", "2"],
-        tmp_path / "worker.log", env=_env(servers, PREFECT_HOME=home))
+        tmp_path / "worker.log",
+        env=_env(servers, PREFECT_HOME=home),
+    )
     TIMINGS["worker_run"] = round(time.perf_counter() - started, 1)
     assert worker.returncode == 0, worker.stdout[-4000:]
 
@@ -558,9 +639,13 @@ def _final_states(servers: Servers, flow_run_ids: list[str], proc: subprocess.Po
             raise AssertionError(f"the serving process exited early:\n{log.read_text()[-3000:]}")
         return None
 
-    return wait_while_progressing(finished, f"flow runs {flow_run_ids} to finish",
-                                  progress=lambda: tuple((k, v.name if v else None) for k, v in seen.items()),
-                                  logs=[log], every=2)
+    return wait_while_progressing(
+        finished,
+        f"flow runs {flow_run_ids} to finish",
+        progress=lambda: tuple((k, v.name if v else None) for k, v in seen.items()),
+        logs=[log],
+        every=2,
+    )
 
 
 def test_served_deployment_runs_here_and_two_runs_at_once_never_overlap(servers, tmp_path, data_dir):
@@ -573,10 +658,16 @@ def test_served_deployment_runs_here_and_two_runs_at_once_never_overlap(servers,
     name = f"retrain/{raw['schedule']['deployment_name']}"
     log = tmp_path / "serve.log"
     env = _env(servers, PREFECT_RUNNER_POLL_FREQUENCY="2")
-    serve = subprocess.Popen([PYTHON, "-m", "medimg.cli", "schedule", "--params", str(params_file)], cwd=ROOT, env=env,
-                             stdout=open(log, "w"),  # noqa: SIM115 - the server writes to it while it runs
-                             stderr=subprocess.STDOUT, start_new_session=True)
+    serve = subprocess.Popen(
+        [PYTHON, "-m", "medimg.cli", "schedule", "--params", str(params_file)],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "w"),  # noqa: SIM115 - the server writes to it while it runs
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
+
         def served():
             try:
                 with _prefect(servers) as client:

@@ -30,9 +30,18 @@ from registry_fixtures import MODEL
 
 pytestmark = pytest.mark.integration
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-default-apps", "--mute-audio"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--mute-audio",
+]
 
 
 def _broken(report: dict) -> list[dict]:
@@ -71,8 +80,9 @@ def test_champion_lineage_has_every_link(lineage_ws, champion_report):
     assert report.code.commit == mv.tags[registry.TAG_GIT_COMMIT]
     assert report.code.in_checkout and report.code.checkout_command.startswith("git checkout ")
     git_check = next(c for c in report.checks if c.name == "git_commit_consistent")
-    assert git_check.ok == (mv.tags[registry.TAG_GIT_COMMIT] == run.tags["medimg.git_commit"]
-                            == report.onnx.metadata["medimg.git_commit"])
+    assert git_check.ok == (
+        mv.tags[registry.TAG_GIT_COMMIT] == run.tags["medimg.git_commit"] == report.onnx.metadata["medimg.git_commit"]
+    )
 
     data = report.data
     assert data.version == mv.tags[registry.TAG_DATA_VERSION]
@@ -183,8 +193,11 @@ def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package (apt-get install -y chromium)")
     # waited on while it writes output (a busy machine starts Chromium slowly), not a fixed time
-    return run_logged([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                      profile.parent / f"{profile.name}-chromium.log", split=True)
+    return run_logged(
+        [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        profile.parent / f"{profile.name}-chromium.log",
+        split=True,
+    )
 
 
 def test_html_report_is_self_contained_and_shows_the_key_facts_in_chromium(champion_report, tmp_path):

@@ -51,8 +51,9 @@ def _check_complete(folder: Path, version: str | None = None) -> dict:
 def test_pull_writes_a_verified_model_with_its_card(registry_ws, tmp_path):
     out = tmp_path / "deploy" / "model"
     out.parent.mkdir()
-    result = CliRunner().invoke(app, ["pull", "--alias", "champion", "--out", str(out),
-                                      "--params", str(registry_ws.params_file)])
+    result = CliRunner().invoke(
+        app, ["pull", "--alias", "champion", "--out", str(out), "--params", str(registry_ws.params_file)]
+    )
     assert result.exit_code == 0, result.output
     assert out.is_symlink() and Path(os.path.realpath(out)).parent == releases_dir(out)
     card = _check_complete(out, "1")
@@ -95,8 +96,9 @@ def test_a_tampered_artifact_is_refused_and_nothing_is_half_written(fresh_regist
     data[len(data) // 2] ^= 0xFF
     stored.write_bytes(bytes(data))
 
-    result = CliRunner().invoke(app, ["pull", "--version", "1", "--out", str(out),
-                                      "--params", str(fresh_registry.params_file)])
+    result = CliRunner().invoke(
+        app, ["pull", "--version", "1", "--out", str(out), "--params", str(fresh_registry.params_file)]
+    )
     assert result.exit_code == 3, result.output
     assert "integrity check failed" in _text(result) and "sha256" in _text(result)
     assert Path(os.path.realpath(out)) == good.release_dir, "the link must still point at the last good model"
@@ -229,9 +231,21 @@ def test_pull_from_a_remote_tracking_server(registry_ws, tmp_path, monkeypatch):
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - the server writes to it until the test ends
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     server = subprocess.Popen(
-        [str(mlflow_bin), "server", "--backend-store-uri", registry_ws.tracking_uri, "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        [
+            str(mlflow_bin),
+            "server",
+            "--backend-store-uri",
+            registry_ws.tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -250,8 +264,9 @@ def test_pull_from_a_remote_tracking_server(registry_ws, tmp_path, monkeypatch):
         wait_while_progressing(healthy, "mlflow server to answer /health", logs=[tmp_path / "server.log"])
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         out = tmp_path / "model"
-        result = CliRunner().invoke(app, ["pull", "--version", "2", "--out", str(out),
-                                          "--params", str(registry_ws.params_file)])
+        result = CliRunner().invoke(
+            app, ["pull", "--version", "2", "--out", str(out), "--params", str(registry_ws.params_file)]
+        )
         assert result.exit_code == 0, result.output
         card = _check_complete(out, "2")
         assert card["tracking_uri"] == url

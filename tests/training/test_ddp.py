@@ -22,9 +22,15 @@ def test_two_gloo_processes_match_one(data_dir, tmp_path):
     keep = frame.groupby("split").head(1000)
     manifest.write(keep, folder)
     exclude: list[str] = []
-    raw = {"train": {"epochs": 3, "batch_size": 64, "num_threads": 1, "distributed": {"enabled": True,
-                                                                                          "nproc_per_node": 2}},
-           "model": {"width": 8}}
+    raw = {
+        "train": {
+            "epochs": 3,
+            "batch_size": 64,
+            "num_threads": 1,
+            "distributed": {"enabled": True, "nproc_per_node": 2},
+        },
+        "model": {"width": 8},
+    }
     params = parse_params(raw)
 
     single = train(params, load_split(folder, keep, "train"), load_split(folder, keep, "val"))

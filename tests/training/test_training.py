@@ -32,8 +32,10 @@ def small(subset):
     """A third of ``subset``: enough batches per epoch (4) for shuffling, augmentation and the schedule
     to matter, which is all that determinism and resume need; learning is shown on ``subset``."""
     (tr, va) = subset
-    return (SplitArrays(ids=tr.ids[:256], images=tr.images[:256], labels=tr.labels[:256]),
-            SplitArrays(ids=va.ids[:96], images=va.images[:96], labels=va.labels[:96]))
+    return (
+        SplitArrays(ids=tr.ids[:256], images=tr.images[:256], labels=tr.labels[:256]),
+        SplitArrays(ids=va.ids[:96], images=va.images[:96], labels=va.labels[:96]),
+    )
 
 
 PARAMS = parse_params({"train": {"epochs": 3, "batch_size": 64, "num_threads": 1}, "model": {"width": 8}})
@@ -73,8 +75,9 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(small, straight_smal
     with pytest.raises(Killed):
         train(PARAMS, *subset, on_epoch=die_at_epoch_2, checkpoint_dir=tmp_path)
     resumed_epochs = []
-    resumed = train(PARAMS, *subset, on_epoch=lambda row: resumed_epochs.append(row["epoch"]),
-                    checkpoint_dir=tmp_path, resume=True)
+    resumed = train(
+        PARAMS, *subset, on_epoch=lambda row: resumed_epochs.append(row["epoch"]), checkpoint_dir=tmp_path, resume=True
+    )
     assert resumed_epochs == [2, 3], "resume must start after the last checkpointed epoch"
     assert torch.allclose(_weights(resumed.model), _weights(straight.model), atol=1e-6)
     assert resumed.best_val_auc == pytest.approx(straight.best_val_auc, abs=1e-9)

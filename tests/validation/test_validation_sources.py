@@ -25,11 +25,13 @@ LABELS = [0, 1]
 
 def _overlap_patient() -> tuple[str, list[Path], list[Path]]:
     """A Kermany patient id with images in both train and test (170 such ids exist)."""
+
     def by_key(split):
         out: dict[str, list[Path]] = {}
         for path in sorted((CHEST / split / "PNEUMONIA").iterdir()):
             out.setdefault(kermany_patient_key(path.name), []).append(path)
         return out
+
     train, test = by_key("train"), by_key("test")
     key = sorted(set(train) & set(test))[0]
     return key, train[key], test[key]
@@ -50,9 +52,14 @@ def folder_ws(tmp_path_factory):
     shutil.copy(first, root / "test" / "NORMAL" / "duplicate-of-first.jpeg")
     mp = pytest.MonkeyPatch()
     mp.setenv("MEDIMG_DEID_SECRET", "validation-test-secret-0123456789")
-    params = parse_params({"workspace": {"path": str(tmp / "ws")}, "preprocess": {"size": 32},
-                           "data": {"source": "image_folder", "root": str(root)},
-                           "validation": {"expected_split_sizes": None}})
+    params = parse_params(
+        {
+            "workspace": {"path": str(tmp / "ws")},
+            "preprocess": {"size": 32},
+            "data": {"source": "image_folder", "root": str(root)},
+            "validation": {"expected_split_sizes": None},
+        }
+    )
     ws = Workspace.at(tmp / "ws")
     ingested = ingest.run(params, ws)
     yield params, ws, ingested, key, first.name
