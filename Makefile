@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(ORT_EXTRA)
 export MEDIMG_DATA_DIR ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
 PYTEST_ARGS ?=
 
-.PHONY: run test test-quick install clean-workspace
+.PHONY: run test test-quick lint install clean-workspace
 
 install: $(STAMP)
 
@@ -42,6 +42,12 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	scripts/system_packages.sh
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+# ruff (lint and format check) over the code and tests, mypy over medimg/ (settings in pyproject.toml)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 clean-workspace:
 	rm -rf .medimg
