@@ -21,19 +21,12 @@ from typer.testing import CliRunner
 
 from datapaths import CHEST, DICOM, FIELD_CASES
 from medimg import preprocess
-from medimg.artifacts import META_PREPROCESSING
+from medimg.artifacts import META_BODY_PART, META_INPUT_CHECKS, META_MODALITIES, META_PREPROCESSING
 from medimg.cli import app
 from medimg.config import ConfigError, load_params, parse_params
 from medimg.data.medmnist import locate
 from medimg.export.onnx_export import export, read_metadata
-from medimg.input_checks import (
-    META_BODY_PART,
-    META_INPUT_CHECKS,
-    META_MODALITIES,
-    REASONS,
-    InputRules,
-    check_input,
-)
+from medimg.input_checks import REASONS, InputRules, check_input
 from medimg.predict import predict_files
 from medimg.scoring import OnnxModel
 from medimg.steps.export import metadata, model_modalities
