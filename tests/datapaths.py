@@ -14,6 +14,12 @@ DATA_DIR = Path(os.environ.get("MEDIMG_DATA_DIR", Path(__file__).resolve().paren
 PNEUMONIAMNIST = DATA_DIR / "pneumoniamnist" / "pneumoniamnist.npz"
 CHEST = DATA_DIR / "chest_xray"
 DICOM = DATA_DIR / "dicom"
+#: The shared DICOM samples several test modules use: a CR chest (JPEG baseline), a CR chest in lossy
+#: JPEG 2000, a small CT slice and a small MR slice.
+CR_CHEST = DICOM / "xray" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+CR_CHEST_J2K = DICOM / "xray" / "RG1_J2KI.dcm"
+CT_SMALL = DICOM / "ct" / "CT_small.dcm"
+MR_SMALL = DICOM / "mr" / "MR_small.dcm"
 #: Real inputs medimg once got wrong, one folder per kind of fault (see its README.md).
 FIELD_CASES = DATA_DIR.parent / "field-cases"
 #: labels.csv of a copied DICOM folder, keyed by the sample folders (``label_key: folder``).

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from datapaths import CHEST, DICOM, FIELD_CASES
+from datapaths import CHEST, CR_CHEST, CR_CHEST_J2K, CT_SMALL, FIELD_CASES, MR_SMALL
 from medimg import preprocess
 from medimg.artifacts import META_BODY_PART, META_INPUT_CHECKS, META_MODALITIES, META_PREPROCESSING
 from medimg.cli import app
@@ -33,10 +33,7 @@ from medimg.steps.export import metadata, model_modalities
 from medimg.training.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-CR = DICOM / "xray" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
-CR_J2K = DICOM / "xray" / "RG1_J2KI.dcm"
-CT = DICOM / "ct" / "CT_small.dcm"
-MR = DICOM / "mr" / "MR_small.dcm"
+CR, CR_J2K, CT, MR = CR_CHEST, CR_CHEST_J2K, CT_SMALL, MR_SMALL
 NAN = FIELD_CASES / "float-pixel-data-nan" / "float_with_nan.dcm"
 NO_NAN = FIELD_CASES / "float-pixel-data-nan" / "reference_float_no_nan.dcm"
 

@@ -12,21 +12,18 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, get_frame
 from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from datapaths import DATA_DIR, FIELD_CASES
+from datapaths import CHEST, CR_CHEST, CR_CHEST_J2K, CT_SMALL, DICOM, FIELD_CASES, MR_SMALL
 from medimg.config import PreprocessConfig
 from medimg.data import jpeg2000
 from medimg.data.dicom import DEFAULT_CT_WINDOW, decode_dicom, linear_window, stored_values
 from medimg.data.images import BadImage
 from medimg.preprocess import grey_uint8, prepare_file
 
-DICOM = DATA_DIR / "dicom"
-SIIM = DICOM / "xray" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+SIIM = CR_CHEST
 FAKE_M1 = DICOM / "xray" / "Fake_MONOHR1.dcm"
-RG1 = DICOM / "xray" / "RG1_J2KI.dcm"
-CT_SMALL = DICOM / "ct" / "CT_small.dcm"
+RG1 = CR_CHEST_J2K
 CT_UNC = DICOM / "ct" / "693_UNCI.dcm"
 CT_J2K = DICOM / "ct" / "693_J2KI.dcm"
-MR_SMALL = DICOM / "mr" / "MR_small.dcm"
 
 # file -> (transfer syntax UID, photometric, (rows, columns), modality); measured, and checked
 # against the header in test_every_file_decodes_as_its_header_says.
@@ -213,7 +210,7 @@ def test_empty_and_non_dicom_files(tmp_path):
     text = tmp_path / "notes.dcm"
     text.write_text("Patient: nobody. This is a text file renamed to .dcm\n" * 10)
     jpeg = tmp_path / "image.dcm"
-    shutil.copyfile(DATA_DIR / "chest_xray" / "train" / "NORMAL" / "IM-0115-0001.jpeg", jpeg)
+    shutil.copyfile(CHEST / "train" / "NORMAL" / "IM-0115-0001.jpeg", jpeg)
     assert _reason(empty) == "empty"
     assert _reason(text) == "not_an_image"
     assert _reason(jpeg) == "not_an_image"
