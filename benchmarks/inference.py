@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     x = real_images(params, args.images)
     torch.manual_seed(0)
-    model = build_model(params.model, params.preprocess.channels, len(params.data.class_names))
+    model = build_model(params.model, params.preprocess.channels, len(params.task.class_names))
     weights = "random init (seed 0)"
     if args.checkpoint:
         model.load_state_dict(torch.load(args.checkpoint, weights_only=True, map_location="cpu"))

@@ -31,7 +31,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from medimg.config import ConfigError, DataConfig, Params, deep_merge, load_params
+from medimg.config import ConfigError, DataConfig, Params, TaskConfig, deep_merge, load_params
 from medimg.contracts import RetrainSummary
 from medimg.data import versioning
 from medimg.workspace import Workspace, activate
@@ -394,13 +394,19 @@ def _data_errors() -> tuple[type[Exception], ...]:
 
 
 def source_overrides(
-    source: str | None, kind: str | None, inbox: Path | None, configured: str, data_config=None
+    source: str | None,
+    kind: str | None,
+    inbox: Path | None,
+    configured: str,
+    data_config=None,
+    class_names: tuple[str, ...] | None = None,
 ) -> dict:
     """``medimg ingest SOURCE --kind K --inbox I`` as params overrides of the ``data`` section.
 
     A SOURCE folder without ``--kind`` takes ``configured`` (``data.source``) unless it is medmnist;
     else its kind is told by its layout (:func:`medimg.data.sources.guess_kind`, with the class
-    names, class folders and labels CSV of ``data_config``, a ``DataConfig``; defaults when None):
+    names ``class_names`` (``task.class_names``) and the class folders and labels CSV of ``data_config``, a
+    ``DataConfig``; defaults when None):
     class or split folders -> image_folder, else a labels CSV -> dicom_folder, else a ``ConfigError``.
     """
     if kind is not None and kind not in SOURCE_KINDS:
@@ -419,7 +425,7 @@ def source_overrides(
             data["data_dir"] = str(path.parent)
         else:
             if kind is None:
-                kind = configured if configured != "medmnist" else _guess_kind(path, data_config)
+                kind = configured if configured != "medmnist" else _guess_kind(path, data_config, class_names)
             data["root"] = str(path)
     if kind is not None:
         data["source"] = kind
@@ -428,16 +434,17 @@ def source_overrides(
     return {"data": data} if data else {}
 
 
-def _guess_kind(path: Path, data_config: DataConfig | None) -> str:
+def _guess_kind(path: Path, data_config: DataConfig | None, class_names: tuple[str, ...] | None) -> str:
     # here: the source scanner imports pydicom and the preprocessing (0.5 s), only for `ingest SOURCE`
     from medimg.data.sources import guess_kind
 
     cfg = data_config or DataConfig()
-    guessed = guess_kind(path, cfg.class_names, cfg.image_folder.class_folders, cfg.dicom.labels_csv)
+    names = class_names or TaskConfig().class_names
+    guessed = guess_kind(path, names, cfg.image_folder.class_folders, cfg.dicom.labels_csv)
     if guessed is None:
         raise ConfigError(
             f"{path}: cannot tell the source kind: no top-level class or split folder "
-            f"({', '.join(cfg.class_names)}, train/val/test; any case) and no {cfg.dicom.labels_csv or 'labels CSV'}; "
+            f"({', '.join(names)}, train/val/test; any case) and no {cfg.dicom.labels_csv or 'labels CSV'}; "
             "give --kind image_folder or --kind dicom_folder"
         )
     return guessed
@@ -469,7 +476,7 @@ def ingest(
 
     loaded, extra = _load(params, set_)
     with _exit_on(ConfigError, "configuration error", code=2):
-        extra = deep_merge(extra, source_overrides(source, kind, inbox, loaded.data.source, loaded.data))
+        extra = deep_merge(extra, source_overrides(source, kind, inbox, loaded.data.source, loaded.data, loaded.task.class_names))
         loaded = load_params(params, extra)
     ws = _activate(loaded)
     _console_logging()

@@ -100,24 +100,29 @@ class DeidConfig(_Strict):
 ModalityCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{2,4}$")]
 
 
-class DataConfig(_Strict):
-    """Where the images come from (``data``): source kind, folders, classes, splits, decoding limits."""
+MOVED_TO_TASK = frozenset({"class_names", "modalities", "body_part"})
+"""Keys of ``data`` that moved to ``task``: a params file still using them gets an error saying where they went."""
 
-    source: Literal["medmnist", "image_folder", "dicom_folder"] = "medmnist"
-    medmnist_flag: Literal["pneumoniamnist"] = "pneumoniamnist"
-    data_dir: str | None = Field(default=None, description=f"folder holding the archive; default: ${DATA_DIR_ENV}")
-    download: bool = Field(default=True, description="download with the medmnist package if absent")
-    class_names: tuple[str, ...] = ("normal", "pneumonia")
-    root: str | None = Field(
-        default=None, description="image_folder/dicom_folder source folder; relative paths are under data_dir"
+
+class TaskConfig(_Strict):
+    """What the model is for (``task``): the kind, the classes, which are abnormal, the modality and body part.
+
+    Every stage reads it: the loss and the output layer (``len(class_names)`` logits), the metrics
+    (binary: sensitivity and specificity of the abnormal class; multiclass: arg-max metrics per
+    class, plus the "any abnormality vs normal" operating point), the gates, the ONNX metadata, the
+    model card. ``ValueError`` (naming the key) for a combination that cannot work: a binary task
+    without exactly two classes and one abnormal class, a multiclass task with fewer than three
+    classes, an abnormal class that is not a class, or no normal class left.
+    """
+
+    kind: Literal["binary", "multiclass"] = "binary"
+    class_names: tuple[str, ...] = Field(
+        default=("normal", "pneumonia"), description="index = the label; binary: any order, the abnormal one named"
     )
-    inbox: str | None = Field(
-        default=None, description="folder of new files ingested incrementally with the source; relative: under data_dir"
-    )
-    modality: str = Field(
-        default="DX",
-        pattern=r"^[A-Z0-9]{2,4}$",
-        description="declared modality of files that cannot say (PNG, JPEG, NPZ)",
+    abnormal: tuple[str, ...] = Field(
+        default=("pneumonia",),
+        description="the abnormal classes: binary, the positive class; multiclass, the classes pooled for the "
+        "'any abnormality vs normal' operating point",
     )
     modalities: tuple[ModalityCode, ...] | None = Field(
         default=None,
@@ -128,6 +133,71 @@ class DataConfig(_Strict):
         default=None,
         pattern=r"^[A-Z0-9_ ]{1,16}$",
         description="DICOM Body Part Examined the model is for (ONNX medimg.body_part); null: not recorded",
+    )
+    description: str | None = Field(
+        default=None, description="one line on what the model is for (the model card's intended use)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskConfig:
+        names = self.class_names
+        if len(set(names)) != len(names) or any(not n.strip() for n in names):
+            raise ValueError(f"task.class_names must be distinct and non-empty, got {list(names)}")
+        unknown = [c for c in self.abnormal if c not in names]
+        if unknown:
+            raise ValueError(f"task.abnormal names {unknown}, which are not in task.class_names {list(names)}")
+        if len(set(self.abnormal)) != len(self.abnormal) or not self.abnormal:
+            raise ValueError("task.abnormal must name at least one class, each once")
+        if len(self.abnormal) == len(names):
+            raise ValueError("task.abnormal names every class: at least one class must be normal (not abnormal)")
+        if self.kind == "binary" and (len(names) != 2 or len(self.abnormal) != 1):
+            raise ValueError(
+                f"task.kind binary needs exactly two task.class_names and one task.abnormal class, got "
+                f"{list(names)} and {list(self.abnormal)} (use kind multiclass for more)"
+            )
+        if self.kind == "multiclass" and len(names) < 3:
+            raise ValueError(f"task.kind multiclass needs at least three task.class_names, got {list(names)}")
+        if self.modalities == ():
+            raise ValueError(
+                "task.modalities is empty: list the modalities the model is for, or null for the training data's"
+            )
+        return self
+
+    @property
+    def abnormal_indices(self) -> tuple[int, ...]:
+        """Label indices of the abnormal classes, ascending."""
+        return tuple(sorted(self.class_names.index(c) for c in self.abnormal))
+
+    @property
+    def positive_index(self) -> int:
+        """Binary tasks: the label index of the abnormal (positive) class. ``ValueError`` for multiclass."""
+        if self.kind != "binary":
+            raise ValueError("positive_index: a multiclass task has no single positive class")
+        return self.abnormal_indices[0]
+
+    @property
+    def auc_metric(self) -> str:
+        """The name of the task's headline ROC AUC: ``roc_auc`` (binary) or ``macro_roc_auc`` (multiclass)."""
+        return "roc_auc" if self.kind == "binary" else "macro_roc_auc"
+
+
+class DataConfig(_Strict):
+    """Where the images come from (``data``): source kind, folders, classes, splits, decoding limits."""
+
+    source: Literal["medmnist", "image_folder", "dicom_folder"] = "medmnist"
+    medmnist_flag: Literal["pneumoniamnist"] = "pneumoniamnist"
+    data_dir: str | None = Field(default=None, description=f"folder holding the archive; default: ${DATA_DIR_ENV}")
+    download: bool = Field(default=True, description="download with the medmnist package if absent")
+    root: str | None = Field(
+        default=None, description="image_folder/dicom_folder source folder; relative paths are under data_dir"
+    )
+    inbox: str | None = Field(
+        default=None, description="folder of new files ingested incrementally with the source; relative: under data_dir"
+    )
+    modality: str = Field(
+        default="DX",
+        pattern=r"^[A-Z0-9]{2,4}$",
+        description="declared modality of files that cannot say (PNG, JPEG, NPZ)",
     )
     image_folder: ImageFolderConfig = ImageFolderConfig()
     dicom: DicomFolderConfig = DicomFolderConfig()
@@ -144,18 +214,16 @@ class DataConfig(_Strict):
     workers: int | None = Field(default=2, ge=1, description="decoding processes; null: one per CPU")
     cache: bool = Field(default=True, description="reuse decoded images by sha256 of the file (incremental ingest)")
 
-    @model_validator(mode="after")
-    def _declared_modality_in_modalities(self) -> DataConfig:
-        if self.modalities == ():
-            raise ValueError(
-                "data.modalities is empty: list the modalities the model is for, or null for the training data's"
-            )
-        if self.modalities is not None and self.modality not in self.modalities:
-            raise ValueError(
-                f"data.modalities {list(self.modalities)} must include data.modality {self.modality!r}, "
-                "the modality declared for the files that cannot say theirs"
-            )
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: object) -> object:
+        if isinstance(raw, dict):
+            moved = sorted(MOVED_TO_TASK & set(raw))
+            if moved:
+                raise ValueError(
+                    "moved to the task section: " + ", ".join(f"data.{k} is now task.{k}" for k in moved)
+                )
+        return raw
 
     def resolved_data_dir(self) -> Path | None:
         """``data_dir``, else $MEDIMG_DATA_DIR, as an absolute path; None when neither is set."""
@@ -322,6 +390,11 @@ class GateConfig(_Strict):
     bootstrap_samples: int = Field(default=1000, ge=100)
     min_auc: float = Field(default=0.95, ge=0, le=1)
     min_accuracy: float = Field(default=0.85, ge=0, le=1)
+    min_class_sensitivity: dict[str, float] | None = Field(
+        default=None,
+        description="class name -> the least sensitivity (recall) of that class on the test split (arg-max "
+        "decision for multiclass, the threshold for binary); null: no per-class rule",
+    )
 
 
 class ExportConfig(_Strict):
@@ -399,6 +472,7 @@ class Params(_Strict):
     """Every setting of a run (``params.yaml``), validated and frozen; :meth:`fingerprint` keys runs on it."""
 
     workspace: WorkspaceConfig = WorkspaceConfig()
+    task: TaskConfig = TaskConfig()
     data: DataConfig = DataConfig()
     validation: ValidationConfig = ValidationConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
@@ -412,9 +486,23 @@ class Params(_Strict):
     orchestration: OrchestrationConfig = OrchestrationConfig()
 
     @model_validator(mode="after")
-    def _classes_binary(self) -> Params:
-        if len(self.data.class_names) != 2:
-            raise ValueError("data.class_names: exactly two classes are supported (negative, positive)")
+    def _sections_agree(self) -> Params:
+        floors = self.gates.min_class_sensitivity or {}
+        unknown = sorted(set(floors) - set(self.task.class_names))
+        if unknown:
+            raise ValueError(
+                f"gates.min_class_sensitivity names {unknown}, which are not in task.class_names "
+                f"{list(self.task.class_names)}"
+            )
+        bad = {k: v for k, v in floors.items() if not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"gates.min_class_sensitivity values must lie in [0, 1], got {bad}")
+        modalities = self.task.modalities
+        if modalities is not None and self.data.modality not in modalities:
+            raise ValueError(
+                f"task.modalities {list(modalities)} must include data.modality {self.data.modality!r}, "
+                "the modality declared for the files that cannot say theirs"
+            )
         return self
 
     def fingerprint(self) -> str:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_shipped_params_parse_and_match_the_official_split():
     params = load_params(ROOT / "params.yaml")
     assert params.validation.expected_split_sizes == {"train": 4708, "val": 524, "test": 624}
-    assert params.data.class_names == ("normal", "pneumonia")
+    assert params.task.class_names == ("normal", "pneumonia")
     assert params.validation.duplicates_within_split == WartPolicy.WARN
 
 
@@ -99,3 +99,41 @@ def test_a_missing_or_looping_base_is_a_clear_error(tmp_path):
     (tmp_path / "d.yaml").write_text("base: [x]\n")
     with pytest.raises(ConfigError, match="must be a path"):
         load_params(tmp_path / "d.yaml")
+
+
+def test_the_task_section_says_what_the_model_is_for():
+    binary = parse_params({})
+    assert binary.task.kind == "binary" and binary.task.positive_index == 1 and binary.task.auc_metric == "roc_auc"
+    flipped = parse_params({"task": {"class_names": ["malignant", "benign"], "abnormal": ["malignant"]}})
+    assert flipped.task.positive_index == 0
+    brain = parse_params(
+        {
+            "task": {
+                "kind": "multiclass",
+                "class_names": ["glioma", "meningioma", "notumor", "pituitary"],
+                "abnormal": ["pituitary", "glioma", "meningioma"],
+            },
+            "gates": {"min_class_sensitivity": {"glioma": 0.8}},
+        }
+    )
+    assert brain.task.abnormal_indices == (0, 1, 3) and brain.task.auc_metric == "macro_roc_auc"
+    with pytest.raises(ValueError, match="no single positive class"):
+        _ = brain.task.positive_index
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"task": {"class_names": ["a", "b", "c"], "abnormal": ["b"]}}, r"task\.kind binary needs exactly two"),
+        ({"task": {"abnormal": ["b", "pneumonia"]}}, r"task\.abnormal names \['b'\]"),
+        ({"task": {"abnormal": ["normal", "pneumonia"]}}, r"task\.abnormal names every class"),
+        ({"task": {"kind": "multiclass"}}, r"task\.kind multiclass needs at least three"),
+        ({"task": {"class_names": ["a", "a"], "abnormal": ["a"]}}, r"task\.class_names must be distinct"),
+        ({"data": {"class_names": ["a", "b"]}}, r"data\.class_names is now task\.class_names"),
+        ({"gates": {"min_class_sensitivity": {"viral": 0.5}}}, r"gates\.min_class_sensitivity names \['viral'\]"),
+        ({"gates": {"min_class_sensitivity": {"normal": 1.5}}}, r"gates\.min_class_sensitivity values must lie"),
+    ],
+)
+def test_a_wrong_task_combination_fails_at_load_naming_the_key(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)

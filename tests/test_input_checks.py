@@ -67,7 +67,7 @@ SMALL = {"model": {"architecture": "simple_cnn", "width": 8}}
 
 @pytest.fixture(scope="module")
 def chest_model(data_dir, tmp_path_factory) -> Path:
-    """The shipped params (data.modalities [CR, DX], body part CHEST) with the flow's own metadata."""
+    """The shipped params (task.modalities [CR, DX], body part CHEST) with the flow's own metadata."""
     params = load_params(ROOT / "params.yaml", SMALL)
     meta = metadata(params, "run-0", "data-0", 0.5, ["DX"] * 3)
     return _export(tmp_path_factory.mktemp("chest"), params, meta, data_dir)
@@ -80,7 +80,7 @@ def small_old(data_dir, tmp_path_factory) -> Path:
     meta = {
         META_PREPROCESSING: preprocess.contract(params.preprocess),
         "medimg.threshold": 0.5,
-        "medimg.class_names": list(params.data.class_names),
+        "medimg.class_names": list(params.task.class_names),
     }
     return _export(tmp_path_factory.mktemp("old"), params, meta, data_dir)
 
@@ -103,36 +103,36 @@ def test_the_metadata_records_the_validation_limits_and_the_modalities(chest_mod
     assert "modality CR, DX" in rules.describe() and "bits stored 8-16" in rules.describe()
 
 
-def test_without_data_modalities_the_model_is_for_the_modalities_it_was_trained_on():
-    params = parse_params({"data": {"modalities": None, "body_part": None}})
+def test_without_task_modalities_the_model_is_for_the_modalities_it_was_trained_on():
+    params = parse_params({"task": {"modalities": None, "body_part": None}})
     assert model_modalities(params, ["DX", "CR", "DX", None]) == ["CR", "DX"]
     meta = metadata(params, "run-0", "data-0", 0.5, ["dx"])
     assert meta[META_MODALITIES] == ["DX"] and META_BODY_PART not in meta
-    assert model_modalities(parse_params({"data": {"modalities": ["DX", "CR"]}}), ["MR"]) == ["CR", "DX"]
+    assert model_modalities(parse_params({"task": {"modalities": ["DX", "CR"]}}), ["MR"]) == ["CR", "DX"]
     assert META_MODALITIES not in metadata(params, "run-0", "data-0", 0.5, [None]), "none known: none checked"
 
 
-def test_data_modalities_and_body_part_are_validated_with_the_key():
-    with pytest.raises(ConfigError, match=r"data\.modalities\.0: String should match pattern"):
-        parse_params({"data": {"modalities": ["chest x-ray"]}})
-    with pytest.raises(ConfigError, match=r"data\.modalities \['CT'\] must include data\.modality 'DX'"):
-        parse_params({"data": {"modalities": ["CT"]}})
-    with pytest.raises(ConfigError, match=r"data\.modalities is empty"):
-        parse_params({"data": {"modalities": []}})
-    with pytest.raises(ConfigError, match=r"data\.body_part: String should match pattern"):
-        parse_params({"data": {"body_part": "chest"}})
-    assert parse_params({"data": {"modalities": ["CR", "DX"], "body_part": "CHEST"}}).data.modalities == ("CR", "DX")
+def test_task_modalities_and_body_part_are_validated_with_the_key():
+    with pytest.raises(ConfigError, match=r"task\.modalities\.0: String should match pattern"):
+        parse_params({"task": {"modalities": ["chest x-ray"]}})
+    with pytest.raises(ConfigError, match=r"task\.modalities \['CT'\] must include data\.modality 'DX'"):
+        parse_params({"task": {"modalities": ["CT"]}})
+    with pytest.raises(ConfigError, match=r"task\.modalities is empty"):
+        parse_params({"task": {"modalities": []}})
+    with pytest.raises(ConfigError, match=r"task\.body_part: String should match pattern"):
+        parse_params({"task": {"body_part": "chest"}})
+    with pytest.raises(ConfigError, match=r"data\.modalities is now task\.modalities"):
+        parse_params({"data": {"modalities": ["CR"]}})
+    assert parse_params({"task": {"modalities": ["CR", "DX"], "body_part": "CHEST"}}).task.modalities == ("CR", "DX")
 
 
 def test_adding_modalities_and_body_part_does_not_change_what_is_trained():
     """The new fields describe the model; no training, data or preprocess value depends on them."""
     shipped = load_params(ROOT / "params.yaml")
-    without = load_params(ROOT / "params.yaml", {"data": {"modalities": None, "body_part": None}})
+    without = load_params(ROOT / "params.yaml", {"task": {"modalities": None, "body_part": None}})
     for section in ("preprocess", "model", "train", "validation", "gates", "export"):
         assert getattr(shipped, section) == getattr(without, section)
-    assert shipped.data.model_dump(exclude={"modalities", "body_part"}) == without.data.model_dump(
-        exclude={"modalities", "body_part"}
-    )
+    assert shipped.data == without.data and shipped.task.class_names == without.task.class_names
 
 
 def test_float_pixel_data_with_nan_is_non_finite_at_predict(chest_model, small_old):

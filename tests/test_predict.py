@@ -122,7 +122,7 @@ def test_predict_cli_on_real_dicom_png_jpeg_with_bad_files(registry_ws, champion
     by_file = {r["file"]: r for r in rows}
     for file, reason in bad.items():
         assert by_file[file]["error"] == reason and by_file[file]["probability"] is None, by_file[file]
-    # the champion is a chest radiograph model (data.modalities CR, DX): the CT and MR samples are refused
+    # the champion is a chest radiograph model (task.modalities CR, DX): the CT and MR samples are refused
     other_modality = {str(p) for p in collect_files([data_dir / "dicom" / "ct", data_dir / "dicom" / "mr"])} - set(bad)
     assert len(other_modality) == 3 + 4
     for file in other_modality:
@@ -228,7 +228,7 @@ def small_onnx(data_dir, tmp_path_factory) -> tuple[Path, torch.Tensor]:
     meta = {
         META_PREPROCESSING: preprocess.contract(params.preprocess),
         "medimg.threshold": 0.42,
-        "medimg.class_names": list(params.data.class_names),
+        "medimg.class_names": list(params.task.class_names),
     }
     return export(model, x, folder / "model.onnx", 18, meta), x
 
@@ -298,7 +298,7 @@ def trained_onnx(data_dir, tmp_path_factory) -> Path:
     meta = {
         META_PREPROCESSING: preprocess.contract(params.preprocess),
         "medimg.threshold": 0.5,
-        "medimg.class_names": list(params.data.class_names),
+        "medimg.class_names": list(params.task.class_names),
     }
     return export(model.eval(), x[:64], folder / "model.onnx", 18, meta)
 

@@ -70,6 +70,7 @@ EXTRA_REASONS = {
 def ingest_files(
     kind: str,
     config: DataConfig,
+    class_names: tuple[str, ...],
     contract: PreprocessConfig,
     folder: Path,
     secret: bytes,
@@ -81,6 +82,8 @@ def ingest_files(
     skipped_csv: Path | None = None,
 ) -> IngestResult:
     """Ingest an ``image_folder`` or ``dicom_folder`` source (and its inbox) into ``folder``.
+
+    ``class_names`` (``task.class_names``) map folder names and CSV labels to label indices.
 
     ``cache_root`` None (or ``config.cache`` False) decodes every file into a temporary folder.
     The quarantine list (:meth:`~medimg.data.quarantine.Quarantine.write_csv`) and the skip list
@@ -99,7 +102,7 @@ def ingest_files(
     set_aside: dict[str, str] = {}
     jobs = []
     for file in files:
-        label, split, reason = _label_before_decode(kind, config, file, table)
+        label, split, reason = _label_before_decode(kind, config, class_names, file, table)
         if reason:  # hashed (for the fingerprint) and its header checked for a non-image object, not decoded
             set_aside[file.place] = reason
             jobs.append(DecodeJob(path=str(file.path), ref=file.place, kind=file.decoder, hash_only=True))
@@ -161,7 +164,7 @@ def ingest_files(
                 label, split = labelled[file.place]
                 if meta["status"] == "ok" and label is None:  # keyed by SOPInstanceUID: known only now
                     entry = sop_index.get(meta.get("sop_pseudonym") or "")
-                    label = sources.class_index(entry.label, config.class_names) if entry else None
+                    label = sources.class_index(entry.label, class_names) if entry else None
                     split = entry.split if entry else None
                 if meta["status"] != "ok":
                     bad(file, meta["reason"], meta)
@@ -172,6 +175,7 @@ def ingest_files(
                         _row(
                             kind,
                             config,
+                            class_names,
                             file,
                             meta,
                             label,
@@ -291,15 +295,15 @@ def _quarantine(
         log.warning("more files quarantined; the quarantine CSV lists all of them")
 
 
-def _label_before_decode(kind, config: DataConfig, file: sources.SourceFile, table):
+def _label_before_decode(kind, config: DataConfig, class_names: tuple[str, ...], file: sources.SourceFile, table):
     """(label or None when it needs the decoded header, split, quarantine reason or None)."""
     if kind == "image_folder":
-        label = sources.class_index(file.class_name, config.class_names, config.image_folder.class_folders)
+        label = sources.class_index(file.class_name, class_names, config.image_folder.class_folders)
         return (label, file.split, None) if label is not None else (None, None, "unknown_class")
     if config.dicom.label_key == "sop_instance_uid":
         return None, None, None
     entry = sources.lookup_dicom_label(file, table, config.dicom.label_key)
-    label = sources.class_index(entry.label, config.class_names) if entry else None
+    label = sources.class_index(entry.label, class_names) if entry else None
     if entry is None or label is None:
         return None, None, "no_label"
     return label, entry.split, None
@@ -323,6 +327,7 @@ def _source_folder(file: sources.SourceFile, root: Path, inbox: Path | None) -> 
 def _row(
     kind,
     config: DataConfig,
+    class_names: tuple[str, ...],
     file: sources.SourceFile,
     meta: dict,
     label: int,
@@ -345,7 +350,7 @@ def _row(
         "id": image_id,
         "sha256": meta["sha256"],
         "label": int(label),
-        "label_name": config.class_names[int(label)],
+        "label_name": class_names[int(label)],
         "split": split,
         "source": _source_folder(file, root, inbox).name,
         "path": None,  # set once the split is known

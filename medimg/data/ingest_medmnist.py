@@ -22,7 +22,11 @@ from medimg.data.medmnist import MedMNISTArchive
 
 
 def ingest_medmnist(
-    archive: MedMNISTArchive, config: DataConfig, folder: Path, contract: PreprocessConfig | None = None
+    archive: MedMNISTArchive,
+    config: DataConfig,
+    class_names: tuple[str, ...],
+    folder: Path,
+    contract: PreprocessConfig | None = None,
 ) -> IngestResult:
     """The archive's splits as they are, each image through the contract (a no-op at 28 px defaults)."""
     contract = contract or PreprocessConfig()
@@ -31,13 +35,13 @@ def ingest_medmnist(
     rows: list[dict] = []
     for split in SPLITS:
         images, labels = arrays[split]
-        _check_labels(archive.path, split, labels, config.class_names)
+        _check_labels(archive.path, split, labels, class_names)
         stored = _contract_images(images, contract)
         split_rows = manifest.rows_for_split(
             split,
             stored,
             labels,
-            config.class_names,
+            class_names,
             archive.path.name,
             source_images=images,
             modality=config.modality,

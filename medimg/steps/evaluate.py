@@ -81,7 +81,7 @@ def run(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained:
     exclude = set(data.dropped_ids)
     val_split = load_split(ws.data, frame, "val", exclude)
     test_split = load_split(ws.data, frame, "test", exclude)
-    model = load_model(params.model, params.preprocess.channels, len(params.data.class_names), trained.checkpoint)
+    model = load_model(params.model, params.preprocess.channels, len(params.task.class_names), trained.checkpoint)
     p_val = predict_proba(model, preprocess.apply(val_split.images, params.preprocess))
     p_test = predict_proba(model, preprocess.apply(test_split.images, params.preprocess))
     threshold = choose_threshold(params, val_split.labels, p_val)
@@ -103,7 +103,7 @@ def run(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained:
     )
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
-    names = list(params.data.class_names)
+    names = list(params.task.class_names)
     pngs = [
         plots.roc_curve_png(
             test_split.labels, p_test, figures / artifacts.filename(artifacts.ROC_CURVE), "ROC, test split"

@@ -40,12 +40,12 @@ log = logging.getLogger(__name__)
 
 
 def model_modalities(params: Params, trained: Iterable[str | None] = ()) -> list[str]:
-    """The DICOM modalities the model is for: ``data.modalities`` when set, else those its training data has.
+    """The DICOM modalities the model is for: ``task.modalities`` when set, else those its training data has.
 
     ``trained`` is the training manifest's ``modality`` column (DICOM's own, else ``data.modality``).
     """
-    if params.data.modalities is not None:
-        return sorted(params.data.modalities)
+    if params.task.modalities is not None:
+        return sorted(params.task.modalities)
     return sorted({str(m).upper() for m in trained if m})
 
 
@@ -57,20 +57,20 @@ def metadata(
     ``medimg.input_checks`` holds the validation limits the training data passed and
     ``medimg.modalities`` the modalities the model is for (:func:`model_modalities`; not written
     when none is known, and then not checked), which ``medimg predict`` enforces
-    (:mod:`medimg.input_checks`); ``medimg.body_part`` is written when ``data.body_part`` is set.
+    (:mod:`medimg.input_checks`); ``medimg.body_part`` is written when ``task.body_part`` is set.
     """
     modalities = model_modalities(params, trained_modalities)
     rules = InputRules.from_validation(params.validation)
     known = {META_MODALITIES: modalities} if modalities else {}
-    body_part = {META_BODY_PART: params.data.body_part} if params.data.body_part else {}
+    body_part = {META_BODY_PART: params.task.body_part} if params.task.body_part else {}
     return {
         **known,
         **body_part,
         META_INPUT_CHECKS: rules.limits_json(),
-        META_CLASS_NAMES: list(params.data.class_names),
-        META_POSITIVE_CLASS: params.data.class_names[1],
+        META_CLASS_NAMES: list(params.task.class_names),
+        META_POSITIVE_CLASS: params.task.class_names[1],
         META_THRESHOLD: threshold,
-        META_OUTPUT: f"{OUTPUT_NAME}: [N, {len(params.data.class_names)}] logits; "
+        META_OUTPUT: f"{OUTPUT_NAME}: [N, {len(params.task.class_names)}] logits; "
         "softmax[:, 1] is the positive-class probability",
         META_INPUT_NAME: INPUT_NAME,
         META_INPUT_LAYOUT: "NCHW float32",
@@ -95,7 +95,7 @@ def run(
     max |logit difference| <= ``export.parity_atol`` and identical labels. Raises
     :class:`~medimg.export.onnx_export.ExportError` otherwise. Logs the parity report to MLflow run ``run_id``.
     """
-    model = load_model(params.model, params.preprocess.channels, len(params.data.class_names), trained.checkpoint)
+    model = load_model(params.model, params.preprocess.channels, len(params.task.class_names), trained.checkpoint)
     frame = manifest.read(ws.data)
     rows = split_rows(frame, "test", set(data.dropped_ids))
     test = load_split(ws.data, rows.head(params.export.parity_images), "test")

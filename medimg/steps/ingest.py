@@ -84,7 +84,7 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
             download=params.data.download,
         )
         log.info("source %s (md5 %s verified)", archive.path, archive.md5)
-        result = ingest_medmnist(archive, params.data, ws.data, params.preprocess)
+        result = ingest_medmnist(archive, params.data, params.task.class_names, ws.data, params.preprocess)
         quarantine_csv = result.quarantine.write_csv(quarantine_csv)
         skips.write_csv(result.skipped, skipped_csv)
     else:
@@ -108,6 +108,7 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
         result = ingest_files(
             kind,
             params.data,
+            params.task.class_names,
             params.preprocess,
             ws.data,
             secret,

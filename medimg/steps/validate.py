@@ -62,7 +62,7 @@ def check(params: Params, frame) -> ValidationOutcome:
     return validate_manifest(
         frame,
         params.validation,
-        list(range(len(params.data.class_names))),
+        list(range(len(params.task.class_names))),
         contract_hash=preprocess.contract_hash(params.preprocess),
         contract_size=params.preprocess.size,
     )

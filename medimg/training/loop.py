@@ -180,7 +180,7 @@ def train(
     x_train = preprocess.apply(train_split.images, params.preprocess)
     y_train = torch.as_tensor(train_split.labels)
     x_val = preprocess.apply(val_split.images, params.preprocess)
-    n_classes = len(params.data.class_names)
+    n_classes = len(params.task.class_names)
 
     model = build_model(params.model, params.preprocess.channels, n_classes)
     model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]  # stubs lack memory_format

@@ -12,12 +12,12 @@ from medimg.workspace import Workspace
 def test_versions_are_content_hashes_and_restorable(data_dir, tmp_path):
     ws = Workspace.at(tmp_path / "ws").ensure()
     archive = locate("pneumoniamnist", data_dir, tmp_path / "dl", download=False)
-    ingest_medmnist(archive, DataConfig(), ws.data)
+    ingest_medmnist(archive, DataConfig(), ("normal", "pneumonia"), ws.data)
     first = versioning.commit_and_push(ws)
     assert first.is_new and first.n_files == 4708 + 524 + 624 + 1
     assert any((ws.dvc_remote).rglob("*")), "dvc push left the local remote empty"
 
-    ingest_medmnist(archive, DataConfig(), ws.data)
+    ingest_medmnist(archive, DataConfig(), ("normal", "pneumonia"), ws.data)
     again = versioning.commit_and_push(ws)
     assert again.id == first.id and not again.is_new
 

@@ -19,7 +19,7 @@ OFFICIAL = {"train": 4708, "val": 524, "test": 624}
 def real_manifest(data_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("dataset")
     archive = locate("pneumoniamnist", data_dir, folder / "dl", download=False)
-    ingest_medmnist(archive, DataConfig(), folder)
+    ingest_medmnist(archive, DataConfig(), ("normal", "pneumonia"), folder)
     return manifest.read(folder)
 
 
