@@ -144,7 +144,13 @@ def run_one(config: dict) -> dict:
                 }
             )
             result = ingest_files(
-                params.data.source, params.data, params.task.class_names, params.preprocess, tmp / "dataset", DEMO_SECRET, tmp / "src"
+                params.data.source,
+                params.data,
+                params.task.class_names,
+                params.preprocess,
+                tmp / "dataset",
+                DEMO_SECRET,
+                tmp / "src",
             )
             n = result.n_images
             assert n == len(files), (n, len(files), result.quarantine.counts_by_reason())

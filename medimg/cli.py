@@ -476,7 +476,9 @@ def ingest(
 
     loaded, extra = _load(params, set_)
     with _exit_on(ConfigError, "configuration error", code=2):
-        extra = deep_merge(extra, source_overrides(source, kind, inbox, loaded.data.source, loaded.data, loaded.task.class_names))
+        extra = deep_merge(
+            extra, source_overrides(source, kind, inbox, loaded.data.source, loaded.data, loaded.task.class_names)
+        )
         loaded = load_params(params, extra)
     ws = _activate(loaded)
     _console_logging()

@@ -220,9 +220,7 @@ class DataConfig(_Strict):
         if isinstance(raw, dict):
             moved = sorted(MOVED_TO_TASK & set(raw))
             if moved:
-                raise ValueError(
-                    "moved to the task section: " + ", ".join(f"data.{k} is now task.{k}" for k in moved)
-                )
+                raise ValueError("moved to the task section: " + ", ".join(f"data.{k} is now task.{k}" for k in moved))
         return raw
 
     def resolved_data_dir(self) -> Path | None:

@@ -395,7 +395,9 @@ def test_the_whole_kermany_folder_reports_its_duplicates_and_patient_overlap(tmp
     from medimg.validation.warts import find_warts
 
     params = _params(tmp_path / "ws", source="image_folder", root=str(CHEST), cache=False)
-    result = ingest_files("image_folder", params.data, params.task.class_names, params.preprocess, tmp_path / "dataset", secret, CHEST)
+    result = ingest_files(
+        "image_folder", params.data, params.task.class_names, params.preprocess, tmp_path / "dataset", secret, CHEST
+    )
     assert result.n_images == 5840 and result.split_counts["test"] == 624 and not len(result.quarantine)
     assert result.split_counts["train"] + result.split_counts["val"] == 5216 and result.split_counts["val"] > 400
     frame = manifest.read(tmp_path / "dataset")

@@ -17,7 +17,12 @@ pytestmark = pytest.mark.integration
 
 def test_two_gloo_processes_match_one(data_dir, tmp_path):
     folder = tmp_path / "dataset"
-    ingest_medmnist(locate("pneumoniamnist", data_dir, tmp_path / "dl", download=False), DataConfig(), ("normal", "pneumonia"), folder)
+    ingest_medmnist(
+        locate("pneumoniamnist", data_dir, tmp_path / "dl", download=False),
+        DataConfig(),
+        ("normal", "pneumonia"),
+        folder,
+    )
     frame = manifest.read(folder)
     keep = frame.groupby("split").head(1000)
     manifest.write(keep, folder)
