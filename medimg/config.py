@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -141,8 +142,11 @@ class TaskConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> TaskConfig:
         names = self.class_names
-        if len(set(names)) != len(names) or any(not n.strip() for n in names):
-            raise ValueError(f"task.class_names must be distinct and non-empty, got {list(names)}")
+        if len(set(names)) != len(names) or any(not re.fullmatch(r"[A-Za-z0-9_-]+", n) for n in names):
+            raise ValueError(
+                f"task.class_names must be distinct names of letters, digits, _ and - (they name metrics), "
+                f"got {list(names)}"
+            )
         unknown = [c for c in self.abnormal if c not in names]
         if unknown:
             raise ValueError(f"task.abnormal names {unknown}, which are not in task.class_names {list(names)}")
