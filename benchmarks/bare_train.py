@@ -45,8 +45,8 @@ def fit_and_score(params: Params) -> Scored:
     )
     splits = {s: SplitArrays([f"{s}-{i}" for i in range(len(y))], x, y) for s, (x, y) in archive.load().items()}
     result = train(params, splits["train"], splits["val"])
-    p_val = predict_proba(result.model, preprocess.apply(splits["val"].images, params.preprocess))
-    p_test = predict_proba(result.model, preprocess.apply(splits["test"].images, params.preprocess))
+    p_val = predict_proba(result.model, preprocess.apply(splits["val"].images, params.preprocess))[:, 1]
+    p_test = predict_proba(result.model, preprocess.apply(splits["test"].images, params.preprocess))[:, 1]
     threshold = choose_threshold(params, splits["val"].labels, p_val)
     return Scored(
         archive.path,

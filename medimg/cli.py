@@ -139,11 +139,14 @@ def _run_errors() -> tuple[type[Exception], ...]:
 
 
 def _print_run(summary: RetrainSummary, state_name: str | None, message: str | None, ws: Workspace) -> None:
+    # here: the metric definitions import scikit-learn (1 s), needed only once a run has finished
+    from medimg.evaluation.task_metrics import headline_metrics
+
     table = Table(title=f"retrain: {state_name}", show_header=False)
     model, evaluation, gate = summary.model, summary.evaluation, summary.gate
     table.add_row("model", f"{model.model_name} v{model.version} -> {model.alias}")
     table.add_row("data version", summary.data_version)
-    for key in ("roc_auc", "accuracy", "sensitivity", "specificity"):
+    for key in headline_metrics(evaluation.task_kind):
         lo, hi = evaluation.test_ci95[key]
         table.add_row(f"test {key}", f"{evaluation.test[key]:.4f}  (95% CI {lo:.4f}-{hi:.4f})")
     table.add_row("threshold", f"{evaluation.threshold:.4f}")

@@ -158,20 +158,34 @@ class TrainSummary(Contract):
 class EvaluationSummary(Contract):
     """The evaluate step's outcome (:mod:`medimg.steps.evaluate`): the numbers of ``metrics.json`` and its files."""
 
-    threshold: float = Field(description="decision threshold on the positive-class probability, from validation")
+    task_kind: str = Field(description="task.kind: binary or multiclass")
+    class_names: tuple[str, ...] = Field(description="task.class_names, index = label")
+    abnormal_classes: tuple[str, ...] = Field(description="task.abnormal: the classes pooled into p_abnormal")
+    threshold: float = Field(
+        description="decision threshold on p_abnormal (the abnormal classes' summed probability), from validation"
+    )
     threshold_rule: str = Field(description="gates.threshold: youden, target_sensitivity or fixed")
-    test: Metrics = Field(description="test-split metrics at the threshold")
+    test: Metrics = Field(
+        description="test-split metrics of the task (medimg.evaluation.task_metrics): binary at the threshold; "
+        "multiclass arg-max, plus abnormal_* at the threshold"
+    )
     test_ci95: dict[str, tuple[float | None, float | None]] = Field(
         description="bootstrap 95% CI (low, high) per metric name of the test split"
     )
     val: Metrics = Field(description="validation-split metrics at the threshold")
+    confusion_matrix: tuple[tuple[int, ...], ...] = Field(
+        description="test counts [K, K]: rows the true class, columns the decided class"
+    )
+    class_counts: dict[str, dict[str, int]] = Field(description="images per split and class, after drops")
     n_test: int = Field(description="test images")
     subgroups: dict[str, dict[str, Metrics]] = Field(
         description="test metrics per group column (modality, site, sex) and value, where a column varies"
     )
     bootstrap_samples: int = Field(description="bootstrap resamples behind test_ci95")
     metrics_file: Path = Field(description="runs/<run id>/metrics.json: these numbers as JSON")
-    predictions: Path = Field(description="runs/<run id>/test_predictions.csv: id, label, probability per test image")
+    predictions: Path = Field(
+        description="runs/<run id>/test_predictions.csv: id, label, probability (p_abnormal), p_<class> per test image"
+    )
 
 
 # --------------------------------------------------------------------------- gate

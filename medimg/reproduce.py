@@ -54,13 +54,20 @@ from medimg.artifacts import (
 from medimg.config import ConfigError, Params, parse_params
 from medimg.contracts import TrainingData
 from medimg.data import manifest, versioning
+from medimg.evaluation.task_metrics import MULTICLASS_HEADLINE
 from medimg.provenance import code_hash, git_commit
 from medimg.steps import evaluate, train, validate
 from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-COMPARED = ("roc_auc", "accuracy", "sensitivity", "specificity", "pr_auc", "f1", "brier")
+BINARY_COMPARED = ("roc_auc", "accuracy", "sensitivity", "specificity", "pr_auc", "f1", "brier")
+MULTICLASS_COMPARED = (*MULTICLASS_HEADLINE, "brier", "ece")
+
+
+def compared_metrics(task_kind: str) -> tuple[str, ...]:
+    """The test metrics a reproduction is compared on, for ``task_kind`` (binary | multiclass), the AUC first."""
+    return BINARY_COMPARED if task_kind == "binary" else MULTICLASS_COMPARED
 
 
 class ReproduceError(RuntimeError):
@@ -218,7 +225,7 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
             versioning.checkout(ws, previous_data)
 
     metrics: dict[str, dict[str, Any]] = {}  # JSON report rows: original/reproduced value, CI and difference
-    for name in COMPARED:
+    for name in compared_metrics(params.task.kind):
         value = evaluated.test.get(name)
         if value is None:
             continue
@@ -232,7 +239,7 @@ def reproduce(current: Params, ws: Workspace, version: str) -> dict:
             "reproduced_ci95": list(ci95) if ci95 is not None else None,
             "diff": None if orig is None else new - orig.value,
         }
-    auc = metrics["roc_auc"]
+    auc = metrics[params.task.auc_metric]
     ci = auc["original_ci95"]
     within = bool(ci and ci[0] <= auc["reproduced"] <= ci[1])
     pred_diff = _prediction_diff(mv.run_id, evaluated.predictions)

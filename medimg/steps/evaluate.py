@@ -1,4 +1,4 @@
-"""Step 4: threshold chosen on validation, then metrics with bootstrap CIs on the test split."""
+"""Step 4: threshold chosen on validation, then the task's metrics with bootstrap CIs on the test split."""
 
 from __future__ import annotations
 
@@ -9,14 +9,21 @@ import numpy as np
 import pandas as pd
 
 from medimg import artifacts, preprocess, tracking
-from medimg.config import Params
+from medimg.config import Params, TaskConfig
 from medimg.contracts import EvaluationSummary, TrainingData, TrainSummary
 from medimg.data import manifest
 from medimg.evaluation import plots
-from medimg.evaluation.bootstrap import bootstrap_ci
 from medimg.evaluation.gates import to_jsonable
 from medimg.evaluation.gradcam import grad_cam, pick_examples
-from medimg.evaluation.metrics import binary_metrics
+from medimg.evaluation.task_metrics import (
+    abnormal_probability,
+    decided_classes,
+    headline_metrics,
+    is_abnormal,
+    task_ci,
+    task_confusion,
+    task_metrics,
+)
 from medimg.evaluation.threshold import threshold_for_sensitivity, youden_threshold
 from medimg.training.data import load_split
 from medimg.training.loop import predict_proba
@@ -27,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def choose_threshold(params: Params, y_val: np.ndarray, p_val: np.ndarray) -> float:
-    """The decision threshold on validation probabilities ``p_val`` (labels ``y_val``, 0/1) by ``gates.threshold``.
+    """The threshold on validation abnormality probabilities ``p_val`` (``y_val`` 1 = abnormal) by ``gates.threshold``.
 
     fixed: ``gates.fixed_threshold``; target_sensitivity: the highest threshold reaching
     ``gates.target_sensitivity``; youden: the one maximising sensitivity + specificity - 1.
@@ -40,14 +47,21 @@ def choose_threshold(params: Params, y_val: np.ndarray, p_val: np.ndarray) -> fl
 
 
 def gradcam_review(model, split, probs: np.ndarray, threshold: float, params: Params, path):
-    """Grad-CAM of the most confident true and false positives and negatives of the test split."""
-    chosen = pick_examples(split.labels, probs, threshold)
+    """Grad-CAM of the predicted class for the most confident true and false positives and negatives.
+
+    Positive means flagged abnormal (``p_abnormal >= threshold``); ``probs`` ``[N, K]``. Each
+    title names the image's predicted class and its probability.
+    """
+    task = params.task
+    p_abnormal = abnormal_probability(probs, task.abnormal_indices)
+    chosen = pick_examples(is_abnormal(split.labels, task.abnormal_indices), p_abnormal, threshold)
     order = [(kind, i) for kind, idx in chosen.items() for i in idx]
     if not order:
         return None
     index = [i for _, i in order]
-    heat = grad_cam(model, preprocess.apply(split.images[index], params.preprocess))
-    titles = [f"{kind} p={probs[i]:.2f}" for kind, i in order]
+    decided = decided_classes(task, probs[index], threshold)
+    heat = grad_cam(model, preprocess.apply(split.images[index], params.preprocess), target_class=decided.tolist())
+    titles = [f"{kind} {task.class_names[c]} p={probs[i, c]:.2f}" for (kind, i), c in zip(order, decided, strict=True)]
     return plots.gradcam_grid_png(split.images[index], heat, titles, path)
 
 
@@ -55,9 +69,9 @@ GROUP_COLUMNS = ("modality", "site", "sex")
 
 
 def subgroup_metrics(
-    frame: pd.DataFrame, ids: list[str], labels: np.ndarray, probs: np.ndarray, threshold: float
+    task: TaskConfig, frame: pd.DataFrame, ids: list[str], labels: np.ndarray, probs: np.ndarray, threshold: float
 ) -> dict:
-    """Test metrics per value of each group column the manifest has with more than one value."""
+    """Test metrics of the task per value of each group column the manifest has with more than one value."""
     rows = frame.set_index("id").reindex(ids)
     out: dict = {}
     for column in GROUP_COLUMNS:
@@ -65,74 +79,120 @@ def subgroup_metrics(
             continue
         out[column] = {}
         for value, index in rows.reset_index().groupby(column).indices.items():
-            out[column][str(value)] = binary_metrics(labels[index], probs[index], threshold)
+            out[column][str(value)] = task_metrics(task, labels[index], probs[index], threshold)
     return out
+
+
+def class_counts(frame: pd.DataFrame, class_names: tuple[str, ...], exclude: set[str]) -> dict[str, dict[str, int]]:
+    """Images per split and class of the manifest (without ``exclude``): ``{split: {class: n}}``, every class listed."""
+    kept = frame[~frame["id"].isin(exclude)]
+    out: dict[str, dict[str, int]] = {}
+    for split, rows in kept.groupby("split"):
+        counts = rows["label"].value_counts()
+        out[str(split)] = {name: int(counts.get(i, 0)) for i, name in enumerate(class_names)}
+    return out
+
+
+def figures(
+    params: Params, labels: np.ndarray, probs: np.ndarray, threshold: float, confusion: np.ndarray, folder
+) -> list:
+    """The test split's PNGs: ROC, PR and calibration of the abnormality probability; per-class ROC
+    curves (multiclass); the confusion matrix (counts for binary, row-normalised for multiclass)."""
+    task = params.task
+    y_abnormal = is_abnormal(labels, task.abnormal_indices)
+    p_abnormal = abnormal_probability(probs, task.abnormal_indices)
+    what = "abnormal vs normal, " if task.kind == "multiclass" else ""
+    pngs = [
+        plots.roc_curve_png(
+            y_abnormal, p_abnormal, folder / artifacts.filename(artifacts.ROC_CURVE), f"ROC, {what}test split"
+        ),
+        plots.pr_curve_png(y_abnormal, p_abnormal, folder / "pr_curve.png", f"Precision-recall, {what}test split"),
+        plots.calibration_png(y_abnormal, p_abnormal, folder / "calibration.png", f"Calibration, {what}test split"),
+    ]
+    names = list(task.class_names)
+    if task.kind == "binary":
+        positive = task.positive_index
+        negative = 1 - positive
+        pngs.append(
+            plots.confusion_matrix_png(
+                int(confusion[positive, positive]),
+                int(confusion[negative, positive]),
+                int(confusion[negative, negative]),
+                int(confusion[positive, negative]),
+                [names[negative], names[positive]],
+                folder / "confusion_matrix.png",
+                f"Test split, threshold {threshold:.3f}",
+            )
+        )
+    else:
+        pngs.append(
+            plots.class_roc_curves_png(
+                labels, probs, names, folder / "class_roc_curves.png", "ROC per class, test split"
+            )
+        )
+        pngs.append(
+            plots.normalized_confusion_matrix_png(
+                confusion, names, folder / "confusion_matrix.png", "Test split, arg-max (rows: true class)"
+            )
+        )
+    return pngs
 
 
 def run(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained: TrainSummary) -> EvaluationSummary:
     """The trained model on the val and test splits (without ``data.dropped_ids``): threshold, metrics, figures.
 
-    The threshold is chosen on validation by ``gates.threshold``; test metrics at it come with
-    stratified bootstrap 95% CIs (``gates.bootstrap_samples``, seeded by ``train.seed``). Writes
-    ``runs/<run_id>/metrics.json``, the test and validation prediction CSVs and the figures, and
-    logs all of them and every metric (``test_*``, ``val_*``) to MLflow run ``run_id``.
+    The threshold on the abnormality probability is chosen on validation by ``gates.threshold``;
+    the task's test metrics (:mod:`medimg.evaluation.task_metrics`) come with bootstrap 95% CIs
+    resampled within each class (``gates.bootstrap_samples``, seeded by ``train.seed``). Writes
+    ``runs/<run_id>/metrics.json``, the test and validation prediction CSVs (``id, label,
+    probability`` = p_abnormal, and ``p_<class>`` per class) and the figures, and logs all of them
+    and every metric (``test_*``, ``val_*``) to MLflow run ``run_id``.
     """
+    task = params.task
     frame = manifest.read(ws.data)
     exclude = set(data.dropped_ids)
     val_split = load_split(ws.data, frame, "val", exclude)
     test_split = load_split(ws.data, frame, "test", exclude)
-    model = load_model(params.model, params.preprocess.channels, len(params.task.class_names), trained.checkpoint)
+    model = load_model(params.model, params.preprocess.channels, len(task.class_names), trained.checkpoint)
     p_val = predict_proba(model, preprocess.apply(val_split.images, params.preprocess))
     p_test = predict_proba(model, preprocess.apply(test_split.images, params.preprocess))
-    threshold = choose_threshold(params, val_split.labels, p_val)
-
-    metrics = binary_metrics(test_split.labels, p_test, threshold)
-    ci = bootstrap_ci(
-        test_split.labels, p_test, threshold, n_boot=params.gates.bootstrap_samples, seed=params.train.seed
+    threshold = choose_threshold(
+        params,
+        is_abnormal(val_split.labels, task.abnormal_indices),
+        abnormal_probability(p_val, task.abnormal_indices),
     )
-    val_metrics = binary_metrics(val_split.labels, p_val, threshold)
+
+    metrics = task_metrics(task, test_split.labels, p_test, threshold)
+    ci = task_ci(task, test_split.labels, p_test, threshold, params.gates.bootstrap_samples, params.train.seed)
+    val_metrics = task_metrics(task, val_split.labels, p_val, threshold)
+    confusion = task_confusion(task, test_split.labels, p_test, threshold)
 
     out = ws.run_dir(run_id)
     predictions = out / artifacts.filename(artifacts.TEST_PREDICTIONS)
-    pd.DataFrame({"id": test_split.ids, "label": test_split.labels, "probability": p_test}).to_csv(
-        predictions, index=False
-    )
+    prediction_frame(task, test_split.ids, test_split.labels, p_test).to_csv(predictions, index=False)
     val_predictions = out / artifacts.filename(artifacts.VAL_PREDICTIONS)
-    pd.DataFrame({"id": val_split.ids, "label": val_split.labels, "probability": p_val}).to_csv(
-        val_predictions, index=False
-    )
-    figures = out / "figures"
-    figures.mkdir(exist_ok=True)
-    names = list(params.task.class_names)
-    pngs = [
-        plots.roc_curve_png(
-            test_split.labels, p_test, figures / artifacts.filename(artifacts.ROC_CURVE), "ROC, test split"
-        ),
-        plots.pr_curve_png(test_split.labels, p_test, figures / "pr_curve.png", "Precision-recall, test split"),
-        plots.calibration_png(test_split.labels, p_test, figures / "calibration.png", "Calibration, test split"),
-        plots.confusion_matrix_png(
-            int(metrics["tp"]),
-            int(metrics["fp"]),
-            int(metrics["tn"]),
-            int(metrics["fn"]),
-            names,
-            figures / "confusion_matrix.png",
-            f"Test split, threshold {threshold:.3f}",
-        ),
-    ]
+    prediction_frame(task, val_split.ids, val_split.labels, p_val).to_csv(val_predictions, index=False)
+    folder = out / "figures"
+    folder.mkdir(exist_ok=True)
+    pngs = figures(params, test_split.labels, p_test, threshold, confusion, folder)
     if trained.history:
-        pngs.append(plots.training_curves_png(trained.history, figures / "training_curves.png"))
-    pngs.append(gradcam_review(model, test_split, p_test, threshold, params, figures / "gradcam_grid.png"))
+        pngs.append(plots.training_curves_png(trained.history, folder / "training_curves.png"))
+    pngs.append(gradcam_review(model, test_split, p_test, threshold, params, folder / "gradcam_grid.png"))
 
     report = to_jsonable(
         {
+            "task_kind": task.kind,
+            "class_names": list(task.class_names),
+            "abnormal_classes": list(task.abnormal),
             "threshold": threshold,
             "threshold_rule": params.gates.threshold,
             "test": metrics,
             "test_ci95": {k: list(v) for k, v in ci.items()},
             "val": val_metrics,
+            "confusion_matrix": confusion.tolist(),
+            "class_counts": class_counts(frame, task.class_names, exclude),
             "n_test": len(test_split.labels),
-            "subgroups": subgroup_metrics(frame, test_split.ids, test_split.labels, p_test, threshold),
+            "subgroups": subgroup_metrics(task, frame, test_split.ids, test_split.labels, p_test, threshold),
             "bootstrap_samples": params.gates.bootstrap_samples,
         }
     )
@@ -149,15 +209,18 @@ def run(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained:
     for png in filter(None, pngs):
         tracking.log_artifact(run_id, png, artifacts.FIGURES_DIR)
     log.info(
-        "test (n=%d, threshold %.3f): AUC %.4f [%.4f, %.4f], accuracy %.4f [%.4f, %.4f], "
-        "sensitivity %.4f, specificity %.4f",
+        "test (n=%d, threshold %.3f): %s",
         len(test_split.labels),
         threshold,
-        metrics["roc_auc"],
-        *ci["roc_auc"],
-        metrics["accuracy"],
-        *ci["accuracy"],
-        metrics["sensitivity"],
-        metrics["specificity"],
+        ", ".join(
+            f"{name} {metrics[name]:.4f} [{ci[name][0]:.4f}, {ci[name][1]:.4f}]" for name in headline_metrics(task.kind)
+        ),
     )
     return EvaluationSummary(metrics_file=metrics_file, predictions=predictions, **report)
+
+
+def prediction_frame(task: TaskConfig, ids: list[str], labels: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+    """One row per image: ``id, label, probability`` (p_abnormal) and ``p_<class>`` for every class."""
+    columns = {"id": ids, "label": labels, "probability": abnormal_probability(probs, task.abnormal_indices)}
+    columns.update({f"p_{name}": probs[:, k] for k, name in enumerate(task.class_names)})
+    return pd.DataFrame(columns)

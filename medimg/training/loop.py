@@ -96,18 +96,37 @@ def pick_device(choice: str) -> torch.device:
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> np.ndarray:
-    """Positive-class probability for already preprocessed inputs (on the model's device)."""
+    """Class probabilities ``[N, K]`` (softmax of the logits, float64) for preprocessed inputs ``[N, C, H, W]``."""
     model.eval()
     device = next(model.parameters()).device
     out = [
-        torch.softmax(model(x[i : i + batch_size].to(device)).float(), dim=1)[:, 1].cpu()
+        torch.softmax(model(x[i : i + batch_size].to(device)).float(), dim=1).cpu()
         for i in range(0, len(x), batch_size)
     ]
     return torch.cat(out).numpy().astype(np.float64)
 
 
-def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    return float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else float("nan")
+def validation_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The ROC AUC that picks the best epoch: binary, of class 1's probability; K > 2, the macro one-vs-rest AUC.
+
+    ``labels`` ``[N]`` int, ``probs`` ``[N, K]``. nan when a class the AUC needs is absent. For two
+    classes this is the same number as before multi-class support (the AUC is symmetric in the classes).
+    """
+    present = np.unique(labels)
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1])) if len(present) == 2 else float("nan")
+    if len(present) != probs.shape[1]:
+        return float("nan")
+    return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+
+
+def validation_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class, probabilities clamped to [1e-7, 1 - 1e-7].
+
+    For two classes this equals the binary cross-entropy of class 1's probability reported before.
+    """
+    picked = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1 - 1e-7)
+    return float(-np.log(picked).mean())
 
 
 def _optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -257,13 +276,8 @@ def train(
                 if cfg.max_steps and state["steps"] >= cfg.max_steps:
                     break
             val_probs = predict_proba(model, x_val)
-            val_loss = float(
-                nn.functional.binary_cross_entropy(
-                    torch.as_tensor(val_probs).clamp(1e-7, 1 - 1e-7),
-                    torch.as_tensor(val_split.labels, dtype=torch.float64),
-                )
-            )
-            val_auc = _auc(val_split.labels, val_probs)
+            val_loss = validation_loss(val_split.labels, val_probs)
+            val_auc = validation_auc(val_split.labels, val_probs)
             row = {
                 "epoch": epoch,
                 "train_loss": total_loss.item() / max(batches, 1),
