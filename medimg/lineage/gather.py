@@ -53,7 +53,28 @@ from medimg.model_record import ModelRecord, iso
 from medimg.provenance import PROJECT_ROOT, file_sha256
 from medimg.workspace import Workspace
 
-KEY_METRICS = ("roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1", "brier", "ece")
+KEY_METRICS = (
+    # binary tasks
+    "roc_auc",
+    "pr_auc",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "npv",
+    "f1",
+    "brier",
+    "ece",
+    # multi-class tasks (accuracy, brier and ece above are theirs too): arg-max, then "any abnormality"
+    "macro_roc_auc",
+    "balanced_accuracy",
+    "macro_f1",
+    "kappa",
+    "abnormal_roc_auc",
+    "abnormal_sensitivity",
+    "abnormal_specificity",
+)
+"""The test metrics a lineage report shows, those of the model's task that it logged."""
 ONNX_LINEAGE_KEYS = (
     artifacts.META_DATA_VERSION,
     artifacts.META_GIT_COMMIT,
