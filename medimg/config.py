@@ -377,7 +377,7 @@ class TrainConfig(_Strict):
 class BenchmarkGateConfig(_Strict):
     """The radiologist benchmark the candidate must not be inferior to, and the margin (``gates.benchmark``)."""
 
-    id: str = Field(description="id of an entry in medimg/reference/radiologist_benchmarks.yaml")
+    id: str = Field(description="id of an entry in medimg/reference/benchmarks.yaml")
     margin: float = Field(default=0.0, ge=0, le=1, description="non-inferiority margin")
 
 

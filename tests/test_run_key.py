@@ -120,7 +120,7 @@ def test_code_hash_is_the_content_of_the_source(tmp_path):
     (b / "medimg" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0compiled")
     (b / "medimg" / "notes.txt").write_text("not source")
     assert code_hash(a) == code_hash.__wrapped__(b), "bytecode and non-source files are not code"
-    for changed in (Path("flows") / "retrain.py", Path("medimg") / "reference" / "radiologist_benchmarks.yaml"):
+    for changed in (Path("flows") / "retrain.py", Path("medimg") / "reference" / "benchmarks.yaml"):
         c = tmp_path / f"c-{changed.name}"
         shutil.copytree(a, c, ignore=shutil.ignore_patterns(".git"))
         (c / changed).write_bytes((c / changed).read_bytes() + b"\n")

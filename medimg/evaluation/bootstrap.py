@@ -2,9 +2,11 @@
 
 Why: a test set of a few hundred images gives metrics with wide uncertainty; the gates compare
 *lower confidence bounds* against benchmarks and champions so that a lucky split cannot promote
-a model. Resampling is stratified -- positives and negatives are resampled separately, each
-with replacement and keeping its count -- so every replicate has the test set's prevalence and
-(when the test set has both classes) an AUC.
+a model. Resampling is stratified -- positives and negatives are resampled separately (or,
+given ``strata``, each stratum, e.g. the classes behind an "any abnormality" operating point),
+each with replacement and keeping its count -- so every replicate has the test set's prevalence
+and (when the test set has both classes) an AUC. ``medimg.evaluation.multiclass_bootstrap``
+builds the class-stratified multi-class intervals on the same replicate machinery.
 
 Promises:
 
@@ -43,30 +45,42 @@ def _check_boot_args(n_boot: int, alpha: float) -> None:
         raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
 
 
-def _stratified_weights(y: NDArray[np.int64], n_boot: int, seed: int) -> Iterator[NDArray[np.float64]]:
+def _grouped_weights(groups: list[NDArray[np.intp]], n: int, n_boot: int, seed: int) -> Iterator[NDArray[np.float64]]:
     """Yield blocks of replicates as per-sample counts, shape ``(replicates, n)``.
 
     Row ``r`` column ``i`` is how many times sample ``i`` was drawn in replicate ``r``; each
-    row draws ``n_pos`` positives from the positives and ``n_neg`` negatives from the
-    negatives, with replacement. Block sizes depend only on ``n``, so results depend only on
-    the inputs and the seed.
+    row draws, for every group in order, as many samples as the group holds from that group,
+    with replacement (so every group keeps its count). Block sizes depend only on ``n``, so
+    results depend only on the inputs and the seed.
     """
     rng = np.random.default_rng(seed)
-    n = y.shape[0]
-    pos = np.flatnonzero(y == 1)
-    neg = np.flatnonzero(y == 0)
     chunk = max(1, _MAX_CHUNK_ELEMENTS // n)
     done = 0
     while done < n_boot:
         rows = min(chunk, n_boot - done)
         drawn = np.empty((rows, n), dtype=np.int64)
-        if pos.size:
-            drawn[:, : pos.size] = pos[rng.integers(0, pos.size, size=(rows, pos.size))]
-        if neg.size:
-            drawn[:, pos.size :] = neg[rng.integers(0, neg.size, size=(rows, neg.size))]
+        start = 0
+        for group in groups:
+            if group.size:
+                drawn[:, start : start + group.size] = group[rng.integers(0, group.size, size=(rows, group.size))]
+                start += group.size
         flat = (drawn + (np.arange(rows, dtype=np.int64) * n)[:, None]).ravel()
         yield np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(np.float64)
         done += rows
+
+
+def _stratified_weights(y: NDArray[np.int64], n_boot: int, seed: int) -> Iterator[NDArray[np.float64]]:
+    """Replicate blocks (see ``_grouped_weights``) drawing positives from positives, negatives from negatives."""
+    return _grouped_weights([np.flatnonzero(y == 1), np.flatnonzero(y == 0)], y.shape[0], n_boot, seed)
+
+
+def _strata_groups(strata: ArrayLike, n: int) -> list[NDArray[np.intp]]:
+    """Sample indices of each stratum, strata in sorted order; ``ValueError`` unless ``strata`` is ``[n]``."""
+    s = np.asarray(strata)
+    if s.ndim != 1 or s.shape[0] != n:
+        raise ValueError(f"strata must be 1-D with one entry per sample ({n}), got shape {s.shape}")
+    values, inverse = np.unique(s, return_inverse=True)
+    return [np.flatnonzero(inverse == i) for i in range(values.size)]
 
 
 def _divide(num: NDArray[np.float64], den: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -153,20 +167,28 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    strata: ArrayLike | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile ``1 - alpha`` confidence intervals for every metric in ``METRIC_NAMES``.
 
     Stratified bootstrap with ``n_boot`` replicates at the fixed ``threshold`` (the threshold
-    is not re-chosen per replicate). Returns ``{name: (lower, upper)}`` with ``lower <=
-    upper``, or ``(nan, nan)`` for a metric that is undefined in every replicate (e.g. AUC
-    when ``y_true`` holds one class).
+    is not re-chosen per replicate). By default positives and negatives are resampled
+    separately; with ``strata`` (``[N]``, any sortable labels, e.g. the class index of a
+    multi-class task whose "any abnormality" operating point this is) each stratum is
+    resampled within itself, keeping its count. Returns ``{name: (lower, upper)}`` with
+    ``lower <= upper``, or ``(nan, nan)`` for a metric that is undefined in every replicate
+    (e.g. AUC when ``y_true`` holds one class). ``ValueError`` for invalid input.
     """
     y, p = check_binary_inputs(y_true, y_prob)
     _check_boot_args(n_boot, alpha)
     threshold = float(threshold)
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold}")
-    blocks = [_weighted_metrics(y, p, threshold, w) for w in _stratified_weights(y, int(n_boot), seed)]
+    if strata is None:
+        weights = _stratified_weights(y, int(n_boot), seed)
+    else:
+        weights = _grouped_weights(_strata_groups(strata, y.shape[0]), y.shape[0], int(n_boot), seed)
+    blocks = [_weighted_metrics(y, p, threshold, w) for w in weights]
     return {name: _percentile_interval(np.concatenate([b[name] for b in blocks]), alpha) for name in METRIC_NAMES}
 
 

@@ -25,7 +25,11 @@ from typing import Any
 import numpy as np
 
 _TOL = 1e-12
-_BENCHMARK_KEYS = ("id", "sensitivity", "specificity", "source", "readers", "reference_standard")
+_BENCHMARK_KEYS = ("id", "metrics", "operating_point", "source", "reference_standard")
+TASK_KINDS = ("binary", "multiclass")
+"""Task kinds (``task.kind`` in params)."""
+OPERATING_POINTS = ("any_abnormality", "arg_max")
+"""Benchmark operating points: the "any abnormality vs normal" threshold, or the arg-max class decision."""
 
 
 @dataclass(frozen=True)
@@ -82,72 +86,144 @@ def _check_margin(margin: float) -> float:
     return margin
 
 
+def benchmark_metric_key(task_kind: str, operating_point: str, name: str) -> str:
+    """The task's metric key for benchmark metric ``name`` at ``operating_point``.
+
+    Why: a benchmark states its figures in the field's terms (sensitivity, roc_auc, ...) at an
+    operating point; the evaluate step names them by task. The mapping (docs: issue 12 design):
+
+    * ``any_abnormality`` + ``binary`` -> ``name`` (the threshold operating point);
+    * ``any_abnormality`` + ``multiclass`` -> ``abnormal_<name>``;
+    * ``arg_max`` -> ``name``, except that a multi-class ``roc_auc`` is ``macro_roc_auc``.
+
+    Raises ``ValueError`` for an unknown task kind or operating point.
+    """
+    if task_kind not in TASK_KINDS:
+        raise ValueError(f"task kind must be one of {list(TASK_KINDS)}, got {task_kind!r}")
+    if operating_point not in OPERATING_POINTS:
+        raise ValueError(f"benchmark operating_point must be one of {list(OPERATING_POINTS)}, got {operating_point!r}")
+    if task_kind == "binary":
+        return name
+    if operating_point == "any_abnormality":
+        return f"abnormal_{name}"
+    return "macro_roc_auc" if name == "roc_auc" else name
+
+
+def _check_benchmark(benchmark: Mapping[str, Any]) -> dict[str, float]:
+    """The benchmark's ``metrics`` as floats; ``ValueError`` for a missing key or no metrics."""
+    missing = [key for key in _BENCHMARK_KEYS if key not in benchmark]
+    if "readers" not in benchmark and "model" not in benchmark:
+        missing.append("readers (or model)")
+    if missing:
+        raise ValueError(
+            f"benchmark is missing the keys {missing}; expected {list(_BENCHMARK_KEYS)} and readers or model"
+        )
+    metrics = benchmark["metrics"]
+    if not isinstance(metrics, Mapping) or not metrics:
+        raise ValueError(f"benchmark {benchmark['id']!r}: metrics must map metric names to values, got {metrics!r}")
+    return {str(name): _num(value) for name, value in metrics.items()}
+
+
 def benchmark_noninferiority(
-    sensitivity: float | None,
-    sensitivity_ci: tuple[float | None, float | None],
-    specificity: float | None,
-    specificity_ci: tuple[float | None, float | None],
+    estimates: Mapping[str, float | None],
+    intervals: Mapping[str, tuple[float | None, float | None]],
     benchmark: Mapping[str, Any],
     margin: float,
 ) -> GateResult:
-    """Non-inferiority to a published reader benchmark, on both sensitivity and specificity.
+    """Non-inferiority to a published benchmark, on every metric the benchmark states.
 
-    Why: the model must be at least as good as the humans it would assist, with its
-    uncertainty counted against it. Passes when the lower CI bound of sensitivity is
-    ``>= benchmark["sensitivity"] - margin`` AND the lower CI bound of specificity is
-    ``>= benchmark["specificity"] - margin``. ``benchmark`` must hold the keys id,
-    sensitivity, specificity, source, readers and reference_standard (``ValueError``
-    otherwise). A missing (None) or NaN estimate or bound fails the rule.
+    Why: the model must be at least as good as the readers (or published models) it is
+    compared with, with its uncertainty counted against it. ``benchmark`` is an entry of
+    ``medimg/reference/benchmarks.yaml``: keys id, metrics (``{name: value}``), operating_point,
+    source, reference_standard and readers or model (``ValueError`` otherwise).
+    ``estimates`` and ``intervals`` (``(lower, upper)``) are keyed by the benchmark's metric
+    names (the caller maps them from the task's keys, see ``benchmark_metric_key``).
+
+    Passes when for every benchmark metric the lower CI bound is ``>= value - margin``. A
+    missing (None), NaN or absent estimate or lower bound fails the rule, and the reason says
+    so.
     """
-    missing = [key for key in _BENCHMARK_KEYS if key not in benchmark]
-    if missing:
-        raise ValueError(f"benchmark is missing the keys {missing}; expected {list(_BENCHMARK_KEYS)}")
+    values = _check_benchmark(benchmark)
     margin = _check_margin(margin)
-    sens, spec = _num(sensitivity), _num(specificity)
-    sens_lo, sens_hi = (_num(v) for v in sensitivity_ci)
-    spec_lo, spec_hi = (_num(v) for v in specificity_ci)
-    bench_sens, bench_spec = _num(benchmark["sensitivity"]), _num(benchmark["specificity"])
-    need_sens, need_spec = bench_sens - margin, bench_spec - margin
-    sens_ok, spec_ok = _meets(sens_lo, need_sens), _meets(spec_lo, need_spec)
-    passed = sens_ok and spec_ok
-
-    shortfalls = [
-        f"{label} lower bound {_fmt(lo)} < {_fmt(need)}"
-        for label, ok, lo, need in (
-            ("sensitivity", sens_ok, sens_lo, need_sens),
-            ("specificity", spec_ok, spec_lo, need_spec),
-        )
-        if not ok
-    ]
+    who = f"readers: {benchmark['readers']}" if "readers" in benchmark else f"model: {benchmark['model']}"
+    inputs: dict[str, Any] = {}
+    described, shortfalls, failed = [], [], []
+    for name, value in values.items():
+        estimate = _num(estimates.get(name))
+        interval = intervals.get(name)
+        lower, upper = (_num(v) for v in interval) if interval is not None else (math.nan, math.nan)
+        need = value - margin
+        if name not in estimates or interval is None:
+            shortfall = f"{name} missing"
+        elif not (math.isfinite(estimate) and math.isfinite(lower)):
+            shortfall = f"{name} is nan/undefined"
+        elif not _meets(lower, need):
+            shortfall = f"{name} lower bound {_fmt(lower)} < {_fmt(need)}"
+        else:
+            shortfall = ""
+        if shortfall:
+            shortfalls.append(shortfall)
+            failed.append(name)
+        described.append(f"{name} {_fmt(estimate)} (CI {_fmt(lower)}-{_fmt(upper)}) vs {_fmt(value)}")
+        inputs.update({name: estimate, f"{name}_ci": [lower, upper], f"required_{name}_lower": need})
+    passed = not failed
     verdict = "passed" if passed else "failed (" + "; ".join(shortfalls) + ")"
+    requirements = " and ".join(f"{_fmt(value - margin)} ({name})" for name, value in values.items())
     reason = (
-        f"Model sensitivity {_fmt(sens)} (CI {_fmt(sens_lo)}-{_fmt(sens_hi)}) vs "
-        f"{_fmt(bench_sens)} and specificity {_fmt(spec)} (CI {_fmt(spec_lo)}-{_fmt(spec_hi)}) "
-        f"vs {_fmt(bench_spec)} for benchmark '{benchmark['id']}' ({benchmark['source']}; "
-        f"readers: {benchmark['readers']}; reference standard: {benchmark['reference_standard']}); "
-        f"with margin {_fmt(margin)} the lower bounds must reach {_fmt(need_sens)} and "
-        f"{_fmt(need_spec)}: {verdict}."
+        f"Model {' and '.join(described)} for benchmark '{benchmark['id']}' ({benchmark['source']}; {who}; "
+        f"reference standard: {benchmark['reference_standard']}; operating point: "
+        f"{benchmark['operating_point']}); with margin {_fmt(margin)} the lower bounds must reach "
+        f"{requirements}: {verdict}."
     )
-    inputs = {
-        "sensitivity": sens,
-        "sensitivity_ci": [sens_lo, sens_hi],
-        "specificity": spec,
-        "specificity_ci": [spec_lo, spec_hi],
-        "margin": margin,
-        "required_sensitivity_lower": need_sens,
-        "required_specificity_lower": need_spec,
-        "benchmark": {key: benchmark[key] for key in _BENCHMARK_KEYS},
-    }
+    inputs.update({"margin": margin, "metrics": list(values), "failed": failed, "benchmark": dict(benchmark)})
     return GateResult("benchmark_noninferiority", passed, reason, to_jsonable(inputs))
 
 
-def champion_noninferiority(delta: Mapping[str, Any] | None, margin: float, champion_version: str | None) -> GateResult:
-    """Non-inferiority of the candidate's ROC AUC to the current champion's.
+def class_sensitivity(sensitivities: Mapping[str, float | None], floors: Mapping[str, float]) -> GateResult:
+    """Every class named in ``floors`` reaches its least sensitivity (recall), as a point estimate.
+
+    Why: a good macro figure can hide a class the model misses (e.g. a rare tumour type);
+    ``gates.min_class_sensitivity`` names a floor per class. ``sensitivities`` maps class name
+    to the test-set sensitivity of that class. A class that is missing or NaN fails, and the
+    reason says so. With no floors the gate passes vacuously.
+    """
+    floors_f = {str(name): _num(value) for name, value in floors.items()}
+    values = {name: _num(sensitivities.get(name)) for name in floors_f}
+    parts, failed = [], []
+    for name, floor in floors_f.items():
+        value = values[name]
+        if name not in sensitivities:
+            parts.append(f"{name} missing (floor {_fmt(floor)})")
+        elif not math.isfinite(value):
+            parts.append(f"{name} is nan/undefined (floor {_fmt(floor)})")
+        elif not _meets(value, floor):
+            parts.append(f"{name} {_fmt(value)} < {_fmt(floor)}")
+        else:
+            parts.append(f"{name} {_fmt(value)} >= {_fmt(floor)}")
+            continue
+        failed.append(name)
+    passed = not failed
+    if not floors_f:
+        reason = "No per-class sensitivity floors were configured: passed."
+    elif passed:
+        reason = f"Every class reaches its sensitivity floor ({', '.join(parts)}): passed."
+    else:
+        reason = f"{len(failed)} of {len(floors_f)} classes miss their sensitivity floor ({', '.join(parts)}): failed."
+    inputs = {"sensitivities": values, "floors": floors_f, "failed": failed}
+    return GateResult("class_sensitivity", passed, reason, to_jsonable(inputs))
+
+
+def champion_noninferiority(
+    delta: Mapping[str, Any] | None, margin: float, champion_version: str | None, metric: str = "ROC AUC"
+) -> GateResult:
+    """Non-inferiority of the candidate's ROC AUC (or ``metric``) to the current champion's.
 
     Why: a retrained model must not quietly be worse than the one in service. ``delta`` is
-    the output of ``paired_auc_difference`` (candidate minus champion). With no champion
-    (``champion_version is None``, the first run) the gate passes and says so; otherwise it
-    passes when ``delta["lower"] >= -margin``. A champion without a ``delta`` fails.
+    the output of ``paired_auc_difference`` or ``paired_macro_auc_difference`` (candidate minus
+    champion); ``metric`` names what it compares (e.g. "macro ROC AUC") in the reason and the
+    inputs. With no champion (``champion_version is None``, the first run) the gate passes and
+    says so; otherwise it passes when ``delta["lower"] >= -margin``. A champion without a
+    ``delta`` fails.
     """
     margin = _check_margin(margin)
     name = "champion_noninferiority"
@@ -156,25 +232,27 @@ def champion_noninferiority(delta: Mapping[str, Any] | None, margin: float, cham
             name,
             True,
             "No champion model is registered yet (first run), so there is nothing to be non-inferior to: passed.",
-            {"champion_version": None, "margin": margin},
+            {"champion_version": None, "margin": margin, "metric": metric},
         )
     if delta is None:
         return GateResult(
             name,
             False,
-            f"Champion version {champion_version} exists but no paired AUC comparison with it was supplied: failed.",
-            {"champion_version": str(champion_version), "margin": margin, "delta": None},
+            f"Champion version {champion_version} exists but no paired {metric} comparison with it was supplied: "
+            "failed.",
+            {"champion_version": str(champion_version), "margin": margin, "metric": metric, "delta": None},
         )
     point, lower, upper = (_num(delta.get(key)) for key in ("delta", "lower", "upper"))
     passed = _meets(lower, -margin)
     reason = (
-        f"Candidate AUC minus champion (version {champion_version}) AUC is {_fmt(point)} "
+        f"Candidate {metric} minus champion (version {champion_version}) {metric} is {_fmt(point)} "
         f"(CI {_fmt(lower)} to {_fmt(upper)}, {delta.get('n_boot', '?')} paired bootstrap "
         f"replicates); the lower bound must be >= {_fmt(-margin)} (margin {_fmt(margin)}): "
         f"{'passed' if passed else 'failed'}."
     )
     inputs = {
         "champion_version": str(champion_version),
+        "metric": metric,
         "margin": margin,
         "required_lower": -margin,
         "delta": point,

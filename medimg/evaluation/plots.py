@@ -10,8 +10,9 @@ Promises:
 * Rendering uses matplotlib's Agg canvas through the object-oriented API, never ``pyplot``:
   it needs no display, does not change the process-wide backend, and leaves no open figures
   behind (nothing is registered with pyplot, so nothing needs closing).
-* Inputs are validated like the metrics (``check_binary_inputs``); ROC and PR curves need both
-  classes and raise ``ValueError`` otherwise.
+* Inputs are validated like the metrics (``check_binary_inputs``, ``check_multiclass_inputs``);
+  ROC and PR curves need both classes (per-class ROC curves: at least one class with members and
+  non-members) and raise ``ValueError`` otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -34,6 +36,7 @@ from sklearn.metrics import (
 )
 
 from medimg.evaluation.metrics import N_CALIBRATION_BINS, check_binary_inputs
+from medimg.evaluation.multiclass import check_class_names, check_multiclass_inputs
 
 _DPI = 110
 
@@ -183,4 +186,84 @@ def gradcam_grid_png(
         ax.imshow(heat, cmap="jet", alpha=0.4, extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
         ax.set_title(title, fontsize=7)
         ax.axis("off")
+    return _save(fig, path)
+
+
+def class_roc_curves_png(
+    y_true: ArrayLike, y_prob: ArrayLike, class_names: Sequence[str], path: str | os.PathLike[str], title: str
+) -> Path:
+    """One one-vs-rest ROC curve per class (labels ``[N]``, probabilities ``[N, K]``), AUC in the legend.
+
+    A class without both members and non-members in ``y_true`` has no curve; a note under the
+    axes names it. ``ValueError`` for invalid input (``check_multiclass_inputs``) or when no class
+    can be drawn (``y_true`` holds one class only).
+    """
+    names = check_class_names(class_names)
+    y, p = check_multiclass_inputs(y_true, y_prob, len(names))
+    drawable = [c for c in range(len(names)) if 0 < int((y == c).sum()) < y.shape[0]]
+    if not drawable:
+        raise ValueError("cannot draw per-class ROC curves: y_true holds one class only")
+    fig = _new_figure(5.5, 5.0)
+    ax = fig.add_subplot()
+    for c in drawable:
+        members = y == c
+        fpr, tpr, _ = roc_curve(members, p[:, c])
+        ax.plot(fpr, tpr, lw=2, label=f"{names[c]} (AUC = {roc_auc_score(members, p[:, c]):.3f}, n = {members.sum()})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    skipped = [names[c] for c in range(len(names)) if c not in drawable]
+    if skipped:
+        ax.annotate(
+            f"no curve (absent from the test set, or its only class): {', '.join(skipped)}",
+            xy=(0, 0),
+            xycoords="axes fraction",
+            xytext=(0, -38),
+            textcoords="offset points",
+            fontsize=7,
+            color="tab:red",
+        )
+    return _save(fig, path)
+
+
+def normalized_confusion_matrix_png(
+    counts: ArrayLike, class_names: Sequence[str], path: str | os.PathLike[str], title: str
+) -> Path:
+    """``[K, K]`` confusion matrix (rows: true class, columns: decided) coloured by row share (recall).
+
+    Each cell shows the row share and the count; a class with no true samples has an empty
+    (grey) row. ``ValueError`` unless ``counts`` is a square ``K x K`` array of non-negative
+    integers with ``K = len(class_names)``.
+    """
+    names = check_class_names(class_names)
+    k = len(names)
+    raw = np.asarray(counts)
+    if raw.shape != (k, k):
+        raise ValueError(f"counts must be {k} x {k} (one row and column per class), got shape {raw.shape}")
+    if raw.dtype.kind not in "iu" and not (
+        raw.dtype.kind == "f" and np.isfinite(raw).all() and (raw == np.round(raw)).all()
+    ):
+        raise ValueError(f"counts must be whole numbers, got dtype {raw.dtype}")
+    matrix = raw.astype(np.int64)
+    if (matrix < 0).any():
+        raise ValueError("counts must be non-negative")
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.full(matrix.shape, np.nan)
+    np.divide(matrix, totals, out=share, where=totals > 0)
+    fig = _new_figure(1.2 * k + 2.6, 1.1 * k + 1.8)
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["Blues"].with_extremes(bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(share), cmap=cmap, vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    for i in range(k):
+        for j in range(k):
+            label = f"{share[i, j]:.1%}\n({matrix[i, j]})" if totals[i, 0] else f"({matrix[i, j]})"
+            dark = bool(totals[i, 0]) and share[i, j] > 0.5
+            ax.text(j, i, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(range(k), labels=list(names), rotation=30, ha="right")
+    ax.set_yticks(range(k), labels=list(names))
+    ax.set(xlabel="decided", ylabel="true", title=title)
     return _save(fig, path)
