@@ -255,6 +255,18 @@ class ValidationConfig(_Strict):
     patient_overlap: WartPolicy = Field(
         default=WartPolicy.WARN, description="a patient (pseudonym) with images in two splits: fail | warn | drop"
     )
+    near_duplicates_across_splits: WartPolicy = Field(
+        default=WartPolicy.WARN,
+        description="an image and a near-duplicate of it (perceptual hash) in two splits: fail | warn | drop "
+        "(drop removes the later split's image of each pair)",
+    )
+    near_duplicate_distance: int = Field(
+        default=36,
+        ge=0,
+        le=256,
+        description="largest Hamming distance between the 256-bit pHashes of two stored images that are "
+        "near-duplicates (medimg.validation.near_duplicates; the default is measured in params.yaml)",
+    )
     allowed_modalities: tuple[str, ...] = ("CR", "DX", "CT", "MR")
     bit_depth_range: tuple[int, int] = Field(default=(8, 16), description="bits stored of the source files")
     original_side_range: tuple[int, int] = Field(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 from medimg import preprocess
 from medimg.config import Params
@@ -19,6 +20,15 @@ from medimg.data import manifest
 from medimg.validation.report import render_html
 from medimg.validation.suite import ValidationOutcome, validate_manifest
 from medimg.workspace import Workspace
+
+#: Wart lists that go to ``wart_details`` (with the files they concern), not to the counts in ``warts``.
+_WART_LISTS = (
+    "within_split",
+    "across_splits",
+    "patients_across_splits_list",
+    "near_duplicate_pairs",
+    "near_duplicates_dropped",
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +61,31 @@ def _wart_details(frame, warts: dict) -> dict:
             for g in warts["across_splits"]
         ],
         "patients_across_splits": warts.get("patients_across_splits_list", []),
+        # pseudonymous ids only: a near-duplicate pair is found in the stored images, not the source files
+        "near_duplicates_across_splits": [
+            p for p in warts.get("near_duplicate_pairs", []) if p["split_a"] != p["split_b"]
+        ],
+        "near_duplicates_within_split": [
+            p for p in warts.get("near_duplicate_pairs", []) if p["split_a"] == p["split_b"]
+        ],
+        "near_duplicates_dropped": warts.get("near_duplicates_dropped", []),
     }
 
 
-def check(params: Params, frame) -> ValidationOutcome:
+def check(params: Params, frame, data_dir: Path | None = None) -> ValidationOutcome:
     """The manifest against every suite, the preprocessing contract of ``params`` included.
 
     The one call that the flow and ``medimg reproduce`` share, so that data ingested under another
-    contract never trains on either path."""
+    contract never trains on either path. ``data_dir`` is the dataset folder of ``frame``'s stored
+    images (for the near-duplicate check and its drop policy); None: the dataset folder of the
+    workspace ``params.workspace.path``."""
     return validate_manifest(
         frame,
         params.validation,
         list(range(len(params.task.class_names))),
         contract_hash=preprocess.contract_hash(params.preprocess),
         contract_size=params.preprocess.size,
+        data_dir=data_dir if data_dir is not None else Workspace.at(params.workspace.path).data,
     )
 
 
@@ -76,7 +97,7 @@ def run(params: Params, ws: Workspace, data_version: str) -> ValidationSummary:
     workspace holds no manifest.
     """
     frame = manifest.read(ws.data)
-    outcome = check(params, frame)
+    outcome = check(params, frame, ws.data)
     version = data_version
     payload = {
         "data_version": version,
@@ -84,11 +105,7 @@ def run(params: Params, ws: Workspace, data_version: str) -> ValidationSummary:
         **outcome.to_json(),
     }
     payload["wart_details"] = _wart_details(frame, outcome.warts)
-    payload["warts"] = {
-        k: v
-        for k, v in outcome.warts.items()
-        if k not in ("within_split", "across_splits", "patients_across_splits_list")
-    }
+    payload["warts"] = {k: v for k, v in outcome.warts.items() if k not in _WART_LISTS}
     ws.reports.mkdir(parents=True, exist_ok=True)
     report = ws.reports / f"validation-{version}.json"
     text = json.dumps(payload, indent=1, default=str)
@@ -110,6 +127,14 @@ def run(params: Params, ws: Workspace, data_version: str) -> ValidationSummary:
         warts["images_of_patients_across_splits"],
         warts["patients_across_splits_by_splits"],
     )
+    if warts.get("near_duplicates_checked"):
+        log.info(
+            "near-duplicates (pHash distance <= %d): %d pairs across splits %s, within split %s",
+            warts["near_duplicate_distance"],
+            warts["near_duplicate_pairs_across_splits"],
+            warts["near_duplicate_pairs_across_splits_by_splits"],
+            warts["near_duplicate_pairs_within_split"],
+        )
     for item in outcome.warnings:
         log.warning("validation warning: %s", _describe(item))
     if outcome.dropped_ids:

@@ -82,6 +82,38 @@ def render_html(report: dict) -> str:
                 [[g["patient_id"], ", ".join(g["splits"]), g["images"]] for g in detail["patients_across_splits"]],
             )
         )
+    dropped = set(detail.get("near_duplicates_dropped") or [])
+    near_headers = ["image", "split", "near-duplicate", "split", "pHash distance"]
+    if detail.get("near_duplicates_across_splits"):
+        wart_details.append(
+            (
+                "Near-duplicates across splits (leakage)"
+                + (f"; {len(dropped)} held-out image(s) dropped by policy" if dropped else ""),
+                [*near_headers, "dropped"],
+                [
+                    [
+                        p["id_a"],
+                        p["split_a"],
+                        p["id_b"],
+                        p["split_b"],
+                        p["distance"],
+                        p["id_b"] if p["id_b"] in dropped else "",
+                    ]
+                    for p in detail["near_duplicates_across_splits"]
+                ],
+            )
+        )
+    if detail.get("near_duplicates_within_split"):
+        wart_details.append(
+            (
+                "Near-duplicates within a split",
+                near_headers,
+                [
+                    [p["id_a"], p["split_a"], p["id_b"], p["split_b"], p["distance"]]
+                    for p in detail["near_duplicates_within_split"]
+                ],
+            )
+        )
     return rendering.render(
         TEMPLATE,
         report=report,
@@ -111,5 +143,22 @@ def render_html(report: dict) -> str:
             ["patients in two or more splits", warts.get("patients_across_splits")],
             ["images of those patients", warts.get("images_of_patients_across_splits")],
             ["patients across splits, by splits", warts.get("patients_across_splits_by_splits")],
+            *_near_duplicate_rows(warts),
         ],
     )
+
+
+def _near_duplicate_rows(warts: dict) -> list[list]:
+    if not warts.get("near_duplicates_checked"):
+        return [["near-duplicates (perceptual hash)", "not checked (no stored images given)"]]
+    distance = warts.get("near_duplicate_distance")
+    return [
+        [
+            f"near-duplicate pairs across splits (pHash distance <= {distance})",
+            warts.get("near_duplicate_pairs_across_splits"),
+        ],
+        ["near-duplicate pairs across splits, by splits", warts.get("near_duplicate_pairs_across_splits_by_splits")],
+        ["images in near-duplicate pairs across splits", warts.get("images_in_near_duplicate_pairs_across_splits")],
+        ["near-duplicate pairs within a split", warts.get("near_duplicate_pairs_within_split")],
+        ["near-duplicate hash", warts.get("near_duplicate_hash")],
+    ]

@@ -8,21 +8,28 @@ the label and split sets, no blank or near-constant images, no sha256 duplicates
 or across splits, source bit depth and sizes in range, modality in the allowed set, and (when
 given) that the stored images were made with the current preprocessing contract at its size.
 Folder kinds add: a pseudonymous patient id on every row, no patient in two splits, the file
-formats and photometric interpretations the kind can have. Wart expectations (duplicates,
-patient overlap) carry the severity chosen by the policy in params: ``warning`` reports without
-stopping the run, ``critical`` stops it. The run passes when no critical expectation fails.
+formats and photometric interpretations the kind can have. Given the dataset folder, every kind
+also checks that no stored image has a near-duplicate (perceptual hash,
+:mod:`medimg.validation.near_duplicates`) in another split. Wart expectations (duplicates,
+near-duplicates, patient overlap) carry the severity chosen by the policy in params: ``warning``
+reports without stopping the run, ``critical`` stops it. The run passes when no critical
+expectation fails.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from medimg.config import ValidationConfig, WartPolicy
 from medimg.data.manifest import COLUMNS, SPLITS, plain_strings
+from medimg.validation import near_duplicates as nearlib
 from medimg.validation import warts as wartlib
 
 if TYPE_CHECKING:
@@ -30,6 +37,8 @@ if TYPE_CHECKING:
     from great_expectations.expectations.metadata_types import FailureSeverity
 
 ID_COLUMN = "id"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,7 +90,7 @@ PHOTOMETRICS = {
         "PALETTE COLOR",
     ],
 }
-CHECK_COLUMNS = ("copies_in_split", "splits_with_hash", "splits_with_patient")
+CHECK_COLUMNS = ("copies_in_split", "splits_with_hash", "splits_with_patient", "near_duplicates_in_other_splits")
 
 
 def manifest_expectations(
@@ -125,6 +134,12 @@ def manifest_expectations(
             max_value=1,
             severity=_severity(config.duplicates_across_splits),
             description="no image shared between splits (leakage)",
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="near_duplicates_in_other_splits",
+            max_value=0,
+            severity=_severity(config.near_duplicates_across_splits),
+            description="no near-duplicate image (perceptual hash) in another split (leakage)",
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column="bit_depth", min_value=lo_bits, max_value=hi_bits, description="source bit depth in range"
@@ -263,11 +278,16 @@ def validate_manifest(
     source_kind: str | None = None,
     contract_hash: str | None = None,
     contract_size: int | None = None,
+    data_dir: Path | None = None,
 ) -> ValidationOutcome:
     """Apply the wart policy, run the source kind's two suites, and say whether training may proceed.
 
     ``source_kind`` defaults to the manifest's own (its most common ``source_kind``), else
-    ``medmnist``; ``contract_hash``/``contract_size`` None skip the contract checks.
+    ``medmnist``; ``contract_hash``/``contract_size`` None skip the contract checks. ``data_dir``
+    is the dataset folder holding the stored images (the manifest's ``path`` is relative to it):
+    their near-duplicates are found and the ``near_duplicates_across_splits`` policy applied; None
+    skips that check (the warts then say ``near_duplicates_checked: false``). Raises
+    ``FileNotFoundError`` when a stored image is missing.
     """
     import great_expectations as gx  # here: GX takes 2 s to import; only when a suite runs
 
@@ -275,14 +295,30 @@ def validate_manifest(
         kinds = manifest["source_kind"].dropna() if "source_kind" in manifest.columns else pd.Series([], dtype=object)
         source_kind = str(kinds.mode().iloc[0]) if len(kinds) else "medmnist"
     found = wartlib.find_warts(manifest)
+    near = None
+    if data_dir is not None:
+        start = time.perf_counter()
+        near = nearlib.find_near_duplicates(manifest, data_dir, config.near_duplicate_distance)
+        log.info(
+            "near-duplicates of %d stored images found in %.1f s: %d pairs across splits, %d within",
+            len(manifest),
+            time.perf_counter() - start,
+            len(near.across_splits),
+            len(near.within_split),
+        )
     dropped = wartlib.rows_to_drop(
         manifest,
         within=config.duplicates_within_split == WartPolicy.DROP,
         across=config.duplicates_across_splits == WartPolicy.DROP,
         patients=config.patient_overlap == WartPolicy.DROP,
     )
+    near_dropped = (
+        nearlib.rows_to_drop(near) if near and config.near_duplicates_across_splits == WartPolicy.DROP else []
+    )
+    dropped = sorted(set(dropped) | set(near_dropped))
     kept = manifest[~manifest["id"].isin(dropped)].reset_index(drop=True)
     checked = wartlib.add_check_columns(kept)
+    checked["near_duplicates_in_other_splits"] = nearlib.partners_in_other_splits(near, checked["id"])
     summary = wartlib.split_summary(kept)
     if config.expected_split_sizes:
         summary["expected_n_images"] = summary["split"].map(config.expected_split_sizes).fillna(-1).astype("int64")
@@ -309,9 +345,12 @@ def validate_manifest(
         dropped_ids=dropped,
         warts={
             **found.summary(),
+            **(near.summary() if near is not None else nearlib.not_checked_summary()),
             "within_split": found.within_split,
             "across_splits": found.across_splits,
             "patients_across_splits_list": found.patients_across_splits,
+            "near_duplicate_pairs": [p.to_json() for p in near.pairs] if near is not None else [],
+            "near_duplicates_dropped": near_dropped,
         },
         statistics={
             "source_kind": source_kind,
