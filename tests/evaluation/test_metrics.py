@@ -233,12 +233,14 @@ def test_threshold_for_sensitivity_rejects_bad_target() -> None:
 def test_subgroup_metrics_split_by_group_columns_only_when_they_vary():
     import pandas as pd
 
+    from medimg.config import TaskConfig
     from medimg.steps.evaluate import subgroup_metrics
 
     frame = pd.DataFrame({"id": list("abcdef"), "modality": ["CR", "CR", "CR", "DX", "DX", "DX"], "sex": ["F"] * 6})
     labels = np.array([1, 0, 1, 1, 0, 0])
-    probs = np.array([0.9, 0.2, 0.4, 0.8, 0.7, 0.1])
-    out = subgroup_metrics(frame, list("abcdef"), labels, probs, 0.5)
+    p_positive = np.array([0.9, 0.2, 0.4, 0.8, 0.7, 0.1])
+    probs = np.stack([1 - p_positive, p_positive], axis=1)  # [N, K] class probabilities
+    out = subgroup_metrics(TaskConfig(), frame, list("abcdef"), labels, probs, 0.5)
     assert set(out) == {"modality"}, "a column with one value is not a subgroup"
     assert out["modality"]["CR"]["n"] == 3 and out["modality"]["CR"]["sensitivity"] == 0.5
     assert out["modality"]["DX"]["specificity"] == 0.5 and out["modality"]["DX"]["tp"] == 1
