@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from medimg.reference import benchmarks
+
 DATA_DIR_ENV = "MEDIMG_DATA_DIR"
 PARAMS_ENV = "MEDIMG_PARAMS"
 
@@ -501,6 +503,12 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Params:
+        known = benchmarks()
+        if self.gates.benchmark.id not in known:
+            raise ValueError(
+                f"gates.benchmark.id: unknown benchmark {self.gates.benchmark.id!r}; known: {', '.join(sorted(known))} "
+                "(medimg/reference/benchmarks.yaml)"
+            )
         floors = self.gates.min_class_sensitivity or {}
         unknown = sorted(set(floors) - set(self.task.class_names))
         if unknown:

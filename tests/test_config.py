@@ -137,3 +137,8 @@ def test_the_task_section_says_what_the_model_is_for():
 def test_a_wrong_task_combination_fails_at_load_naming_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):
         parse_params(raw)
+
+
+def test_an_unknown_benchmark_fails_at_load_naming_the_key_and_the_known_ids():
+    with pytest.raises(ConfigError, match=r"gates\.benchmark\.id: unknown benchmark 'nope'; known: .*seed_target"):
+        parse_params({"gates": {"benchmark": {"id": "nope"}}})
