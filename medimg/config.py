@@ -40,16 +40,66 @@ class WartPolicy(str, Enum):
     DROP = "drop"  # the offending rows are removed (and listed) before validation
 
 
-class ImageFolderConfig(_Strict):
-    """A folder of PNG/JPEG files in the Kaggle layout (see :mod:`medimg.data.image_folder`)."""
+#: The outcomes of the Kermany file-name rule (:func:`medimg.data.kermany.kermany_outcome`), in order.
+KERMANY_OUTCOMES = ("normal", "bacteria", "virus")
 
+
+class ImageFolderConfig(_Strict):
+    """A folder of PNG/JPEG files (see :mod:`medimg.data.image_folder`) and where its labels come from.
+
+    ``labels``: ``folders`` (the class folder, the Kaggle layout), ``csv`` (a labels CSV at
+    ``labels_csv``, keyed by the file's path relative to the root or its file name; any folder
+    tree) or ``kermany_filename`` (the Kermany rule: NORMAL folder -> normal, ``_bacteria_`` /
+    ``_virus_`` in a PNEUMONIA file's name -> bacterial / viral, mapped onto task.class_names by
+    ``kermany_classes``). ``ValueError`` naming the key for settings the rule cannot use.
+    """
+
+    labels: Literal["folders", "csv", "kermany_filename"] = Field(
+        default="folders",
+        description="folders: the class folder; csv: a labels CSV (labels_csv); kermany_filename: NORMAL folder, "
+        "_bacteria_ / _virus_ in the file name",
+    )
     class_folders: dict[str, str] | None = Field(
         default=None,
-        description="class folder name -> class name; null: folder names matched to class_names ignoring case",
+        description="labels folders: class folder name -> class name; null: folder names matched to class_names "
+        "ignoring case",
     )
     patient_id: Literal["kermany", "file"] = Field(
         default="kermany", description="kermany: the patient id in Kermany file names; file: one patient per file"
     )
+    labels_csv: str | None = Field(
+        default=None, description="labels csv: the CSV with the labels; relative paths are under the source root"
+    )
+    key_column: str = Field(
+        default="key", description="labels csv: the file's path relative to the root (posix), or its file name"
+    )
+    label_column: str = Field(default="label", description="labels csv: class name (any case) or class index")
+    split_column: str | None = Field(
+        default=None, description="labels csv: optional train/val/test column (else split folders, else data.split)"
+    )
+    kermany_classes: dict[str, str] = Field(
+        default={"normal": "normal", "bacteria": "bacterial", "virus": "viral"},
+        description="labels kermany_filename: rule outcome (normal, bacteria, virus) -> a task.class_names name",
+    )
+
+    @model_validator(mode="after")
+    def _rule_settings(self) -> ImageFolderConfig:
+        if set(self.kermany_classes) != set(KERMANY_OUTCOMES):
+            raise ValueError(
+                f"data.image_folder.kermany_classes must map exactly {list(KERMANY_OUTCOMES)} to class names, "
+                f"got {sorted(self.kermany_classes)}"
+            )
+        if self.labels == "csv" and not self.labels_csv:
+            raise ValueError(
+                "data.image_folder.labels is csv but data.image_folder.labels_csv is not set: name the labels CSV "
+                "(relative to data.root)"
+            )
+        if self.labels != "folders" and self.class_folders:
+            raise ValueError(
+                f"data.image_folder.class_folders applies to labels: folders only (data.image_folder.labels is "
+                f"{self.labels}): set it to null"
+            )
+        return self
 
 
 class DicomFolderConfig(_Strict):
@@ -79,6 +129,11 @@ class SplitConfig(_Strict):
         default=0.1, ge=0, lt=1, description="share of train patients moved to val when a split layout has no val"
     )
     seed: int = 42
+    stratify: bool = Field(
+        default=False,
+        description="images without a split are split by class-stratified random assignment "
+        "(medimg.data.splitting.stratified_split) instead of by patient; needs one patient per file",
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitConfig:
@@ -191,7 +246,12 @@ class DataConfig(_Strict):
     """Where the images come from (``data``): source kind, folders, classes, splits, decoding limits."""
 
     source: Literal["medmnist", "image_folder", "dicom_folder"] = "medmnist"
-    medmnist_flag: Literal["pneumoniamnist"] = "pneumoniamnist"
+    medmnist_flag: str = Field(
+        default="pneumoniamnist",
+        pattern=r"^[a-z0-9]+$",
+        description="a 2D MedMNIST flag (medmnist INFO); checked against task.class_names at start "
+        "(medimg.data.medmnist.check_flag)",
+    )
     data_dir: str | None = Field(default=None, description=f"folder holding the archive; default: ${DATA_DIR_ENV}")
     download: bool = Field(default=True, description="download with the medmnist package if absent")
     root: str | None = Field(
@@ -228,6 +288,18 @@ class DataConfig(_Strict):
             if moved:
                 raise ValueError("moved to the task section: " + ", ".join(f"data.{k} is now task.{k}" for k in moved))
         return raw
+
+    @model_validator(mode="after")
+    def _stratify_needs_file_patients(self) -> DataConfig:
+        if not self.split.stratify or self.source == "medmnist":
+            return self
+        if self.source == "dicom_folder" or self.image_folder.patient_id != "file":
+            where = "data.source dicom_folder" if self.source == "dicom_folder" else "data.image_folder.patient_id"
+            raise ValueError(
+                f"data.split.stratify splits images, not patients, so it needs data.source image_folder with "
+                f"data.image_folder.patient_id: file (a source without patient ids); {where} has patient ids"
+            )
+        return self
 
     def resolved_data_dir(self) -> Path | None:
         """``data_dir``, else $MEDIMG_DATA_DIR, as an absolute path; None when neither is set."""
@@ -519,6 +591,7 @@ class Params(_Strict):
         bad = {k: v for k, v in floors.items() if not 0 <= v <= 1}
         if bad:
             raise ValueError(f"gates.min_class_sensitivity values must lie in [0, 1], got {bad}")
+        _image_folder_labels_agree(self.data, self.task)
         modalities = self.task.modalities
         if modalities is not None and self.data.modality not in modalities:
             raise ValueError(
@@ -555,6 +628,29 @@ class Params(_Strict):
 
         walk("", self.model_dump(mode="json"))
         return out
+
+
+def _image_folder_labels_agree(data: DataConfig, task: TaskConfig) -> None:
+    """``ValueError`` naming the keys when an image folder's label rule cannot give ``task.class_names``.
+
+    ``labels: kermany_filename``: every ``kermany_classes`` value must be a class, and every class
+    must be the value of some outcome (a class no file can get would leave it empty).
+    """
+    if data.source != "image_folder" or data.image_folder.labels != "kermany_filename":
+        return
+    mapping = data.image_folder.kermany_classes
+    names = list(task.class_names)
+    unknown = sorted({v for v in mapping.values() if v not in names})
+    if unknown:
+        raise ValueError(
+            f"data.image_folder.kermany_classes maps to {unknown}, which are not in task.class_names {names}"
+        )
+    unused = [c for c in names if c not in mapping.values()]
+    if unused:
+        raise ValueError(
+            f"task.class_names {unused} get no image from the Kermany file-name rule: no outcome of "
+            f"data.image_folder.kermany_classes {mapping} maps to them"
+        )
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -12,7 +12,7 @@ The dataset folder holds contract images as PNG plus the manifest. (A MedMNIST a
   and the dataset's PNGs are hard links to the cache's (copies where links are impossible);
 * every file under the source and inbox is accounted for: ingested, quarantined or skipped. An
   image that cannot be used is quarantined with its reason (the reasons of
-  :data:`medimg.data.images.REASONS`, plus ``unknown_class`` and ``no_label``) and the batch
+  :data:`medimg.data.images.REASONS`, plus those of :data:`EXTRA_REASONS`) and the batch
   goes on; :class:`~medimg.data.quarantine.QuarantineThresholdError` is raised, before anything
   is written to the dataset, when the quarantined share of the images exceeds
   ``data.max_bad_fraction``. A file that is not an image (hidden and system files, the labels
@@ -21,12 +21,16 @@ The dataset folder holds contract images as PNG plus the manifest. (A MedMNIST a
   label, unknown class) has its header read first, so a label-less DICOMDIR is a skip, not a
   ``no_label``;
 * the decoder is chosen by each file's content, the labels by the layout
-  (:mod:`medimg.data.sources`): a class folder may hold DICOM beside JPEG files; DICOM rows are
+  (:mod:`medimg.data.sources`) and, for image folders, ``data.image_folder.labels``: the class
+  folder, a labels CSV (any folder tree; keyed by the path relative to the root or the file name),
+  or the Kermany file-name rule (:mod:`medimg.data.kermany`). A class folder may hold DICOM
+  beside JPEG files; DICOM rows are
   always named by their DICOM pseudonyms (patient, study, series) and a keyed file pseudonym;
 * splits: the split folders of an image folder (or the labels CSV's split column) are kept; a
   split layout without ``val`` gets one carved from ``train`` by patient
   (``data.split.val_fraction``); files without a split are split by patient, stratified and
-  seeded (:func:`medimg.data.splitting.split_by_patient`). Inbox files of a patient already in
+  seeded (:func:`medimg.data.splitting.split_by_patient`), or with ``data.split.stratify`` image by
+  image (:func:`medimg.data.splitting.stratified_split`). Inbox files of a patient already in
   the data join that patient's split; new inbox patients get a split from their pseudonym (a
   uniform keyed hash, in ``data.split.fractions``), so adding files never moves existing ones
   (the rules: :func:`medimg.data.splitting.assign_splits`);
@@ -46,12 +50,13 @@ from pathlib import Path
 import pandas as pd
 
 from medimg import preprocess
-from medimg.config import DataConfig, PreprocessConfig
+from medimg.config import DataConfig, ImageFolderConfig, PreprocessConfig
 from medimg.data import manifest, skips, sources
 from medimg.data.decode_pool import DecodeCache, DecodeJob, DecodeOptions, cache_folder, decode
 from medimg.data.deid import pseudonym
 from medimg.data.images import REASONS
 from medimg.data.ingest_result import IngestResult, remove_stale_images
+from medimg.data.kermany import NORMAL_FOLDER, PNEUMONIA_FOLDER, kermany_outcome
 from medimg.data.manifest import SPLITS
 from medimg.data.quarantine import Quarantine
 from medimg.data.skips import SkippedFile
@@ -64,6 +69,8 @@ MAX_LOGGED_QUARANTINE = 50
 EXTRA_REASONS = {
     "unknown_class": "the class folder is not one of the configured classes",
     "no_label": "the labels CSV has no (usable) label for the file",
+    "no_kermany_type": "a PNEUMONIA file whose name holds neither _bacteria_ nor _virus_ (or both): the Kermany "
+    "file-name rule (data.image_folder.labels: kermany_filename) gives it no class",
 }
 
 
@@ -83,7 +90,8 @@ def ingest_files(
 ) -> IngestResult:
     """Ingest an ``image_folder`` or ``dicom_folder`` source (and its inbox) into ``folder``.
 
-    ``class_names`` (``task.class_names``) map folder names and CSV labels to label indices.
+    ``class_names`` (``task.class_names``) map folder names, CSV labels and the Kermany rule's
+    outcomes (through ``data.image_folder.kermany_classes``) to label indices.
 
     ``cache_root`` None (or ``config.cache`` False) decodes every file into a temporary folder.
     The quarantine list (:meth:`~medimg.data.quarantine.Quarantine.write_csv`) and the skip list
@@ -244,21 +252,32 @@ def _cpu_count() -> int:
 def _scan(kind: str, config: DataConfig, root: Path, inbox: Path | None):
     """(files to decode, files skipped, labels table) of the source and the inbox."""
     table: dict[str, sources.LabelEntry] = {}
-    if kind == "image_folder":
-        scan = sources.scan_image_layout(root, "source", config.image_folder.patient_id)
-        extra = sources.inbox_scan(inbox, kind, config.image_folder.patient_id)
+    folder_cfg = config.image_folder
+    if kind == "image_folder" and folder_cfg.labels != "csv":
+        scan = sources.scan_image_layout(root, "source", folder_cfg.patient_id)
+        extra = sources.inbox_scan(inbox, kind, folder_cfg.patient_id)
         return scan.files + extra.files, scan.skipped + extra.skipped, table
-    cfg = config.dicom
-    labels_csv = cfg.labels_csv
+    csv_cfg = folder_cfg if kind == "image_folder" else config.dicom
+    labels_csv = csv_cfg.labels_csv
     if not labels_csv:
         raise sources.SourceLayoutError("data.dicom.labels_csv is not set: DICOM folders need a labels CSV")
     csv_path = root / labels_csv
-    table = sources.read_label_table(csv_path, cfg.key_column, cfg.label_column, cfg.split_column)
-    scan = sources.scan_dicom_layout(root, "source", _inside(csv_path, root))
+    columns = (csv_cfg.key_column, csv_cfg.label_column, csv_cfg.split_column)
+    table = sources.read_label_table(csv_path, *columns)
+    if kind == "image_folder":
+        scan = sources.scan_labelled_layout(root, "source", _inside(csv_path, root), folder_cfg.patient_id)
+    else:
+        scan = sources.scan_dicom_layout(root, "source", _inside(csv_path, root))
     if inbox is not None and (inbox / labels_csv).is_file():
-        inbox_table = sources.read_label_table(inbox / labels_csv, cfg.key_column, cfg.label_column, cfg.split_column)
+        inbox_table = sources.read_label_table(inbox / labels_csv, *columns)
         table = {**table, **{k: v for k, v in inbox_table.items() if k not in table}}
-    extra_scan = sources.inbox_scan(inbox, kind, labels_csv=_inside(inbox / labels_csv, inbox) if inbox else None)
+    extra_scan = sources.inbox_scan(
+        inbox,
+        kind,
+        folder_cfg.patient_id,
+        labels_csv=_inside(inbox / labels_csv, inbox) if inbox else None,
+        csv_labels=kind == "image_folder",
+    )
     return scan.files + extra_scan.files, scan.skipped + extra_scan.skipped, table
 
 
@@ -298,8 +317,7 @@ def _quarantine(
 def _label_before_decode(kind, config: DataConfig, class_names: tuple[str, ...], file: sources.SourceFile, table):
     """(label or None when it needs the decoded header, split, quarantine reason or None)."""
     if kind == "image_folder":
-        label = sources.class_index(file.class_name, class_names, config.image_folder.class_folders)
-        return (label, file.split, None) if label is not None else (None, None, "unknown_class")
+        return _image_folder_label(config.image_folder, class_names, file, table)
     if config.dicom.label_key == "sop_instance_uid":
         return None, None, None
     entry = sources.lookup_dicom_label(file, table, config.dicom.label_key)
@@ -307,6 +325,30 @@ def _label_before_decode(kind, config: DataConfig, class_names: tuple[str, ...],
     if entry is None or label is None:
         return None, None, "no_label"
     return label, entry.split, None
+
+
+def _image_folder_label(cfg: ImageFolderConfig, class_names: tuple[str, ...], file: sources.SourceFile, table):
+    """(label, split, None) of an image folder's file by ``data.image_folder.labels``, or (None, None, reason).
+
+    ``folders``: the class folder; ``csv``: the table's row for the file's relative path or name
+    (its split column, else the split folder); ``kermany_filename``: :func:`kermany_outcome`
+    mapped by ``kermany_classes``.
+    """
+    if cfg.labels == "csv":
+        entry = sources.lookup_dicom_label(file, table, "file")
+        label = sources.class_index(entry.label, class_names) if entry else None
+        if entry is None or label is None:
+            return None, None, "no_label"
+        return label, entry.split or file.split, None
+    if cfg.labels == "kermany_filename":
+        if (file.class_name or "").lower() not in (NORMAL_FOLDER, PNEUMONIA_FOLDER):
+            return None, None, "unknown_class"
+        outcome = kermany_outcome(file.class_name, file.path.name)
+        if outcome is None:
+            return None, None, "no_kermany_type"
+        return class_names.index(cfg.kermany_classes[outcome]), file.split, None
+    label = sources.class_index(file.class_name, class_names, cfg.class_folders)
+    return (label, file.split, None) if label is not None else (None, None, "unknown_class")
 
 
 def _sop_index(kind: str, config: DataConfig, table, secret: bytes) -> dict:
@@ -372,6 +414,7 @@ def _row(
         "contract_hash": chash,
         "_origin": file.origin,
         "_explicit_split": split is not None,
+        "_key": file.rel,  # the stratified split's key (data.split.stratify): the path relative to the root
     }
 
 

@@ -1,4 +1,10 @@
-"""The MedMNIST source: find, verify (MD5) or download an official archive.
+"""The MedMNIST source: check the flag against the task, find, verify (MD5) or download an official archive.
+
+Any 2D MedMNIST v2 flag with one grey channel and one label per image is a source
+(``data.medmnist_flag``); what each flag is (its labels, channels, MD5, official split sizes)
+comes from the installed ``medmnist`` package's ``INFO``, never from a copy here.
+:func:`check_flag` compares it with the task before anything is read (3D flags, RGB flags,
+multi-label ChestMNIST and a class count other than ``len(task.class_names)`` are refused).
 
 The archive is looked for in ``<data_dir>/<flag>/`` and then ``<data_dir>/``; only when it is in
 neither place is it downloaded with the ``medmnist`` package, into the workspace. A file whose MD5
@@ -9,16 +15,26 @@ comparison with published figures meaningless.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medimg.config import ConfigError
 from medimg.data.manifest import SPLITS
 
 
 class DataSourceError(RuntimeError):
     """The data cannot be found or is not what it claims to be."""
+
+
+class MedMNISTFlagError(ConfigError, DataSourceError):
+    """``data.medmnist_flag`` names a flag medimg cannot ingest for the task (:func:`check_flag`).
+
+    Both a :class:`~medimg.config.ConfigError` (the params are wrong: reported as a configuration
+    error at start) and a :class:`DataSourceError` (what ``medimg ingest`` reports in one line).
+    """
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,98 @@ def official_info(flag: str) -> dict:
     return INFO[flag]
 
 
+@dataclass(frozen=True)
+class MedMNISTFlag:
+    """What the medmnist package's ``INFO`` says of one flag (the 28 px archive).
+
+    ``labels``: the official label meanings, index = label (BreastMNIST: ``("malignant",
+    "normal, benign")``); ``task``: INFO's task (``binary-class``, ``multi-class``,
+    ``ordinal-regression``, ``multi-label, binary-class``); ``split_sizes``: images per official
+    split; ``volumetric``: a 3D flag (its dataset class is a ``medmnist.dataset.MedMNIST3D``).
+    """
+
+    flag: str
+    labels: tuple[str, ...]
+    n_channels: int
+    md5: str
+    task: str
+    volumetric: bool
+    split_sizes: dict[str, int] = field(default_factory=dict)
+
+
+def flag_info(flag: str) -> MedMNISTFlag:
+    """:class:`MedMNISTFlag` of ``flag`` from the installed medmnist package; :class:`DataSourceError` for an
+    unknown flag (naming the 2D flags)."""
+    import medmnist  # here: the package imports torch (seconds); only for its metadata and dataset classes
+    from medmnist.dataset import MedMNIST3D
+
+    if flag not in medmnist.INFO:
+        raise DataSourceError(
+            f"unknown MedMNIST flag {flag!r} (data.medmnist_flag); 2D flags of medmnist {medmnist.__version__}: "
+            f"{', '.join(flags_2d())}"
+        )
+    info = medmnist.INFO[flag]
+    labels = tuple(name for _, name in sorted(info["label"].items(), key=lambda kv: int(kv[0])))
+    return MedMNISTFlag(
+        flag=flag,
+        labels=labels,
+        n_channels=int(info["n_channels"]),
+        md5=info["MD5"],
+        task=info["task"],
+        volumetric=issubclass(getattr(medmnist, info["python_class"]), MedMNIST3D),
+        split_sizes={k: int(v) for k, v in info.get("n_samples", {}).items()},
+    )
+
+
+def flags_2d() -> list[str]:
+    """The installed medmnist package's 2D flags, sorted (the 3D ones are ``MedMNIST3D`` datasets)."""
+    import medmnist  # here: as in flag_info
+    from medmnist.dataset import MedMNIST3D
+
+    return sorted(
+        f for f, i in medmnist.INFO.items() if not issubclass(getattr(medmnist, i["python_class"]), MedMNIST3D)
+    )
+
+
+def check_flag(flag: str, class_names: Sequence[str], channels: int = 1) -> MedMNISTFlag:
+    """The flag's :class:`MedMNISTFlag` when medimg can ingest it for ``class_names``; call it at start.
+
+    ``flag``: ``data.medmnist_flag``; ``class_names``: ``task.class_names``; ``channels``:
+    ``preprocess.channels``. Reads no archive (INFO only), so a wrong combination fails before
+    any download or decode. Raises :class:`MedMNISTFlagError` (a ``ConfigError``) naming the keys for: an
+    unknown flag; a 3D flag (volumes are a later issue); an RGB flag (``n_channels`` 3: medimg's
+    contract images are grey, and ``preprocess.channels: 3`` only repeats the grey plane, so
+    colour would be lost); a multi-label flag (ChestMNIST: one label per image is needed); and a
+    number of labels other than ``len(class_names)``.
+    """
+    try:
+        info = flag_info(flag)
+    except DataSourceError as err:
+        raise MedMNISTFlagError(str(err)) from None
+    if info.volumetric:
+        raise MedMNISTFlagError(
+            f"data.medmnist_flag {flag!r} is a 3D MedMNIST flag: volumes are a later issue; 2D flags: "
+            f"{', '.join(flags_2d())}"
+        )
+    if info.n_channels != 1:
+        raise MedMNISTFlagError(
+            f"data.medmnist_flag {flag!r} holds RGB images ({info.n_channels} channels): not supported yet. medimg's "
+            f"contract images are grey, and preprocess.channels (now {channels}) 3 only repeats the grey plane, "
+            "so the colour would be lost; use a grey flag"
+        )
+    if info.task.startswith("multi-label"):
+        raise MedMNISTFlagError(
+            f"data.medmnist_flag {flag!r} is multi-label ({info.task}): medimg needs one label per image"
+        )
+    if len(info.labels) != len(class_names):
+        meanings = ", ".join(f"{i} {name}" for i, name in enumerate(info.labels))
+        raise MedMNISTFlagError(
+            f"data.medmnist_flag {flag!r} has {len(info.labels)} classes ({meanings}) but task.class_names has "
+            f"{len(class_names)} ({', '.join(class_names)}): name one class per label, in label order"
+        )
+    return info
+
+
 def file_md5(path: Path) -> str:
     """Hex MD5 of the file at ``path``, read in chunks."""
     with open(path, "rb") as handle:
@@ -97,8 +205,8 @@ def _verified(flag: str, path: Path, expected: str) -> MedMNISTArchive:
     actual = file_md5(path)
     if actual != expected:
         raise DataSourceError(
-            f"{path}: MD5 {actual} does not match the official {flag} archive ({expected}); "
-            "refusing a file that is not the published data set"
+            f"{path}: MD5 {actual} does not match the official {flag} archive (expected {expected}, the medmnist "
+            "package's INFO); refusing a file that is not the published data set"
         )
     return MedMNISTArchive(flag=flag, path=path, md5=actual)
 

@@ -23,7 +23,7 @@ from medimg.data.sop_classes import NON_IMAGE_REASONS
 SKIP_REASONS: dict[str, str] = {
     "hidden": "a hidden file, or a file in a hidden folder (name starting with '.': .DS_Store, AppleDouble ._*)",
     "system_file": "file-manager metadata: Thumbs.db, ehthumbs.db, desktop.ini, anything under __MACOSX/",
-    "labels_csv": "the source's labels CSV (data.dicom.labels_csv)",
+    "labels_csv": "the source's labels CSV (data.dicom.labels_csv or data.image_folder.labels_csv)",
     "not_an_image_file": "neither PNG/JPEG (by suffix) nor DICOM "
     "(by suffix .dcm/.dicom or the DICM marker at byte 128)",
     "outside_layout": "an image where the class-folder layout gives it no class (beside or below the class folders)",

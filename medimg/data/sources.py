@@ -3,7 +3,8 @@
 Scanning is cheap: it reads no file but the first 132 bytes of those whose suffix says nothing
 (:func:`decoder_for`). It lists the files and what the *layout* says about each:
 its class folder, split folder and (Kermany names) patient for image folders; its place in the
-tree for DICOM folders, whose labels come from a CSV (:func:`read_label_table`). The files'
+tree for DICOM folders and for image folders labelled by a CSV (:func:`scan_labelled_layout`),
+whose labels come from that CSV (:func:`read_label_table`). The files'
 SHA-256 (the manifest's ``sha256`` and the decode cache's key) is computed by the decoding
 workers, in parallel, from the bytes they read anyway. :func:`medimg.data.image_folder.scan_image_folder`
 lists the same files with their SHA-256, for analysis.
@@ -37,7 +38,7 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from medimg.data.manifest import SPLITS
@@ -277,6 +278,39 @@ def scan_dicom_layout(root: Path, origin: str, labels_csv: str | None = None) ->
     """
     if not root.is_dir():
         raise SourceLayoutError(f"DICOM folder {root} does not exist or is not a folder")
+    files, skipped = _scan_tree(root, origin, labels_csv)
+    if not files and origin == "source":
+        raise SourceLayoutError(f"{root}: no DICOM files (*.dcm, *.dicom or with the DICM marker) found")
+    return Scan(files, skipped)
+
+
+def scan_labelled_layout(root: Path, origin: str, labels_csv: str | None, patient_id: str = "kermany") -> Scan:
+    """Every file of an image folder whose labels come from a CSV (``data.image_folder.labels: csv``).
+
+    Any folder tree: every image file under ``root`` (:func:`decoder_for`), in :func:`walk_files`
+    order, is a :class:`SourceFile` (no ``class_name``: the CSV gives it); everything else is
+    skipped with its reason, the labels CSV (``labels_csv``, relative to ``root``) as ``labels_csv``.
+    A file below a top-level split folder (``train/``, ``val/``, ``test/``, any case) has that
+    ``split``; ``patient_key`` follows ``patient_id`` as in :func:`scan_image_layout`. Raises
+    :class:`SourceLayoutError` for a missing folder or (for the source) no image file.
+    """
+    if not root.is_dir():
+        raise SourceLayoutError(f"image folder {root} does not exist or is not a folder")
+    files, skipped = _scan_tree(root, origin, labels_csv)
+    if not files and origin == "source":
+        raise SourceLayoutError(f"{root}: no .jpeg/.jpg/.png or DICOM images found")
+    placed = []
+    for file in files:
+        parts = file.rel.split("/")
+        split = parts[0].lower() if len(parts) > 1 and parts[0].lower() in SPLITS else None
+        own = file.rel if origin == "source" else f"{origin}/{file.rel}"
+        key = kermany_patient_key(file.path.name) if patient_id == "kermany" else own
+        placed.append(replace(file, split=split, patient_key=key))
+    return Scan(placed, skipped)
+
+
+def _scan_tree(root: Path, origin: str, labels_csv: str | None) -> tuple[list[SourceFile], list[SkippedFile]]:
+    """(image files, skipped files) of every file under ``root``; ``labels_csv`` (relative) is skipped as such."""
     labels = PurePosixPath(labels_csv).as_posix() if labels_csv else None
     files, skipped = [], []
     for rel, path in walk_files(root, hidden=True):
@@ -291,9 +325,7 @@ def scan_dicom_layout(root: Path, origin: str, labels_csv: str | None = None) ->
             continue
         assert decoder is not None  # reason is set whenever no decoder reads the file
         files.append(SourceFile(path=path, rel=rel, origin=origin, decoder=decoder))
-    if not files and origin == "source":
-        raise SourceLayoutError(f"{root}: no DICOM files (*.dcm, *.dicom or with the DICM marker) found")
-    return Scan(files, skipped)
+    return files, skipped
 
 
 def scan_dicom(root: Path, origin: str, skip: str | None = None) -> list[SourceFile]:
@@ -302,8 +334,17 @@ def scan_dicom(root: Path, origin: str, skip: str | None = None) -> list[SourceF
     return scan_dicom_layout(root, origin, skip).files
 
 
-def inbox_scan(inbox: Path | None, kind: str, patient_id: str = "kermany", labels_csv: str | None = None) -> Scan:
-    """The inbox's files and skipped files; a missing or empty inbox has none (a missing one is logged)."""
+def inbox_scan(
+    inbox: Path | None,
+    kind: str,
+    patient_id: str = "kermany",
+    labels_csv: str | None = None,
+    csv_labels: bool = False,
+) -> Scan:
+    """The inbox's files and skipped files; a missing or empty inbox has none (a missing one is logged).
+
+    ``csv_labels``: an image folder labelled by a CSV (:func:`scan_labelled_layout`), not by class folders.
+    """
     if inbox is None:
         return Scan([], [])
     if not inbox.is_dir():
@@ -311,6 +352,8 @@ def inbox_scan(inbox: Path | None, kind: str, patient_id: str = "kermany", label
         return Scan([], [])
     if kind == "dicom_folder":
         return scan_dicom_layout(inbox, "inbox", labels_csv)
+    if csv_labels:
+        return scan_labelled_layout(inbox, "inbox", labels_csv, patient_id)
     return scan_image_layout(inbox, "inbox", patient_id)
 
 
@@ -345,7 +388,8 @@ def guess_kind(
 
 @dataclass(frozen=True)
 class LabelEntry:
-    """One row of a DICOM labels CSV: the class name as written and the split (None when the CSV gives none)."""
+    """One row of a labels CSV (DICOM folder, or image folder with ``labels: csv``): the class name as
+    written and the split (None when the CSV gives none)."""
 
     label: str
     split: str | None
@@ -402,7 +446,9 @@ def class_index(
 
 
 def lookup_dicom_label(file: SourceFile, table: dict[str, LabelEntry], label_key: str) -> LabelEntry | None:
-    """The CSV entry for a DICOM file keyed by ``file`` or ``folder`` (SOP UIDs are looked up after decoding).
+    """The CSV entry for a file keyed by ``file`` or ``folder`` (SOP UIDs are looked up after decoding).
+
+    Used for DICOM folders and for image folders labelled by a CSV (always ``file`` there).
 
     ``file``: the path relative to the file's folder (source or inbox), else its bare name.
     ``folder``: the deepest folder above the file (relative path) that the table names.

@@ -3,7 +3,9 @@
 Images of one patient are strongly correlated (same anatomy, same scanner, often the same
 visit); if they land on both sides of a split, the test score measures recognition of patients
 rather than of disease. :func:`split_by_patient` therefore assigns whole patients to splits,
-and within that constraint keeps each split's label mix close to the whole's.
+and within that constraint keeps each split's label mix close to the whole's. A source without
+patient ids (one patient per file) may instead be split image by image, class-stratified and
+seeded (:func:`stratified_split`, ``data.split.stratify``), a rule a plain script can reproduce.
 :func:`assign_splits` is the ingest's policy over manifest rows: keep the source's splits, split
 the rest by patient, and place inbox patients by a keyed hash so that adding files moves nothing.
 """
@@ -13,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from math import fsum
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medimg.config import SplitConfig
 from medimg.data.manifest import SPLITS
@@ -85,6 +88,59 @@ def split_by_patient(
     return pd.Series(out, index=records.index, dtype=object, name="split")
 
 
+def stratified_split(
+    keys: Sequence[str], labels: Sequence[int], fractions: Mapping[str, float], seed: int
+) -> dict[str, str]:
+    """key -> split name (train/val/test): class-stratified, seeded random assignment of single images.
+
+    The rule (``data.split.stratify``; the plain-script floor benchmark in ``benchmarks/`` imports
+    this function to get the same split), exactly:
+
+    1. sort the ``keys`` (each image's file path relative to the source root, posix, e.g.
+       ``glioma/Te-gl_0010.jpg``) and put ``labels`` in the same order;
+    2. ``rest, test = sklearn.model_selection.train_test_split(keys, stratify=labels,
+       test_size=fractions["test"], random_state=seed)``;
+    3. ``train, val = train_test_split(rest, stratify=labels of rest, test_size=val / (train + val),
+       random_state=seed)``, with ``train``, ``val`` the fractions.
+
+    A split whose fraction is 0 (or missing) gets no image and its step is left out. The input
+    order does not matter (step 1); the same keys, labels, fractions and seed always give the same
+    result (scikit-learn's ``StratifiedShuffleSplit`` under a fixed ``random_state``). Splits images,
+    not patients: use it only where each image is its own patient.
+
+    ``ValueError`` for keys and labels of different lengths, repeated keys, fractions outside
+    train/val/test, negative or not summing to 1, and (from scikit-learn) too few images of a class
+    for a split (each class needs at least 2, and each split at least one image per class).
+    """
+    if len(keys) != len(labels):
+        raise ValueError(f"stratified_split: {len(keys)} keys but {len(labels)} labels")
+    if len(set(keys)) != len(keys):
+        raise ValueError("stratified_split: the keys must be distinct (one per image)")
+    unknown = set(fractions) - set(SPLITS)
+    if unknown:
+        raise ValueError(f"stratified_split: unknown split(s) {sorted(unknown)}; use train/val/test")
+    share = {name: float(fractions.get(name, 0.0)) for name in SPLITS}
+    if any(v < 0 for v in share.values()) or abs(fsum(share.values()) - 1.0) > 1e-6:
+        raise ValueError(f"stratified_split: fractions must be >= 0 and sum to 1, got {dict(fractions)}")
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    rest = [keys[i] for i in order]
+    rest_labels = [int(labels[i]) for i in order]
+    out: dict[str, str] = {}
+    if share["test"] > 0 and rest:
+        rest, test, rest_labels, _ = train_test_split(
+            rest, rest_labels, stratify=rest_labels, test_size=share["test"], random_state=seed
+        )
+        out.update(dict.fromkeys(test, "test"))
+    if share["val"] > 0 and rest:
+        train, val = train_test_split(
+            rest, stratify=rest_labels, test_size=share["val"] / (share["train"] + share["val"]), random_state=seed
+        )
+        out.update(dict.fromkeys(val, "val"))
+        rest = train
+    out.update(dict.fromkeys(rest, "train"))
+    return out
+
+
 def _fold_counts(fractions: dict[str, float]) -> dict[str, int]:
     """{split: k} with sum(k) = n and k / n = fraction, for the smallest such n <= 100."""
     if not fractions:
@@ -111,11 +167,14 @@ def assign_splits(rows: list[dict], config: SplitConfig) -> None:
     """Fill ``split`` and ``path`` (``images/<split>/<id>.png``) of every manifest row, in place.
 
     Each row needs ``id``, ``patient_id``, ``label``, ``split`` (None when the source gave none),
-    ``_origin`` ("source" or "inbox") and ``_explicit_split`` (the source gave the split). Rules,
+    ``_origin`` ("source" or "inbox"), ``_explicit_split`` (the source gave the split) and, with
+    ``config.stratify``, ``_key`` (its path relative to its folder). Rules,
     in order: a split layout without ``val`` gets one carved from ``train`` by patient
     (``config.val_fraction``); source rows without a split join their patient's split when the
     patient is already placed, else are split by patient, stratified and seeded
-    (:func:`split_group`); inbox rows without a split join their patient's split, and a new
+    (:func:`split_group`), or with ``config.stratify`` image by image (:func:`stratified_split` of
+    their ``_key``; :func:`split_group` when a class is too small for it, with a warning); inbox
+    rows without a split join their patient's split, and a new
     patient is placed by :func:`hash_split` of its pseudonym, so adding files never moves
     existing ones. Deterministic for the same rows and config.
     """
@@ -138,7 +197,9 @@ def assign_splits(rows: list[dict], config: SplitConfig) -> None:
             row["split"] = known[row["patient_id"]]
         else:
             fresh.append(row)
-    if fresh:
+    if fresh and config.stratify:
+        _split_images(fresh, config)
+    elif fresh:
         split_group(fresh, config.fractions, seed)
     # inbox rows: a known patient keeps its split, a new one is placed by its pseudonym
     known = patient_splits(base)
@@ -171,6 +232,23 @@ def split_group(rows: list[dict], fractions: dict[str, float], seed: int) -> Non
         splits = [hash_split(p, fractions) for p in frame["patient"]]
     for row, split in zip(rows, splits, strict=True):
         row["split"] = split
+
+
+def _split_images(rows: list[dict], config: SplitConfig) -> None:
+    """Set ``split`` of ``rows`` in place by :func:`stratified_split` of their ``_key`` and ``label``;
+    :func:`split_group` (by patient, here by file) when a class is too small for it."""
+    try:
+        splits = stratified_split([r["_key"] for r in rows], [r["label"] for r in rows], config.fractions, config.seed)
+    except ValueError as err:
+        log.warning(
+            "data.split.stratify: %d images are too few for a stratified split (%s): split by patient instead",
+            len(rows),
+            err,
+        )
+        split_group(rows, config.fractions, config.seed)
+        return
+    for row in rows:
+        row["split"] = splits[row["_key"]]
 
 
 def patient_splits(rows: list[dict]) -> dict[str, str]:

@@ -35,8 +35,10 @@ class DataVersion:
 
 
 #: Workspace folders that are not data: DVC must not walk them (the decode cache alone holds
-#: thousands of files) when it hashes the dataset.
-NOT_DATA = ("prefect/", "mlartifacts/", "runs/", "reports/", "dvc-remote/", "cache/")
+#: thousands of files) when it hashes the dataset. ``data/versions/`` holds a copy of the dataset's
+#: ``.dvc`` file per version, each naming the output ``dataset`` beside it: were DVC to read them as
+#: stages, a second kept version would make every later ``dvc add`` fail (OutputDuplicationError).
+NOT_DATA = ("prefect/", "mlartifacts/", "runs/", "reports/", "dvc-remote/", "cache/", "data/versions/")
 
 
 def _ignore_workspace_state(ws: Workspace) -> None:

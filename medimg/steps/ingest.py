@@ -34,7 +34,7 @@ from medimg.data.deid import SECRET_ENV, secret_from_env
 from medimg.data.ingest_folders import ingest_files
 from medimg.data.ingest_medmnist import ingest_medmnist
 from medimg.data.ingest_result import IngestResult
-from medimg.data.medmnist import DataSourceError, locate
+from medimg.data.medmnist import DataSourceError, check_flag, locate
 from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -70,10 +70,22 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
     :class:`~medimg.data.deid.MissingSecretError` without a de-identification key,
     :class:`~medimg.data.sources.SourceLayoutError` for a folder in no known layout and
     :class:`~medimg.data.quarantine.QuarantineThresholdError` when more than
-    ``data.max_bad_fraction`` of the files are unusable (nothing is versioned then).
+    ``data.max_bad_fraction`` of the files are unusable (nothing is versioned then), and
+    :class:`~medimg.config.ConfigError` (before anything is read) for a MedMNIST flag the task
+    cannot use (:func:`~medimg.data.medmnist.check_flag`).
     """
-    ws.ensure()
     kind = params.data.source
+    if kind == "medmnist":
+        flag = check_flag(params.data.medmnist_flag, params.task.class_names, params.preprocess.channels)
+        log.info(
+            "%s labels: %s",
+            flag.flag,
+            ", ".join(
+                f"{i} {meaning!r} -> {name}"
+                for i, (meaning, name) in enumerate(zip(flag.labels, params.task.class_names, strict=True))
+            ),
+        )
+    ws.ensure()
     quarantine_csv = ws.reports / QUARANTINE_CSV
     skipped_csv = ws.reports / SKIPPED_CSV
     if kind == "medmnist":

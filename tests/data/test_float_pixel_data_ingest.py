@@ -42,9 +42,9 @@ def test_nan_float_image_is_quarantined_non_finite_and_its_twin_lands(tmp_path, 
                 "root": str(root),
                 "max_bad_fraction": 0.5,
                 "dicom": {"label_key": "folder"},
-                "modalities": None,
                 "split": {"fractions": {"train": 1.0, "val": 0.0, "test": 0.0}},
-            }
+            },
+            "task": {"modalities": None},
         },
     )
     summary = ingest.run(params, ws)
