@@ -135,11 +135,11 @@ def abnormal_probability(probs: np.ndarray, abnormal_indices: tuple[int, ...] | 
     """p_abnormal ``[N]``: the class probabilities ``[N, K]`` summed over the abnormal classes' indices.
 
     Binary tasks have one abnormal class, so this is its column; for the default pneumonia task,
-    softmax[:, 1]. ``ValueError`` when no index is given.
+    softmax[:, 1]. A sum a rounding error above 1 is clipped to 1. ``ValueError`` when no index is given.
     """
     if len(abnormal_indices) == 0:
         raise ValueError("abnormal_probability: no abnormal class index given")
-    return probs[:, list(abnormal_indices)].sum(axis=1)
+    return np.minimum(probs[:, list(abnormal_indices)].sum(axis=1), 1.0)
 
 
 def softmax_positive(logits: np.ndarray) -> np.ndarray:
