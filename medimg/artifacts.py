@@ -78,9 +78,13 @@ TAG_PREFIX = "medimg."
 # Written by medimg.steps.export.metadata, read by medimg.scoring, pull and lineage. Values are
 # strings; lists and dicts are JSON.
 META_CLASS_NAMES = "medimg.class_names"  # JSON list, index = class
-META_POSITIVE_CLASS = "medimg.positive_class"
-META_THRESHOLD = "medimg.threshold"  # positive when softmax(logits)[:, 1] >= threshold
-META_OUTPUT = "medimg.output"
+META_TASK_KIND = "medimg.task_kind"  # binary | multiclass; absent in models exported before issue 12: binary
+#: JSON list of the abnormal class names; p_abnormal = sum of softmax(logits) over them. Absent in models
+#: exported before issue 12: the class at index 1.
+META_ABNORMAL_CLASSES = "medimg.abnormal_classes"
+META_POSITIVE_CLASS = "medimg.positive_class"  # binary tasks only: the abnormal class (may be index 0)
+META_THRESHOLD = "medimg.threshold"  # flagged abnormal when p_abnormal >= threshold
+META_OUTPUT = "medimg.output"  # one sentence: what the output means for the task
 META_INPUT_NAME = "medimg.input_name"
 META_INPUT_LAYOUT = "medimg.input_layout"
 META_PREPROCESSING = "medimg.preprocessing"  # the preprocessing contract (JSON) consumers rebuild the input from

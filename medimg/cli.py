@@ -295,6 +295,12 @@ def predict(
 ) -> None:
     """Run the model over images with the preprocessing from its own metadata; bad files get a reason.
 
+    Each row gives every class's probability (p_<class>), the predicted class (binary: by the
+    model's threshold; multiclass: arg-max), the abnormality probability (the abnormal classes'
+    sum) and the abnormality flag (at or above the threshold); probability and label, the
+    columns of earlier versions, are the abnormality probability and the predicted class. A
+    table of the predicted classes goes to stderr.
+
     A file is refused (a reason, no probability) when it cannot be decoded, or when ingest
     validation would have kept it out of the model's training data (non_finite, blank,
     bit_depth_out_of_range, size_out_of_range: the limits recorded in the model), or when it is a
@@ -302,7 +308,7 @@ def predict(
     --any-modality says to score it anyway.
     """
     # here: torch and ONNX Runtime (1 s) load for predict only, not with every command
-    from medimg.predict import collect_files, predict_files, registry_model, render
+    from medimg.predict import collect_files, predict_files, registry_model, render, summary
     from medimg.scoring import OnnxModel
 
     if fmt not in ("csv", "json"):
@@ -343,7 +349,7 @@ def predict(
             allow_modalities=tuple(allow_modality or ()),
             any_modality=any_modality,
         )
-    text = render(predictions, fmt)
+    text = render(predictions, fmt, onnx_model.class_names)
     if out is None:
         typer.echo(text, nl=False)
     else:
@@ -352,6 +358,15 @@ def predict(
         tmp.write_text(text)
         tmp.replace(out)
     bad = [p for p in predictions if p.error]
+    if len(bad) < len(predictions):
+        table = Table(title=f"{onnx_model.task_kind} model: predicted class")
+        table.add_column("class")
+        table.add_column("files", justify="right")
+        table.add_column(f"flagged abnormal (p_abnormal >= {onnx_model.threshold:.4g})", justify="right")
+        for name, n, flagged in summary(predictions, onnx_model.class_names):
+            abnormal = " (abnormal)" if name in onnx_model.abnormal_classes else ""
+            table.add_row(f"{name}{abnormal}", str(n), str(flagged))
+        console.print(table)
     console.print(
         f"{len(predictions) - len(bad)} predicted, {len(bad)} not usable"
         + (": " + ", ".join(f"{Path(p.file).name} ({p.error})" for p in bad[:10]) if bad else "")

@@ -24,9 +24,13 @@ Promises:
   ``medimg.modalities``). ``allow_modalities`` / ``any_modality`` (``medimg predict
   --allow-modality CT`` / ``--any-modality``) are the caller's explicit override of the modality
   rule; PNG and JPEG files, which cannot say their modality, are never refused for it;
-* every other row has ``probability`` = softmax(logits)[:, 1] in [0, 1] and ``label`` = the
-  positive class when ``probability >= threshold`` (the threshold stored in the model), else
-  the negative one;
+* every other row has each class's probability ``p_<class>`` (softmax(logits), in the model's
+  ``class_names`` order), ``abnormal_probability`` (p_abnormal: their sum over the model's
+  abnormal classes, in [0, 1]), ``abnormal`` (p_abnormal >= the threshold stored in the model)
+  and ``predicted_class`` (binary: the abnormal class when flagged abnormal, else the other one;
+  multiclass: arg-max). ``probability`` and ``label``, the columns of earlier versions, stay:
+  they are p_abnormal and the predicted class (for the default pneumonia task exactly
+  softmax(logits)[:, 1] and the class by the threshold, as before);
 * rows come back in input order (folders expanded in sorted order);
 * the session runs on CUDA where ONNX Runtime has it, otherwise on the CPU; :attr:`OnnxModel.provider`
   says which one actually runs.
@@ -42,7 +46,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,17 +62,36 @@ from medimg.scoring import OnnxModel
 if TYPE_CHECKING:
     from medimg.model_record import ModelRecord
 
+#: The columns of every output, first and in this order (those of earlier versions); :func:`columns` adds the rest.
 FIELDS = ("file", "probability", "label", "error")
+TASK_FIELDS = ("predicted_class", "abnormal_probability", "abnormal")
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One file's outcome: positive-class probability and label, or None for both and the ``error`` reason."""
+    """One file's outcome, or None for every value and the ``error`` reason.
+
+    ``probability`` is p_abnormal and ``label`` the predicted class (also readable as
+    :attr:`abnormal_probability` and :attr:`predicted_class`); ``class_probabilities`` maps each
+    class name to its softmax probability; ``abnormal`` is p_abnormal >= the model's threshold.
+    """
 
     file: str
     probability: float | None
     label: str | None
     error: str | None = None
+    class_probabilities: dict[str, float] | None = None
+    abnormal: bool | None = None
+
+    @property
+    def abnormal_probability(self) -> float | None:
+        """p_abnormal: the class probabilities summed over the model's abnormal classes (= ``probability``)."""
+        return self.probability
+
+    @property
+    def predicted_class(self) -> str | None:
+        """Binary: by the threshold; multiclass: arg-max (= ``label``)."""
+        return self.label
 
 
 def load_grey_uint8(path: str | Path, config: PreprocessConfig | None = None) -> np.ndarray:
@@ -122,8 +145,16 @@ def predict_files(
         if not pending:
             return
         x = np.concatenate([tensor for _, tensor in pending])
-        for (index, _), prob in zip(pending, model.probabilities(x), strict=True):
-            results[index] = Prediction(str(files[index]), float(prob), model.label(float(prob)))
+        probs = model.class_probabilities(x)
+        decided = model.predicted_classes(probs)
+        for (index, _), row, p_abnormal, name in zip(pending, probs, model.abnormal_from(probs), decided, strict=True):
+            results[index] = Prediction(
+                str(files[index]),
+                float(p_abnormal),
+                name,
+                class_probabilities=dict(zip(model.class_names, map(float, row), strict=True)),
+                abnormal=bool(p_abnormal >= model.threshold),
+            )
         pending.clear()
 
     progress = None
@@ -175,23 +206,66 @@ def predict_files(
     return [r for r in results if r is not None]
 
 
-def to_rows(predictions: list[Prediction]) -> list[dict]:
-    """The predictions as dicts (file, probability, label, error), for CSV or JSON output."""
-    return [asdict(p) for p in predictions]
+def columns(class_names: Sequence[str]) -> tuple[str, ...]:
+    """The output columns: :data:`FIELDS`, then ``p_<class>`` per class (in class order), then :data:`TASK_FIELDS`."""
+    return (*FIELDS, *(f"p_{c}" for c in class_names), *TASK_FIELDS)
 
 
-def render(predictions: list[Prediction], fmt: str) -> str:
-    """CSV (header ``file,probability,label,error``) or a JSON list of rows."""
+def _class_names(predictions: list[Prediction]) -> list[str]:
+    return next((list(p.class_probabilities) for p in predictions if p.class_probabilities), [])
+
+
+def to_rows(predictions: list[Prediction], class_names: Sequence[str] | None = None) -> list[dict]:
+    """The predictions as flat dicts with the keys of :func:`columns` (None where a file was not usable).
+
+    ``class_names``: the model's (None: those of the first usable prediction).
+    """
+    names = list(class_names) if class_names is not None else _class_names(predictions)
+    rows = []
+    for p in predictions:
+        probs = p.class_probabilities or {}
+        row = {"file": p.file, "probability": p.probability, "label": p.label, "error": p.error}
+        row.update({f"p_{c}": probs.get(c) for c in names})
+        row.update(
+            {
+                "predicted_class": p.predicted_class,
+                "abnormal_probability": p.abnormal_probability,
+                "abnormal": p.abnormal,
+            }
+        )
+        rows.append(row)
+    return rows
+
+
+def _csv_value(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def render(predictions: list[Prediction], fmt: str, class_names: Sequence[str] | None = None) -> str:
+    """CSV (header :func:`columns`, ``abnormal`` as true/false) or a JSON list of rows (:func:`to_rows`)."""
+    names = list(class_names) if class_names is not None else _class_names(predictions)
     if fmt == "json":
-        return json.dumps(to_rows(predictions), indent=1)
+        return json.dumps(to_rows(predictions, names), indent=1)
     if fmt != "csv":
         raise ValueError(f"unknown format {fmt!r}; expected csv or json")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns(names), lineterminator="\n")
     writer.writeheader()
-    for row in to_rows(predictions):
-        writer.writerow({k: ("" if v is None else (repr(v) if isinstance(v, float) else v)) for k, v in row.items()})
+    for row in to_rows(predictions, names):
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
     return buffer.getvalue()
+
+
+def summary(predictions: list[Prediction], class_names: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Per class: (class name, files predicted as it, of those flagged abnormal), in class order."""
+    return [
+        (c, sum(p.label == c for p in predictions), sum(p.label == c and p.abnormal is True for p in predictions))
+        for c in class_names
+    ]
 
 
 def registry_model(model_name: str, spec: str, dest: Path) -> tuple[Path, ModelRecord]:

@@ -4,8 +4,13 @@ The library side of inference, shared by the pipeline (the gate step scores the 
 candidate's test images, the drift step on the new data) and by ``medimg predict``
 (:mod:`medimg.predict`, which adds the file handling). The model's own metadata
 (:mod:`medimg.artifacts` ``META_*`` keys, written by :func:`medimg.steps.export.metadata`) says how
-to use it: the preprocessing contract, the decision threshold, the class names and the input
-name. Probabilities are softmax(logits)[:, 1], the positive class's, in [0, 1].
+to use it: the preprocessing contract, the decision threshold, the class names, the task kind,
+the abnormal classes and the input name. One definition of the outputs (issue 12): class
+probabilities are softmax(logits) ``[N, K]`` in ``class_names`` order; the abnormality probability
+p_abnormal is their sum over the abnormal classes, in [0, 1]; a case is flagged abnormal when
+p_abnormal >= the threshold. The predicted class is decided by that threshold for a binary task
+and by arg-max for a multiclass one. Models exported before the task was recorded (no
+``medimg.abnormal_classes``) are binary with the abnormal class at index 1, as they were scored then.
 """
 
 from __future__ import annotations
@@ -19,14 +24,16 @@ import numpy as np
 
 from medimg import preprocess
 from medimg.artifacts import (
+    META_ABNORMAL_CLASSES,
     META_CLASS_NAMES,
     META_INPUT_NAME,
     META_PREPROCESSING,
+    META_TASK_KIND,
     META_THRESHOLD,
     ONNX_FILE,
     TAG_ONNX_SHA256,
 )
-from medimg.export.onnx_export import INPUT_NAME, onnx_logits, session, softmax_positive
+from medimg.export.onnx_export import INPUT_NAME, abnormal_probability, onnx_logits, session, softmax
 from medimg.input_checks import InputRules
 
 if TYPE_CHECKING:
@@ -43,7 +50,13 @@ class OnnxModel:
 
     The file is parsed once, by ONNX Runtime; the metadata comes from the session. Raises
     :class:`ModelMetadataError` when the preprocessing contract, threshold or class names are
-    missing or unreadable, or the recorded input checks cannot be read.
+    missing or unreadable, the task kind or abnormal classes do not fit the class names, or the
+    recorded input checks cannot be read.
+
+    Attributes besides the session: ``class_names`` (index = class), ``task_kind`` (``binary`` |
+    ``multiclass``), ``abnormal_classes`` (names, in class order), ``abnormal_indices``,
+    ``positive_class`` (binary: the abnormal class, which may be index 0; multiclass: None),
+    ``threshold`` (on p_abnormal), ``contract`` and ``config`` (preprocessing), ``input_rules``.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -56,6 +69,9 @@ class OnnxModel:
             self.class_names = list(json.loads(meta[META_CLASS_NAMES]))
         except (KeyError, ValueError, TypeError) as err:
             raise ModelMetadataError(f"{self.path.name}: not a medimg model, metadata incomplete ({err})") from None
+        self.task_kind, self.abnormal_classes = _task(meta, self.class_names, self.path.name)
+        self.abnormal_indices = tuple(self.class_names.index(c) for c in self.abnormal_classes)
+        self.positive_class = self.abnormal_classes[0] if self.task_kind == "binary" else None
         try:
             self.input_rules = InputRules.from_metadata(meta)  # what the model may be given (medimg.input_checks)
         except (ValueError, TypeError) as err:
@@ -71,13 +87,74 @@ class OnnxModel:
         return self.session.get_providers()[0]
 
     def label(self, probability: float) -> str:
-        """The class name for a positive-class ``probability``: the positive class at or above the threshold."""
-        return self.class_names[1] if probability >= self.threshold else self.class_names[0]
+        """Binary tasks: the class decided by the abnormality ``probability``: the abnormal class at or above the
+        threshold, else the other one. ``ValueError`` for a multiclass model (see :meth:`predicted_classes`).
+        """
+        if self.task_kind != "binary":
+            raise ValueError(f"{self.path.name}: multiclass model, the class is the arg-max (predicted_classes)")
+        normal = self.class_names[1 - self.abnormal_indices[0]]
+        return self.positive_class if probability >= self.threshold else normal
+
+    def class_probabilities(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """softmax(logits) float64 ``[N, K]`` (``class_names`` order) for preprocessed inputs ``[N, C, H, W]``,
+        run ``batch_size`` at a time.
+        """
+        return softmax(onnx_logits(self.session, x.astype(np.float32, copy=False), batch_size, self.input_name))
+
+    def abnormal_from(self, probs: np.ndarray) -> np.ndarray:
+        """p_abnormal ``[N]`` from class probabilities ``[N, K]``: their sum over the abnormal classes."""
+        return abnormal_probability(probs, self.abnormal_indices)
+
+    def abnormal_probability(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """p_abnormal float64 ``[N]`` in [0, 1] for preprocessed inputs ``[N, C, H, W]``."""
+        return self.abnormal_from(self.class_probabilities(x, batch_size))
 
     def probabilities(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """softmax(logits)[:, 1] for preprocessed inputs ``[N, C, H, W]``, run ``batch_size`` at a time."""
-        logits = onnx_logits(self.session, x.astype(np.float32, copy=False), batch_size, self.input_name)
-        return softmax_positive(logits)
+        """The abnormality probability ``[N]`` (:meth:`abnormal_probability`), what gate and drift compare.
+
+        For a binary model with the abnormal class at index 1 (every model exported before issue
+        12) this is softmax(logits)[:, 1], as it always was.
+        """
+        return self.abnormal_probability(x, batch_size)
+
+    def predicted_classes(self, probs: np.ndarray) -> list[str]:
+        """The decided class name per row of class probabilities ``[N, K]``.
+
+        Binary: by the threshold on p_abnormal (:meth:`label`); multiclass: arg-max (the first
+        class on a tie, as ``numpy.argmax``).
+        """
+        if self.task_kind == "binary":
+            return [self.label(float(p)) for p in self.abnormal_from(probs)]
+        return [self.class_names[i] for i in np.argmax(probs, axis=1)]
+
+
+def _task(meta: dict[str, str], class_names: list[str], name: str) -> tuple[str, list[str]]:
+    """(task kind, abnormal class names in class order) from a model's metadata.
+
+    Without ``medimg.abnormal_classes`` (exported before issue 12) the model is binary with the
+    abnormal class at index 1. ``ModelMetadataError`` for a kind other than binary or multiclass,
+    an abnormal class that is not a class, or a binary model without two classes and one abnormal.
+    """
+    if META_ABNORMAL_CLASSES not in meta:
+        if len(class_names) != 2:
+            raise ModelMetadataError(
+                f"{name}: {len(class_names)} classes but no {META_ABNORMAL_CLASSES}: cannot tell which are abnormal"
+            )
+        return "binary", [class_names[1]]
+    try:
+        abnormal = [str(c) for c in json.loads(meta[META_ABNORMAL_CLASSES])]
+    except (ValueError, TypeError) as err:
+        raise ModelMetadataError(f"{name}: {META_ABNORMAL_CLASSES} unreadable ({err})") from None
+    kind = meta.get(META_TASK_KIND, "binary" if len(class_names) == 2 else "multiclass")
+    unknown = [c for c in abnormal if c not in class_names]
+    if kind not in ("binary", "multiclass") or unknown or not abnormal:
+        raise ModelMetadataError(
+            f"{name}: {META_TASK_KIND} {kind!r} with {META_ABNORMAL_CLASSES} {abnormal} does not fit "
+            f"{META_CLASS_NAMES} {class_names}"
+        )
+    if kind == "binary" and (len(class_names) != 2 or len(abnormal) != 1):
+        raise ModelMetadataError(f"{name}: a binary model needs two classes and one abnormal, got {abnormal}")
+    return kind, sorted(abnormal, key=class_names.index)
 
 
 def cached_version_model(info: ModelRecord | VersionInfo, cache_root: Path) -> OnnxModel:

@@ -2,9 +2,11 @@
 
 The consumer below runs in a separate Python process and never imports medimg or torch (it
 checks ``sys.modules`` at the end). Everything it does comes from the model's metadata: input
-name, threshold, class names, and the preprocessing contract (grey uint8 rules, bilinear resize
-with half-pixel centres, scaling, normalisation, channels). Its probabilities must match
-``medimg.predict`` within 1e-5 on real PNG and JPEG files.
+name, threshold, class names, task kind, abnormal classes, and the preprocessing contract (grey
+uint8 rules, bilinear resize with half-pixel centres, scaling, normalisation, channels). Its
+probabilities must match ``medimg.predict`` within 1e-5 on real PNG and JPEG files, and its
+decisions (predicted class, abnormality flag) must be the same: for the binary pneumonia champion
+and for a 4-class brain tumour MRI model.
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from medimg.cli import app
 from medimg.predict import predict_files
 from medimg.pull import pull
 from medimg.scoring import OnnxModel
 from progress import run_logged
-from test_predict import chest_jpegs, sixteen_bit_png
+from test_predict import BRAIN_CLASSES, brain_mri_model, chest_jpegs, sixteen_bit_png
 
 CONSUMER = textwrap.dedent('''
     """Score PNG/JPEG files with a medimg ONNX model using only onnxruntime, numpy and Pillow."""
@@ -35,9 +41,12 @@ CONSUMER = textwrap.dedent('''
     session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     contract = json.loads(meta["medimg.preprocessing"])
-    threshold = float(meta["medimg.threshold"])
+    threshold = float(meta["medimg.threshold"])  # on p_abnormal
     classes = json.loads(meta["medimg.class_names"])
     input_name = meta["medimg.input_name"]
+    # models exported before the task was recorded: binary, the abnormal class at index 1
+    kind = meta.get("medimg.task_kind", "binary")
+    abnormal = [classes.index(c) for c in json.loads(meta.get("medimg.abnormal_classes", json.dumps(classes[1:2])))]
     assert "grey_uint8" in contract and contract["layout"] == "NCHW float32"
 
     def grey_uint8(path):
@@ -95,9 +104,23 @@ CONSUMER = textwrap.dedent('''
     batch = np.concatenate([tensor(f) for f in files])
     logits = session.run(None, {input_name: batch})[0].astype(np.float64)
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities = z[:, 1] / z.sum(axis=1)
-    rows = [{"file": f, "probability": float(p), "label": classes[1] if p >= threshold else classes[0]}
-            for f, p in zip(files, probabilities)]
+    probs = z / z.sum(axis=1, keepdims=True)  # each class's probability, in class_names order
+    p_abnormal = probs[:, abnormal].sum(axis=1)
+    if kind == "binary":  # the class by the threshold on p_abnormal
+        normal = classes[1 - abnormal[0]]
+        decided = [classes[abnormal[0]] if p >= threshold else normal for p in p_abnormal]
+    else:  # multiclass: arg-max
+        decided = [classes[i] for i in probs.argmax(axis=1)]
+    rows = [
+        {
+            "file": f,
+            "probabilities": dict(zip(classes, map(float, row))),
+            "abnormal_probability": float(p),
+            "predicted_class": c,
+            "abnormal": bool(p >= threshold),
+        }
+        for f, row, p, c in zip(files, probs, p_abnormal, decided)
+    ]
     leaked = sorted(m for m in ("medimg", "torch") if m in sys.modules)
     print(json.dumps({"rows": rows, "leaked_modules": leaked}))
 ''')
@@ -113,6 +136,19 @@ def test_a_consumer_without_medimg_reproduces_the_predictions(registry_ws, data_
         sixteen_bit_png(data_dir, tmp_path / "chest16.png"),
     ]
     assert any(p.suffix == ".png" for p in files) and any(p.suffix == ".jpeg" for p in files)
+    theirs = run_consumer(model_path, files, tmp_path)
+    ours = predict_files(OnnxModel(model_path), files)
+    assert [r["file"] for r in theirs] == [p.file for p in ours]
+    assert all(p.error is None for p in ours)
+    diff = np.abs(np.array([r["abnormal_probability"] for r in theirs]) - np.array([p.probability for p in ours]))
+    assert diff.max() < 1e-5, f"max |probability difference| {diff.max():.2e}"
+    assert [r["predicted_class"] for r in theirs] == [p.label for p in ours]
+    assert [r["abnormal"] for r in theirs] == [p.abnormal for p in ours]
+    print(f"consumer vs medimg on {len(files)} files: max |dp| = {diff.max():.2e}")
+
+
+def run_consumer(model_path: Path, files: list[Path], tmp_path: Path) -> list[dict]:
+    """The consumer's rows for ``files``; fails the test if it errs or needed medimg or torch."""
     script = tmp_path / "consumer.py"
     script.write_text(CONSUMER)
     done = run_logged(
@@ -124,12 +160,28 @@ def test_a_consumer_without_medimg_reproduces_the_predictions(registry_ws, data_
     assert done.returncode == 0, done.stderr[-3000:]
     answer = json.loads(done.stdout)
     assert answer["leaked_modules"] == [], "the consumer must not need medimg or torch"
+    return answer["rows"]
 
-    theirs = answer["rows"]
-    ours = predict_files(OnnxModel(model_path), files)
-    assert [r["file"] for r in theirs] == [p.file for p in ours]
-    assert all(p.error is None for p in ours)
-    diff = np.abs(np.array([r["probability"] for r in theirs]) - np.array([p.probability for p in ours]))
-    assert diff.max() < 1e-5, f"max |probability difference| {diff.max():.2e}"
-    assert [r["label"] for r in theirs] == [p.label for p in ours]
-    print(f"consumer vs medimg on {len(files)} files: max |dp| = {diff.max():.2e}")
+
+def test_a_consumer_without_medimg_reproduces_predict_for_a_multiclass_model(data_dir, tmp_path):
+    """4-class brain tumour MRI (:func:`test_predict.brain_mri_model`, trained here in about 1 s on real JPEGs):
+    every class's probability, the arg-max class and the abnormality flag."""
+    model_path, files = brain_mri_model(data_dir, tmp_path / "model")
+    theirs = run_consumer(model_path, files, tmp_path)
+    out = tmp_path / "predict.csv"
+    result = CliRunner().invoke(app, ["predict", str(model_path), *map(str, files), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ours = pd.read_csv(out, keep_default_na=False)
+    assert [r["file"] for r in theirs] == ours["file"].tolist() and (ours["error"] == "").all()
+    classes = list(theirs[0]["probabilities"])
+    assert classes == list(BRAIN_CLASSES)
+    their_probs = np.array([[r["probabilities"][c] for c in classes] for r in theirs])
+    diff = np.abs(their_probs - ours[[f"p_{c}" for c in classes]].to_numpy())
+    assert diff.max() < 1e-5, f"max |class probability difference| {diff.max():.2e}"
+    p_diff = np.abs(np.array([r["abnormal_probability"] for r in theirs]) - ours["abnormal_probability"].to_numpy())
+    assert p_diff.max() < 1e-5
+    assert [r["predicted_class"] for r in theirs] == ours["predicted_class"].tolist()
+    assert [r["abnormal"] for r in theirs] == ours["abnormal"].tolist()
+    # the decisions are not all alike, so agreement shows something
+    assert len({r["predicted_class"] for r in theirs}) >= 2 and len({r["abnormal"] for r in theirs}) == 2
+    print(f"consumer vs medimg predict, 4-class model, {len(files)} files: max |dp| = {diff.max():.2e}")

@@ -162,7 +162,16 @@ def test_predict_csv_keeps_going_and_a_16bit_png_equals_its_8bit_source(champion
     result = CliRunner().invoke(app, ["predict", str(champion_onnx), *map(str, files), "--format", "csv"])
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False)
-    assert list(frame.columns) == ["file", "probability", "label", "error"] and len(frame) == len(files)
+    assert list(frame.columns) == [
+        *("file", "probability", "label", "error"),  # the columns of earlier versions, first and in order
+        *("p_normal", "p_pneumonia", "predicted_class", "abnormal_probability", "abnormal"),
+    ] and len(frame) == len(files)
+    good = frame[frame["error"] == ""]
+    assert len(good) == len(files) - len(bad) - 1 and (good["probability"] == good["p_pneumonia"]).all()
+    assert (good["probability"] == good["abnormal_probability"]).all() and (
+        good["label"] == good["predicted_class"]
+    ).all()
+    assert (good["abnormal"].astype(str).str.lower() == (good["label"] == "pneumonia").astype(str).str.lower()).all()
     assert frame.loc[0, "probability"] == frame.loc[1, "probability"], "16-bit x257 must map back to the 8-bit values"
     errors = dict(zip(frame["file"], frame["error"], strict=True))
     assert all(errors[f] == reason for f, reason in bad.items())
@@ -203,22 +212,38 @@ def test_grey_uint8_mapping_is_the_documented_one(data_dir, tmp_path):
 def test_render_formats_round_trip():
     from medimg.predict import Prediction
 
-    rows = [Prediction("a.png", 0.25, "normal"), Prediction("b.dcm", None, None, "truncated")]
+    rows = [
+        Prediction("a.png", 0.25, "normal", class_probabilities={"normal": 0.75, "pneumonia": 0.25}, abnormal=False),
+        Prediction("b.dcm", None, None, "truncated"),
+    ]
     assert json.loads(render(rows, "json"))[1] == {
         "file": "b.dcm",
         "probability": None,
         "label": None,
         "error": "truncated",
+        "p_normal": None,
+        "p_pneumonia": None,
+        "predicted_class": None,
+        "abnormal_probability": None,
+        "abnormal": None,
     }
+    assert json.loads(render(rows, "json"))[0]["abnormal"] is False
     lines = render(rows, "csv").splitlines()
-    assert lines == ["file,probability,label,error", "a.png,0.25,normal,", "b.dcm,,,truncated"]
+    assert lines == [
+        "file,probability,label,error,p_normal,p_pneumonia,predicted_class,abnormal_probability,abnormal",
+        "a.png,0.25,normal,,0.75,0.25,normal,0.25,false",
+        "b.dcm,,,truncated,,,,,",
+    ]
+    # the class columns come from the model when no row has probabilities (every file unusable)
+    assert render(rows[1:], "csv", ["glioma", "notumor"]).splitlines()[0].split(",")[4:6] == ["p_glioma", "p_notumor"]
     with pytest.raises(ValueError, match="csv or json"):
         render(rows, "xml")
 
 
 @pytest.fixture(scope="module")
 def small_onnx(data_dir, tmp_path_factory) -> tuple[Path, torch.Tensor]:
-    """An untrained small CNN exported with the metadata the flow writes, and real test inputs for it."""
+    """An untrained small CNN exported with the metadata older exports had (contract, threshold, class names: no
+    task kind, no abnormal classes), and real test inputs for it."""
     params = parse_params({"model": {"architecture": "simple_cnn", "width": 8}})
     torch.manual_seed(0)
     model = build_model(params.model, 1, 2).eval()
@@ -240,6 +265,180 @@ def test_onnx_model_reads_its_metadata_from_the_session_and_batches(small_onnx):
     assert model.threshold == 0.42 and model.class_names == ["normal", "pneumonia"] and model.config.size == 28
     whole = softmax_positive(onnx_logits(session(path), x.numpy()))
     np.testing.assert_allclose(model.probabilities(x.numpy(), batch_size=7), whole, rtol=0, atol=1e-6)
+
+
+def test_a_model_exported_before_the_task_was_recorded_scores_as_before(small_onnx, tmp_path):
+    """No medimg.task_kind / medimg.abnormal_classes: binary, abnormal class index 1, label by the threshold."""
+    path, x = small_onnx
+    model = OnnxModel(path)
+    assert model.task_kind == "binary" and model.abnormal_classes == ["pneumonia"] and model.abnormal_indices == (1,)
+    assert model.positive_class == "pneumonia"
+    logits = onnx_logits(session(path), x.numpy()).astype(np.float64)
+    expected = np.exp(logits[:, 1]) / np.exp(logits).sum(axis=1)  # the old rule, written out
+    probs = model.class_probabilities(x.numpy())
+    assert probs.shape == (40, 2) and probs.dtype == np.float64
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(model.abnormal_probability(x.numpy()), expected, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(model.probabilities(x.numpy()), model.abnormal_probability(x.numpy()))
+    assert model.predicted_classes(probs) == ["pneumonia" if p >= 0.42 else "normal" for p in expected]
+    assert model.label(0.42) == "pneumonia" and model.label(0.4199) == "normal"
+    for i, image in enumerate(x[:3, 0].numpy()):  # the same images as files, through predict
+        Image.fromarray(np.rint((image * 0.5 + 0.5) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+    rows = predict_files(model, sorted(tmp_path.glob("*.png")))
+    for row, p in zip(rows, expected[:3], strict=True):
+        assert abs(row.probability - p) < 1e-6 and row.label == ("pneumonia" if p >= 0.42 else "normal")
+        assert row.class_probabilities is not None and row.abnormal is (row.probability >= 0.42)
+        assert row.class_probabilities["pneumonia"] == row.probability == row.abnormal_probability
+
+
+@pytest.fixture(scope="module")
+def breast_onnx(data_dir, tmp_path_factory) -> tuple[Path, list[Path], np.ndarray]:
+    """A BreastMNIST-like binary model whose abnormal class is index 0 (class_names [malignant, benign]).
+
+    A small CNN after 40 Adam steps on real BreastMNIST training images (label 0 = malignant), exported
+    with the flow's own metadata (:func:`medimg.steps.export.metadata`); the threshold is the median
+    of its malignant probability on the 12 test images, written here as PNG files, so both classes occur.
+    Returns (model, files, softmax(logits) of the files from PyTorch).
+    """
+    from medimg.steps.export import metadata
+
+    params = parse_params(
+        {
+            "task": {"kind": "binary", "class_names": ["malignant", "benign"], "abnormal": ["malignant"]},
+            "model": {"architecture": "simple_cnn", "width": 8},
+        }
+    )
+    folder = tmp_path_factory.mktemp("breast")
+    arrays = locate("breastmnist", data_dir, folder, download=False).load()
+    x = preprocess.apply(arrays["train"][0], params.preprocess)
+    y = torch.as_tensor(np.asarray(arrays["train"][1]).reshape(-1)).long()
+    torch.manual_seed(0)
+    model = build_model(params.model, 1, 2)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        batch = torch.randint(0, len(x), (64,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    files = []
+    for i, image in enumerate(arrays["test"][0][:12]):
+        Image.fromarray(image).save(folder / f"breast{i:02d}.png")
+        files.append(folder / f"breast{i:02d}.png")
+    test = preprocess.apply(arrays["test"][0][:12], params.preprocess)
+    with torch.no_grad():
+        probs = torch.softmax(model.eval()(test).double(), dim=1).numpy()
+    threshold = float(np.median(probs[:, 0]))
+    path = export(model, test, folder / "model.onnx", 18, metadata(params, "run-0", "data-0", threshold))
+    return path, files, probs
+
+
+def test_a_binary_model_whose_abnormal_class_is_index_0(breast_onnx):
+    path, files, torch_probs = breast_onnx
+    meta = read_metadata(path)
+    assert meta["medimg.task_kind"] == "binary" and meta["medimg.positive_class"] == "malignant"
+    assert json.loads(meta["medimg.abnormal_classes"]) == ["malignant"]
+    assert json.loads(meta["medimg.class_names"]) == ["malignant", "benign"]
+    assert "p_abnormal = softmax[:, 0] (malignant" in meta["medimg.output"] and "else benign" in meta["medimg.output"]
+    model = OnnxModel(path)
+    assert model.abnormal_indices == (0,) and model.positive_class == "malignant"
+    rows = predict_files(model, files)
+    p_malignant = np.array([r.probability for r in rows])
+    np.testing.assert_allclose(p_malignant, torch_probs[:, 0], rtol=0, atol=1e-5)  # softmax[:, 0], not [:, 1]
+    np.testing.assert_allclose([r.class_probabilities["benign"] for r in rows], torch_probs[:, 1], atol=1e-5)
+    labels = [r.label for r in rows]
+    assert labels == ["malignant" if p >= model.threshold else "benign" for p in p_malignant]
+    assert {"malignant", "benign"} <= set(labels), "the median threshold splits the images"
+    assert [r.abnormal for r in rows] == [label == "malignant" for label in labels]
+    assert model.label(1.0) == "malignant" and model.label(0.0) == "benign"
+
+
+BRAIN_CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+
+
+def brain_mri_model(data_dir: Path, folder: Path) -> tuple[Path, list[Path]]:
+    """A 4-class brain tumour MRI model (abnormal: all but notumor) in ``folder`` and held-out real JPEGs for it.
+
+    The first 16 JPEGs of each class folder of ``brain_tumor_mri``, decoded and preprocessed by
+    medimg's own functions at 32 px, train a small CNN for 60 Adam steps (about 1 s; outputs far from
+    uniform); it is exported with the flow's metadata (:func:`medimg.steps.export.metadata`) for a
+    multiclass task, the threshold being the median p_abnormal on the training images. Returns the
+    model and the next 3 JPEGs of each class (not trained on).
+    """
+    from medimg.steps.export import metadata
+
+    params = parse_params(
+        {
+            "task": {
+                "kind": "multiclass",
+                "class_names": list(BRAIN_CLASSES),
+                "abnormal": ["glioma", "meningioma", "pituitary"],
+            },
+            "preprocess": {"size": 32},
+            "model": {"architecture": "simple_cnn", "width": 8},
+        }
+    )
+    root = data_dir / "brain_tumor_mri"
+    by_class = {c: sorted((root / c).glob("*.jpg")) for c in BRAIN_CLASSES}
+    images = [preprocess.prepare_file(f, params.preprocess) for c in BRAIN_CLASSES for f in by_class[c][:16]]
+    x = preprocess.apply(np.stack(images), params.preprocess)
+    y = torch.arange(4).repeat_interleave(16)
+    torch.manual_seed(0)
+    model = build_model(params.model, 1, 4)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        batch = torch.randint(0, len(x), (32,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        probs = torch.softmax(model.eval()(x).double(), dim=1).numpy()
+    threshold = float(np.median(probs[:, [0, 1, 3]].sum(axis=1)))
+    path = export(model, x, folder / "model.onnx", 18, metadata(params, "run-0", "data-0", threshold))
+    return path, [f for c in BRAIN_CLASSES for f in by_class[c][16:19]]
+
+
+@pytest.fixture(scope="module")
+def brain_mri_onnx(data_dir, tmp_path_factory) -> tuple[Path, list[Path]]:
+    """:func:`brain_mri_model`: the 4-class model and 12 held-out JPEGs."""
+    return brain_mri_model(data_dir, tmp_path_factory.mktemp("brain"))
+
+
+def test_a_multiclass_model_predicts_every_class_the_arg_max_and_the_abnormality_flag(brain_mri_onnx, tmp_path):
+    path, files = brain_mri_onnx
+    meta = read_metadata(path)
+    assert meta["medimg.task_kind"] == "multiclass" and "medimg.positive_class" not in meta
+    assert json.loads(meta["medimg.abnormal_classes"]) == ["glioma", "meningioma", "pituitary"]
+    assert "predicted class = arg-max" in meta["medimg.output"] and "softmax[:, [0, 1, 3]]" in meta["medimg.output"]
+    model = OnnxModel(path)
+    assert model.task_kind == "multiclass" and model.positive_class is None and model.abnormal_indices == (0, 1, 3)
+    with pytest.raises(ValueError, match="arg-max"):
+        model.label(0.5)
+    out = tmp_path / "rows.csv"
+    result = CliRunner().invoke(app, ["predict", str(path), *map(str, files), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out, keep_default_na=False)
+    assert list(frame.columns) == [
+        *("file", "probability", "label", "error"),
+        *(f"p_{c}" for c in BRAIN_CLASSES),
+        *("predicted_class", "abnormal_probability", "abnormal"),
+    ]
+    probs = frame[[f"p_{c}" for c in BRAIN_CLASSES]].to_numpy()
+    x = np.concatenate([preprocess.apply(load_grey_uint8(f, model.config), model.config).numpy() for f in files])
+    np.testing.assert_allclose(probs, model.class_probabilities(x), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
+    assert frame["predicted_class"].tolist() == [BRAIN_CLASSES[i] for i in probs.argmax(axis=1)]
+    assert (frame["label"] == frame["predicted_class"]).all()
+    p_abnormal = probs[:, [0, 1, 3]].sum(axis=1)
+    np.testing.assert_allclose(frame["abnormal_probability"], p_abnormal, rtol=0, atol=1e-12)
+    assert (frame["probability"] == frame["abnormal_probability"]).all()
+    assert frame["abnormal"].tolist() == (p_abnormal >= model.threshold).tolist()
+    assert frame["predicted_class"].nunique() >= 2 and frame["abnormal"].nunique() == 2, "a test that can fail"
+    text = _text(result)
+    assert "multiclass model: predicted class" in text and "notumor" in text and "glioma (abnormal)" in text
 
 
 def test_a_registered_version_is_downloaded_once(small_onnx, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from medimg import artifacts, preprocess, tracking
 from medimg.artifacts import (
+    META_ABNORMAL_CLASSES,
     META_ARCHITECTURE,
     META_BODY_PART,
     META_CLASS_NAMES,
@@ -24,9 +25,10 @@ from medimg.artifacts import (
     META_POSITIVE_CLASS,
     META_PREPROCESSING,
     META_PREPROCESSING_HASH,
+    META_TASK_KIND,
     META_THRESHOLD,
 )
-from medimg.config import Params
+from medimg.config import Params, TaskConfig
 from medimg.contracts import EvaluationSummary, ExportSummary, ParityCheck, TrainingData, TrainSummary
 from medimg.data import manifest
 from medimg.export.onnx_export import INPUT_NAME, OUTPUT_NAME, ExportError, check_parity, export
@@ -49,6 +51,35 @@ def model_modalities(params: Params, trained: Iterable[str | None] = ()) -> list
     return sorted({str(m).upper() for m in trained if m})
 
 
+def output_description(task: TaskConfig) -> str:
+    """The ``medimg.output`` sentence: what the model's output means for ``task``, and how to decide from it.
+
+    One definition everywhere (issue 12): softmax(logits) gives each class's probability in
+    ``medimg.class_names`` order; p_abnormal is their sum over ``medimg.abnormal_classes``; a case
+    is flagged abnormal when p_abnormal >= ``medimg.threshold``. Binary: the class is decided by
+    that threshold; multiclass: by arg-max.
+    """
+    k = len(task.class_names)
+    head = (
+        f"{OUTPUT_NAME}: [N, {k}] logits, one per class in medimg.class_names order; softmax over the {k} "
+        "gives each class's probability"
+    )
+    if task.kind == "binary":
+        positive = task.positive_index
+        normal = task.class_names[1 - positive]
+        return (
+            f"{head}; p_abnormal = softmax[:, {positive}] ({task.class_names[positive]}, medimg.positive_class); "
+            f"flagged abnormal and classed {task.class_names[positive]} when p_abnormal >= medimg.threshold, "
+            f"else {normal}"
+        )
+    indices = ", ".join(map(str, task.abnormal_indices))
+    names = ", ".join(task.class_names[i] for i in task.abnormal_indices)
+    return (
+        f"{head}; predicted class = arg-max; p_abnormal = sum of softmax[:, [{indices}]] (medimg.abnormal_classes: "
+        f"{names}); flagged abnormal when p_abnormal >= medimg.threshold"
+    )
+
+
 def metadata(
     params: Params, run_id: str, data_version: str, threshold: float, trained_modalities: Iterable[str | None] = ()
 ) -> dict[str, object]:
@@ -58,20 +89,26 @@ def metadata(
     ``medimg.modalities`` the modalities the model is for (:func:`model_modalities`; not written
     when none is known, and then not checked), which ``medimg predict`` enforces
     (:mod:`medimg.input_checks`); ``medimg.body_part`` is written when ``task.body_part`` is set.
+    ``medimg.task_kind``, ``medimg.abnormal_classes`` and ``medimg.output`` (:func:`output_description`)
+    say how to read the output; ``medimg.threshold`` applies to p_abnormal; ``medimg.positive_class``
+    (the abnormal class, which may be index 0) is written for binary tasks only.
     """
     modalities = model_modalities(params, trained_modalities)
     rules = InputRules.from_validation(params.validation)
     known = {META_MODALITIES: modalities} if modalities else {}
     body_part = {META_BODY_PART: params.task.body_part} if params.task.body_part else {}
+    task = params.task
+    positive = {META_POSITIVE_CLASS: task.class_names[task.positive_index]} if task.kind == "binary" else {}
     return {
         **known,
         **body_part,
         META_INPUT_CHECKS: rules.limits_json(),
-        META_CLASS_NAMES: list(params.task.class_names),
-        META_POSITIVE_CLASS: params.task.class_names[1],
+        **positive,
+        META_CLASS_NAMES: list(task.class_names),
+        META_TASK_KIND: task.kind,
+        META_ABNORMAL_CLASSES: [task.class_names[i] for i in task.abnormal_indices],  # class order
         META_THRESHOLD: threshold,
-        META_OUTPUT: f"{OUTPUT_NAME}: [N, {len(params.task.class_names)}] logits; "
-        "softmax[:, 1] is the positive-class probability",
+        META_OUTPUT: output_description(task),
         META_INPUT_NAME: INPUT_NAME,
         META_INPUT_LAYOUT: "NCHW float32",
         META_PREPROCESSING: preprocess.contract(params.preprocess),

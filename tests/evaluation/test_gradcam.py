@@ -55,3 +55,24 @@ def test_examples_cover_each_outcome_and_grid_is_written(trained, tmp_path):
     heat = grad_cam(model, preprocess.apply(test.images[:3], params.preprocess))
     path = gradcam_grid_png(test.images[:3], heat, ["a", "b", "c"], tmp_path / "grid.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_one_target_class_per_image_gives_each_image_its_own_class_map(trained):
+    """Grad-CAM of each image's predicted class: a target per image equals that image's single-class map."""
+    params, model, test = trained
+    x = preprocess.apply(test.images[:6], params.preprocess)
+    by_class = {k: grad_cam(model, x, k) for k in (0, 1)}
+    np.testing.assert_array_equal(grad_cam(model, x), by_class[1])  # the default is unchanged: class 1
+    assert not np.allclose(by_class[0], by_class[1]), "the two classes' maps differ, so the per-image choice shows"
+    with torch.no_grad():
+        predicted = model.eval()(x).argmax(dim=1).tolist()
+    targets = [0, 1, 1, 0, 0, 1] if len(set(predicted)) == 1 else predicted
+    mixed = grad_cam(model, x, np.array(targets))
+    for i, k in enumerate(targets):
+        np.testing.assert_allclose(mixed[i], by_class[k][i], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(grad_cam(model, x, targets), mixed, rtol=0, atol=0)  # a list or an array
+    with pytest.raises(ValueError, match="one class per image"):
+        grad_cam(model, x, [0, 1])
+    with pytest.raises(ValueError, match="outside the model's 2 classes"):
+        grad_cam(model, x, [0, 1, 2, 0, 1, 0])
+    assert not model.training

@@ -61,3 +61,38 @@ def test_preprocess_contract_is_the_documented_arithmetic():
     out = preprocess.apply(image, params.preprocess)
     assert out.shape == (1, 3, 32, 32)
     assert torch.allclose(out, torch.full_like(out, (1.0 - 0.5) / 0.5))
+
+
+def test_softmax_and_the_abnormality_probability_by_hand():
+    from medimg.export.onnx_export import abnormal_probability, softmax, softmax_positive
+
+    logits = np.array([[0.0, np.log(3.0)], [1000.0, 1000.0], [0.0, 0.0]], dtype=np.float32)  # 1000: max-shifted
+    probs = softmax(logits)
+    assert probs.dtype == np.float64
+    np.testing.assert_allclose(probs, [[0.25, 0.75], [0.5, 0.5], [0.5, 0.5]], rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(softmax_positive(logits), probs[:, 1])
+    four = softmax(np.log(np.array([[1.0, 2.0, 3.0, 4.0]])))
+    np.testing.assert_allclose(abnormal_probability(four, (0, 1, 3)), [0.7], rtol=0, atol=1e-12)  # all but index 2
+    with pytest.raises(ValueError, match="no abnormal class"):
+        abnormal_probability(four, ())
+
+
+def test_default_task_metadata_keeps_the_pneumonia_reading():
+    """The default binary task: abnormal class pneumonia at index 1, as every model before issue 12."""
+    from medimg.steps.export import metadata
+
+    meta = metadata(parse_params({}), "run-0", "data-0", 0.37)
+    assert meta["medimg.task_kind"] == "binary" and meta["medimg.positive_class"] == "pneumonia"
+    assert meta["medimg.abnormal_classes"] == ["pneumonia"] and meta["medimg.class_names"] == ["normal", "pneumonia"]
+    assert meta["medimg.threshold"] == 0.37
+    assert meta["medimg.output"] == (
+        "logits: [N, 2] logits, one per class in medimg.class_names order; softmax over the 2 gives each class's "
+        "probability; p_abnormal = softmax[:, 1] (pneumonia, medimg.positive_class); flagged abnormal and classed "
+        "pneumonia when p_abnormal >= medimg.threshold, else normal"
+    )
+    brain = parse_params(
+        {"task": {"kind": "multiclass", "class_names": ["a", "b", "c"], "abnormal": ["c", "a"]}}
+    )  # abnormal listed out of class order: written in class order
+    multi = metadata(brain, "run-0", "data-0", 0.5)
+    assert "medimg.positive_class" not in multi and multi["medimg.abnormal_classes"] == ["a", "c"]
+    assert "predicted class = arg-max" in multi["medimg.output"] and "softmax[:, [0, 2]]" in multi["medimg.output"]
