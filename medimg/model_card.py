@@ -53,7 +53,10 @@ OPERATING_POINT = tuple(ABNORMAL_PREFIX + m for m in (*METRIC_NAMES, *COUNT_NAME
 BINARY_METRICS = (*METRIC_NAMES, *COUNT_NAMES, "prevalence", "threshold")
 #: What the compact Markdown (the registry's description) leaves out of the operating point, and the per-class
 #: metrics whose CIs it keeps.
-COMPACT_HIDDEN = frozenset(ABNORMAL_PREFIX + m for m in ("accuracy", "f1", "pr_auc", "brier", "ece", *COUNT_NAMES[:4]))
+#: (Its precision and NPV follow from the tp/fp/tn/fn line the compact form prints instead.)
+COMPACT_HIDDEN = frozenset(
+    ABNORMAL_PREFIX + m for m in ("accuracy", "precision", "npv", "f1", "pr_auc", "brier", "ece", *COUNT_NAMES[:4])
+)
 COMPACT_CLASS_CIS = ("roc_auc", "sensitivity")
 #: Count metrics, shown as integers.
 COUNT_METRICS = frozenset({*COUNT_NAMES, *(ABNORMAL_PREFIX + c for c in COUNT_NAMES)})  # and n_<class>: is_count
@@ -117,8 +120,8 @@ def split_rule(data: DataConfig) -> SplitRule:
     image folder with ``patient_id: file`` has no patient ids, so that split is by image.
     """
     fractions = "/".join(f"{data.split.fractions.get(s, 0):g}" for s in SPLITS)
-    seeded = f"train/val/test {fractions}, seed {data.split.seed}, stratified by class"
-    folders = "the source's split folders where it has them, else"
+    seeded = f"{fractions}, seed {data.split.seed}, stratified by class"
+    folders = "split folders if the source has them, else"
     if data.source == "medmnist":
         return SplitRule(
             "official",
@@ -140,13 +143,13 @@ def split_rule(data: DataConfig) -> SplitRule:
     if data.image_folder.patient_id == "file":
         return SplitRule(
             "by_image",
-            f"{folders} by image, each file taken as its own patient (no patient ids; {seeded})",
+            f"{folders} by image (no patient ids; {seeded})",
             "Where the images were split by image, without patient ids, images of one patient and near-duplicate "
             "images can fall in both the training and the test split, which can inflate the test figures.",
         )
     return SplitRule(
         "by_patient",
-        f"{folders} by patient (the patient id in the Kermany file names; {seeded})",
+        f"{folders} by patient (the patient id in Kermany file names; {seeded})",
         "Where the ingest split the images, no patient has images in two splits; split folders are kept as given.",
     )
 
@@ -243,11 +246,15 @@ def _ci_text(metric: Mapping[str, Any] | None) -> str:
 
 
 def _near_duplicates(warts: Mapping[str, Any]) -> list[str]:
-    out = []
-    for key, value in sorted(warts.items()):
-        if "near" in key and isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            out.append(f"{value} {key.replace('_', ' ')}")
-    return out
+    """The near-duplicate pairs across splits the validation found (``medimg.validation.near_duplicates``
+    summary keys), as text; empty when it found none or did not look."""
+    pairs = warts.get("near_duplicate_pairs_across_splits")
+    if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs <= 0:
+        return []
+    images = warts.get("images_in_near_duplicate_pairs_across_splits", "?")
+    distance = warts.get("near_duplicate_distance")
+    within = f", pHash distance <= {distance}" if distance is not None else ""
+    return [f"{pairs} near-duplicate image pairs across splits ({images} images{within})"]
 
 
 def limitations(card: Mapping[str, Any], warts: Mapping[str, Any] | None, threshold_text: str) -> list[str]:

@@ -208,8 +208,15 @@ BRAIN_GATE = {
     "threshold": 0.4172,
 }
 
-#: Validation warts of the brain folder (counts only, as the validation report writes them).
+#: Validation warts of the brain folder (counts only, as the validation report writes them, near-duplicates included).
 BRAIN_WARTS = {
+    "near_duplicates_checked": True,
+    "near_duplicate_hash": "phash256",
+    "near_duplicate_distance": 36,
+    "near_duplicate_pairs_across_splits": 5,
+    "near_duplicate_pairs_across_splits_by_splits": {"train|test": 3, "train|val": 2},
+    "images_in_near_duplicate_pairs_across_splits": 10,
+    "near_duplicate_pairs_within_split": {"train": 7, "val": 0, "test": 1},
     "duplicate_groups_within_split": {"train": 3, "val": 0, "test": 0},
     "extra_copies_within_split": {"train": 3, "val": 0, "test": 0},
     "hashes_across_splits": 2,

@@ -106,6 +106,7 @@ def test_a_multiclass_card_names_its_data_set_classes_and_per_class_figures():
     assert "without patient ids, images of one patient and near-duplicate images can fall in both" in limits
     assert "'pituitary' 26 (sensitivity CI 0.88-1.00)" in limits and "'notumor' 61" in limits
     assert "64x64 px" in limits and "Not a diagnosis" in limits and "2 byte-identical images" in limits
+    assert "5 near-duplicate image pairs across splits (10 images, pHash distance <= 36)" in limits
     # nothing of the default pneumonia task leaks into another task's card
     for word in ("pneumonia", "624", "28x28", "chest", "official"):
         assert word not in md.lower(), word
@@ -166,7 +167,18 @@ def test_metrics_of_another_task_are_refused():
 
 
 def test_the_registry_description_fits_mlflow_and_keeps_the_figures():
-    brain = _card(BRAIN_PARAMS, BRAIN_METRICS, BRAIN_GATE, BRAIN_WARTS) | {"model_name": "brain-tumour-mri"}
+    registration = {  # what the register step adds (medimg.steps.register)
+        "model_name": "brain-tumour-classifier",
+        "version": "12",
+        "registered_as": "challenger",
+        "mlflow_run_id": "f" * 32,
+        "sha256": "a" * 64,
+        "git_commit": "c" * 40 + "-dirty",
+        "params_hash": "p" * 16,
+        "architecture": "compact_resnet",
+        "onnx_parity_max_abs_diff": 1.2e-06,
+    }
+    brain = _card(BRAIN_PARAMS, BRAIN_METRICS, BRAIN_GATE, BRAIN_WARTS) | registration
     assert len(model_card.card_markdown(brain)) > model_card.DESCRIPTION_LIMIT  # so the compact form is used
     text = model_card.registry_description(brain)
     assert len(text) <= model_card.DESCRIPTION_LIMIT and text == model_card.card_markdown(brain, compact=True)
@@ -209,3 +221,12 @@ def test_a_run_from_before_the_task_section_gets_its_task_back():
         ("pneumonia",),
         "CHEST",
     )
+
+
+def test_a_binary_task_whose_abnormal_class_is_index_0_gets_its_matrix_the_right_way_round():
+    from medimg.config import TaskConfig
+
+    task = TaskConfig(class_names=("malignant", "benign_or_normal"), abnormal=("malignant",))
+    # rows = true class in class_names order: malignant (the positive class) first
+    assert model_card.confusion_counts(task, {"tp": 30, "fn": 12, "fp": 9, "tn": 105}) == [[30, 12], [9, 105]]
+    assert model_card.confusion_counts(task, {"tp": 30, "fn": None, "fp": 9, "tn": 105}) is None

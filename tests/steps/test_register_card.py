@@ -129,6 +129,7 @@ def test_a_multiclass_version_is_described_by_its_card_in_status_and_at_pull(mlf
         "| macro_roc_auc | 0.993 (0.987-0.998) |",
         "| meningioma | 0.987 (0.971-0.997) | 0.913 (0.826-0.978) |",
         "| abnormal_specificity | 0.951 (0.902-1.000) |",
+        "abnormal_tp 115, abnormal_fp 3, abnormal_tn 58, abnormal_fn 2",
         "| gate | passed |",
         "| registered as | `champion` |",
     ):
