@@ -24,6 +24,10 @@ VAL_PREDICTIONS = "evaluation/val_predictions.csv"
 FIGURES_DIR = "evaluation/figures"
 ROC_CURVE = "evaluation/figures/roc_curve.png"
 GATE_REPORT = "gates/gate_report.json"
+EVALUATION_REPORT = "evaluation/metrics.json"  # the evaluate step's metrics.json
+#: The register step's model card (medimg.model_card): JSON, and its Markdown (the version's description).
+MODEL_CARD = "model_card/model_card.json"
+MODEL_CARD_MD = "model_card/model_card.md"
 PARITY_REPORT = "export/parity.json"
 REPRODUCTION_REPORT = "reproduction/comparison.json"
 #: The registered model's artifact folder in its run, and the ONNX file in it.

@@ -13,7 +13,10 @@ runs yields one version's record, never parts of two):
   each test metric as ``test_<name>`` with its 95% percentile-bootstrap interval as
   ``test_<name>_ci_low`` / ``test_<name>_ci_high`` (:mod:`medimg.steps.evaluate`,
   :mod:`medimg.evaluation.bootstrap`);
-* two of the run's artifacts (:mod:`medimg.artifacts`): the gate report and the data-validation report;
+* four of the run's artifacts (:mod:`medimg.artifacts`): the gate report, the data-validation report,
+  the evaluate step's ``evaluation/metrics.json`` (the task kind, classes, threshold, metrics with
+  CIs, confusion matrix, images per split and class) and the model card the register step logged
+  (``model_card/model_card.json``, :mod:`medimg.model_card`);
 * the registered model: every alias, its ``medimg.*`` tags, and the promotion audit events mirrored
   there (``medimg.audit.<n>``, :mod:`medimg.promotion`), merged with the workspace's ``audit.jsonl``
   when the caller names it (:mod:`medimg.audit`).
@@ -114,6 +117,21 @@ class ValidationResult(_Frozen):
     document: dict
 
 
+class EvaluationReport(_Frozen):
+    """The evaluate step's ``metrics.json`` artifact, parsed; ``document`` is the JSON as written.
+
+    ``task_kind``, ``class_names`` and ``abnormal_classes`` are ``None`` for a run written before
+    the evaluate step recorded them (binary runs: see the run's ``task.*`` params).
+    """
+
+    artifact: str
+    task_kind: str | None  # binary | multiclass
+    class_names: tuple[str, ...] | None  # index = label
+    abnormal_classes: tuple[str, ...] | None
+    threshold: float | None  # on the abnormality probability, chosen on validation
+    document: dict
+
+
 class AuditEvent(BaseModel):
     """One promotion audit event (a line of ``audit.jsonl`` or a ``medimg.audit.<n>`` model tag).
 
@@ -179,6 +197,8 @@ class ModelRecord(_Frozen):
     promotion: PromotionTags
     gate: GateReport | None  # the run's gate report artifact
     validation: ValidationResult | None  # the run's data-validation artifact
+    evaluation: EvaluationReport | None = None  # the run's metrics.json artifact
+    card: dict | None = None  # the model card the register step logged (JSON), if it did
     model_aliases: dict[str, str]  # every alias of the registered model -> version
     model_tags: dict[str, str]  # the registered model's ``medimg.*`` tags
     promotion_history: tuple[AuditEvent, ...]  # every alias move of this model, oldest first
@@ -256,6 +276,23 @@ def gate_report(document: dict, artifact: str = artifacts.GATE_REPORT) -> GateRe
     )
 
 
+def evaluation_report(document: dict, artifact: str = artifacts.EVALUATION_REPORT) -> EvaluationReport:
+    """``metrics.json`` (as :mod:`medimg.steps.evaluate` writes it), typed."""
+    names, abnormal, threshold = (
+        document.get("class_names"),
+        document.get("abnormal_classes"),
+        document.get("threshold"),
+    )
+    return EvaluationReport(
+        artifact=artifact,
+        task_kind=document.get("task_kind"),
+        class_names=tuple(names) if names is not None else None,
+        abnormal_classes=tuple(abnormal) if abnormal is not None else None,
+        threshold=threshold if isinstance(threshold, (int, float)) else None,
+        document=document,
+    )
+
+
 def merge_events(workspace_events: list[dict], tag_events: list[dict], model: str) -> tuple[AuditEvent, ...]:
     """The model's events from both records, oldest first; one in both (same when, action, version) once."""
     merged: dict[tuple, dict] = {}
@@ -326,12 +363,15 @@ def _registered_model(name: str) -> tuple[dict[str, str], dict[str, str]]:
 def from_version(info: registry.VersionInfo, audit_log: Path | None = None) -> ModelRecord:
     """The record of the version ``info`` names (its run, artifacts and the model's history read now)."""
     run, run_error = _run(info.run_id) if info.run_id else (None, None)
-    gate = validation = None
+    gate = validation = evaluation = card = None
     if run is not None:
         with tempfile.TemporaryDirectory(prefix="medimg-record-") as scratch:
             gate_doc = _artifact_json(run.id, artifacts.GATE_REPORT, Path(scratch) / "gate")
             gate = gate_report(gate_doc) if gate_doc is not None else None
             validation = _validation(run.id, Path(scratch) / "validation")
+            evaluation_doc = _artifact_json(run.id, artifacts.EVALUATION_REPORT, Path(scratch) / "evaluation")
+            evaluation = evaluation_report(evaluation_doc) if evaluation_doc is not None else None
+            card = _artifact_json(run.id, artifacts.MODEL_CARD, Path(scratch) / "card")
     model_aliases, model_tags = _registered_model(info.name)
     workspace_events = audit.read(audit_log) if audit_log is not None else []
     tags = info.tags
@@ -366,6 +406,8 @@ def from_version(info: registry.VersionInfo, audit_log: Path | None = None) -> M
         ),
         gate=gate,
         validation=validation,
+        evaluation=evaluation,
+        card=card,
         model_aliases=model_aliases,
         model_tags=model_tags,
         promotion_history=merge_events(workspace_events, events_from_tags(model_tags), info.name),

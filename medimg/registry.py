@@ -172,6 +172,15 @@ def set_tags(model_name: str, version: str, tags: Mapping[str, object]) -> None:
         c.set_model_version_tag(model_name, str(version), key, str(value))
 
 
+def set_description(model_name: str, version: str, description: str) -> None:
+    """Set the description of version ``version`` of ``model_name`` (Markdown; the registry UI renders it).
+
+    MLflow stores at most 5000 characters there (``model_versions.description``,
+    :data:`medimg.model_card.DESCRIPTION_LIMIT`); PostgreSQL and MySQL stores refuse more.
+    """
+    client().update_model_version(model_name, str(version), description=description)
+
+
 def set_alias(model_name: str, alias: str, version: str) -> None:
     """Point ``alias`` of ``model_name`` at ``version`` (moving it from any other version)."""
     client().set_registered_model_alias(model_name, alias, str(version))

@@ -105,6 +105,7 @@ def test_a_version_with_cis_round_trips_to_the_record(small_registry):
     assert record.gate.benchmark_id == GATE_REPORT["benchmark"]["id"]
     assert [(r.name, r.passed, r.inputs) for r in record.gate.rules] == [("minimum_metrics", True, {"roc_auc": 0.912})]
     assert record.gate.document == GATE_REPORT
+    assert record.evaluation is None and record.card is None  # never logged: missing links, not errors
     assert record.validation.artifact == f"validation/validation-{'d' * 32}.json"
     assert record.validation.passed is True and record.validation.document == VALIDATION
 
@@ -170,11 +171,20 @@ def test_status_reads_the_champion_from_the_record(small_registry):
         "promoted_at",
         "promotion_reason",
         "previous_champion",
+        "task",
         "metrics",
         "audit",
     }
     assert (champ["version"], champ["run_id"], champ["data_version"]) == ("1", run_id, "d" * 32)
     assert champ["gate_passed"] == "True" and champ["previous_champion"] == "none"
+    # no metrics.json and no task params: a run from before tasks, read as binary
+    assert champ["task"] == {
+        "kind": "binary",
+        "class_names": None,
+        "abnormal_classes": None,
+        "threshold": None,
+        "read_from": "default (binary)",
+    }
     assert champ["metrics"] == {
         k: METRICS[k]
         for k in (
@@ -189,3 +199,27 @@ def test_status_reads_the_champion_from_the_record(small_registry):
     assert champ["audit"] == [json.loads(ws.audit_log.read_text())]
     ws.audit_log.unlink()  # another workspace on the same registry still sees the promotion
     assert [e["action"] for e in champion_status(params, ws)["champion"]["audit"]] == ["promote"]
+
+
+def test_status_reads_the_task_from_the_run_params_when_metrics_json_lacks_it(small_registry):
+    from medimg.status import champion_status
+
+    params, ws, run_id = small_registry
+    client = MlflowClient()
+    client.log_param(run_id, "task.kind", "multiclass")
+    client.log_param(run_id, "task.class_names", '["normal", "bacteria", "virus"]')
+    client.log_param(run_id, "task.abnormal", '["bacteria", "virus"]')
+    client.log_metric(run_id, "test_sensitivity_virus", 0.61)
+    client.log_metric(run_id, "test_sensitivity_virus_ci_low", 0.52)
+    champ = champion_status(params, ws)["champion"]
+    assert champ["task"]["kind"] == "multiclass" and champ["task"]["read_from"] == "params"
+    assert champ["task"]["class_names"] == ["normal", "bacteria", "virus"]
+    assert champ["task"]["abnormal_classes"] == ["bacteria", "virus"]
+    # the multiclass names: accuracy and the per-class sensitivities that were logged; no binary roc_auc
+    assert champ["metrics"] == {
+        "test_accuracy": METRICS["test_accuracy"],
+        "test_accuracy_ci_low": METRICS["test_accuracy_ci_low"],
+        "test_accuracy_ci_high": METRICS["test_accuracy_ci_high"],
+        "test_sensitivity_virus": 0.61,
+        "test_sensitivity_virus_ci_low": 0.52,
+    }

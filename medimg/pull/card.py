@@ -1,10 +1,18 @@
-"""The model card of a pulled model: what it is, where it came from, how good it is, how to use it.
+"""The model card of a pulled model: the run's card, plus what only a pull knows.
 
 Takes a :class:`~medimg.model_record.ModelRecord` (the version as the registry records it) and
 the verified ONNX file (its own metadata holds the preprocessing contract, the classes and the
 threshold); promises a JSON-native dict (:func:`build_card`, written as ``model_card.json``) and a
 Markdown rendering of exactly that dict (:func:`card_markdown`, template ``model_card.md.j2``,
-written as ``model_card.md``). A version whose MLflow run cannot be read gets no card
+written as ``model_card.md``).
+
+The run's part is the card the register step built from the run (:mod:`medimg.model_card`) and
+logged as ``model_card/model_card.json``; for a version registered before that, it is built now by
+the same function from the run's logged params, its ``metrics.json`` (or its ``test_*`` metrics)
+and gate report. A pull adds the verified sha256, the alias pulled by, the aliases and promotion
+as they are now, the ONNX input and output names, and the tracking URI without credentials.
+
+A version whose MLflow run cannot be read, or that has no run, gets no card
 (:class:`~medimg.pull.errors.PullError`): a card without its lineage would mislead.
 """
 
@@ -12,43 +20,28 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from medimg import artifacts, registry, rendering
+from pydantic import ValidationError
+
+from medimg import artifacts, model_card, registry
 from medimg.audit import now_iso
+from medimg.config import MOVED_TO_TASK, Params
 from medimg.export.onnx_export import read_metadata
 from medimg.model_record import ModelRecord
 from medimg.pull.errors import PullError
 
 log = logging.getLogger(__name__)
 
-CARD_JSON = "model_card.json"
-CARD_MD = "model_card.md"
-CARD_VERSION = 1
-MARKDOWN_TEMPLATE = "model_card.md.j2"
-COUNT_METRICS = {"tp", "fp", "tn", "fn", "n"}
+CARD_JSON = model_card.CARD_JSON
+CARD_MD = model_card.CARD_MD
 
-INTENDED_USE = (
-    "Research and engineering use: a probability that a frontal paediatric chest radiograph shows "
-    "pneumonia (class 'pneumonia' vs 'normal'), for decision support under the supervision of a qualified "
-    "clinician, at the recorded decision threshold. Not a certified medical device; not for autonomous "
-    "diagnosis."
-)
-LIMITATIONS = [
-    "Trained and tested on PneumoniaMNIST (MedMNIST v2): 28x28 downsampled paediatric (age 1-5) chest "
-    "X-rays from one centre (Guangzhou Women and Children's Medical Center). Performance on adults, other "
-    "sites, scanners or populations has not been measured.",
-    "Inputs are reduced to the contract's size (see preprocessing) with bilinear resizing and no "
-    "antialiasing; fine detail of full-resolution images is lost and large images alias.",
-    "The model scores any grey image it is given, including CT or MR slices and non-chest radiographs: such "
-    "scores are meaningless. Only frontal chest radiographs are in scope.",
-    "The decision threshold was chosen on the validation split for a target sensitivity; its sensitivity "
-    "and specificity at other prevalences or sites will differ.",
-    "The data set holds a few byte-identical images across splits (reported by validation), which can "
-    "flatter test metrics slightly.",
-    "Metrics' 95% confidence intervals are percentile bootstrap intervals over the 624-image test split.",
-]
+
+def card_markdown(card: Mapping) -> str:
+    """The human-readable card; every number comes from ``card`` (the JSON card)."""
+    return model_card.card_markdown(card)
 
 
 def public_uri(uri: str) -> str:
@@ -71,21 +64,90 @@ def _decode_meta(meta: dict[str, str]) -> dict:
     return out
 
 
+def params_from_run(flat: Mapping[str, str]) -> Params:
+    """The :class:`~medimg.config.Params` a run logged as flat ``section.key`` strings (``Params.flat``).
+
+    Values are JSON where they were not strings. A run from before the ``task`` section has
+    ``data.class_names``/``modalities``/``body_part``: they move to ``task``, and its positive class
+    (then always index 1) becomes ``task.abnormal``. Raises ``ValueError`` (pydantic's
+    ``ValidationError``) when the params do not validate.
+    """
+    nested: dict = {}
+    for key, raw in flat.items():
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    data, task = nested.get("data", {}), nested.setdefault("task", {})
+    for key in MOVED_TO_TASK & set(data):
+        task.setdefault(key, data.pop(key))
+    if "abnormal" not in task and len(task.get("class_names") or ()) == 2:
+        task["abnormal"] = [task["class_names"][1]]
+    return Params.model_validate(nested)
+
+
+def _evaluation_from_run(record: ModelRecord) -> dict:
+    """``metrics.json`` as recorded, or the same layout from the run's ``test_*`` metrics when it was not."""
+    if record.evaluation is not None:
+        return record.evaluation.document
+    test = {name: m.value for name, m in record.test_metrics.items()}
+    ci95 = {name: [m.ci95_low, m.ci95_high] for name, m in record.test_metrics.items() if m.ci95 is not None}
+    return {"test": test, "test_ci95": ci95, "threshold": test.get("threshold"), "n_test": test.get("n")}
+
+
+def run_card(record: ModelRecord, meta: Mapping) -> dict:
+    """The run's part of the card: the one the register step logged, else rebuilt from the run's records.
+
+    Raises :class:`PullError` when there is no run to build it from or its params do not validate.
+    """
+    if record.card is not None:
+        return dict(record.card)
+    if record.run is None:
+        raise PullError(f"model {record.name} v{record.version}: no MLflow run and no model card; nothing describes it")
+    try:
+        params = params_from_run(record.run.params)
+        return model_card.run_card(
+            params,
+            meta.get(artifacts.META_PREPROCESSING),
+            _evaluation_from_run(record),
+            record.gate.document if record.gate else None,
+            record.data_version or meta.get(artifacts.META_DATA_VERSION),
+            (record.validation.document.get("warts") if record.validation else None),
+        )
+    except ValueError as err:
+        detail = str(err).splitlines()[0] if isinstance(err, ValidationError) else str(err)
+        raise PullError(
+            f"model {record.name} v{record.version}: no card can be built from its run ({detail})"
+        ) from None
+
+
 def build_card(record: ModelRecord, onnx_path: Path, alias: str | None) -> dict:
-    """The model card as a dict: identity, lineage, metrics with CIs, gate report, contract, use.
+    """The model card as a dict: the run's card (task, data, metrics with CIs, gate, use) and the pull's facts.
 
     ``onnx_path`` is the file already verified against ``record.onnx_sha256``; ``alias`` the alias
     the caller pulled by (``None`` when by version number). Raises :class:`PullError` when the
-    version names an MLflow run that cannot be read.
+    version names an MLflow run that cannot be read, or when the card names other classes than
+    the file's metadata.
     """
     if record.run_id and record.run is None:
         raise PullError(f"model {record.name} v{record.version}: its {record.run_error}; no card without its lineage")
     if record.run is not None and record.gate is None:
         log.warning("model %s v%s: no gate report artifact", record.name, record.version)
     meta = _decode_meta(read_metadata(onnx_path))
-    params = record.run.params if record.run else {}
+    card = run_card(record, meta)
+    onnx_classes = meta.get(artifacts.META_CLASS_NAMES)
+    if onnx_classes is not None and list(onnx_classes) != card["task"]["class_names"]:
+        raise PullError(
+            f"model {record.name} v{record.version}: its card names classes {card['task']['class_names']}, its "
+            f"ONNX metadata {onnx_classes}"
+        )
     return {
-        "card_version": CARD_VERSION,
+        **card,
         "model_name": record.name,
         "version": record.version,
         "pulled_alias": alias,
@@ -102,17 +164,11 @@ def build_card(record: ModelRecord, onnx_path: Path, alias: str | None) -> dict:
         "flow_run_id": record.flow_run_id,
         "validation_passed": record.validation_passed is True,
         "onnx_parity_max_abs_diff": record.onnx_parity_max_abs_diff,
-        "class_names": meta.get(artifacts.META_CLASS_NAMES),
-        "positive_class": meta.get(artifacts.META_POSITIVE_CLASS),
-        "threshold": meta.get(artifacts.META_THRESHOLD),
-        "threshold_rule": params.get("gates.threshold"),
         "input_name": meta.get(artifacts.META_INPUT_NAME),
         "input_layout": meta.get(artifacts.META_INPUT_LAYOUT),
         "output": meta.get(artifacts.META_OUTPUT),
-        "preprocessing": meta.get(artifacts.META_PREPROCESSING),
+        "preprocessing": meta.get(artifacts.META_PREPROCESSING, card.get("preprocessing")),
         "architecture": meta.get(artifacts.META_ARCHITECTURE),
-        "training_data": params.get("data.medmnist_flag"),
-        "metrics": {name: m.model_dump() for name, m in record.test_metrics.items()},
         "gate": {
             "passed": record.gate_passed is True,
             "failed_rules": list(record.gate_failed_rules),
@@ -124,11 +180,4 @@ def build_card(record: ModelRecord, onnx_path: Path, alias: str | None) -> dict:
             "previous_champion": record.promotion.previous_champion,
             "forced": record.promotion.forced,
         },
-        "intended_use": INTENDED_USE,
-        "limitations": LIMITATIONS,
     }
-
-
-def card_markdown(card: dict) -> str:
-    """The human-readable card; every number comes from ``card`` (the JSON card)."""
-    return rendering.render(MARKDOWN_TEMPLATE, card=card, count_metrics=COUNT_METRICS)

@@ -68,11 +68,20 @@ def test_pull_writes_a_verified_model_with_its_card(registry_ws, tmp_path):
     assert auc["value"] == run_metrics["test_roc_auc"]
     assert auc["ci95_low"] == run_metrics["test_roc_auc_ci_low"] <= auc["value"] <= auc["ci95_high"]
     assert card["preprocessing"]["size"] == 28 and card["preprocessing"]["grey_uint8"]["png_jpeg"]
-    assert 0 < card["threshold"] < 1 and card["class_names"] == ["normal", "pneumonia"]
+    assert 0 < card["threshold"] < 1 and card["task"]["class_names"] == ["normal", "pneumonia"]
+    assert card["task"]["positive_class"] == "pneumonia" and card["data"]["dataset"].startswith("PneumoniaMNIST")
     assert "Not a certified medical device" in card["intended_use"] and len(card["limitations"]) >= 3
+    assert card["registered_as"] == "champion"  # the run's card, as the register step logged it
     markdown = (out / "model_card.md").read_text()
     for needle in (card["data_version"], "## Intended use", "## Limitations", "roc_auc", "Gate decision", "PASSED"):
         assert needle in markdown
+    assert f"| roc_auc | {auc['value']:.4f} ({auc['ci95_low']:.4f}-{auc['ci95_high']:.4f}) |" in markdown
+
+    # the registry shows the same card as the version's description
+    description = MlflowClient().get_model_version(MODEL, "1").description
+    for needle in ("PneumoniaMNIST", "normal, pneumonia", card["data_version"], "| gate | passed |"):
+        assert needle in description, needle
+    assert any(f"| roc_auc | {auc['value']:.{digits}f} (" in description for digits in (3, 4))  # compact or in full
 
     # pulling v2 into the same folder swaps the whole set; the failed gate is stated on its card
     assert pull(registry_ws.params, out_dir=out, version="2").version == "2"

@@ -1,0 +1,458 @@
+"""The model card of a run: what the model is for, what it was trained and tested on, how good it is.
+
+Built from the run's own records, never from text written for one data set: the typed params (the
+``task`` section: kind, classes, abnormal classes, modalities, body part, description; the ``data``
+section: the source and so the data set and its split rule; ``gates``: the threshold rule), the
+preprocessing contract, the evaluate step's ``metrics.json`` (threshold, test metrics with their
+bootstrap 95% CIs, confusion matrix, images per split and class; see ``task_design.md``), the gate
+report, the data version and the validation warts. :func:`run_card` is pure: the same inputs give
+the same dict.
+
+The JSON card is the one source of the Markdown (:func:`card_markdown`, template
+``model_card.md.j2``): the register step writes it as the registered version's description in
+MLflow (:func:`registry_description`, which fits MLflow's column) and as run artifacts; ``medimg
+pull`` adds what only a pull knows (:mod:`medimg.pull.card`).
+
+Privacy: a card holds class names, counts, metrics, the source's *folder name* and config values;
+never a file name, a patient pseudonym or a DICOM tag value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+from medimg import artifacts, rendering
+from medimg.config import DataConfig, GateConfig, Params, TaskConfig
+from medimg.data.manifest import SPLITS
+from medimg.evaluation.metrics import COUNT_NAMES, METRIC_NAMES
+
+CARD_VERSION = 2
+MARKDOWN_TEMPLATE = "model_card.md.j2"
+#: The file names of the card, in the run (``artifacts.MODEL_CARD``, ``MODEL_CARD_MD``) and in a pulled release.
+CARD_JSON = artifacts.filename(artifacts.MODEL_CARD)
+CARD_MD = artifacts.filename(artifacts.MODEL_CARD_MD)
+
+#: The longest model-version description MLflow stores: ``model_versions.description`` is
+#: ``String(5000)`` (mlflow/store/model_registry/dbmodels/models.py); PostgreSQL and MySQL refuse more.
+DESCRIPTION_LIMIT = 5000
+
+#: A class with fewer test images than this gets a limitation: at n = 100 a sensitivity of 0.90 has a
+#: 95% interval about 0.12 wide (Wilson), too wide to tell apart models a few points apart.
+FEW_TEST_IMAGES = 100
+
+#: Metrics of a multiclass task (names as the evaluate step logs them, ``task_design.md``).
+MULTICLASS_OVERALL = ("accuracy", "balanced_accuracy", "macro_roc_auc", "macro_f1", "kappa", "brier", "ece", "n")
+PER_CLASS = ("roc_auc", "sensitivity", "specificity", "ppv", "npv", "f1")
+#: The "any abnormality vs normal" operating point of a multiclass task: binary metric names, prefixed.
+ABNORMAL_PREFIX = "abnormal_"
+OPERATING_POINT = tuple(ABNORMAL_PREFIX + m for m in (*METRIC_NAMES, *COUNT_NAMES[:4]))
+BINARY_METRICS = (*METRIC_NAMES, *COUNT_NAMES, "prevalence", "threshold")
+#: What the compact Markdown (the registry's description) leaves out of the operating point, and the per-class
+#: metrics whose CIs it keeps.
+#: (Its precision and NPV follow from the tp/fp/tn/fn line the compact form prints instead.)
+COMPACT_HIDDEN = frozenset(
+    ABNORMAL_PREFIX + m for m in ("accuracy", "precision", "npv", "f1", "pr_auc", "brier", "ece", *COUNT_NAMES[:4])
+)
+COMPACT_CLASS_CIS = ("roc_auc", "sensitivity")
+#: Count metrics, shown as integers.
+COUNT_METRICS = frozenset({*COUNT_NAMES, *(ABNORMAL_PREFIX + c for c in COUNT_NAMES)})  # and n_<class>: is_count
+
+#: DICOM Modality defined terms (PS3.3 C.7.3.1.1.1) in words; other codes are shown as they are.
+MODALITY_NAMES = {
+    "CR": "computed radiography",
+    "DX": "digital radiography",
+    "MG": "mammography",
+    "CT": "CT",
+    "MR": "MRI",
+    "US": "ultrasound",
+    "PT": "PET",
+    "NM": "nuclear medicine",
+    "XA": "X-ray angiography",
+    "OT": "other",
+}
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """How the data set's images were put into train/val/test: ``kind`` (official | source | by_patient |
+    by_image), one phrase saying so (``text``) and one sentence on what it means for the test figures."""
+
+    kind: str
+    text: str
+    consequence: str
+
+
+def is_count(name: str) -> bool:
+    """Whether metric ``name`` is a count of images (``tp``, ``n``, ``n_<class>``, ``abnormal_fn``...)."""
+    return name in COUNT_METRICS or name.startswith("n_")
+
+
+def dataset_name(data: DataConfig) -> tuple[str, str | None]:
+    """(the data set's name, the first sentence of its own description or None) from the ``data`` section.
+
+    MedMNIST: the name and description in the ``medmnist`` package's ``INFO`` for ``data.medmnist_flag``
+    (``<python_class> (MedMNIST v2, flag <flag>)``); a folder source: the source folder's name (its last path
+    part only, never the full path).
+    """
+    if data.source == "medmnist":
+        from medimg.data.medmnist import DataSourceError, official_info  # here: medmnist takes 2 s to import
+
+        try:
+            info = official_info(data.medmnist_flag)
+        except DataSourceError:
+            return f"MedMNIST {data.medmnist_flag}", None
+        first = (info.get("description") or "").split(". ")[0].strip().rstrip(".")
+        return f"{info['python_class']} (MedMNIST v2, flag {data.medmnist_flag})", (first + ".") if first else None
+    kind = "DICOM folder" if data.source == "dicom_folder" else "image folder"
+    folder = PurePath(data.root).name if data.root else "(no root set)"
+    return f"{kind} '{folder}'", None
+
+
+def split_rule(data: DataConfig) -> SplitRule:
+    """The split rule the ingest applies for the ``data`` section (:mod:`medimg.data.splitting`).
+
+    MedMNIST: the archive's official split. Folders: the source's split (split folders, the labels
+    CSV's split column) where it has one, else whole patients by a seeded stratified group split; an
+    image folder with ``patient_id: file`` has no patient ids, so that split is by image.
+    """
+    fractions = "/".join(f"{data.split.fractions.get(s, 0):g}" for s in SPLITS)
+    seeded = f"{fractions}, seed {data.split.seed}, stratified by class"
+    folders = "split folders if the source has them, else"
+    if data.source == "medmnist":
+        return SplitRule(
+            "official",
+            "the official train/val/test split of the archive",
+            "Test figures are on the official test split, comparable with published results on it.",
+        )
+    if data.source == "dicom_folder" and data.dicom.split_column:
+        return SplitRule(
+            "source",
+            f"the labels CSV's '{data.dicom.split_column}' column",
+            "The split is the labels CSV's: whether a patient has images in two splits depends on it.",
+        )
+    if data.source == "dicom_folder":
+        return SplitRule(
+            "by_patient",
+            f"by patient (the pseudonymised DICOM PatientID; {seeded})",
+            "The split is by patient: no patient has images in two splits.",
+        )
+    if data.image_folder.patient_id == "file":
+        return SplitRule(
+            "by_image",
+            f"{folders} by image (no patient ids; {seeded})",
+            "Where the images were split by image, without patient ids, images of one patient and near-duplicate "
+            "images can fall in both the training and the test split, which can inflate the test figures.",
+        )
+    return SplitRule(
+        "by_patient",
+        f"{folders} by patient (the patient id in Kermany file names; {seeded})",
+        "Where the ingest split the images, no patient has images in two splits; split folders are kept as given.",
+    )
+
+
+def threshold_rule(rule: str | None, gates: GateConfig) -> str:
+    """``gates.threshold`` as a phrase with its number (the rule ``medimg.steps.evaluate.choose_threshold`` applies
+    on the validation split)."""
+    if rule == "target_sensitivity":
+        return f"the highest threshold reaching sensitivity {gates.target_sensitivity:.2f}"
+    if rule == "youden":
+        return "maximal Youden's J (sensitivity + specificity - 1)"
+    if rule == "fixed":
+        return f"fixed at {gates.fixed_threshold:g} (gates.fixed_threshold)"
+    return str(rule)
+
+
+def _finite(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def metric_estimates(test: Mapping[str, Any], ci95: Mapping[str, Sequence[Any] | None]) -> dict[str, dict]:
+    """``{name: {"value", "ci95_low", "ci95_high"}}`` from ``metrics.json``'s ``test`` and ``test_ci95``.
+
+    Counts keep integer values; an undefined metric (NaN, written as null) is ``None``; a metric
+    without an interval has ``None`` bounds.
+    """
+    out = {}
+    for name in sorted(test):
+        value = test[name]
+        bounds = [*(ci95.get(name) or ()), None, None]
+        out[name] = {
+            "value": int(value) if is_count(name) and _finite(value) is not None else _finite(value),
+            "ci95_low": _finite(bounds[0]),
+            "ci95_high": _finite(bounds[1]),
+        }
+    return out
+
+
+def confusion_counts(task: TaskConfig, test: Mapping[str, Any]) -> list[list[int]] | None:
+    """A binary task's confusion matrix (rows true class, columns decided class, ``task.class_names`` order)
+    from its ``tp``/``fp``/``tn``/``fn``; None when a count is missing (the evaluate step writes the matrix
+    itself from ``task_design.md`` on)."""
+    if task.kind != "binary" or any(_finite(test.get(k)) is None for k in ("tp", "fp", "tn", "fn")):
+        return None
+    pos = task.positive_index
+    matrix = [[0, 0], [0, 0]]
+    matrix[pos][pos], matrix[pos][1 - pos] = int(test["tp"]), int(test["fn"])
+    matrix[1 - pos][pos], matrix[1 - pos][1 - pos] = int(test["fp"]), int(test["tn"])
+    return matrix
+
+
+def _check_task(task: TaskConfig, evaluation: Mapping[str, Any]) -> None:
+    kind = evaluation.get("task_kind")
+    names = evaluation.get("class_names")
+    if (kind is not None and kind != task.kind) or (names is not None and list(names) != list(task.class_names)):
+        raise ValueError(
+            f"metrics.json is for a {kind} task with classes {names}, the params for a {task.kind} task with "
+            f"classes {list(task.class_names)}: not the same run"
+        )
+
+
+def _modality_text(task: TaskConfig) -> str:
+    if not task.modalities:
+        return "the training data's modality"
+    return ", ".join(f"{MODALITY_NAMES.get(m, m)} ({m})" for m in task.modalities)
+
+
+def intended_use(task: TaskConfig) -> str:
+    """What the model is for, from ``task``: its description, modalities, body part and what it outputs."""
+    what = task.description or "no task.description recorded"
+    part = f", body part {task.body_part}" if task.body_part else ""
+    names = ", ".join(task.class_names)
+    if task.kind == "binary":
+        positive = task.class_names[task.positive_index]
+        output = (
+            f"the probability that an image shows '{positive}' (classes: {names}), flagged at the recorded threshold"
+        )
+    else:
+        output = (
+            f"a probability for each of {len(task.class_names)} classes ({names}), the most probable class, and an "
+            f"'any abnormality' flag ({', '.join(task.abnormal)}) at the recorded threshold"
+        )
+    return (
+        f"Research and engineering use: {what}. Images: {_modality_text(task)}{part}. Output: {output}, for "
+        "decision support under the supervision of a qualified clinician. Not a certified medical device; not "
+        "for autonomous diagnosis."
+    )
+
+
+def _ci_text(metric: Mapping[str, Any] | None) -> str:
+    if not metric or metric["ci95_low"] is None or metric["ci95_high"] is None:
+        return "no CI"
+    return f"CI {metric['ci95_low']:.2f}-{metric['ci95_high']:.2f}"
+
+
+def _near_duplicates(warts: Mapping[str, Any]) -> list[str]:
+    """The near-duplicate pairs across splits the validation found (``medimg.validation.near_duplicates``
+    summary keys), as text; empty when it found none or did not look."""
+    pairs = warts.get("near_duplicate_pairs_across_splits")
+    if not isinstance(pairs, int) or isinstance(pairs, bool) or pairs <= 0:
+        return []
+    images = warts.get("images_in_near_duplicate_pairs_across_splits", "?")
+    distance = warts.get("near_duplicate_distance")
+    within = f", pHash distance <= {distance}" if distance is not None else ""
+    return [f"{pairs} near-duplicate image pairs across splits ({images} images{within})"]
+
+
+def limitations(card: Mapping[str, Any], warts: Mapping[str, Any] | None, threshold_text: str) -> list[str]:
+    """The card's limitations, each from a fact of the run (the card's task, data and metrics sections).
+
+    Data set and images per split; what the split rule means (by image with no patient ids:
+    near-duplicates may inflate test figures) and the validation warts across splits; classes with few test images;
+    the input size; the scope; the threshold's rule; the CIs' scope; not a diagnosis.
+    """
+    task, data, metrics = card["task"], card["data"], card["metrics"]
+    counts = data["split_counts"]
+    sizes = ", ".join(f"{s} {counts[s]}" for s in SPLITS if s in counts) or "split sizes not recorded"
+    out = [
+        f"Trained and tested on {data['dataset']} only ({sizes} images): performance at other sites, scanners, "
+        "protocols or populations is unmeasured."
+    ]
+    out.append(data["split_consequence"])
+    warts = warts or {}
+    found = []
+    if warts.get("hashes_across_splits"):
+        found.append(
+            f"{warts['hashes_across_splits']} byte-identical images shared across splits "
+            f"({warts.get('images_across_splits', '?')} files)"
+        )
+    if warts.get("patients_across_splits"):
+        found.append(f"{warts['patients_across_splits']} patients with images in more than one split")
+    found += _near_duplicates(warts)
+    if found:
+        out.append(f"Validation found {'; '.join(found)}: these can flatter the test figures.")
+    test_counts = data["class_counts"].get("test", {})
+    few = []
+    for name in task["class_names"]:
+        n = test_counts.get(name)
+        if n is not None and n < FEW_TEST_IMAGES:
+            if task["kind"] != "binary":
+                key = f"sensitivity_{name}"
+            else:
+                key = "sensitivity" if name == task["positive_class"] else "specificity"
+            few.append(f"'{name}' {n} ({key.split('_')[0]} {_ci_text(metrics.get(key))})")
+    if few:
+        out.append(
+            f"Classes with fewer than {FEW_TEST_IMAGES} test images have uncertain figures (wide CIs): "
+            + "; ".join(few)
+            + "."
+        )
+    contract = card["preprocessing"] or {}
+    if contract.get("size"):
+        alias = "" if contract.get("antialias") else "; without antialiasing, large images alias"
+        out.append(
+            f"Inputs are reduced to {contract['size']}x{contract['size']} px ({contract.get('resize', 'resized')}): "
+            f"fine detail of full-resolution images is lost{alias}."
+        )
+    body = f" of the {task['body_part'].lower()}" if task["body_part"] else ""
+    modalities = "/".join(task["modalities"]) if task["modalities"] else "training-modality"
+    out.append(
+        f"Only {modalities} images{body} are in scope: the model scores any image it is given, and scores of other "
+        "modalities, body parts or views are meaningless."
+    )
+    if task["kind"] == "binary":
+        on, argmax = f"the probability of '{task['positive_class']}'", ""
+    else:
+        on = f"the summed probability of the abnormal classes ({', '.join(task['abnormal_classes'])})"
+        argmax = " The class shown is the most probable one; the threshold does not change it."
+    out.append(
+        f"The threshold on {on} was chosen on the validation split ({threshold_text}): its sensitivity and "
+        f"specificity at other prevalences or sites will differ.{argmax}"
+    )
+    n_test = counts.get("test")
+    boot = card.get("bootstrap_samples")
+    out.append(
+        f"95% CIs: percentile bootstrap ({boot or '?'} resamples) over the {n_test if n_test is not None else '?'} "
+        "test images; they cover sampling error only, not a change of site or population."
+    )
+    out.append(
+        "Not a diagnosis: every output needs a qualified reader's review; a negative output does not rule disease out."
+    )
+    return out
+
+
+def run_card(
+    params: Params,
+    preprocessing: Mapping[str, Any] | None,
+    evaluation: Mapping[str, Any],
+    gate_report: Mapping[str, Any] | None,
+    data_version: str | None,
+    warts: Mapping[str, Any] | None = None,
+) -> dict:
+    """The card of a run, JSON-native: task, data, preprocessing, threshold, metrics with CIs, gate, use.
+
+    ``params``: the run's params (its ``task``, ``data`` and ``gates`` sections are read);
+    ``preprocessing``: the contract (:func:`medimg.preprocess.contract`, the ONNX ``medimg.preprocessing``);
+    ``evaluation``: ``metrics.json`` as the evaluate step writes it (``threshold``, ``threshold_rule``,
+    ``test``, ``test_ci95``, and from ``task_design.md`` on ``task_kind``, ``class_names``,
+    ``confusion_matrix``, ``class_counts``, ``n_test``, ``bootstrap_samples``; the older binary
+    layout without them is read too); ``gate_report``: ``gates/gate_report.json``; ``warts``: the
+    validation report's ``warts`` counts. Raises ``ValueError`` when ``evaluation`` names another
+    task kind or other classes than ``params.task``.
+    """
+    task = params.task
+    _check_task(task, evaluation)
+    test = evaluation.get("test") or {}
+    metrics = metric_estimates(test, evaluation.get("test_ci95") or {})
+    matrix = evaluation.get("confusion_matrix") or confusion_counts(task, test)
+    names = list(task.class_names)
+    class_counts = {
+        split: {name: int(n) for name, n in per_class.items()}
+        for split, per_class in (evaluation.get("class_counts") or {}).items()
+    }
+    if "test" not in class_counts and matrix:
+        class_counts["test"] = {name: int(sum(row)) for name, row in zip(names, matrix, strict=True)}
+    split_counts = {split: sum(per_class.values()) for split, per_class in class_counts.items()}
+    if "test" not in split_counts and evaluation.get("n_test") is not None:
+        split_counts["test"] = int(evaluation["n_test"])
+    dataset, about = dataset_name(params.data)
+    folder = PurePath(params.data.root).name if params.data.root and params.data.source != "medmnist" else None
+    rule = split_rule(params.data)
+    threshold_text = threshold_rule(evaluation.get("threshold_rule"), params.gates)
+    if task.kind == "binary":
+        groups = {"overall": [m for m in BINARY_METRICS if m in metrics], "per_class": [], "operating_point": []}
+    else:
+        groups = {
+            "overall": [m for m in MULTICLASS_OVERALL if m in metrics],
+            "per_class": list(PER_CLASS),
+            "operating_point": [m for m in OPERATING_POINT if m in metrics],
+        }
+    card: dict[str, Any] = {
+        "card_version": CARD_VERSION,
+        "task": {
+            "kind": task.kind,
+            "class_names": names,
+            "abnormal_classes": list(task.abnormal),
+            "positive_class": names[task.positive_index] if task.kind == "binary" else None,
+            "modalities": list(task.modalities) if task.modalities else None,
+            "body_part": task.body_part,
+            "description": task.description,
+        },
+        "data": {
+            "source": params.data.source,
+            "dataset": dataset,
+            "dataset_about": about,
+            "medmnist_flag": params.data.medmnist_flag if params.data.source == "medmnist" else None,
+            "folder": folder,
+            "split_kind": rule.kind,
+            "split_rule": rule.text,
+            "split_consequence": rule.consequence,
+            "class_counts": class_counts,
+            "split_counts": split_counts,
+        },
+        "data_version": data_version,
+        "preprocessing": dict(preprocessing) if preprocessing is not None else None,
+        "threshold": _finite(evaluation.get("threshold")),
+        "threshold_rule": threshold_text,
+        "decision": "threshold on the abnormal-class probability"
+        if task.kind == "binary"
+        else "most probable class (arg-max); 'any abnormality' flag at the threshold",
+        "metrics": metrics,
+        "metric_groups": groups,
+        "confusion_matrix": {
+            "rows": "true class",
+            "columns": "decided class (threshold)" if task.kind == "binary" else "decided class (arg-max)",
+            "labels": names,
+            "counts": [[int(v) for v in row] for row in matrix] if matrix else None,
+        },
+        "bootstrap_samples": evaluation.get("bootstrap_samples"),
+        "gate": {
+            "passed": bool((gate_report or {}).get("passed")),
+            "failed_rules": list((gate_report or {}).get("failed") or []),
+            "report": dict(gate_report) if gate_report is not None else None,
+        },
+        "intended_use": intended_use(task),
+    }
+    card["limitations"] = limitations(card, warts, threshold_text)
+    return card
+
+
+def card_markdown(card: Mapping[str, Any], compact: bool = False) -> str:
+    """The card in Markdown; every value comes from ``card``. ``compact``: 3 decimals, per-class CIs of AUC and
+    sensitivity only, the operating point's headline (:data:`COMPACT_HIDDEN` left out), no confusion matrix or
+    gate rules (the header states the verdict) or preprocessing contract (the limitations give its size)."""
+    return rendering.render(
+        MARKDOWN_TEMPLATE,
+        card=card,
+        compact=compact,
+        is_count=is_count,
+        compact_hidden=COMPACT_HIDDEN,
+        compact_class_cis=COMPACT_CLASS_CIS,
+        full_card=artifacts.MODEL_CARD_MD,
+        splits=SPLITS,  # in this order, whatever the order of the card's dicts (JSON is written with sorted keys)
+    )
+
+
+def registry_description(card: Mapping[str, Any], limit: int = DESCRIPTION_LIMIT) -> str:
+    """The card's Markdown for the registered version's description: in full when it fits ``limit``
+    characters, else compact, else compact and cut at the last line that fits, with a note where the full
+    card is (the run's ``model_card/`` artifacts, and ``medimg pull``)."""
+    for text in (card_markdown(card), card_markdown(card, compact=True)):
+        if len(text) <= limit:
+            return text
+    note = f"\n\n_(cut to fit the registry; full card: the run's artifact {artifacts.MODEL_CARD_MD}, or medimg pull)_\n"
+    cut = text[: limit - len(note)]
+    return cut[: cut.rfind("\n")] + note
