@@ -178,7 +178,7 @@ def _retrain(params, ws, force: bool, logger) -> State[Any] | RetrainSummary:
             evaluated,
             timeout_seconds=opts.io_timeout_seconds,
         )
-        registered = timed("register", register_model, params, ws, run_id, validated, gated, exported, **io)
+        registered = timed("register", register_model, params, ws, run_id, validated, gated, exported, evaluated, **io)
     except BaseException as err:
         reason = str(err).splitlines()[0][:500] if str(err) else type(err).__name__
         tracking.set_tags(run_id, {artifacts.TAG_OUTCOME: "failed", artifacts.TAG_REASON: reason})

@@ -134,6 +134,13 @@ def split_rule(data: DataConfig) -> SplitRule:
             f"the labels CSV's '{data.dicom.split_column}' column",
             "The split is the labels CSV's: whether a patient has images in two splits depends on it.",
         )
+    folder = data.image_folder
+    if data.source == "image_folder" and folder.labels == "csv" and folder.split_column:
+        return SplitRule(
+            "source",
+            f"the labels CSV's '{folder.split_column}' column",
+            "The split is the labels CSV's: whether a patient has images in two splits depends on it.",
+        )
     if data.source == "dicom_folder":
         return SplitRule(
             "by_patient",

@@ -169,7 +169,8 @@ def register_model(
     validated: ValidationSummary,
     gated: GateDecision,
     exported: ExportSummary,
+    evaluated: EvaluationSummary,
 ) -> Registration:
     from medimg.steps import register  # here: see the module docstring
 
-    return register.run(params, ws, run_id, _flow_run_id(), validated, gated, exported)
+    return register.run(params, ws, run_id, _flow_run_id(), validated, gated, exported, evaluated)
