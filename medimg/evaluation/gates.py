@@ -179,6 +179,31 @@ def benchmark_noninferiority(
     return GateResult("benchmark_noninferiority", passed, reason, to_jsonable(inputs))
 
 
+def _check_floors(
+    values: Mapping[str, Any], floors: Mapping[str, float], floor_word: str
+) -> tuple[dict[str, float], dict[str, float], list[str], list[str]]:
+    """(values, floors, one phrase per floor, names that miss theirs) for rules made of floors.
+
+    A name missing from ``values`` or with a NaN value misses its floor, and its phrase says so.
+    """
+    floors_f = {str(name): _num(value) for name, value in floors.items()}
+    found = {name: _num(values[name]) if name in values else math.nan for name in floors_f}
+    parts, failed = [], []
+    for name, floor in floors_f.items():
+        value = found[name]
+        if name not in values:
+            parts.append(f"{name} missing ({floor_word} {_fmt(floor)})")
+        elif not math.isfinite(value):
+            parts.append(f"{name} is nan/undefined ({floor_word} {_fmt(floor)})")
+        elif not _meets(value, floor):
+            parts.append(f"{name} {_fmt(value)} < {_fmt(floor)}")
+        else:
+            parts.append(f"{name} {_fmt(value)} >= {_fmt(floor)}")
+            continue
+        failed.append(name)
+    return found, floors_f, parts, failed
+
+
 def class_sensitivity(sensitivities: Mapping[str, float | None], floors: Mapping[str, float]) -> GateResult:
     """Every class named in ``floors`` reaches its least sensitivity (recall), as a point estimate.
 
@@ -187,21 +212,7 @@ def class_sensitivity(sensitivities: Mapping[str, float | None], floors: Mapping
     to the test-set sensitivity of that class. A class that is missing or NaN fails, and the
     reason says so. With no floors the gate passes vacuously.
     """
-    floors_f = {str(name): _num(value) for name, value in floors.items()}
-    values = {name: _num(sensitivities.get(name)) for name in floors_f}
-    parts, failed = [], []
-    for name, floor in floors_f.items():
-        value = values[name]
-        if name not in sensitivities:
-            parts.append(f"{name} missing (floor {_fmt(floor)})")
-        elif not math.isfinite(value):
-            parts.append(f"{name} is nan/undefined (floor {_fmt(floor)})")
-        elif not _meets(value, floor):
-            parts.append(f"{name} {_fmt(value)} < {_fmt(floor)}")
-        else:
-            parts.append(f"{name} {_fmt(value)} >= {_fmt(floor)}")
-            continue
-        failed.append(name)
+    values, floors_f, parts, failed = _check_floors(sensitivities, floors, "floor")
     passed = not failed
     if not floors_f:
         reason = "No per-class sensitivity floors were configured: passed."
@@ -270,22 +281,7 @@ def minimum_metrics(metrics: Mapping[str, Any], minimums: Mapping[str, float]) -
     but still not fit for use. A metric that is missing or NaN fails, and the reason says so.
     With no minimums at all the gate passes vacuously.
     """
-    values = {key: _num(metrics[key]) if key in metrics else math.nan for key in minimums}
-    floors = {key: _num(value) for key, value in minimums.items()}
-    parts, failed = [], []
-    for key, floor in floors.items():
-        value = values[key]
-        if key not in metrics:
-            parts.append(f"{key} missing (minimum {_fmt(floor)})")
-            failed.append(key)
-        elif not math.isfinite(value):
-            parts.append(f"{key} is nan/undefined (minimum {_fmt(floor)})")
-            failed.append(key)
-        elif not _meets(value, floor):
-            parts.append(f"{key} {_fmt(value)} < {_fmt(floor)}")
-            failed.append(key)
-        else:
-            parts.append(f"{key} {_fmt(value)} >= {_fmt(floor)}")
+    values, floors, parts, failed = _check_floors(metrics, minimums, "minimum")
     passed = not failed
     if not floors:
         reason = "No minimum metrics were configured: passed."

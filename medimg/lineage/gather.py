@@ -33,6 +33,8 @@ from mlflow.exceptions import MlflowException
 from medimg import artifacts, audit, model_record, registry
 from medimg.config import Params
 from medimg.data import versioning
+from medimg.evaluation.metrics import METRIC_NAMES
+from medimg.evaluation.task_metrics import MULTICLASS_HEADLINE
 from medimg.lineage.checks import lineage_checks
 from medimg.lineage.report import (
     CodeSection,
@@ -53,27 +55,7 @@ from medimg.model_record import ModelRecord, iso
 from medimg.provenance import PROJECT_ROOT, file_sha256
 from medimg.workspace import Workspace
 
-KEY_METRICS = (
-    # binary tasks
-    "roc_auc",
-    "pr_auc",
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "precision",
-    "npv",
-    "f1",
-    "brier",
-    "ece",
-    # multi-class tasks (accuracy, brier and ece above are theirs too): arg-max, then "any abnormality"
-    "macro_roc_auc",
-    "balanced_accuracy",
-    "macro_f1",
-    "kappa",
-    "abnormal_roc_auc",
-    "abnormal_sensitivity",
-    "abnormal_specificity",
-)
+KEY_METRICS = tuple(dict.fromkeys(("roc_auc", "pr_auc", *METRIC_NAMES, *MULTICLASS_HEADLINE, "abnormal_roc_auc")))
 """The test metrics a lineage report shows, those of the model's task that it logged."""
 ONNX_LINEAGE_KEYS = (
     artifacts.META_DATA_VERSION,
