@@ -291,6 +291,19 @@ def test_a_model_exported_before_the_task_was_recorded_scores_as_before(small_on
         assert row.class_probabilities["pneumonia"] == row.probability == row.abnormal_probability
 
 
+def quick_fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int):
+    """``model`` after ``steps`` seeded Adam steps on random batches of ``(x, y)``: outputs that are not uniform."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        batch = torch.randint(0, len(x), (batch_size,), generator=generator)
+        loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model
+
+
 @pytest.fixture(scope="module")
 def breast_onnx(data_dir, tmp_path_factory) -> tuple[Path, list[Path], np.ndarray]:
     """A BreastMNIST-like binary model whose abnormal class is index 0 (class_names [malignant, benign]).
@@ -313,15 +326,7 @@ def breast_onnx(data_dir, tmp_path_factory) -> tuple[Path, list[Path], np.ndarra
     x = preprocess.apply(arrays["train"][0], params.preprocess)
     y = torch.as_tensor(np.asarray(arrays["train"][1]).reshape(-1)).long()
     torch.manual_seed(0)
-    model = build_model(params.model, 1, 2)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(40):
-        batch = torch.randint(0, len(x), (64,), generator=generator)
-        loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    model = quick_fit(build_model(params.model, 1, 2), x, y, steps=40, batch_size=64)
     files = []
     for i, image in enumerate(arrays["test"][0][:12]):
         Image.fromarray(image).save(folder / f"breast{i:02d}.png")
@@ -385,15 +390,7 @@ def brain_mri_model(data_dir: Path, folder: Path) -> tuple[Path, list[Path]]:
     x = preprocess.apply(np.stack(images), params.preprocess)
     y = torch.arange(4).repeat_interleave(16)
     torch.manual_seed(0)
-    model = build_model(params.model, 1, 4)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(60):
-        batch = torch.randint(0, len(x), (32,), generator=generator)
-        loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    model = quick_fit(build_model(params.model, 1, 4), x, y, steps=60, batch_size=32)
     with torch.no_grad():
         probs = torch.softmax(model.eval()(x).double(), dim=1).numpy()
     threshold = float(np.median(probs[:, [0, 1, 3]].sum(axis=1)))
