@@ -354,7 +354,7 @@ def run_card(
     ``params``: the run's params (its ``task``, ``data`` and ``gates`` sections are read);
     ``preprocessing``: the contract (:func:`medimg.preprocess.contract`, the ONNX ``medimg.preprocessing``);
     ``evaluation``: ``metrics.json`` as the evaluate step writes it (``threshold``, ``threshold_rule``,
-    ``test``, ``test_ci95``, and from ``task_design.md`` on ``task_kind``, ``class_names``,
+    ``test``, ``test_ci95``, and since multi-class tasks ``task_kind``, ``class_names``,
     ``confusion_matrix``, ``class_counts``, ``n_test``, ``bootstrap_samples``; the older binary
     layout without them is read too); ``gate_report``: ``gates/gate_report.json``; ``warts``: the
     validation report's ``warts`` counts. Raises ``ValueError`` when ``evaluation`` names another
