@@ -80,6 +80,7 @@ def source_fingerprint(params: Params, ws: Workspace) -> str:
     data = params.data
     parts: dict = {
         "data": data.model_dump(mode="json", exclude={"workers"}),
+        "class_names": list(params.task.class_names),  # labels are indices into them
         "preprocess": params.preprocess.model_dump(mode="json"),
         "data_dir": str(data.resolved_data_dir()),
         "code": _code_hash(),
@@ -93,8 +94,15 @@ def source_fingerprint(params: Params, ws: Workspace) -> str:
     else:
         root, inbox = data.resolve_path(data.root), data.resolve_path(data.inbox)
         parts["source"] = {"root": str(root), "files": tree(root), "inbox": str(inbox), "inbox_files": tree(inbox)}
-        if data.source == "dicom_folder" and root is not None and data.dicom.labels_csv:
-            labels = root / data.dicom.labels_csv
+        labels_csv = (
+            data.dicom.labels_csv
+            if data.source == "dicom_folder"
+            else data.image_folder.labels_csv
+            if data.image_folder.labels == "csv"
+            else None
+        )
+        if root is not None and labels_csv:  # a CSV outside the root is not in its file tree
+            labels = root / labels_csv
             parts["labels_csv"] = [str(labels), file_stat(labels)]
         parts["deid_key"] = _key_hash(params)
     return _hash(parts)
