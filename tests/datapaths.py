@@ -22,6 +22,14 @@ CT_SMALL = DICOM / "ct" / "CT_small.dcm"
 MR_SMALL = DICOM / "mr" / "MR_small.dcm"
 #: Real inputs medimg once got wrong, one folder per kind of fault (see its README.md).
 FIELD_CASES = DATA_DIR.parent / "field-cases"
+#: Real DICOM series (see shared/data/README.md): a 20-slice JPEG 2000 CT without file extensions, a
+#: GE head CT with gantry tilt and uneven gaps, a five-series MR study in one folder.
+DICOM_SERIES = DATA_DIR / "dicom_series"
+CT_SERIES = DICOM_SERIES / "ct_abdomen_j2k_20"
+CT_TILTED = DICOM_SERIES / "ct_head_gantry_tilt_28"
+MR_STUDY = DICOM_SERIES / "mr_brain_study_5series"
+#: The MSD hippocampus NIfTI volumes (about 35x50x35 at 1 mm).
+HIPPOCAMPUS = DATA_DIR / "msd_hippocampus" / "imagesTr"
 #: labels.csv of a copied DICOM folder, keyed by the sample folders (``label_key: folder``).
 DICOM_FOLDER_LABELS = "key,label\nxray,pneumonia\nct,normal\nmr,normal\n"
 
