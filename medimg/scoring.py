@@ -92,8 +92,8 @@ class OnnxModel:
         """
         if self.task_kind != "binary":
             raise ValueError(f"{self.path.name}: multiclass model, the class is the arg-max (predicted_classes)")
-        normal = self.class_names[1 - self.abnormal_indices[0]]
-        return self.positive_class if probability >= self.threshold else normal
+        abnormal = self.abnormal_indices[0]
+        return self.class_names[abnormal] if probability >= self.threshold else self.class_names[1 - abnormal]
 
     def class_probabilities(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """softmax(logits) float64 ``[N, K]`` (``class_names`` order) for preprocessed inputs ``[N, C, H, W]``,

@@ -173,7 +173,8 @@ def close_pairs(hashes: np.ndarray, max_distance: int, block: int = BLOCK) -> tu
     if not found_i:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
-    return tuple(np.concatenate(parts).astype(np.int64) for parts in (found_i, found_j, found_d))
+    first, second, distances = (np.concatenate(parts).astype(np.int64) for parts in (found_i, found_j, found_d))
+    return first, second, distances
 
 
 def find_near_duplicates(manifest: pd.DataFrame, data_dir: Path, max_distance: int) -> NearDuplicates:
