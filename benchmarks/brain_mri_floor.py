@@ -18,32 +18,13 @@ import numpy as np
 import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import train_test_split
 from torch import nn
+
+from medimg.data.splitting import stratified_split
 
 CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 SIZE = 64
 EPOCHS = 15
-
-
-def stratified_split(keys: list[str], labels: list[int], fractions: dict[str, float], seed: int) -> dict[str, str]:
-    """Split name per key: test first, then val out of the rest, both stratified by label.
-
-    Mirrors ``medimg.data.splitting.stratified_split(keys, labels, fractions, seed)`` (to be
-    imported from there once it is merged): keys sorted, ``train_test_split(keys, stratify=labels,
-    test_size=test, random_state=seed)`` gives test; the rest split with ``test_size = val / (1 -
-    test)`` gives val; the remainder is train.
-    """
-    order = sorted(range(len(keys)), key=lambda i: keys[i])
-    keys = [keys[i] for i in order]
-    labels = [labels[i] for i in order]
-    rest, test, rest_labels, _ = train_test_split(
-        keys, labels, stratify=labels, test_size=fractions["test"], random_state=seed
-    )
-    train, val = train_test_split(
-        rest, stratify=rest_labels, test_size=fractions["val"] / (1 - fractions["test"]), random_state=seed
-    )
-    return {**dict.fromkeys(train, "train"), **dict.fromkeys(val, "val"), **dict.fromkeys(test, "test")}
 
 
 def block(i, o):
