@@ -40,9 +40,11 @@ def _json_list(value: str | None) -> tuple[str, ...] | None:
 def task_of(record: ModelRecord) -> TaskFacts:
     """The task from the run's ``metrics.json`` (``task_kind``...), else its ``task.*`` params, else binary."""
     found = record.evaluation
-    if found is not None and found.task_kind is not None:
-        return TaskFacts(found.task_kind, found.class_names, found.abnormal_classes, "metrics.json")
     params = record.run.params if record.run else {}
+    if found is not None and found.task_kind is not None:
+        names = found.class_names or _json_list(params.get("task.class_names"))
+        abnormal = found.abnormal_classes or _json_list(params.get("task.abnormal"))
+        return TaskFacts(found.task_kind, names, abnormal, "metrics.json")
     if "task.kind" in params:
         return TaskFacts(
             params["task.kind"],
@@ -76,8 +78,24 @@ def _metrics(record: ModelRecord, names: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
+def _task_block(record: ModelRecord) -> tuple[dict, dict[str, float]]:
+    """(the version's task as JSON, its status metrics with CIs)."""
+    task = task_of(record)
+    block = {
+        "kind": task.kind,
+        "class_names": list(task.class_names) if task.class_names else None,
+        "abnormal_classes": list(task.abnormal_classes) if task.abnormal_classes else None,
+        "threshold": record.evaluation.threshold if record.evaluation else None,
+        "read_from": task.source,
+    }
+    return block, _metrics(record, status_metric_names(task))
+
+
 def champion_status(params: Params, ws: Workspace) -> dict:
     """Schedule, last runs, challenger version and the champion's lineage keys, task, metrics and audit events.
+
+    A challenger (a version whose gate failed) gets ``challenger_detail``: its version, the failed
+    rules, its task and its metrics with CIs, so a model that was not promoted is still visible.
 
     The champion's ``task`` (kind, class names, abnormal classes, threshold, and where they were read)
     says which ``metrics`` it has: :func:`status_metric_names`, each with its bootstrap 95% CI.
@@ -101,9 +119,20 @@ def champion_status(params: Params, ws: Workspace) -> dict:
         },
         "last_runs": tracking.recent_runs(params.registry.experiment, limit=10),
     }
+    if challenger is not None:
+        record = model_record.load(name, challenger.version, ws.audit_log)
+        task_block, metrics = _task_block(record)
+        out["challenger_detail"] = {
+            "version": record.version,
+            "run_id": record.run_id,
+            "gate_passed": record.tags.get(registry.TAG_GATE),
+            "gate_failed": record.tags.get(registry.TAG_GATE_FAILED),
+            "task": task_block,
+            "metrics": metrics,
+        }
     if champ is None:
         return out
-    task = task_of(champ)
+    task_block, metrics = _task_block(champ)
     out["champion"] = {
         "version": champ.version,
         "run_id": champ.run_id,
@@ -114,14 +143,8 @@ def champion_status(params: Params, ws: Workspace) -> dict:
         "promoted_at": champ.promotion.promoted_at,
         "promotion_reason": champ.promotion.reason,
         "previous_champion": champ.promotion.previous_champion,
-        "task": {
-            "kind": task.kind,
-            "class_names": list(task.class_names) if task.class_names else None,
-            "abnormal_classes": list(task.abnormal_classes) if task.abnormal_classes else None,
-            "threshold": champ.evaluation.threshold if champ.evaluation else None,
-            "read_from": task.source,
-        },
-        "metrics": _metrics(champ, status_metric_names(task)),
+        "task": task_block,
+        "metrics": metrics,
         "audit": [e.as_dict() for e in champ.promotion_history if e.version == champ.version],
     }
     return out

@@ -192,8 +192,13 @@ def test_a_binary_challenger_is_described_by_its_card(mlflow_ws):
         "| registered as | `challenger` |",
     ):
         assert needle in description, needle
-    champ = champion_status(params, mlflow_ws)["champion"]
-    assert champ is None  # a challenger is not shown as champion
+    status = champion_status(params, mlflow_ws)
+    assert status["champion"] is None  # a challenger is not shown as champion
+    detail = status["challenger_detail"]  # but its task and metrics with CIs are
+    assert detail["version"] == reg.version and detail["gate_failed"] == "minimum_metrics"
+    assert detail["task"]["kind"] == "binary"
+    low, high = BINARY_METRICS["test_ci95"]["roc_auc"]
+    assert (detail["metrics"]["test_roc_auc_ci_low"], detail["metrics"]["test_roc_auc_ci_high"]) == (low, high)
 
 
 def test_a_card_that_cannot_be_built_registers_nothing(mlflow_ws):
