@@ -36,7 +36,7 @@ def test_every_entry_has_the_schema_and_a_source() -> None:
         ("seed_target", "any_abnormality", {"sensitivity": 0.90, "specificity": 0.92}),
         ("kermany2018_cell_pneumonia", "any_abnormality", {"sensitivity": 0.932, "specificity": 0.901}),
         ("medmnist_breastmnist_best_published", "arg_max", {"roc_auc": 0.919, "accuracy": 0.863}),
-        ("brain_mri_plain_script_floor", "arg_max", {"roc_auc": 0.982, "accuracy": 0.848}),
+        ("brain_mri_plain_script_floor", "arg_max", {"roc_auc": 0.9755, "accuracy": 0.798}),
     ],
 )
 def test_figures_as_in_the_reference_file(entry_id: str, point: str, figures: dict) -> None:
