@@ -279,9 +279,14 @@ def _check_decoder(path: Path, tsuid: UID) -> None:
         raise BadImage(path, "unsupported_transfer_syntax", f"no installed pixel-data plugin decodes {name}")
 
 
-def _decode_pixels(path: Path, ds: Dataset, rows: int, columns: int) -> np.ndarray:
+def decoded_pixel_array(path: Path, ds: Dataset) -> np.ndarray:
+    """``ds.pixel_array``, with every pydicom decoding failure mapped to a :class:`BadImage` reason.
+
+    Reasons: ``unsupported_transfer_syntax`` (no decoder), ``truncated`` (pixel data shorter than the
+    image), ``invalid_header`` (a pixel description pydicom cannot use), ``decode_error`` (anything else).
+    """
     try:
-        arr = ds.pixel_array
+        return ds.pixel_array
     except NotImplementedError as err:
         raise BadImage(path, "unsupported_transfer_syntax", "pydicom cannot decode it", str(err)) from None
     except ValueError as err:
@@ -292,6 +297,10 @@ def _decode_pixels(path: Path, ds: Dataset, rows: int, columns: int) -> np.ndarr
         raise BadImage(path, "invalid_header", f"pixel description unusable ({type(err).__name__})", str(err)) from None
     except Exception as err:
         raise BadImage(path, "decode_error", f"pixel decoding failed ({type(err).__name__})", str(err)) from None
+
+
+def _decode_pixels(path: Path, ds: Dataset, rows: int, columns: int) -> np.ndarray:
+    arr = decoded_pixel_array(path, ds)
     if arr.shape[:2] != (rows, columns) or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
         raise BadImage(path, "decode_error", f"decoded shape {arr.shape} does not match {rows}x{columns}")
     return arr

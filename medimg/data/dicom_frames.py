@@ -41,6 +41,7 @@ from medimg.data.dicom import (
     _decode_pixels,
     _pydicom_unlogged,
     _read,
+    decoded_pixel_array,
 )
 from medimg.data.images import BadImage
 
@@ -116,19 +117,8 @@ def _check_multiframe_header(path: Path, ds: Dataset, allow_burned_in: bool) -> 
 
 
 def _decode_frames(path: Path, ds: Dataset) -> np.ndarray:
-    """All frames, shape (frames, rows, columns), with :func:`medimg.data.dicom._decode_pixels`' error mapping."""
-    try:
-        arr = ds.pixel_array
-    except NotImplementedError as err:
-        raise BadImage(path, "unsupported_transfer_syntax", "pydicom cannot decode it", str(err)) from None
-    except ValueError as err:
-        if "less than expected" in str(err):
-            raise BadImage(path, "truncated", "pixel data shorter than the image size", str(err)) from None
-        raise BadImage(path, "decode_error", type(err).__name__, str(err)) from None
-    except (AttributeError, KeyError, TypeError) as err:
-        raise BadImage(path, "invalid_header", f"pixel description unusable ({type(err).__name__})", str(err)) from None
-    except Exception as err:
-        raise BadImage(path, "decode_error", f"pixel decoding failed ({type(err).__name__})", str(err)) from None
+    """All frames, shape (frames, rows, columns); failures mapped by :func:`medimg.data.dicom.decoded_pixel_array`."""
+    arr = decoded_pixel_array(path, ds)
     return arr if arr.ndim == 3 else arr[np.newaxis]
 
 
