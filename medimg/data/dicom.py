@@ -178,9 +178,13 @@ def _check_window(window: tuple[float, float]) -> None:
         raise ValueError(f"window must be a finite (level, width) with width > 0, got {window!r}")
 
 
-def _read(path: Path, data: bytes | None) -> Dataset:
+def _read(path: Path, data: bytes | None, header_only: bool = False) -> Dataset:
+    """The data set of ``path`` (or of ``data``, its bytes); ``header_only`` stops before the pixel data.
+
+    Raises :class:`BadImage`: ``not_an_image``, ``truncated`` (the file ends in the header), ``invalid_header``.
+    """
     try:
-        return pydicom.dcmread(path if data is None else io.BytesIO(data))
+        return pydicom.dcmread(path if data is None else io.BytesIO(data), stop_before_pixels=header_only)
     except InvalidDicomError as err:
         raise BadImage(path, "not_an_image", "no DICOM preamble/DICM prefix", str(err)) from None
     except EOFError as err:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from medimg.data.deid import _int
 from medimg.data.slice_stack import SlicePlane
 
 
@@ -92,11 +93,3 @@ def _items(sequence) -> list[Dataset]:
 
 def _first(values: tuple[float, ...] | None) -> float | None:
     return values[0] if values else None
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return None if value is None or value == "" else int(value)
-    except (TypeError, ValueError):
-        return None

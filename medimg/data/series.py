@@ -40,17 +40,14 @@ folders in worker processes, not threads, when parallelising (both are process-g
 
 from __future__ import annotations
 
-import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
-from medimg.data.dicom import _pydicom_unlogged
+from medimg.data.dicom import _pydicom_unlogged, _read
 from medimg.data.dicom_frames import slice_values
 from medimg.data.dicom_planes import plane_of
 from medimg.data.images import BadImage
@@ -278,14 +275,7 @@ def _scan_file(path: Path) -> tuple[SliceHeader | None, tuple[str, str] | None]:
 
 
 def _read_header(path: Path, data: bytes | None) -> Dataset:
-    try:
-        return pydicom.dcmread(path if data is None else io.BytesIO(data), stop_before_pixels=True)
-    except InvalidDicomError as err:
-        raise BadImage(path, "not_an_image", "no DICOM preamble/DICM prefix", str(err)) from None
-    except EOFError as err:
-        raise BadImage(path, "truncated", "file ends inside the header", str(err)) from None
-    except Exception as err:  # pydicom raises many types on garbage; their text may quote values
-        raise BadImage(path, "invalid_header", f"unreadable header ({type(err).__name__})", str(err)) from None
+    return _read(path, data, header_only=True)
 
 
 def _slice_header(path: Path, ds: Dataset) -> SliceHeader:
