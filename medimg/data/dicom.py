@@ -129,13 +129,7 @@ def decode_dicom(
     for given in (window, ct_window):
         if given is not None:
             _check_window(given)
-    size = path.stat().st_size if data is None else len(data)
-    if size == 0:
-        raise BadImage(path, "empty")
-    with _pydicom_unlogged(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ds = _read(path, data)
-        _check_complete(path, ds, size, caught)
+    with opened(path, data) as ds:
         header = _check_header(path, ds, min_size, allow_burned_in)
         if window is None and header["modality"] == "CT":
             window = ct_window
@@ -170,6 +164,25 @@ def _pydicom_unlogged() -> Iterator[None]:
         yield
     finally:
         logger.propagate = saved
+
+
+@contextlib.contextmanager
+def opened(path: Path, data: bytes | None = None) -> Iterator[Dataset]:
+    """The whole data set of ``path`` (or of ``data``, its bytes), checked complete, for a ``with`` block.
+
+    Inside the block pydicom logs nothing to the root logger and its warnings are caught, so a
+    truncated or empty file is a :class:`BadImage` (``empty``, ``truncated``, ``not_an_image``,
+    ``invalid_header``) rather than a log line. The one opening shared by 2D decoding and the
+    volume readers.
+    """
+    size = path.stat().st_size if data is None else len(data)
+    if size == 0:
+        raise BadImage(path, "empty")
+    with _pydicom_unlogged(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = _read(path, data)
+        _check_complete(path, ds, size, caught)
+        yield ds
 
 
 def _check_window(window: tuple[float, float]) -> None:

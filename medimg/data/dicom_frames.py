@@ -24,7 +24,6 @@ while a file is read (their texts can quote element values).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +32,13 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import UID
 
 from medimg.data.dicom import (
-    _check_complete,
     _check_decoder,
     _check_finite,
     _check_header,
     _declared_values,
     _decode_pixels,
-    _pydicom_unlogged,
-    _read,
     decoded_pixel_array,
+    opened,
 )
 from medimg.data.images import BadImage
 
@@ -55,13 +52,7 @@ def slice_values(path: str | Path, allow_burned_in: bool = False) -> np.ndarray:
     :func:`frame_values`).
     """
     path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise BadImage(path, "empty")
-    with _pydicom_unlogged(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ds = _read(path, None)
-        _check_complete(path, ds, size, caught)
+    with opened(path) as ds:
         header = _check_header(path, ds, 1, allow_burned_in)
         _check_grey(path, header["photometric"])
         arr = _declared_values(path, ds, _decode_pixels(path, ds, header["rows"], header["columns"]))
@@ -73,13 +64,7 @@ def frame_values(path: str | Path, allow_burned_in: bool = False) -> tuple[Datas
     """The data set (with its functional groups) and the Modality-LUT values of every frame of a
     multi-frame DICOM image: float64, shape (frames, rows, columns). Raises BadImage."""
     path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise BadImage(path, "empty")
-    with _pydicom_unlogged(), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ds = _read(path, None)
-        _check_complete(path, ds, size, caught)
+    with opened(path) as ds:
         rows, columns, n_frames = _check_multiframe_header(path, ds, allow_burned_in)
         arr = _declared_values(path, ds, _decode_frames(path, ds))
         if arr.shape != (n_frames, rows, columns):
