@@ -33,8 +33,9 @@ from medimg.artifacts import (
     ONNX_FILE,
     TAG_ONNX_SHA256,
 )
-from medimg.export.onnx_export import INPUT_NAME, abnormal_probability, onnx_logits, session, softmax
+from medimg.export.onnx_export import INPUT_NAME, onnx_logits, session
 from medimg.input_checks import InputRules
+from medimg.probabilities import abnormal_probability, decide, softmax
 
 if TYPE_CHECKING:
     from medimg.model_record import ModelRecord
@@ -92,8 +93,10 @@ class OnnxModel:
         """
         if self.task_kind != "binary":
             raise ValueError(f"{self.path.name}: multiclass model, the class is the arg-max (predicted_classes)")
-        abnormal = self.abnormal_indices[0]
-        return self.class_names[abnormal] if probability >= self.threshold else self.class_names[1 - abnormal]
+        row = np.empty((1, 2))
+        row[0, self.abnormal_indices[0]] = probability
+        row[0, 1 - self.abnormal_indices[0]] = 1.0 - probability
+        return self.predicted_classes(row)[0]
 
     def class_probabilities(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """softmax(logits) float64 ``[N, K]`` (``class_names`` order) for preprocessed inputs ``[N, C, H, W]``,
@@ -118,14 +121,10 @@ class OnnxModel:
         return self.abnormal_probability(x, batch_size)
 
     def predicted_classes(self, probs: np.ndarray) -> list[str]:
-        """The decided class name per row of class probabilities ``[N, K]``.
-
-        Binary: by the threshold on p_abnormal (:meth:`label`); multiclass: arg-max (the first
-        class on a tie, as ``numpy.argmax``).
-        """
-        if self.task_kind == "binary":
-            return [self.label(float(p)) for p in self.abnormal_from(probs)]
-        return [self.class_names[i] for i in np.argmax(probs, axis=1)]
+        """The decided class name per row of class probabilities ``[N, K]`` (:func:`medimg.probabilities.decide`):
+        binary by the threshold on p_abnormal, multiclass by arg-max."""
+        decided = decide(probs, self.task_kind, self.abnormal_indices, self.threshold)
+        return [self.class_names[i] for i in decided]
 
 
 def _task(meta: dict[str, str], class_names: list[str], name: str) -> tuple[str, list[str]]:

@@ -29,8 +29,9 @@ from medimg.config import parse_params
 from medimg.data.dicom import decode_dicom
 from medimg.data.images import decode_raster
 from medimg.data.medmnist import locate
-from medimg.export.onnx_export import export, onnx_logits, read_metadata, session, softmax_positive
+from medimg.export.onnx_export import export, onnx_logits, read_metadata, session
 from medimg.predict import collect_files, load_grey_uint8, predict_files, render
+from medimg.probabilities import softmax
 from medimg.provenance import file_sha256
 from medimg.pull import pull
 from medimg.scoring import OnnxModel, cached_version_model
@@ -263,7 +264,7 @@ def test_onnx_model_reads_its_metadata_from_the_session_and_batches(small_onnx):
     model = OnnxModel(path)
     assert model.metadata == read_metadata(path)
     assert model.threshold == 0.42 and model.class_names == ["normal", "pneumonia"] and model.config.size == 28
-    whole = softmax_positive(onnx_logits(session(path), x.numpy()))
+    whole = softmax(onnx_logits(session(path), x.numpy()))[:, 1]
     np.testing.assert_allclose(model.probabilities(x.numpy(), batch_size=7), whole, rtol=0, atol=1e-6)
 
 

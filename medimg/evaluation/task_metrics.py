@@ -25,6 +25,7 @@ from medimg.evaluation.bootstrap import bootstrap_ci
 from medimg.evaluation.metrics import METRIC_NAMES, binary_metrics
 from medimg.evaluation.multiclass import confusion_counts, multiclass_metrics
 from medimg.evaluation.multiclass_bootstrap import multiclass_bootstrap_ci
+from medimg.probabilities import abnormal_probability, decide
 
 ABNORMAL_PREFIX = "abnormal_"
 """Prefix of the "any abnormality vs normal" operating point's metrics in a multi-class task."""
@@ -46,24 +47,14 @@ def headline_metrics(task_kind: str) -> tuple[str, ...]:
     return BINARY_HEADLINE if task_kind == "binary" else MULTICLASS_HEADLINE
 
 
-def abnormal_probability(probs: NDArray[np.float64], abnormal_indices: tuple[int, ...]) -> NDArray[np.float64]:
-    """``p_abnormal`` ``[N]``: the summed probability of the abnormal classes, clipped to [0, 1] (rounding)."""
-    return np.clip(np.asarray(probs, dtype=np.float64)[:, list(abnormal_indices)].sum(axis=1), 0.0, 1.0)
-
-
 def is_abnormal(labels: NDArray[np.int64], abnormal_indices: tuple[int, ...]) -> NDArray[np.int64]:
     """1 where the true class is abnormal, else 0, ``[N]`` int64."""
     return np.isin(np.asarray(labels), abnormal_indices).astype(np.int64)
 
 
 def decided_classes(task: TaskConfig, probs: NDArray[np.float64], threshold: float) -> NDArray[np.int64]:
-    """The class each image is decided to be, ``[N]``: binary by the threshold on the abnormal class, else arg-max."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if task.kind == "binary":
-        positive = task.positive_index
-        flagged = abnormal_probability(probs, task.abnormal_indices) >= threshold
-        return np.where(flagged, positive, 1 - positive).astype(np.int64)
-    return probs.argmax(axis=1).astype(np.int64)
+    """The class each image is decided to be, ``[N]`` (:func:`medimg.probabilities.decide` for the task)."""
+    return decide(probs, task.kind, task.abnormal_indices, threshold)
 
 
 def task_metrics(

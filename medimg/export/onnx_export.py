@@ -122,30 +122,3 @@ def check_parity(model: nn.Module, path: Path, x: torch.Tensor, atol: float) -> 
         atol=atol,
         provider=sess.get_providers()[0],
     )
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities from logits ``[N, K]``: softmax over K in float64 (max-shifted), ``[N, K]``."""
-    z = np.asarray(logits, dtype=np.float64)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def abnormal_probability(probs: np.ndarray, abnormal_indices: tuple[int, ...] | list[int]) -> np.ndarray:
-    """p_abnormal ``[N]``: the class probabilities ``[N, K]`` summed over the abnormal classes' indices.
-
-    Binary tasks have one abnormal class, so this is its column; for the default pneumonia task,
-    softmax[:, 1]. A sum a rounding error above 1 is clipped to 1. ``ValueError`` when no index is given.
-    """
-    if len(abnormal_indices) == 0:
-        raise ValueError("abnormal_probability: no abnormal class index given")
-    return np.minimum(probs[:, list(abnormal_indices)].sum(axis=1), 1.0)
-
-
-def softmax_positive(logits: np.ndarray) -> np.ndarray:
-    """Probability of class 1 from logits ``[N, 2]``: ``softmax(logits)[:, 1]``, float64 ``[N]``.
-
-    Only the abnormality probability when the abnormal class is index 1 (the default pneumonia
-    task); use :func:`abnormal_probability` with the task's abnormal indices otherwise.
-    """
-    return softmax(logits)[:, 1]

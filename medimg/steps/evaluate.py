@@ -16,7 +16,6 @@ from medimg.evaluation import plots
 from medimg.evaluation.gates import to_jsonable
 from medimg.evaluation.gradcam import grad_cam, pick_examples
 from medimg.evaluation.task_metrics import (
-    abnormal_probability,
     decided_classes,
     headline_metrics,
     is_abnormal,
@@ -25,6 +24,7 @@ from medimg.evaluation.task_metrics import (
     task_metrics,
 )
 from medimg.evaluation.threshold import threshold_for_sensitivity, youden_threshold
+from medimg.probabilities import abnormal_probability
 from medimg.training.data import load_split
 from medimg.training.loop import predict_proba
 from medimg.training.models import load_model

@@ -64,13 +64,12 @@ def test_preprocess_contract_is_the_documented_arithmetic():
 
 
 def test_softmax_and_the_abnormality_probability_by_hand():
-    from medimg.export.onnx_export import abnormal_probability, softmax, softmax_positive
+    from medimg.probabilities import abnormal_probability, softmax
 
     logits = np.array([[0.0, np.log(3.0)], [1000.0, 1000.0], [0.0, 0.0]], dtype=np.float32)  # 1000: max-shifted
     probs = softmax(logits)
     assert probs.dtype == np.float64
     np.testing.assert_allclose(probs, [[0.25, 0.75], [0.5, 0.5], [0.5, 0.5]], rtol=0, atol=1e-7)
-    np.testing.assert_array_equal(softmax_positive(logits), probs[:, 1])
     four = softmax(np.log(np.array([[1.0, 2.0, 3.0, 4.0]])))
     np.testing.assert_allclose(abnormal_probability(four, (0, 1, 3)), [0.7], rtol=0, atol=1e-12)  # all but index 2
     with pytest.raises(ValueError, match="no abnormal class"):
@@ -96,3 +95,16 @@ def test_default_task_metadata_keeps_the_pneumonia_reading():
     multi = metadata(brain, "run-0", "data-0", 0.5)
     assert "medimg.positive_class" not in multi and multi["medimg.abnormal_classes"] == ["a", "c"]
     assert "predicted class = arg-max" in multi["medimg.output"] and "softmax[:, [0, 2]]" in multi["medimg.output"]
+
+
+def test_decide_is_the_threshold_for_binary_and_the_arg_max_for_multiclass():
+    from medimg.probabilities import decide
+
+    # BreastMNIST-like: abnormal class 0; p_abnormal 0.6, 0.5, 0.4 at threshold 0.5 -> 0, 0, 1
+    binary = np.array([[0.6, 0.4], [0.5, 0.5], [0.4, 0.6]])
+    assert decide(binary, "binary", (0,), 0.5).tolist() == [0, 0, 1]
+    assert decide(binary, "binary", (1,), 0.55).tolist() == [0, 0, 1]  # p_abnormal 0.4, 0.5, 0.6
+    multi = np.array([[0.1, 0.5, 0.4], [0.3, 0.3, 0.4], [0.4, 0.4, 0.2]])
+    assert decide(multi, "multiclass", (1, 2), 0.99).tolist() == [1, 2, 0]  # threshold unused; ties: first
+    with pytest.raises(ValueError, match="two classes and one abnormal"):
+        decide(multi, "binary", (1,), 0.5)
