@@ -103,6 +103,9 @@ META_BODY_PART = "medimg.body_part"  # DICOM Body Part Examined the model is for
 META_MLFLOW_RUN_ID = "medimg.mlflow_run_id"
 META_ARCHITECTURE = "medimg.architecture"
 META_PARAMS_HASH = "medimg.params_hash"
+#: The registered model name (``registry.model_name``) the model was exported for; segmentation models name it in
+#: the DICOM Segmentation objects they write when predicted from a file rather than from the registry.
+META_MODEL_NAME = "medimg.model_name"
 
 
 def folder(artifact: str) -> str:

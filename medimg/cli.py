@@ -138,6 +138,11 @@ def _run_errors() -> tuple[type[Exception], ...]:
     return (ValidationFailed, *_data_errors())
 
 
+def _figure(value: float | None) -> str:
+    """A metric to 4 decimals; ``n/a`` for an undefined one (None or NaN)."""
+    return "n/a" if value is None or value != value else f"{value:.4f}"
+
+
 def _print_run(summary: RetrainSummary, state_name: str | None, message: str | None, ws: Workspace) -> None:
     # here: the metric definitions import scikit-learn (1 s), needed only once a run has finished
     from medimg.evaluation.task_metrics import headline_metrics
@@ -146,10 +151,10 @@ def _print_run(summary: RetrainSummary, state_name: str | None, message: str | N
     model, evaluation, gate = summary.model, summary.evaluation, summary.gate
     table.add_row("model", f"{model.model_name} v{model.version} -> {model.alias}")
     table.add_row("data version", summary.data_version)
-    for key in headline_metrics(evaluation.task_kind):
-        lo, hi = evaluation.test_ci95[key]
-        table.add_row(f"test {key}", f"{evaluation.test[key]:.4f}  (95% CI {lo:.4f}-{hi:.4f})")
-    table.add_row("threshold", f"{evaluation.threshold:.4f}")
+    for key in headline_metrics(evaluation.task_kind, evaluation.class_names):
+        lo, hi = (_figure(v) for v in evaluation.test_ci95.get(key, (None, None)))
+        table.add_row(f"test {key}", f"{_figure(evaluation.test.get(key))}  (95% CI {lo}-{hi})")
+    table.add_row("threshold", "argmax" if evaluation.threshold is None else f"{evaluation.threshold:.4f}")
     table.add_row("gate", "passed" if gate.passed else "FAILED: " + ", ".join(gate.failed))
     table.add_row("gate report", str(gate.report))
     table.add_row("validation report", str(summary.validation.report))
@@ -277,8 +282,21 @@ def predict(
     model: Annotated[
         str, typer.Argument(help="an .onnx file, or an alias (champion) or version (3) of the registered model")
     ],
-    paths: Annotated[list[Path], typer.Argument(help="DICOM, PNG or JPEG files, or folders of them")],
-    out: Annotated[Path | None, typer.Option("--out", help="write the rows here instead of stdout")] = None,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="DICOM, PNG or JPEG files, or folders of them; for a 3D model: NIfTI files, .npz volumes, or "
+            "folders holding DICOM series"
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="write the rows here instead of stdout; a segmentation model: the folder for masks, overlays, "
+            "DICOM SEG and volumes.csv (required)",
+        ),
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or json")] = "csv",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
     allow_modality: Annotated[
@@ -291,6 +309,12 @@ def predict(
     any_modality: Annotated[
         bool, typer.Option("--any-modality", help="score DICOM of every Modality (no modality_mismatch)")
     ] = False,
+    modality: Annotated[
+        str | None,
+        typer.Option(
+            "--modality", help="3D models: the Modality of the NIfTI volumes (e.g. CT), which NIfTI does not say"
+        ),
+    ] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Run the model over images with the preprocessing from its own metadata; bad files get a reason.
@@ -306,9 +330,20 @@ def predict(
     bit_depth_out_of_range, size_out_of_range: the limits recorded in the model), or when it is a
     DICOM of a modality the model is not for (modality_mismatch) unless --allow-modality or
     --any-modality says to score it anyway.
+
+    A 3D model scores volumes (medimg.predict_volumes): a NIfTI file, each volume of an .npz
+    (arrays [D, H, W] or [N, D, H, W]) and each DICOM series in a folder, named in the volume column
+    (npz key[index]; a series by the keyed pseudonym of its SeriesInstanceUID, which needs
+    MEDIMG_DEID_SECRET); a refused series gets its reason (missing_slices, ...). A 2D image given to
+    a 3D model, or a volume to a 2D model, gets image_for_3d_model or volume_for_2d_model.
+
+    A segmentation model (medimg.predict_segmentation) writes into the --out folder, per NIfTI file or DICOM
+    series: <name>.mask.nii.gz (labels on the input's own voxels, its affine), <name>.overlay.png, for a DICOM
+    series <name>.seg.dcm (a DICOM Segmentation naming the model, its version and ONNX sha256), and one row per
+    volume with each structure's volume in mL in volumes.csv (or volumes.json with --format json).
     """
     # here: torch and ONNX Runtime (1 s) load for predict only, not with every command
-    from medimg.predict import collect_files, predict_files, registry_model, render, summary
+    from medimg.predict import DIMENSION_REASONS, collect_files, predict_files, registry_model, render, summary
     from medimg.scoring import OnnxModel
 
     if fmt not in ("csv", "json"):
@@ -321,6 +356,7 @@ def predict(
                 console.print(f"[bold red]no such model file[/] {candidate}")
                 raise typer.Exit(2)
             source = str(candidate)
+            info = None
         else:
             loaded, _ = _open(params)
             from medimg.pull import PullError  # here: after activate (MLflow, Prefect read settings on import)
@@ -329,8 +365,17 @@ def predict(
                 candidate, info = registry_model(loaded.registry.model_name, model, Path(scratch))
             source = f"{info.name} v{info.version} (sha256 verified)"
         onnx_model = OnnxModel(candidate)
-        files = collect_files(paths)
-        console.print(f"model {source}; ONNX Runtime provider: {onnx_model.provider}; {len(files)} file(s)")
+        if onnx_model.is_segmentation:  # masks into a folder, not rows to stdout
+            _predict_segmentation(
+                onnx_model, source, info, paths, out, fmt, allow_modality or (), any_modality, modality
+            )
+            return
+        volumetric = onnx_model.dims == 3
+        files = list(paths) if volumetric else collect_files(paths)  # a 3D model reads series folders whole
+        console.print(
+            f"model {source} ({onnx_model.input_layout}); ONNX Runtime provider: {onnx_model.provider}; "
+            f"{len(files)} {'path' if volumetric else 'file'}(s)"
+        )
         rules = onnx_model.input_rules.allowing(allow_modality or (), any_modality)
         console.print(
             f"input checks: {rules.describe()}"
@@ -340,16 +385,19 @@ def predict(
                 else " (the model records no validation limits: exported before they were recorded)"
             )
         )
-        predictions = predict_files(
-            onnx_model,
-            files,
-            batch_size=batch_size,
-            show_progress=len(files) >= 32,
-            console=console,
-            allow_modalities=tuple(allow_modality or ()),
-            any_modality=any_modality,
-        )
-    text = render(predictions, fmt, onnx_model.class_names)
+        if volumetric:
+            predictions = _predict_volumes(onnx_model, files, batch_size, allow_modality, any_modality, modality)
+        else:
+            predictions = predict_files(
+                onnx_model,
+                files,
+                batch_size=batch_size,
+                show_progress=len(files) >= 32,
+                console=console,
+                allow_modalities=tuple(allow_modality or ()),
+                any_modality=any_modality,
+            )
+    text = render(predictions, fmt, onnx_model.class_names, volumes=volumetric)
     if out is None:
         typer.echo(text, nl=False)
     else:
@@ -369,15 +417,110 @@ def predict(
         console.print(table)
     console.print(
         f"{len(predictions) - len(bad)} predicted, {len(bad)} not usable"
-        + (": " + ", ".join(f"{Path(p.file).name} ({p.error})" for p in bad[:10]) if bad else "")
+        + (
+            ": " + ", ".join(f"{Path(p.file).name}{' ' + p.volume if p.volume else ''} ({p.error})" for p in bad[:10])
+            if bad
+            else ""
+        )
     )
+    for reason in sorted({p.error for p in bad} & set(DIMENSION_REASONS)):
+        console.print(f"[bold red]{reason}[/]: {DIMENSION_REASONS[reason]}")
     if len(bad) == len(predictions):  # nothing predicted (no files, or all unusable)
         raise typer.Exit(1)
 
 
+def _predict_segmentation(onnx_model, source, record, paths, out, fmt, allow_modality, any_modality, modality) -> None:
+    """``medimg predict`` with a segmentation model (:mod:`medimg.predict_segmentation`): files into the ``out``
+    folder, a summary to stderr; exit 2 without ``--out`` or the pseudonymisation secret a DICOM input needs, 1
+    when no input could be segmented."""
+    # here: pydicom, nibabel, highdicom and the volume readers load for a segmentation model's predict only
+    from medimg.data.deid import MissingSecretError, secret_from_env
+    from medimg.predict import DIMENSION_REASONS
+    from medimg.predict_segmentation import algorithm_for, predict_segmentation, write_table
+    from medimg.predict_volumes import needs_secret
+
+    if out is None or out.is_file():
+        console.print(
+            "[bold red]--out FOLDER[/]: a segmentation model writes masks, overlays, DICOM SEG and volumes.csv into "
+            + ("a folder, not a file" if out is not None else "a folder; give one")
+        )
+        raise typer.Exit(2)
+    secret = None
+    if needs_secret(paths):
+        with _exit_on(MissingSecretError, "DICOM series are named by keyed pseudonyms:", code=2):
+            secret = secret_from_env()
+    algorithm = algorithm_for(onnx_model, record)
+    console.print(
+        f"model {source} (segmentation, {onnx_model.input_layout}, structures "
+        f"{', '.join(onnx_model.abnormal_classes)}); ONNX Runtime provider: {onnx_model.provider}; "
+        f"{len(paths)} path(s); into {out}"
+    )
+    console.print(f"input checks: {onnx_model.input_rules.allowing(tuple(allow_modality), any_modality).describe()}")
+    results = predict_segmentation(
+        onnx_model,
+        paths,
+        out,
+        algorithm,
+        allow_modalities=tuple(allow_modality),
+        any_modality=any_modality,
+        secret=secret,
+        modality=modality,
+    )
+    structures = list(onnx_model.abnormal_classes)
+    table_path = write_table(results, structures, out, fmt)
+    done = [r for r in results if r.error is None]
+    if done:
+        table = Table(title="segmented: volume per structure (mL)")
+        table.add_column("input")
+        for name in structures:
+            table.add_column(name, justify="right")
+        table.add_column("DICOM SEG")
+        for r in done:
+            label = r.volume or Path(r.file).name  # a series by its pseudonym, never a UID
+            volumes = r.volumes_ml
+            seg = r.dicom_seg or (f"not written: {r.dicom_seg_skipped}" if r.dicom_seg_skipped else "")
+            table.add_row(label, *(f"{volumes[name]:.3f}" for name in structures), seg)
+        console.print(table)
+    bad = [r for r in results if r.error]
+    console.print(
+        f"{len(done)} segmented, {len(bad)} not usable; table {table_path}"
+        + (
+            ": " + ", ".join(f"{Path(r.file).name}{' ' + r.volume if r.volume else ''} ({r.error})" for r in bad[:10])
+            if bad
+            else ""
+        )
+    )
+    for reason in sorted({r.error for r in bad if r.error} & set(DIMENSION_REASONS)):
+        console.print(f"[bold red]{reason}[/]: {DIMENSION_REASONS[reason]}")
+    if not done:
+        raise typer.Exit(1)
+
+
+def _predict_volumes(onnx_model, paths, batch_size, allow_modality, any_modality, modality):
+    """``medimg predict`` with a 3D model (:mod:`medimg.predict_volumes`); exit 2 when DICOM inputs need the
+    pseudonymisation secret and none is set."""
+    # here: pydicom, nibabel and the volume readers load for a 3D model's predict only
+    from medimg.data.deid import MissingSecretError, secret_from_env
+    from medimg.predict_volumes import needs_secret, predict_volumes
+
+    secret = None
+    if needs_secret(paths):
+        with _exit_on(MissingSecretError, "DICOM series are named by keyed pseudonyms:", code=2):
+            secret = secret_from_env()
+    return predict_volumes(
+        onnx_model,
+        paths,
+        batch_size=min(batch_size, 8),
+        allow_modalities=tuple(allow_modality or ()),
+        any_modality=any_modality,
+        secret=secret,
+        modality=modality,
+    )
+
+
 # --------------------------------------------------------------------------- ingest and validate
 
-SOURCE_KINDS = ("medmnist", "image_folder", "dicom_folder")
+SOURCE_KINDS = ("medmnist", "image_folder", "dicom_folder", "nifti_folder", "dicom_series")
 SourceArgument = Annotated[
     str | None,
     typer.Argument(
@@ -463,7 +606,7 @@ def _guess_kind(path: Path, data_config: DataConfig | None, class_names: tuple[s
         raise ConfigError(
             f"{path}: cannot tell the source kind: no top-level class or split folder "
             f"({', '.join(names)}, train/val/test; any case) and no {cfg.dicom.labels_csv or 'labels CSV'}; "
-            "give --kind image_folder or --kind dicom_folder"
+            "give --kind image_folder, dicom_folder, nifti_folder or dicom_series"
         )
     return guessed
 

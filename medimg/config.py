@@ -119,6 +119,44 @@ class DicomFolderConfig(_Strict):
     allow_burned_in: bool = Field(default=False, description="keep images flagged BurnedInAnnotation=YES")
 
 
+class VolumeFolderConfig(_Strict):
+    """Volumes from files (``data.volumes``): ``nifti_folder`` (NIfTI files) or ``dicom_series`` (DICOM series
+    under folders), labelled by a CSV.
+
+    The key column names, relative to the source root, a NIfTI file (``nifti_folder``) or the folder
+    holding a series' files (``dicom_series``; every series found under it gets the row's label).
+    """
+
+    labels_csv: str = Field(default="labels.csv", description="CSV with the labels; relative paths are under the root")
+    key_column: str = "key"
+    label_column: str = Field(default="label", description="class name (any case) or class index")
+    split_column: str | None = Field(default=None, description="optional column with train/val/test")
+    min_slices: int = Field(default=8, ge=2, description="a series or volume with fewer slices is refused")
+    gantry_tilt: Literal["correct", "refuse"] = Field(
+        default="correct", description="correct: shear each slice onto one grid (as dcm2niix); refuse: gantry_tilt"
+    )
+    irregular_spacing: Literal["resample", "refuse"] = Field(
+        default="resample", description="resample: equal steps along the normal (linear); refuse: irregular_spacing"
+    )
+    allow_burned_in: bool = Field(default=False, description="keep series flagged BurnedInAnnotation=YES")
+
+
+class SegmentationSourceConfig(_Strict):
+    """Image/mask pairs for segmentation (``data.source: nifti_pairs``, ``data.segmentation``): the Medical
+    Segmentation Decathlon layout (``imagesTr/<case>.nii.gz`` with ``labelsTr/<case>.nii.gz``) or a CSV of pairs."""
+
+    layout: Literal["msd", "csv"] = Field(default="msd", description="msd: imagesTr/ + labelsTr/; csv: pairs_csv")
+    images_dir: str = Field(default="imagesTr", description="msd: the images' folder under data.root")
+    masks_dir: str = Field(default="labelsTr", description="msd: the masks' folder under data.root (same names)")
+    pairs_csv: str | None = Field(default=None, description="csv: the pairs CSV, relative to data.root")
+    image_column: str = "image"
+    mask_column: str = "mask"
+    split_column: str | None = Field(default=None, description="optional train/val/test column of the pairs CSV")
+    geometry_tolerance_mm: float = Field(
+        default=1e-3, gt=0, description="largest difference of image and mask affines (mm) for a pair to match"
+    )
+
+
 class SplitConfig(_Strict):
     """Patient-level splitting where the source gives no (complete) split."""
 
@@ -173,9 +211,11 @@ class TaskConfig(_Strict):
     classes, an abnormal class that is not a class, or no normal class left.
     """
 
-    kind: Literal["binary", "multiclass"] = "binary"
+    kind: Literal["binary", "multiclass", "segmentation"] = "binary"
     class_names: tuple[str, ...] = Field(
-        default=("normal", "pneumonia"), description="index = the label; binary: any order, the abnormal one named"
+        default=("normal", "pneumonia"),
+        description="index = the label; binary: any order, the abnormal one named; segmentation: the mask's label "
+        "values, 0 = background",
     )
     abnormal: tuple[str, ...] = Field(
         default=("pneumonia",),
@@ -218,6 +258,12 @@ class TaskConfig(_Strict):
             )
         if self.kind == "multiclass" and len(names) < 3:
             raise ValueError(f"task.kind multiclass needs at least three task.class_names, got {list(names)}")
+        if self.kind == "segmentation" and tuple(self.abnormal) != tuple(names[1:]):
+            raise ValueError(
+                f"task.kind segmentation: task.class_names are the mask's labels (index 0 = background) and "
+                f"task.abnormal must list the structures, class_names[1:] = {list(names[1:])}; "
+                f"got {list(self.abnormal)}"
+            )
         if self.modalities == ():
             raise ValueError(
                 "task.modalities is empty: list the modalities the model is for, or null for the training data's"
@@ -238,19 +284,31 @@ class TaskConfig(_Strict):
 
     @property
     def auc_metric(self) -> str:
-        """The name of the task's headline ROC AUC: ``roc_auc`` (binary) or ``macro_roc_auc`` (multiclass)."""
-        return "roc_auc" if self.kind == "binary" else "macro_roc_auc"
+        """The name of the task's headline metric: ``roc_auc`` (binary), ``macro_roc_auc`` (multiclass) or
+        ``mean_dice`` (segmentation, the mean over the structures)."""
+        return {"binary": "roc_auc", "multiclass": "macro_roc_auc"}.get(self.kind, "mean_dice")
+
+    @property
+    def structures(self) -> tuple[str, ...]:
+        """Segmentation: the labelled structures (``class_names[1:]``, label values 1..K-1)."""
+        return tuple(self.class_names[1:])
 
 
 class DataConfig(_Strict):
     """Where the images come from (``data``): source kind, folders, classes, splits, decoding limits."""
 
-    source: Literal["medmnist", "image_folder", "dicom_folder"] = "medmnist"
+    source: Literal["medmnist", "image_folder", "dicom_folder", "nifti_folder", "dicom_series", "nifti_pairs"] = (
+        "medmnist"
+    )
     medmnist_flag: str = Field(
         default="pneumoniamnist",
         pattern=r"^[a-z0-9]+$",
-        description="a 2D MedMNIST flag (medmnist INFO); checked against task.class_names at start "
+        description="a MedMNIST flag (medmnist INFO; 3D flags with preprocess.dims 3); checked against "
+        "task.class_names at start "
         "(medimg.data.medmnist.check_flag)",
+    )
+    medmnist_size: Literal[28, 64, 128, 224] = Field(
+        default=28, description="MedMNIST archive size: 28 (<flag>.npz) or MedMNIST+ 64/128/224 (<flag>_<size>.npz)"
     )
     data_dir: str | None = Field(default=None, description=f"folder holding the archive; default: ${DATA_DIR_ENV}")
     download: bool = Field(default=True, description="download with the medmnist package if absent")
@@ -267,6 +325,8 @@ class DataConfig(_Strict):
     )
     image_folder: ImageFolderConfig = ImageFolderConfig()
     dicom: DicomFolderConfig = DicomFolderConfig()
+    volumes: VolumeFolderConfig = VolumeFolderConfig()
+    segmentation: SegmentationSourceConfig = SegmentationSourceConfig()
     split: SplitConfig = SplitConfig()
     deid: DeidConfig = DeidConfig()
     min_side: int = Field(default=16, ge=1, description="files with a smaller side are quarantined (too_small)")
@@ -346,11 +406,83 @@ class ValidationConfig(_Strict):
     original_side_range: tuple[int, int] = Field(
         default=(16, 16384), description="rows and columns of the source files"
     )
+    volume_near_duplicate_distance: int = Field(
+        default=120,
+        ge=0,
+        le=768,
+        description="volumes (preprocess.dims 3): largest Hamming distance between the 768-bit hashes (pHash of "
+        "the three mean-intensity projections) of two stored volumes that are near-duplicates "
+        "(medimg.validation.near_duplicates; the default is measured in params.yaml)",
+    )
+    volume_spacing_range_mm: tuple[float, float] = Field(
+        default=(0.1, 10.0),
+        description="volumes: the source's voxel spacing (spacing_z/y/x, mm) where known; unknown (NaN) passes",
+    )
+
+    empty_masks: Literal["warn", "fail"] = Field(
+        default="warn",
+        description="segmentation: a case whose mask labels no structure (label 0): warn (reported, the run goes "
+        "on) | fail",
+    )
+    foreground_fraction_range: tuple[float, float] = Field(
+        default=(0.0, 1.0),
+        description="segmentation: share of the stored grid's voxels that a mask labels (any structure), for every "
+        "mask that labels any (empty masks: validation.empty_masks)",
+    )
+
+    @model_validator(mode="after")
+    def _spacing_range_ordered(self) -> ValidationConfig:
+        lo, hi = self.volume_spacing_range_mm
+        if not 0 <= lo <= hi:
+            raise ValueError("validation.volume_spacing_range_mm: expected [low, high] mm with 0 <= low <= high")
+        lo, hi = self.foreground_fraction_range
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError("validation.foreground_fraction_range: expected [low, high] with 0 <= low <= high <= 1")
+        return self
+
+
+class VolumeContractConfig(_Strict):
+    """The 3D half of the contract (``preprocess.volume``, used when ``preprocess.dims`` is 3; see
+    :mod:`medimg.volume_contract`)."""
+
+    orientation: Literal["RAS", "source"] = Field(
+        default="RAS",
+        description="RAS: array axes reoriented to (S, A, R) by flips/transposes (nibabel canonical); "
+        "source: kept as read",
+    )
+    spacing: tuple[float, float, float] | None = Field(
+        default=None, description="(z, y, x) mm to resample to before sizing; null: keep the source spacing"
+    )
+    interpolation: Literal["trilinear", "nearest", "area"] = Field(
+        default="trilinear", description="resampling and resizing of the voxels (torch F.interpolate)"
+    )
+    shape: tuple[int, int, int] | None = Field(
+        default=None,
+        description="segmentation: the stored (z, y, x) voxels of every training case, centred zero-padding or "
+        "cropping on the source grid (no resampling); multiples of pad_multiple",
+    )
+    pad_multiple: int = Field(
+        default=16, ge=1, le=128, description="segmentation: a volume to predict is zero-padded to multiples of this"
+    )
+
+    @model_validator(mode="after")
+    def _positive(self) -> VolumeContractConfig:
+        if self.spacing is not None and min(self.spacing) <= 0:
+            raise ValueError("preprocess.volume.spacing: every value must be > 0 mm")
+        if self.shape is not None and any(n < 1 or n % self.pad_multiple for n in self.shape):
+            raise ValueError(
+                f"preprocess.volume.shape {list(self.shape)}: every value must be a positive multiple of "
+                f"preprocess.volume.pad_multiple ({self.pad_multiple})"
+            )
+        return self
 
 
 class PreprocessConfig(_Strict):
     """The preprocessing contract (see :mod:`medimg.preprocess`): applied once at ingest, recorded in ONNX."""
 
+    dims: Literal[2, 3] = Field(
+        default=2, description="2: images (size x size); 3: volumes (size^3, preprocess.volume, medimg.volume_contract)"
+    )
     size: int = Field(default=28, ge=8, le=1024)
     resize: Literal["stretch", "pad", "crop"] = Field(
         default="stretch", description="stretch (aspect not kept) | pad to square (black) | centre crop to square"
@@ -379,6 +511,7 @@ class PreprocessConfig(_Strict):
     channels: Literal[1, 3] = 1
     mean: float = Field(default=0.5, description="normalisation after scaling to [0, 1]")
     std: float = Field(default=0.5, gt=0)
+    volume: VolumeContractConfig = VolumeContractConfig()
 
     @model_validator(mode="after")
     def _ranges(self) -> PreprocessConfig:
@@ -387,13 +520,35 @@ class PreprocessConfig(_Strict):
             raise ValueError("preprocess.percentiles must satisfy 0 <= low < high <= 100")
         if self.ct_window is not None and not self.ct_window[1] > 0:
             raise ValueError("preprocess.ct_window: width must be > 0")
+        if self.dims == 3:
+            two_d = [
+                key
+                for key, value in (
+                    ("denoise", self.denoise != "none"),
+                    ("clahe", self.clahe),
+                    ("jpeg_dct_scaling", self.jpeg_dct_scaling),
+                    ("jpeg2000_reduce", self.jpeg2000_reduce),
+                    ("antialias", self.antialias),
+                    ("interpolation", self.interpolation != "bilinear"),
+                )
+                if value
+            ]
+            if two_d:
+                raise ValueError(
+                    f"preprocess.{two_d[0]} is a 2D setting; with preprocess.dims 3 leave {', '.join(two_d)} at the "
+                    "default and use preprocess.volume (interpolation, spacing, orientation)"
+                )
+            if self.size > 256:
+                raise ValueError("preprocess.size: at most 256 with preprocess.dims 3 (size^3 voxels per volume)")
         return self
 
 
 class ModelConfig(_Strict):
     """Network architecture, width, dropout and fine-tuning mode (``model``)."""
 
-    architecture: Literal["compact_resnet", "simple_cnn", "resnet18", "resnet50", "densenet121"] = "compact_resnet"
+    architecture: Literal[
+        "compact_resnet", "simple_cnn", "resnet18", "resnet50", "densenet121", "resnet3d", "simple_cnn3d", "unet3d"
+    ] = "compact_resnet"
     width: int = Field(default=48, ge=4, le=512, description="base width of the compact models")
     dropout: float = Field(default=0.2, ge=0, lt=1)
     pretrained_weights: str | None = Field(
@@ -468,13 +623,16 @@ class BenchmarkGateConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    """Threshold choice and promotion rules (``gates``): benchmark, minimum AUC/accuracy, champion margin."""
+    """Threshold choice and promotion rules (``gates``): benchmark, minimum AUC/accuracy, champion margin; for
+    segmentation (:mod:`medimg.segmentation.gates`) the Dice floors, and the champion margin on mean Dice."""
 
     benchmark: BenchmarkGateConfig = BenchmarkGateConfig(id="self2012_radiologists_ed", margin=0.10)
     threshold: Literal["youden", "target_sensitivity", "fixed"] = "target_sensitivity"
     target_sensitivity: float = Field(default=0.90, gt=0, le=1)
     fixed_threshold: float = Field(default=0.5, gt=0, lt=1)
-    champion_auc_margin: float = Field(default=0.01, ge=0, le=1)
+    champion_auc_margin: float = Field(
+        default=0.01, ge=0, le=1, description="non-inferiority margin to the champion: AUC; segmentation: mean Dice"
+    )
     bootstrap_samples: int = Field(default=1000, ge=100)
     min_auc: float = Field(default=0.95, ge=0, le=1)
     min_accuracy: float = Field(default=0.85, ge=0, le=1)
@@ -482,6 +640,11 @@ class GateConfig(_Strict):
         default=None,
         description="class name -> the least sensitivity (recall) of that class on the test split (arg-max "
         "decision for multiclass, the threshold for binary); null: no per-class rule",
+    )
+    min_dice: dict[str, Annotated[float, Field(ge=0, le=1)]] | Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None,
+        description="segmentation: the least test Dice of each structure (mean over cases): one number for every "
+        "structure, or structure name -> floor; null: no Dice floor (task.kind segmentation only)",
     )
 
 
@@ -591,7 +754,10 @@ class Params(_Strict):
         bad = {k: v for k, v in floors.items() if not 0 <= v <= 1}
         if bad:
             raise ValueError(f"gates.min_class_sensitivity values must lie in [0, 1], got {bad}")
+        _segmentation_gates_agree(self.task, self.gates, known[self.gates.benchmark.id])
         _image_folder_labels_agree(self.data, self.task)
+        _dimensions_agree(self.data, self.preprocess, self.model)
+        _segmentation_agrees(self.task, self.data, self.preprocess, self.model)
         modalities = self.task.modalities
         if modalities is not None and self.data.modality not in modalities:
             raise ValueError(
@@ -628,6 +794,77 @@ class Params(_Strict):
 
         walk("", self.model_dump(mode="json"))
         return out
+
+
+#: Source kinds and architectures per ``preprocess.dims``.
+VOLUME_SOURCES = ("nifti_folder", "dicom_series", "nifti_pairs")
+IMAGE_SOURCES = ("image_folder", "dicom_folder")
+VOLUME_ARCHITECTURES = ("resnet3d", "simple_cnn3d", "unet3d")
+SEGMENTATION_ARCHITECTURES = ("unet3d",)
+
+
+def _segmentation_agrees(task: TaskConfig, data: DataConfig, contract: PreprocessConfig, model: ModelConfig) -> None:
+    """``ValueError`` naming the keys when a segmentation task lacks its source, contract or network, or another
+    task kind names them."""
+    segmenting = task.kind == "segmentation"
+    if segmenting != (data.source == "nifti_pairs"):
+        raise ValueError(
+            "task.kind segmentation needs data.source nifti_pairs (image/mask pairs)"
+            if segmenting
+            else f"data.source nifti_pairs gives image/mask pairs: set task.kind segmentation (not {task.kind})"
+        )
+    if segmenting != (model.architecture in SEGMENTATION_ARCHITECTURES):
+        raise ValueError(
+            f"model.architecture {model.architecture!r} does not fit task.kind {task.kind}: "
+            + ("use unet3d" if segmenting else "unet3d is for segmentation")
+        )
+    if segmenting:
+        if contract.dims != 3 or contract.volume.shape is None:
+            raise ValueError("task.kind segmentation needs preprocess.dims 3 and preprocess.volume.shape (z, y, x)")
+        if contract.volume.spacing is not None:
+            raise ValueError(
+                "preprocess.volume.spacing must be null for segmentation: masks stay on the source voxel grid"
+            )
+
+
+def _segmentation_gates_agree(task: TaskConfig, gates: GateConfig, bench: dict) -> None:
+    """``ValueError`` naming the keys when ``gates.min_dice`` or the benchmark's operating point does not fit the
+    task: Dice floors and the ``segmentation`` operating point are for segmentation, which has no other."""
+    segmenting = task.kind == "segmentation"
+    if segmenting != (bench.get("operating_point") == "segmentation"):
+        raise ValueError(
+            f"gates.benchmark.id {bench['id']!r} states figures at operating point {bench.get('operating_point')!r}, "
+            f"which does not fit task.kind {task.kind}: "
+            + ("name a segmentation benchmark (e.g. msd_hippocampus_nnunet)" if segmenting else "name a classifier's")
+        )
+    if gates.min_dice is None:
+        return
+    if not segmenting:
+        raise ValueError(f"gates.min_dice is for task.kind segmentation (this task is {task.kind}): set it to null")
+    if isinstance(gates.min_dice, dict):
+        unknown = sorted(set(gates.min_dice) - set(task.structures))
+        if unknown:
+            raise ValueError(
+                f"gates.min_dice names {unknown}, which are not structures (task.class_names[1:] = "
+                f"{list(task.structures)})"
+            )
+
+
+def _dimensions_agree(data: DataConfig, contract: PreprocessConfig, model: ModelConfig) -> None:
+    """``ValueError`` naming the keys when the source, the contract's ``dims`` and the architecture disagree."""
+    volumetric = contract.dims == 3
+    if volumetric and data.source in IMAGE_SOURCES:
+        raise ValueError(
+            f"data.source {data.source!r} gives 2D images but preprocess.dims is 3: use nifti_folder, dicom_series "
+            "or a 3D MedMNIST flag"
+        )
+    if not volumetric and data.source in VOLUME_SOURCES:
+        raise ValueError(f"data.source {data.source!r} gives volumes: set preprocess.dims: 3")
+    if volumetric != (model.architecture in VOLUME_ARCHITECTURES):
+        wanted = ", ".join(VOLUME_ARCHITECTURES) if volumetric else "a 2D one (compact_resnet, simple_cnn, ...)"
+        raise ValueError(
+            f"model.architecture {model.architecture!r} does not fit preprocess.dims {contract.dims}: use {wanted}"
+        )
 
 
 def _image_folder_labels_agree(data: DataConfig, task: TaskConfig) -> None:

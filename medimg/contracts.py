@@ -158,13 +158,18 @@ class TrainSummary(Contract):
 class EvaluationSummary(Contract):
     """The evaluate step's outcome (:mod:`medimg.steps.evaluate`): the numbers of ``metrics.json`` and its files."""
 
-    task_kind: str = Field(description="task.kind: binary or multiclass")
+    task_kind: str = Field(description="task.kind: binary, multiclass or segmentation")
     class_names: tuple[str, ...] = Field(description="task.class_names, index = label")
-    abnormal_classes: tuple[str, ...] = Field(description="task.abnormal: the classes pooled into p_abnormal")
-    threshold: float = Field(
-        description="decision threshold on p_abnormal (the abnormal classes' summed probability), from validation"
+    abnormal_classes: tuple[str, ...] = Field(
+        description="task.abnormal: the classes pooled into p_abnormal (segmentation: the structures)"
     )
-    threshold_rule: str = Field(description="gates.threshold: youden, target_sensitivity or fixed")
+    threshold: float | None = Field(
+        description="decision threshold on p_abnormal (the abnormal classes' summed probability), from validation; "
+        "None for segmentation (each voxel takes its arg-max label)"
+    )
+    threshold_rule: str = Field(
+        description="gates.threshold: youden, target_sensitivity or fixed; argmax for segmentation"
+    )
     test: Metrics = Field(
         description="test-split metrics of the task (medimg.evaluation.task_metrics): binary at the threshold; "
         "multiclass arg-max, plus abnormal_* at the threshold"
@@ -177,6 +182,9 @@ class EvaluationSummary(Contract):
         description="test counts [K, K]: rows the true class, columns the decided class"
     )
     class_counts: dict[str, dict[str, int]] = Field(description="images per split and class, after drops")
+    split_counts: dict[str, int] = Field(
+        default_factory=dict, description="segmentation: cases per split (class_counts then count cases per structure)"
+    )
     n_test: int = Field(description="test images")
     subgroups: dict[str, dict[str, Metrics]] = Field(
         description="test metrics per group column (modality, site, sex) and value, where a column varies"
@@ -184,7 +192,8 @@ class EvaluationSummary(Contract):
     bootstrap_samples: int = Field(description="bootstrap resamples behind test_ci95")
     metrics_file: Path = Field(description="runs/<run id>/metrics.json: these numbers as JSON")
     predictions: Path = Field(
-        description="runs/<run id>/test_predictions.csv: id, label, probability (p_abnormal), p_<class> per test image"
+        description="runs/<run id>/test_predictions.csv: id, label, probability (p_abnormal), p_<class> per test "
+        "image; segmentation: id, label and the case's figures per structure (medimg.segmentation.metrics.case_table)"
     )
 
 
@@ -222,6 +231,11 @@ class ParityCheck(Contract):
     atol: float = Field(description="export.parity_atol")
     provider: str = Field(description="ONNX Runtime execution provider that ran the check")
     passed: bool
+    voxel_agreement: float | None = Field(
+        default=None,
+        description="segmentation: the lowest share, over the cases, of voxels whose arg-max labels agree; None for "
+        "classification",
+    )
 
 
 class ExportSummary(Contract):

@@ -51,6 +51,9 @@ PER_CLASS = ("roc_auc", "sensitivity", "specificity", "ppv", "npv", "f1")
 ABNORMAL_PREFIX = "abnormal_"
 OPERATING_POINT = tuple(ABNORMAL_PREFIX + m for m in (*METRIC_NAMES, *COUNT_NAMES[:4]))
 BINARY_METRICS = (*METRIC_NAMES, *COUNT_NAMES, "prevalence", "threshold")
+#: A segmentation task's overall metrics and the per-structure ones (``<metric>_<structure>``).
+SEGMENTATION_OVERALL = ("mean_dice", "mean_hd95", "n")
+PER_STRUCTURE = ("dice", "hd95", "volume_error_ml")
 #: What the compact Markdown (the registry's description) leaves out of the operating point, and the per-class
 #: metrics whose CIs it keeps.
 #: (Its precision and NPV follow from the tp/fp/tn/fn line the compact form prints instead.)
@@ -107,7 +110,12 @@ def dataset_name(data: DataConfig) -> tuple[str, str | None]:
             return f"MedMNIST {data.medmnist_flag}", None
         first = (info.get("description") or "").split(". ")[0].strip().rstrip(".")
         return f"{info['python_class']} (MedMNIST v2, flag {data.medmnist_flag})", (first + ".") if first else None
-    kind = "DICOM folder" if data.source == "dicom_folder" else "image folder"
+    kind = {
+        "dicom_folder": "DICOM folder",
+        "dicom_series": "DICOM series folder",
+        "nifti_folder": "NIfTI folder",
+        "nifti_pairs": "NIfTI image/mask pairs",
+    }.get(data.source, "image folder")
     folder = PurePath(data.root).name if data.root else "(no root set)"
     return f"{kind} '{folder}'", None
 
@@ -127,6 +135,32 @@ def split_rule(data: DataConfig) -> SplitRule:
             "official",
             "the official train/val/test split of the archive",
             "Test figures are on the official test split, comparable with published results on it.",
+        )
+    if data.source == "nifti_pairs":
+        if data.segmentation.split_column:
+            return SplitRule(
+                "source",
+                f"the pairs CSV's '{data.segmentation.split_column}' column",
+                "The split is the pairs CSV's: whether a patient has cases in two splits depends on it.",
+            )
+        return SplitRule(
+            "by_case",
+            f"by case ({fractions}, seed {data.split.seed}; each image/mask pair its own patient)",
+            "The split is by case: cases of one patient, if the data set holds several, can fall in two splits.",
+        )
+    if data.source in ("dicom_series", "nifti_folder"):
+        if data.volumes.split_column:
+            return SplitRule(
+                "source",
+                f"the labels CSV's '{data.volumes.split_column}' column (volumes without one: by patient, {seeded})",
+                "The split is the labels CSV's: whether a patient has volumes in two splits depends on it.",
+            )
+        who = "the pseudonymised DICOM PatientID" if data.source == "dicom_series" else "one patient per NIfTI file"
+        return SplitRule(
+            "by_patient",
+            f"by patient ({who}; {seeded})",
+            "The split is by patient: no patient has volumes in two splits"
+            + (" (NIfTI files carry no patient id: two files of one patient count as two)." if who[0] == "o" else "."),
         )
     if data.source == "dicom_folder" and data.dicom.split_column:
         return SplitRule(
@@ -224,15 +258,23 @@ def _modality_text(task: TaskConfig) -> str:
     return ", ".join(f"{MODALITY_NAMES.get(m, m)} ({m})" for m in task.modalities)
 
 
-def intended_use(task: TaskConfig) -> str:
-    """What the model is for, from ``task``: its description, modalities, body part and what it outputs."""
+def intended_use(task: TaskConfig, unit: str = "image") -> str:
+    """What the model is for, from ``task``: its description, modalities, body part and what it outputs.
+
+    ``unit``: what one input is, ``image`` or ``volume`` (:func:`input_unit`).
+    """
     what = task.description or "no task.description recorded"
     part = f", body part {task.body_part}" if task.body_part else ""
     names = ", ".join(task.class_names)
-    if task.kind == "binary":
+    if task.kind == "segmentation":
+        labels = ", ".join(f"{i} {name}" for i, name in enumerate(task.class_names))
+        output = (
+            f"a label mask on the input {unit}'s own voxel grid (labels {labels}) and each structure's volume in mL"
+        )
+    elif task.kind == "binary":
         positive = task.class_names[task.positive_index]
         output = (
-            f"the probability that an image shows '{positive}' (classes: {names}), flagged at the recorded threshold"
+            f"the probability that {_a(unit)} shows '{positive}' (classes: {names}), flagged at the recorded threshold"
         )
     else:
         output = (
@@ -240,10 +282,19 @@ def intended_use(task: TaskConfig) -> str:
             f"'any abnormality' flag ({', '.join(task.abnormal)}) at the recorded threshold"
         )
     return (
-        f"Research and engineering use: {what}. Images: {_modality_text(task)}{part}. Output: {output}, for "
-        "decision support under the supervision of a qualified clinician. Not a certified medical device; not "
+        f"Research and engineering use: {what}. {unit.capitalize()}s: {_modality_text(task)}{part}. Output: {output}, "
+        "for decision support under the supervision of a qualified clinician. Not a certified medical device; not "
         "for autonomous diagnosis."
     )
+
+
+def input_unit(preprocessing: Mapping[str, Any] | None) -> str:
+    """``volume`` for a 3D contract (``dims`` 3, :mod:`medimg.volume_contract`), else ``image``."""
+    return "volume" if (preprocessing or {}).get("dims") == 3 else "image"
+
+
+def _a(unit: str) -> str:
+    return f"an {unit}" if unit[0] in "aeiou" else f"a {unit}"
 
 
 def _ci_text(metric: Mapping[str, Any] | None) -> str:
@@ -272,10 +323,11 @@ def limitations(card: Mapping[str, Any], warts: Mapping[str, Any] | None, thresh
     the input size; the scope; the threshold's rule; the CIs' scope; not a diagnosis.
     """
     task, data, metrics = card["task"], card["data"], card["metrics"]
+    unit = data.get("unit", "image")
     counts = data["split_counts"]
     sizes = ", ".join(f"{s} {counts[s]}" for s in SPLITS if s in counts) or "split sizes not recorded"
     out = [
-        f"Trained and tested on {data['dataset']} only ({sizes} images): performance at other sites, scanners, "
+        f"Trained and tested on {data['dataset']} only ({sizes} {unit}s): performance at other sites, scanners, "
         "protocols or populations is unmeasured."
     ]
     out.append(data["split_consequence"])
@@ -291,7 +343,7 @@ def limitations(card: Mapping[str, Any], warts: Mapping[str, Any] | None, thresh
     found += _near_duplicates(warts)
     if found:
         out.append(f"Validation found {'; '.join(found)}: these can flatter the test figures.")
-    test_counts = data["class_counts"].get("test", {})
+    test_counts = data["class_counts"].get("test", {}) if task["kind"] != "segmentation" else {}
     few = []
     for name in task["class_names"]:
         n = test_counts.get(name)
@@ -303,12 +355,36 @@ def limitations(card: Mapping[str, Any], warts: Mapping[str, Any] | None, thresh
             few.append(f"'{name}' {n} ({key.split('_')[0]} {_ci_text(metrics.get(key))})")
     if few:
         out.append(
-            f"Classes with fewer than {FEW_TEST_IMAGES} test images have uncertain figures (wide CIs): "
+            f"Classes with fewer than {FEW_TEST_IMAGES} test {unit}s have uncertain figures (wide CIs): "
             + "; ".join(few)
             + "."
         )
     contract = card["preprocessing"] or {}
-    if contract.get("size"):
+    if contract.get("task") == "segmentation":
+        grid = "x".join(str(n) for n in contract.get("shape") or ())
+        out.append(
+            f"Inputs keep their own voxel grid (no resampling; the mask lies on the input's voxels); training cases "
+            f"were centred in a {grid} voxel grid: a volume much larger than that (e.g. a whole head rather than a "
+            "crop around the structures) is out of scope."
+        )
+        n_test = counts.get("test")
+        few_cases = [s for s in task["abnormal_classes"] if (data["class_counts"].get("test") or {}).get(s, 0) < 30]
+        if few_cases or (n_test is not None and n_test < 30):
+            out.append(f"Few test cases ({n_test}): per-structure figures have wide CIs.")
+    elif contract.get("size") and unit == "volume":
+        spacing = contract.get("spacing")
+        resampled = f"resampled to {'x'.join(f'{s:g}' for s in spacing)} mm, then " if spacing else ""
+        how = ", ".join(
+            str(contract.get(key, default))
+            for key, default in (("resize_policy", "stretch"), ("interpolation", "trilinear"))
+        )
+        out.append(
+            f"Inputs are {resampled}reduced to {contract['size']}^3 voxels ({how}, orientation "
+            f"{contract.get('orientation', 'as read')}): "
+            "fine detail of full-resolution volumes is lost, and a volume at another orientation or field of view "
+            "than the training data is out of scope."
+        )
+    elif contract.get("size"):
         alias = "" if contract.get("antialias") else "; without antialiasing, large images alias"
         out.append(
             f"Inputs are reduced to {contract['size']}x{contract['size']} px ({contract.get('resize', 'resized')}): "
@@ -317,23 +393,29 @@ def limitations(card: Mapping[str, Any], warts: Mapping[str, Any] | None, thresh
     body = f" of the {task['body_part'].lower()}" if task["body_part"] else ""
     modalities = "/".join(task["modalities"]) if task["modalities"] else "training-modality"
     out.append(
-        f"Only {modalities} images{body} are in scope: the model scores any image it is given, and scores of other "
+        f"Only {modalities} {unit}s{body} are in scope: the model scores any {unit} it is given, and scores of other "
         "modalities, body parts or views are meaningless."
     )
-    if task["kind"] == "binary":
+    if task["kind"] == "segmentation":
+        out.append(
+            "Each voxel's label is the most probable one (arg-max); Dice, HD95 and volume error describe agreement "
+            "with the reference masks of this data set, whose annotation protocol the model learnt."
+        )
+    elif task["kind"] == "binary":
         on, argmax = f"the probability of '{task['positive_class']}'", ""
     else:
         on = f"the summed probability of the abnormal classes ({', '.join(task['abnormal_classes'])})"
         argmax = " The class shown is the most probable one; the threshold does not change it."
-    out.append(
-        f"The threshold on {on} was chosen on the validation split ({threshold_text}): its sensitivity and "
-        f"specificity at other prevalences or sites will differ.{argmax}"
-    )
+    if task["kind"] != "segmentation":
+        out.append(
+            f"The threshold on {on} was chosen on the validation split ({threshold_text}): its sensitivity and "
+            f"specificity at other prevalences or sites will differ.{argmax}"
+        )
     n_test = counts.get("test")
     boot = card.get("bootstrap_samples")
     out.append(
         f"95% CIs: percentile bootstrap ({boot or '?'} resamples) over the {n_test if n_test is not None else '?'} "
-        "test images; they cover sampling error only, not a change of site or population."
+        f"test {unit}s; they cover sampling error only, not a change of site or population."
     )
     out.append(
         "Not a diagnosis: every output needs a qualified reader's review; a negative output does not rule disease out."
@@ -373,13 +455,21 @@ def run_card(
     if "test" not in class_counts and matrix:
         class_counts["test"] = {name: int(sum(row)) for name, row in zip(names, matrix, strict=True)}
     split_counts = {split: sum(per_class.values()) for split, per_class in class_counts.items()}
+    if evaluation.get("split_counts"):  # segmentation: cases per split (class_counts count cases per structure)
+        split_counts = {str(s): int(n) for s, n in evaluation["split_counts"].items()}
     if "test" not in split_counts and evaluation.get("n_test") is not None:
         split_counts["test"] = int(evaluation["n_test"])
     dataset, about = dataset_name(params.data)
     folder = PurePath(params.data.root).name if params.data.root and params.data.source != "medmnist" else None
     rule = split_rule(params.data)
     threshold_text = threshold_rule(evaluation.get("threshold_rule"), params.gates)
-    if task.kind == "binary":
+    if task.kind == "segmentation":
+        groups = {
+            "overall": [m for m in SEGMENTATION_OVERALL if m in metrics],
+            "per_class": list(PER_STRUCTURE),
+            "operating_point": [],
+        }
+    elif task.kind == "binary":
         groups = {"overall": [m for m in BINARY_METRICS if m in metrics], "per_class": [], "operating_point": []}
     else:
         groups = {
@@ -409,14 +499,16 @@ def run_card(
             "split_consequence": rule.consequence,
             "class_counts": class_counts,
             "split_counts": split_counts,
+            "unit": input_unit(preprocessing),
         },
         "data_version": data_version,
         "preprocessing": dict(preprocessing) if preprocessing is not None else None,
         "threshold": _finite(evaluation.get("threshold")),
         "threshold_rule": threshold_text,
-        "decision": "threshold on the abnormal-class probability"
-        if task.kind == "binary"
-        else "most probable class (arg-max); 'any abnormality' flag at the threshold",
+        "decision": {
+            "binary": "threshold on the abnormal-class probability",
+            "multiclass": "most probable class (arg-max); 'any abnormality' flag at the threshold",
+        }.get(task.kind, "each voxel's most probable label (arg-max)"),
         "metrics": metrics,
         "metric_groups": groups,
         "confusion_matrix": {
@@ -431,7 +523,7 @@ def run_card(
             "failed_rules": list((gate_report or {}).get("failed") or []),
             "report": dict(gate_report) if gate_report is not None else None,
         },
-        "intended_use": intended_use(task),
+        "intended_use": intended_use(task, input_unit(preprocessing)),
     }
     card["limitations"] = limitations(card, warts, threshold_text)
     return card

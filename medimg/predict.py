@@ -1,5 +1,10 @@
 """``medimg predict``: ONNX Runtime inference over DICOM, PNG and JPEG files, from the model's metadata.
 
+This module scores images with a 2D model; a 3D model (contract ``dims`` 3) scores NIfTI files,
+``.npz`` volumes and DICOM series folders through :mod:`medimg.predict_volumes`, into the same rows.
+A volume file given to a 2D model gets the reason ``volume_for_2d_model`` (and an image given to a
+3D model ``image_for_3d_model``, :data:`DIMENSION_REASONS`).
+
 The preprocessing comes only from the ONNX file's own ``medimg.preprocessing`` contract
 (:func:`medimg.preprocess.config_from_contract`), never from ``params.yaml``, so a model predicts
 the way it was exported whatever the local configuration says. Each file goes through exactly
@@ -65,6 +70,16 @@ if TYPE_CHECKING:
 #: The columns of every output, first and in this order (those of earlier versions); :func:`columns` adds the rest.
 FIELDS = ("file", "probability", "label", "error")
 TASK_FIELDS = ("predicted_class", "abnormal_probability", "abnormal")
+#: The last column of a 3D model's output: which volume of ``file`` the row is (:mod:`medimg.predict_volumes`).
+VOLUME_FIELD = "volume"
+#: Volume files by name: NIfTI (``.nii``, ``.nii.gz``) and numpy ``.npz`` archives of volumes.
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".npz")
+#: The input does not have the model's number of dimensions.
+DIMENSION_REASONS: dict[str, str] = {
+    "volume_for_2d_model": "a volume (NIfTI, .npz) given to a 2D model: it takes images (DICOM, PNG, JPEG)",
+    "image_for_3d_model": "a 2D image (PNG, JPEG, a single-frame DICOM) given to a 3D model: it takes NIfTI files, "
+    ".npz volumes and folders holding DICOM series",
+}
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,7 @@ class Prediction:
     error: str | None = None
     class_probabilities: dict[str, float] | None = None
     abnormal: bool | None = None
+    volume: str | None = None  # 3D models: which volume of ``file`` (npz key[index], series pseudonym); else None
 
     @property
     def abnormal_probability(self) -> float | None:
@@ -101,6 +117,29 @@ def load_grey_uint8(path: str | Path, config: PreprocessConfig | None = None) ->
     """
     config = config or PreprocessConfig()
     return preprocess.grey_uint8(preprocess.decode_file(Path(path), config), config)
+
+
+def is_volume_file(path: str | Path) -> bool:
+    """True for a name ending in one of :data:`VOLUME_SUFFIXES` (any case)."""
+    return Path(path).name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def scored(model: OnnxModel, x: np.ndarray, items: Sequence[tuple[str, str | None]]) -> list[Prediction]:
+    """One :class:`Prediction` per ``(file, volume)`` of ``items`` for its preprocessed input in ``x`` ``[N, C, ...]``:
+    every class's probability, p_abnormal, the decided class and the abnormality flag."""
+    probs = model.class_probabilities(x)
+    decided = model.predicted_classes(probs)
+    return [
+        Prediction(
+            file,
+            float(p_abnormal),
+            name,
+            class_probabilities=dict(zip(model.class_names, map(float, row), strict=True)),
+            abnormal=bool(p_abnormal >= model.threshold),
+            volume=volume,
+        )
+        for (file, volume), row, p_abnormal, name in zip(items, probs, model.abnormal_from(probs), decided, strict=True)
+    ]
 
 
 def collect_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -135,8 +174,14 @@ def predict_files(
     """Predictions for ``files`` in order; bad files carry their reason and do not stop the batch.
 
     ``allow_modalities`` adds DICOM modalities to those the model is for; ``any_modality`` turns
-    the modality check off (both the caller's explicit decision; see the module docstring).
+    the modality check off (both the caller's explicit decision; see the module docstring). A 2D
+    model only: ``ValueError`` for a 3D one (:func:`medimg.predict_volumes.predict_volumes`) or a segmentation model
+    (:func:`medimg.predict_segmentation.predict_segmentation`).
     """
+    if model.is_segmentation:
+        raise ValueError(f"{model.path.name} is a segmentation model: segment volumes with predict_segmentation")
+    if model.dims != 2:
+        raise ValueError(f"{model.path.name} is a {model.dims}D model: score volumes with predict_volumes")
     rules = model.input_rules.allowing(allow_modalities, any_modality)
     results: list[Prediction | None] = [None] * len(files)
     pending: list[tuple[int, np.ndarray]] = []
@@ -145,16 +190,9 @@ def predict_files(
         if not pending:
             return
         x = np.concatenate([tensor for _, tensor in pending])
-        probs = model.class_probabilities(x)
-        decided = model.predicted_classes(probs)
-        for (index, _), row, p_abnormal, name in zip(pending, probs, model.abnormal_from(probs), decided, strict=True):
-            results[index] = Prediction(
-                str(files[index]),
-                float(p_abnormal),
-                name,
-                class_probabilities=dict(zip(model.class_names, map(float, row), strict=True)),
-                abnormal=bool(p_abnormal >= model.threshold),
-            )
+        rows = scored(model, x, [(str(files[index]), None) for index, _ in pending])
+        for (index, _), row in zip(pending, rows, strict=True):
+            results[index] = row
         pending.clear()
 
     progress = None
@@ -174,6 +212,11 @@ def predict_files(
         task = progress.add_task("predict", total=len(files))
     try:
         for index, path in enumerate(files):
+            if is_volume_file(path):
+                results[index] = Prediction(str(path), None, None, "volume_for_2d_model")
+                if progress is not None:
+                    progress.advance(task)
+                continue
             try:
                 decoded = preprocess.decode_file(path, model.config)
                 problem = check_input(decoded, rules)  # before grey uint8, which would turn NaN into black
@@ -206,21 +249,30 @@ def predict_files(
     return [r for r in results if r is not None]
 
 
-def columns(class_names: Sequence[str]) -> tuple[str, ...]:
-    """The output columns: :data:`FIELDS`, then ``p_<class>`` per class (in class order), then :data:`TASK_FIELDS`."""
-    return (*FIELDS, *(f"p_{c}" for c in class_names), *TASK_FIELDS)
+def columns(class_names: Sequence[str], volumes: bool = False) -> tuple[str, ...]:
+    """The output columns: :data:`FIELDS`, then ``p_<class>`` per class (in class order), then :data:`TASK_FIELDS`,
+    then, with ``volumes`` (a 3D model's rows), :data:`VOLUME_FIELD`."""
+    return (*FIELDS, *(f"p_{c}" for c in class_names), *TASK_FIELDS, *((VOLUME_FIELD,) if volumes else ()))
 
 
 def _class_names(predictions: list[Prediction]) -> list[str]:
     return next((list(p.class_probabilities) for p in predictions if p.class_probabilities), [])
 
 
-def to_rows(predictions: list[Prediction], class_names: Sequence[str] | None = None) -> list[dict]:
+def _has_volumes(predictions: list[Prediction], volumes: bool | None) -> bool:
+    return any(p.volume is not None for p in predictions) if volumes is None else volumes
+
+
+def to_rows(
+    predictions: list[Prediction], class_names: Sequence[str] | None = None, volumes: bool | None = None
+) -> list[dict]:
     """The predictions as flat dicts with the keys of :func:`columns` (None where a file was not usable).
 
-    ``class_names``: the model's (None: those of the first usable prediction).
+    ``class_names``: the model's (None: those of the first usable prediction). ``volumes``: add the
+    :data:`VOLUME_FIELD` (a 3D model's rows; None: when some prediction names a volume).
     """
     names = list(class_names) if class_names is not None else _class_names(predictions)
+    volumes = _has_volumes(predictions, volumes)
     rows = []
     for p in predictions:
         probs = p.class_probabilities or {}
@@ -233,6 +285,8 @@ def to_rows(predictions: list[Prediction], class_names: Sequence[str] | None = N
                 "abnormal": p.abnormal,
             }
         )
+        if volumes:
+            row[VOLUME_FIELD] = p.volume
         rows.append(row)
     return rows
 
@@ -245,17 +299,20 @@ def _csv_value(value: object) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def render(predictions: list[Prediction], fmt: str, class_names: Sequence[str] | None = None) -> str:
+def render(
+    predictions: list[Prediction], fmt: str, class_names: Sequence[str] | None = None, volumes: bool | None = None
+) -> str:
     """CSV (header :func:`columns`, ``abnormal`` as true/false) or a JSON list of rows (:func:`to_rows`)."""
     names = list(class_names) if class_names is not None else _class_names(predictions)
+    volumes = _has_volumes(predictions, volumes)
     if fmt == "json":
-        return json.dumps(to_rows(predictions, names), indent=1)
+        return json.dumps(to_rows(predictions, names, volumes), indent=1)
     if fmt != "csv":
         raise ValueError(f"unknown format {fmt!r}; expected csv or json")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns(names), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns(names, volumes), lineterminator="\n")
     writer.writeheader()
-    for row in to_rows(predictions, names):
+    for row in to_rows(predictions, names, volumes):
         writer.writerow({k: _csv_value(v) for k, v in row.items()})
     return buffer.getvalue()
 

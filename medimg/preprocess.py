@@ -76,7 +76,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageFilter
 
+from medimg import volume_contract
 from medimg.config import PreprocessConfig
+from medimg.segmentation import contract as segmentation_contract
 
 if TYPE_CHECKING:
     import torch
@@ -119,7 +121,16 @@ def _uses_pillow(config: PreprocessConfig) -> bool:
 
 
 def contract(config: PreprocessConfig) -> dict:
-    """The JSON-serialisable description that goes into ONNX metadata and is hashed into manifests."""
+    """The JSON-serialisable description that goes into ONNX metadata and is hashed into manifests.
+
+    A 3D contract (``preprocess.dims: 3``) is :func:`medimg.volume_contract.contract`; one with a stored grid
+    (``preprocess.volume.shape``, segmentation) is :func:`medimg.segmentation.contract.contract`, so the grid is
+    part of the hash.
+    """
+    if config.dims == 3 and config.volume.shape is not None:
+        return segmentation_contract.contract(config)
+    if config.dims == 3:
+        return volume_contract.contract(config)
     aa = "antialias" if _uses_pillow(config) else "no antialias"
     interp = "area (box)" if config.interpolation == "area" else config.interpolation
     pil_filter = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "area": "BOX"}[config.interpolation]
@@ -184,8 +195,13 @@ def config_from_contract(data: dict) -> PreprocessConfig:
     """The :class:`PreprocessConfig` a contract (e.g. from ONNX metadata) describes.
 
     Keys a version 1, 2 or 3 contract lacks take their defaults, which are exactly what those
-    versions did, so every model preprocesses the way it was trained.
+    versions did, so every model preprocesses the way it was trained. A 3D contract (``dims`` 3) goes to
+    :func:`medimg.volume_contract.config_from_contract`.
     """
+    if segmentation_contract.is_segmentation_contract(data):
+        return segmentation_contract.config_from_contract(data)
+    if data.get("dims") == 3:
+        return volume_contract.config_from_contract(data)
     values = {field: data[key] for key, field in _CONTRACT_FIELDS.items() if data.get(key) is not None}
     return PreprocessConfig(**values)
 
@@ -414,9 +430,14 @@ def apply(images: np.ndarray | torch.Tensor, config: PreprocessConfig) -> torch.
     """uint8 ``[N, H, W]`` grey images -> normalised float32 ``[N, C, size, size]``.
 
     Images already at ``size`` x ``size`` (all stored dataset images) are only scaled and
-    normalised; others go through :func:`to_contract_size` first, one by one.
+    normalised; others go through :func:`to_contract_size` first, one by one. A 3D contract
+    (``preprocess.dims: 3``) takes uint8 ``[N, S, S, S]`` volumes and gives ``[N, C, S, S, S]``
+    (:func:`medimg.volume_contract.apply`).
     """
     import torch  # here, so decoding workers that only prepare images never load torch
+
+    if config.dims == 3:
+        return volume_contract.apply(images, config)
 
     if isinstance(images, np.ndarray) and not images.flags.writeable:  # e.g. np.asarray(PIL image)
         images = images.copy()  # torch cannot share a read-only buffer; the uint8 copy is a quarter of the output

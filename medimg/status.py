@@ -17,6 +17,9 @@ BINARY_STATUS = ("roc_auc", "accuracy", "sensitivity", "specificity")
 #: A multiclass task's: overall, then ``sensitivity_<class>`` per class, then the "any abnormality" operating point.
 MULTICLASS_STATUS = ("accuracy", "balanced_accuracy", "macro_roc_auc", "macro_f1", "kappa")
 ABNORMAL_STATUS = ("abnormal_roc_auc", "abnormal_sensitivity", "abnormal_specificity")
+#: A segmentation task's: the mean Dice, then per structure Dice, HD95 (mm) and absolute volume error (mL).
+SEGMENTATION_STATUS = ("mean_dice", "mean_hd95")
+SEGMENTATION_PER_STRUCTURE = ("dice", "hd95", "volume_error_ml")
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,11 @@ def task_of(record: ModelRecord) -> TaskFacts:
 
 
 def status_metric_names(task: TaskFacts) -> tuple[str, ...]:
-    """The metric names ``status`` shows for ``task``: :data:`BINARY_STATUS`, or the multiclass ones."""
+    """The metric names ``status`` shows for ``task``: :data:`BINARY_STATUS`, the multiclass ones, or for
+    segmentation the mean Dice and HD95 and each structure's (``class_names[1:]``) Dice, HD95 and volume error."""
+    if task.kind == "segmentation":
+        structures = (task.class_names or ())[1:]
+        return (*SEGMENTATION_STATUS, *(f"{m}_{s}" for s in structures for m in SEGMENTATION_PER_STRUCTURE))
     if task.kind != "multiclass":
         return BINARY_STATUS
     return (*MULTICLASS_STATUS, *(f"sensitivity_{c}" for c in task.class_names or ()), *ABNORMAL_STATUS)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from medimg import preprocess
+from medimg import preprocess, volume_contract
 from medimg.config import DataConfig, PreprocessConfig
 from medimg.data import manifest
 from medimg.data.images import DecodedImage
@@ -28,9 +28,15 @@ def ingest_medmnist(
     folder: Path,
     contract: PreprocessConfig | None = None,
 ) -> IngestResult:
-    """The archive's splits as they are, each image through the contract (a no-op at 28 px defaults)."""
+    """The archive's splits as they are, each image through the contract (a no-op at 28 px defaults).
+
+    A 3D archive (``preprocess.dims: 3``) stores each volume as ``volumes/<split>/<id>.npy``
+    (:func:`medimg.volume_contract.prepare_array`: unchanged when the archive's size is the contract's).
+    """
     contract = contract or PreprocessConfig()
     chash = preprocess.contract_hash(contract)
+    if contract.dims == 3:
+        return _ingest_volumes(archive, config, class_names, folder, contract, chash)
     arrays = archive.load()
     rows: list[dict] = []
     for split in SPLITS:
@@ -50,6 +56,44 @@ def ingest_medmnist(
         _write_pngs(folder, split_rows, stored)
         rows.extend(split_rows)
     frame = manifest.to_frame(rows)
+    remove_stale_images(folder, set(frame["path"]))
+    manifest.write(frame, folder)
+    return IngestResult(
+        folder=folder,
+        n_images=len(frame),
+        split_counts={split: int((frame["split"] == split).sum()) for split in SPLITS},
+        source=str(archive.path),
+        source_md5=archive.md5,
+        source_kind="medmnist",
+        n_files=1,
+        contract_hash=chash,
+    )
+
+
+def _ingest_volumes(
+    archive: MedMNISTArchive,
+    config: DataConfig,
+    class_names: tuple[str, ...],
+    folder: Path,
+    contract: PreprocessConfig,
+    chash: str,
+) -> IngestResult:
+    arrays = archive.load(volumes=True)
+    rows: list[dict] = []
+    for split in SPLITS:
+        volumes, labels = arrays[split]
+        _check_labels(archive.path, split, labels, class_names)
+        stored = np.stack([volume_contract.prepare_array(v, contract) for v in volumes])
+        split_rows = manifest.volume_rows_for_split(
+            split, stored, labels, class_names, archive.path.name, volumes, config.modality, chash
+        )
+        for row, volume in zip(split_rows, stored, strict=True):
+            target = folder / row["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)
+            np.save(target, volume, allow_pickle=False)
+        rows.extend(split_rows)
+    frame = manifest.to_frame(rows, volumes=True)
     remove_stale_images(folder, set(frame["path"]))
     manifest.write(frame, folder)
     return IngestResult(

@@ -38,16 +38,21 @@ class IngestResult:
     skipped: tuple[SkippedFile, ...] = field(default=(), repr=False)  # files that are not images, by place
 
 
+#: Stored items: folder under the dataset folder -> file pattern (2D images, 3D volumes).
+STORED = {"images": "*.png", "volumes": "*.npy", "masks": "*.npy"}
+
+
 def remove_stale_images(folder: Path, keep: set[str]) -> None:
-    """Delete the PNGs under ``folder/images`` whose folder-relative posix path is not in ``keep``,
-    then the folders left empty. Nothing happens when ``folder/images`` does not exist.
+    """Delete the stored items (PNGs under ``folder/images``, ``.npy`` volumes under ``folder/volumes``)
+    whose folder-relative posix path is not in ``keep``, then the folders left empty.
     """
-    images_root = folder / "images"
-    if not images_root.is_dir():
-        return
-    for path in images_root.rglob("*.png"):
-        if path.relative_to(folder).as_posix() not in keep:
-            path.unlink()
-    for sub in sorted(images_root.rglob("*"), reverse=True):
-        if sub.is_dir() and not any(sub.iterdir()):
-            shutil.rmtree(sub)
+    for name, pattern in STORED.items():
+        root = folder / name
+        if not root.is_dir():
+            continue
+        for path in root.rglob(pattern):
+            if path.relative_to(folder).as_posix() not in keep:
+                path.unlink()
+        for sub in sorted(root.rglob("*"), reverse=True):
+            if sub.is_dir() and not any(sub.iterdir()):
+                shutil.rmtree(sub)

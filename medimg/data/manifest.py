@@ -18,6 +18,13 @@ Columns are fixed here and nowhere else (:data:`COLUMNS`). What each one promise
 * ``modality`` (DICOM's own, else the one declared in params), ``original_height``/
   ``original_width``/``bit_depth``/``photometric`` of the source file;
 * ``pixel_mean``/``pixel_std`` of the stored image (0..255), for blank-image checks.
+
+Volume datasets (``preprocess.dims: 3``) store ``volumes/<split>/<id>.npy`` (uint8 ``[S, S, S]``,
+:mod:`medimg.volume_contract`) and have the columns of :data:`VOLUME_COLUMNS` after these:
+``depth`` (stored slices; ``height``/``width`` the stored rows/columns), ``original_depth``, the
+source's ``spacing_z``/``spacing_y``/``spacing_x`` in mm along the stored axes' sources (NaN where the
+source has none: MedMNIST 3D), ``axcodes`` the source's orientation as read (e.g. ``SPL``; None
+without geometry) and ``corrections`` the reader's geometry corrections joined by ``;`` (empty: none).
 """
 
 from __future__ import annotations
@@ -60,8 +67,18 @@ COLUMNS = (
     "contract_hash",
 )
 
+#: The extra columns of a volume dataset, after :data:`COLUMNS`.
+VOLUME_COLUMNS = ("depth", "original_depth", "spacing_z", "spacing_y", "spacing_x", "axcodes", "corrections")
+#: The extra columns of a segmentation dataset, after :data:`VOLUME_COLUMNS`: ``mask_path`` the stored uint8
+#: label mask (``masks/<split>/<id>.npy``, the image's shape), ``offset_z/y/x`` where the oriented source's voxel 0
+#: lies in the stored arrays (:func:`medimg.segmentation.geometry.fit`), ``foreground_fraction`` of the stored
+#: mask's voxels, ``labels_present`` the mask's non-zero label values joined by ``;`` (empty: an empty mask).
+#: ``label`` is the largest label value present (0: empty), ``label_name`` its class name.
+SEGMENTATION_COLUMNS = ("mask_path", "offset_z", "offset_y", "offset_x", "foreground_fraction", "labels_present")
+
 INT_COLUMNS = ("label", "height", "width", "original_height", "original_width", "bit_depth")
-STRING_COLUMNS = ("patient_id", "study_id", "series_id", "modality", "photometric")
+VOLUME_INT_COLUMNS = ("depth", "original_depth")
+STRING_COLUMNS = ("patient_id", "study_id", "series_id", "modality", "photometric", "axcodes")
 
 
 def pixel_sha256(image: np.ndarray) -> str:
@@ -115,12 +132,65 @@ def rows_for_split(
     return rows
 
 
-def to_frame(rows: list[dict]) -> pd.DataFrame:
-    """The manifest DataFrame of ``rows`` (dicts keyed by :data:`COLUMNS`), in column order with int64 and string
+def volume_rows_for_split(
+    split: str,
+    volumes: np.ndarray,
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    source: str,
+    source_volumes: np.ndarray,
+    modality: str,
+    contract_hash: str,
+) -> list[dict]:
+    """Manifest rows of one MedMNIST 3D split: ``volumes`` uint8 ``[N, S, S, S]`` as stored, ``source_volumes``
+    the archive's ``[N, D, H, W]`` (hashed and measured as the original); no spacing or orientation is known."""
+    rows = rows_for_split(split, volumes, labels, class_names, source, source_volumes, modality, contract_hash)
+    for row, volume, original in zip(rows, volumes, source_volumes, strict=True):
+        row.update(
+            {
+                "path": f"volumes/{split}/{row['id']}.npy",
+                "height": int(volume.shape[1]),
+                "width": int(volume.shape[2]),
+                "original_height": int(original.shape[1]),
+                "original_width": int(original.shape[2]),
+                "depth": int(volume.shape[0]),
+                "original_depth": int(original.shape[0]),
+                "spacing_z": float("nan"),
+                "spacing_y": float("nan"),
+                "spacing_x": float("nan"),
+                "axcodes": None,
+                "corrections": "",
+            }
+        )
+    return rows
+
+
+def is_volume_frame(frame: pd.DataFrame) -> bool:
+    """True for the manifest of a volume dataset (it has :data:`VOLUME_COLUMNS`)."""
+    return "depth" in frame.columns
+
+
+def is_segmentation_frame(frame: pd.DataFrame) -> bool:
+    """True for the manifest of a segmentation dataset (it has :data:`SEGMENTATION_COLUMNS`)."""
+    return "mask_path" in frame.columns
+
+
+def to_frame(rows: list[dict], volumes: bool = False, segmentation: bool = False) -> pd.DataFrame:
+    """The manifest DataFrame of ``rows`` (dicts keyed by :data:`COLUMNS`, plus :data:`VOLUME_COLUMNS` with
+    ``volumes``, plus :data:`SEGMENTATION_COLUMNS` with ``segmentation``), in column order with int64 and string
     types.
     """
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    return plain_strings(frame.astype({c: "int64" for c in INT_COLUMNS}), STRING_COLUMNS)
+    volumes = volumes or segmentation
+    columns: tuple[str, ...] = COLUMNS + VOLUME_COLUMNS if volumes else COLUMNS
+    ints: tuple[str, ...] = INT_COLUMNS + VOLUME_INT_COLUMNS if volumes else INT_COLUMNS
+    if segmentation:
+        columns += SEGMENTATION_COLUMNS
+        ints += ("offset_z", "offset_y", "offset_x")
+    frame = pd.DataFrame(rows, columns=list(columns))
+    if volumes:
+        frame = frame.astype({c: "float64" for c in ("spacing_z", "spacing_y", "spacing_x")})
+    strings = tuple(c for c in STRING_COLUMNS if c in frame.columns)
+    return plain_strings(frame.astype({c: "int64" for c in ints}), strings)
 
 
 def plain_strings(frame: pd.DataFrame, columns: tuple[str, ...] | None = None) -> pd.DataFrame:

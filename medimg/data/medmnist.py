@@ -45,18 +45,19 @@ class MedMNISTArchive:
     path: Path
     md5: str
 
-    def load(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """split -> (images uint8 [N,H,W], labels int64 [N])."""
+    def load(self, volumes: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """split -> (images uint8 [N,H,W], or with ``volumes`` [N,D,H,W]; labels int64 [N])."""
+        ndim, what = (4, "[N,D,H,W]") if volumes else (3, "[N,H,W]")
         try:
             with np.load(self.path) as npz:
                 out = {}
                 for split in SPLITS:
                     images = np.asarray(npz[f"{split}_images"], dtype=np.uint8)
                     labels = np.asarray(npz[f"{split}_labels"]).reshape(-1).astype(np.int64)
-                    if images.ndim != 3 or len(images) != len(labels):
+                    if images.ndim != ndim or len(images) != len(labels):
                         raise DataSourceError(
                             f"{self.path}: {split}_images has shape {images.shape}, "
-                            f"expected [N,H,W] with N={len(labels)} grey images"
+                            f"expected {what} with N={len(labels)} grey {'volumes' if volumes else 'images'}"
                         )
                     out[split] = (images, labels)
                 return out
@@ -128,7 +129,7 @@ def flags_2d() -> list[str]:
     )
 
 
-def check_flag(flag: str, class_names: Sequence[str], channels: int = 1) -> MedMNISTFlag:
+def check_flag(flag: str, class_names: Sequence[str], channels: int = 1, dims: int = 2) -> MedMNISTFlag:
     """The flag's :class:`MedMNISTFlag` when medimg can ingest it for ``class_names``; call it at start.
 
     ``flag``: ``data.medmnist_flag``; ``class_names``: ``task.class_names``; ``channels``:
@@ -137,16 +138,22 @@ def check_flag(flag: str, class_names: Sequence[str], channels: int = 1) -> MedM
     unknown flag; a 3D flag (volumes are a later issue); an RGB flag (``n_channels`` 3: medimg's
     contract images are grey, and ``preprocess.channels: 3`` only repeats the grey plane, so
     colour would be lost); a multi-label flag (ChestMNIST: one label per image is needed); and a
-    number of labels other than ``len(class_names)``.
+    number of labels other than ``len(class_names)``. ``dims`` (``preprocess.dims``): a 3D flag needs 3,
+    a 2D flag 2.
     """
     try:
         info = flag_info(flag)
     except DataSourceError as err:
         raise MedMNISTFlagError(str(err)) from None
-    if info.volumetric:
+    if info.volumetric and dims != 3:
         raise MedMNISTFlagError(
-            f"data.medmnist_flag {flag!r} is a 3D MedMNIST flag: volumes are a later issue; 2D flags: "
-            f"{', '.join(flags_2d())}"
+            f"data.medmnist_flag {flag!r} is a 3D MedMNIST flag: set preprocess.dims: 3 (and a 3D model.architecture) "
+            f"to train on volumes; 2D flags: {', '.join(flags_2d())}"
+        )
+    if dims == 3 and not info.volumetric:
+        raise MedMNISTFlagError(
+            f"data.medmnist_flag {flag!r} is a 2D MedMNIST flag but preprocess.dims is 3: use a 3D flag "
+            "(e.g. vesselmnist3d, adrenalmnist3d)"
         )
     if info.n_channels != 1:
         raise MedMNISTFlagError(
@@ -173,32 +180,49 @@ def file_md5(path: Path) -> str:
         return hashlib.file_digest(handle, "md5").hexdigest()
 
 
-def candidate_paths(flag: str, data_dir: Path | None) -> list[Path]:
-    """Where the archive of ``flag`` may lie under ``data_dir`` (``<flag>/<flag>.npz``, then ``<flag>.npz``); []
-    without a data_dir.
+def archive_name(flag: str, size: int = 28) -> str:
+    """The official file name of ``flag`` at ``size`` (MedMNIST+): ``<flag>.npz`` at 28, else ``<flag>_<size>.npz``."""
+    return f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz"
+
+
+def official_md5(flag: str, size: int = 28) -> str:
+    """The official MD5 of the archive of ``flag`` at ``size`` (INFO ``MD5`` or ``MD5_<size>``)."""
+    info = official_info(flag)
+    key = "MD5" if size == 28 else f"MD5_{size}"
+    if key not in info:
+        raise DataSourceError(f"MedMNIST flag {flag!r} has no official archive at size {size} (data.medmnist_size)")
+    return info[key]
+
+
+def candidate_paths(flag: str, data_dir: Path | None, size: int = 28) -> list[Path]:
+    """Where the archive of ``flag`` may lie under ``data_dir`` (``<flag>/<name>``, then ``<name>``, with
+    :func:`archive_name`); [] without a data_dir.
     """
     if data_dir is None:
         return []
-    return [data_dir / flag / f"{flag}.npz", data_dir / f"{flag}.npz"]
+    name = archive_name(flag, size)
+    return [data_dir / flag / name, data_dir / name]
 
 
-def locate(flag: str, data_dir: Path | None, download_dir: Path, download: bool) -> MedMNISTArchive:
-    """Find the official archive, verify its MD5, or download it; raise with every place looked."""
-    expected = official_info(flag)["MD5"]
-    looked = candidate_paths(flag, data_dir)
+def locate(flag: str, data_dir: Path | None, download_dir: Path, download: bool, size: int = 28) -> MedMNISTArchive:
+    """Find the official archive (``size``: 28 or a MedMNIST+ size), verify its MD5, or download it; raise with
+    every place looked."""
+    expected = official_md5(flag, size)
+    name = archive_name(flag, size)
+    looked = candidate_paths(flag, data_dir, size)
     for path in looked:
         if path.is_file():
             return _verified(flag, path, expected)
-    cached = download_dir / f"{flag}.npz"
+    cached = download_dir / name
     if cached.is_file():
         return _verified(flag, cached, expected)
     looked.append(cached)
     if not download:
         raise DataSourceError(
-            f"{flag}.npz not found; looked in: {', '.join(map(str, looked))}. "
+            f"{name} not found; looked in: {', '.join(map(str, looked))}. "
             "Set MEDIMG_DATA_DIR (or data.data_dir in params.yaml) to the folder holding it."
         )
-    return _download(flag, download_dir, expected, looked)
+    return _download(flag, download_dir, expected, looked, size)
 
 
 def _verified(flag: str, path: Path, expected: str) -> MedMNISTArchive:
@@ -211,17 +235,17 @@ def _verified(flag: str, path: Path, expected: str) -> MedMNISTArchive:
     return MedMNISTArchive(flag=flag, path=path, md5=actual)
 
 
-def _download(flag: str, download_dir: Path, expected: str, looked: list[Path]) -> MedMNISTArchive:
+def _download(flag: str, download_dir: Path, expected: str, looked: list[Path], size: int = 28) -> MedMNISTArchive:
     import medmnist  # here: as in official_info, only when an archive must be downloaded
 
     download_dir.mkdir(parents=True, exist_ok=True)
     cls = getattr(medmnist, official_info(flag)["python_class"])
     try:
-        cls(split="train", download=True, root=str(download_dir))
+        cls(split="train", download=True, root=str(download_dir), size=size)
     except Exception as err:  # medmnist wraps network errors in a bare RuntimeError
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataSourceError(
-            f"{flag}.npz not found (looked in: {', '.join(map(str, looked))}) and the download "
+            f"{archive_name(flag, size)} not found (looked in: {', '.join(map(str, looked))}) and the download "
             f"failed: {first_line}. Set MEDIMG_DATA_DIR to a folder holding the archive."
         ) from None
-    return _verified(flag, download_dir / f"{flag}.npz", expected)
+    return _verified(flag, download_dir / archive_name(flag, size), expected)

@@ -26,10 +26,11 @@ import numpy as np
 
 _TOL = 1e-12
 _BENCHMARK_KEYS = ("id", "metrics", "operating_point", "source", "reference_standard")
-TASK_KINDS = ("binary", "multiclass")
+TASK_KINDS = ("binary", "multiclass", "segmentation")
 """Task kinds (``task.kind`` in params)."""
-OPERATING_POINTS = ("any_abnormality", "arg_max")
-"""Benchmark operating points: the "any abnormality vs normal" threshold, or the arg-max class decision."""
+OPERATING_POINTS = ("any_abnormality", "arg_max", "segmentation")
+"""Benchmark operating points: the "any abnormality vs normal" threshold, the arg-max class decision, or the
+arg-max label per voxel of a segmentation (figures per structure, e.g. ``dice_anterior``)."""
 
 
 @dataclass(frozen=True)
@@ -94,15 +95,23 @@ def benchmark_metric_key(task_kind: str, operating_point: str, name: str) -> str
 
     * ``any_abnormality`` + ``binary`` -> ``name`` (the threshold operating point);
     * ``any_abnormality`` + ``multiclass`` -> ``abnormal_<name>``;
-    * ``arg_max`` -> ``name``, except that a multi-class ``roc_auc`` is ``macro_roc_auc``.
+    * ``arg_max`` -> ``name``, except that a multi-class ``roc_auc`` is ``macro_roc_auc``;
+    * ``segmentation`` (task kind ``segmentation`` only, and the only operating point it has) -> ``name``:
+      the benchmark states the flat per-structure names of :mod:`medimg.segmentation.evaluation`.
 
-    Raises ``ValueError`` for an unknown task kind or operating point.
+    Raises ``ValueError`` for an unknown task kind or operating point, or a segmentation task kind and
+    operating point that do not come together.
     """
     if task_kind not in TASK_KINDS:
         raise ValueError(f"task kind must be one of {list(TASK_KINDS)}, got {task_kind!r}")
     if operating_point not in OPERATING_POINTS:
         raise ValueError(f"benchmark operating_point must be one of {list(OPERATING_POINTS)}, got {operating_point!r}")
-    if task_kind == "binary":
+    if (task_kind == "segmentation") != (operating_point == "segmentation"):
+        raise ValueError(
+            f"task kind {task_kind!r} cannot be judged at benchmark operating_point {operating_point!r}: the "
+            "segmentation operating point is for task kind segmentation, which has no other"
+        )
+    if task_kind in ("binary", "segmentation"):
         return name
     if operating_point == "any_abnormality":
         return f"abnormal_{name}"

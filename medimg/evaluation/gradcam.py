@@ -1,11 +1,13 @@
-"""Grad-CAM heatmaps: which pixels drove a class's logit (the positive class's, or each image's predicted class).
+"""Grad-CAM heatmaps: which pixels or voxels drove a class's logit (the positive class's, or each item's decided one).
 
-``grad_cam`` works on any model of the zoo: it hooks the last ``Conv2d`` (or a layer given by
-name), weights its activations by the spatially averaged gradients of the chosen class's logit
-(one class for the batch, or one per image, e.g. each image's predicted class),
-keeps the positive part, upsamples to the input size and scales each map to [0, 1]. Prediction
-can call it on a single preprocessed image. The review figure is drawn by
-:func:`medimg.evaluation.plots.gradcam_grid_png`.
+``grad_cam`` works on any model of the zoo, 2D or 3D (picked by the input's ``ndim``: images
+``[N, C, H, W]`` or volumes ``[N, C, D, H, W]``): it hooks a layer (:func:`cam_layer`, or one given),
+weights its activations by the spatially averaged gradients of the chosen class's logit
+(one class for the batch, or one per item, e.g. each item's predicted class),
+keeps the positive part, upsamples to the input size (bilinear, or trilinear for volumes) and
+scales each map to [0, 1]. Prediction can call it on a single preprocessed image. The review
+figures are drawn by :func:`medimg.evaluation.plots.gradcam_grid_png` (images) and
+:func:`medimg.evaluation.plots.gradcam_montage_png` (volumes, as slice montages).
 """
 
 from __future__ import annotations
@@ -18,14 +20,32 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def last_conv(model: nn.Module) -> nn.Module:
-    """The last ``nn.Conv2d`` of ``model`` in module order (Grad-CAM's default layer); ``ValueError`` when it has
-    none.
+def last_conv(model: nn.Module, dims: int = 2) -> nn.Module:
+    """The last ``nn.Conv2d`` (``dims`` 2) or ``nn.Conv3d`` (``dims`` 3) of ``model`` in module order; ``ValueError``
+    when it has none.
     """
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    kind = {2: nn.Conv2d, 3: nn.Conv3d}.get(dims)
+    if kind is None:
+        raise ValueError(f"last_conv: dims must be 2 or 3, got {dims}")
+    convs = [m for m in model.modules() if isinstance(m, kind)]
     if not convs:
-        raise ValueError(f"{type(model).__name__} has no Conv2d layer for Grad-CAM")
+        raise ValueError(f"{type(model).__name__} has no {kind.__name__} layer for Grad-CAM")
     return convs[-1]
+
+
+def cam_layer(model: nn.Module, dims: int = 2) -> nn.Module:
+    """Grad-CAM's default layer: images, :func:`last_conv`; volumes, the last residual stage (a module named
+    ``layer4``, as in MONAI's and torchvision's ResNets) when the network has one, else the last ``Conv3d``.
+
+    Why ``layer4`` for a 3D ResNet: its last ``Conv3d`` in module order is the 1x1x1 projection of
+    the shortcut (``layer4.0.downsample.0``), not the main path; the stage's output (after the
+    residual sum) is the feature map the head pools, Selvaraju et al.'s choice for ResNets.
+    """
+    if dims == 3:
+        stages = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "layer4"]
+        if stages:
+            return stages[-1]
+    return last_conv(model, dims)
 
 
 def grad_cam(
@@ -34,20 +54,26 @@ def grad_cam(
     target_class: int | Sequence[int] | np.ndarray = 1,
     layer: nn.Module | None = None,
 ) -> np.ndarray:
-    """Heatmaps ``[N, H, W]`` in [0, 1] for preprocessed inputs ``[N, C, H, W]`` (Selvaraju et al. 2017).
+    """Heatmaps ``[N, H, W]`` in [0, 1] for preprocessed images ``[N, C, H, W]``, or ``[N, D, H, W]`` for volumes
+    ``[N, C, D, H, W]`` (Selvaraju et al. 2017); ``layer`` defaults to :func:`cam_layer`.
 
     ``target_class``: the class index whose logit is explained, for every image, or one index per
     image (length N; e.g. each image's predicted class). ``ValueError`` when the sequence's
     length is not N or an index is not one of the model's classes. Images are explained
     independently (the model runs in eval mode), so a per-image target gives each image the map
-    it would get alone.
+    it would get alone. ``ValueError`` for an input that is neither 4-D nor 5-D.
     """
+    if x.ndim not in (4, 5):
+        raise ValueError(
+            f"grad_cam: expected images [N, C, H, W] or volumes [N, C, D, H, W], got shape {tuple(x.shape)}"
+        )
+    spatial = tuple(range(2, x.ndim))
     targets = torch.as_tensor(np.asarray(target_class, dtype=np.int64))
     if targets.ndim > 1 or (targets.ndim == 1 and len(targets) != len(x)):
         raise ValueError(
             f"grad_cam: target_class needs one class per image ({len(x)}), got shape {tuple(targets.shape)}"
         )
-    layer = layer or last_conv(model)
+    layer = layer or cam_layer(model, x.ndim - 2)
     store: dict[str, torch.Tensor] = {}
 
     def keep_grad(
@@ -75,10 +101,11 @@ def grad_cam(
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    weights = store["grad"].mean(dim=(2, 3), keepdim=True)
+    weights = store["grad"].mean(dim=spatial, keepdim=True)
     cam = F.relu((weights * store["act"]).sum(dim=1, keepdim=True))
-    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    peak = cam.flatten(1).max(dim=1).values.clamp(min=1e-12)[:, None, None]
+    mode = "bilinear" if x.ndim == 4 else "trilinear"
+    cam = F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False)[:, 0]
+    peak = cam.flatten(1).max(dim=1).values.clamp(min=1e-12).view(-1, *([1] * len(spatial)))
     return (cam / peak).detach().numpy()
 
 

@@ -189,6 +189,71 @@ def gradcam_grid_png(
     return _save(fig, path)
 
 
+MONTAGE_PANEL_INCHES = 1.5
+"""Width and height of one slice panel of :func:`gradcam_montage_png`; each volume's row adds 0.4 in for its title."""
+_MONTAGE_TITLE_INCHES = 0.4
+
+
+def montage_slices(depth: int, n_slices: int) -> list[int]:
+    """``n_slices`` evenly spaced axial slice indices of a volume ``depth`` slices deep, both ends excluded.
+
+    The first and last slices (often empty after cropping) are left out: the indices are the
+    rounded interior points of an even division of ``[0, depth - 1]`` into ``n_slices + 1`` steps,
+    e.g. depth 28, 6 slices -> ``[4, 8, 12, 15, 19, 23]``. ``ValueError`` unless
+    ``1 <= n_slices <= depth``.
+    """
+    if not 1 <= n_slices <= depth:
+        raise ValueError(f"n_slices must be between 1 and the depth {depth}, got {n_slices}")
+    spaced = np.linspace(0, depth - 1, n_slices + 2)[1:-1]
+    return [round(float(k)) for k in spaced] if n_slices < depth else list(range(depth))
+
+
+def gradcam_montage_png(
+    volumes: NDArray[np.uint8],
+    heatmaps: NDArray[np.floating],
+    titles: Sequence[str],
+    path: str | os.PathLike[str],
+    n_slices: int = 6,
+) -> Path:
+    """3D Grad-CAM as slice montages: one row per volume, ``n_slices`` axial slices with the heat overlaid.
+
+    ``volumes`` uint8 ``[N, D, H, W]`` (axis 0 the slice axis, as stored by
+    :mod:`medimg.volume_contract`), ``heatmaps`` ``[N, D, H, W]`` in [0, 1] (from
+    :func:`medimg.evaluation.gradcam.grad_cam`), one title per volume (e.g. true and decided class
+    and probability) above its row. Slices are :func:`montage_slices`, each panel labelled with its
+    index ``z``; the heat uses one colour scale, 0 to 1, for every panel. The PNG is
+    ``n_slices * 1.5`` in wide and ``N * 1.9`` in high at 110 dpi (165 px per slice, 209 px per
+    volume). ``ValueError`` when the shapes differ, are not 4-D, ``N`` is 0 or the titles do not
+    match the volumes.
+    """
+    volumes, heatmaps = np.asarray(volumes), np.asarray(heatmaps)
+    if volumes.ndim != 4 or volumes.shape != heatmaps.shape or len(volumes) == 0:
+        raise ValueError(
+            f"volumes and heatmaps must both be [N, D, H, W] with N >= 1, got {volumes.shape} and {heatmaps.shape}"
+        )
+    if len(titles) != len(volumes):
+        raise ValueError(f"{len(titles)} titles for {len(volumes)} volumes")
+    slices = montage_slices(volumes.shape[1], n_slices)
+    row_inches = MONTAGE_PANEL_INCHES + _MONTAGE_TITLE_INCHES
+    fig = _new_figure(MONTAGE_PANEL_INCHES * n_slices, row_inches * len(volumes))
+    rows = fig.subfigures(len(volumes), 1, squeeze=False)[:, 0]
+    for row, volume, heat, title in zip(rows, volumes, heatmaps, titles, strict=True):
+        row.suptitle(title, fontsize=8)
+        axes = row.subplots(1, n_slices, squeeze=False)[0]
+        row.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.78, wspace=0.06)
+        for ax, z in zip(axes, slices, strict=True):
+            ax.imshow(volume[z], cmap="gray", vmin=0, vmax=255)
+            ax.imshow(heat[z], cmap="jet", alpha=0.4, vmin=0.0, vmax=1.0)
+            ax.set_title(f"z={z}", fontsize=6)
+        for ax in axes:
+            ax.axis("off")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")  # no tight_layout: it does not lay out subfigures; the size stays as stated
+    fig.clear()
+    return out
+
+
 def class_roc_curves_png(
     y_true: ArrayLike, y_prob: ArrayLike, class_names: Sequence[str], path: str | os.PathLike[str], title: str
 ) -> Path:

@@ -41,9 +41,15 @@ MULTICLASS_HEADLINE = (
     "abnormal_specificity",
 )
 
+SEGMENTATION_HEADLINE = ("mean_dice", "mean_hd95")
+"""Segmentation (:mod:`medimg.segmentation.evaluation`); the per-structure figures are named by the structures."""
 
-def headline_metrics(task_kind: str) -> tuple[str, ...]:
-    """The metrics a summary shows first for ``task_kind`` (binary | multiclass), AUC first."""
+
+def headline_metrics(task_kind: str, class_names: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The metrics a summary shows first for ``task_kind`` (binary | multiclass: AUC first; segmentation: the mean
+    Dice and HD95, then each structure's Dice, ``class_names[1:]``)."""
+    if task_kind == "segmentation":
+        return (*SEGMENTATION_HEADLINE, *(f"dice_{s}" for s in class_names[1:]))
     return BINARY_HEADLINE if task_kind == "binary" else MULTICLASS_HEADLINE
 
 

@@ -1,6 +1,8 @@
 """ONNX export with a parity check and self-describing metadata.
 
-The exported file is one self-contained ONNX model with a dynamic batch axis. Its
+The exported file is one self-contained ONNX model with a dynamic batch axis, for images
+(``[N, C, H, W]``) or volumes (``[N, C, D, H, W]``, ``preprocess.dims: 3``; MONAI's ResNet exports
+with the dynamo exporter at opset 18 as it is). Its
 ``metadata_props`` hold everything a consumer needs without medimg: class labels, the task kind,
 the abnormal classes, what the output means, the decision threshold, the preprocessing contract,
 the input name and layout, the inputs it may be given (``medimg.input_checks``: the validation
@@ -52,21 +54,38 @@ class ParityReport:
         return {**self.__dict__, "passed": self.passed}
 
 
-def export(model: nn.Module, example: torch.Tensor, path: Path, opset: int, metadata: dict[str, object]) -> Path:
+def export(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int,
+    metadata: dict[str, object],
+    spatial_multiple: int | None = None,
+) -> Path:
     """Export ``model`` (eval mode) to ONNX at ``path`` with the dynamo exporter and return ``path``.
 
-    ``example``: an input batch ``[N, C, H, W]`` float32 (its first two images trace the graph; the
-    batch dimension stays dynamic). ``metadata``: written as the file's metadata_props (values as
-    str), replacing any the exporter wrote. ``RuntimeError`` when the exporter gives no program.
+    ``example``: an input batch ``[N, C, H, W]`` (images) or ``[N, C, D, H, W]`` (volumes) float32 (its
+    first two items trace the graph; the batch dimension stays dynamic, the others are fixed).
+    ``spatial_multiple`` (segmentation): the spatial axes are dynamic too, any multiple of it (the
+    ONNX input is ``[batch, C, m*dz, m*dy, m*dx]``, the output ``[batch, K, m*dz, m*dy, m*dx]``), so one
+    file segments volumes of every size once padded (:func:`medimg.segmentation.geometry.padded_shape`);
+    the example's spatial sizes must be multiples of it.
+    ``metadata``: written as the file's metadata_props (values as str), replacing any the exporter wrote.
+    ``RuntimeError`` when the exporter gives no program.
     """
     model = model.eval()
+    axes: dict[int, object] = {0: torch.export.Dim("batch")}
+    if spatial_multiple is not None:
+        axes.update(
+            {axis: spatial_multiple * torch.export.Dim(f"d{name}") for axis, name in zip((2, 3, 4), "zyx", strict=True)}
+        )
     program = torch.onnx.export(
         model,
         (example[:2],),
         None,
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        dynamic_shapes=(axes,),
         dynamo=True,
         opset_version=opset,
         external_data=False,
@@ -109,12 +128,16 @@ def onnx_logits(sess, x: np.ndarray, batch_size: int = 256, input_name: str = IN
     )
 
 
-def check_parity(model: nn.Module, path: Path, x: torch.Tensor, atol: float) -> ParityReport:
-    """Compare ONNX Runtime logits with PyTorch's on the same (real) inputs."""
+def check_parity(model: nn.Module, path: Path, x: torch.Tensor, atol: float, batch_size: int = 16) -> ParityReport:
+    """Compare ONNX Runtime logits with PyTorch's on the same (real) inputs ``[N, C, ...]``.
+
+    Both run ``batch_size`` items at a time (64 volumes of 64^3 at once would need gigabytes).
+    """
     sess = session(path)
+    model = model.eval()
     with torch.no_grad():
-        expected = model.eval()(x).numpy()
-    actual = onnx_logits(sess, x.numpy().astype(np.float32))
+        expected = np.concatenate([model(x[i : i + batch_size]).numpy() for i in range(0, len(x), batch_size)])
+    actual = onnx_logits(sess, x.numpy().astype(np.float32), batch_size)
     return ParityReport(
         n_images=len(x),
         max_abs_diff=float(np.max(np.abs(expected - actual))),

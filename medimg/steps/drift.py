@@ -34,6 +34,9 @@ def _champion_outputs(
     if champion.run_id is None:
         log.warning("champion v%s has no MLflow run: output drift not checked", champion.version)
         return None
+    if params.task.kind == "segmentation":  # a voxel mask has no one probability per case; intensity drift only
+        log.info("segmentation champion: output drift not checked (intensity drift only)")
+        return None
     try:
         local = registry.download_run_artifact(champion.run_id, artifacts.TEST_PREDICTIONS, ws.runs / "drift-ref")
     except Exception as err:  # an old or foreign champion without predictions: intensity drift only

@@ -1,7 +1,10 @@
 """Step 1: source -> versioned dataset (contract images, manifest) in the workspace.
 
 The source kind comes from ``data.source``: ``medmnist`` (the official archive), ``image_folder``
-(PNG/JPEG in the Kaggle layout) or ``dicom_folder`` (DICOM with a labels CSV). Folder sources
+(PNG/JPEG in the Kaggle layout), ``dicom_folder`` (DICOM with a labels CSV), or the volume sources
+``nifti_folder`` and ``dicom_series`` (NIfTI files or DICOM series with a labels CSV,
+:mod:`medimg.data.ingest_volumes`; ``preprocess.dims: 3``), and the segmentation source ``nifti_pairs``
+(NIfTI images with label masks, :mod:`medimg.data.ingest_pairs`). Folder sources
 need the de-identification secret (``MEDIMG_DEID_SECRET``); with ``data.deid.demo`` the public
 demo key is used instead when the variable is unset, and a warning says so on every ingest.
 
@@ -33,7 +36,10 @@ from medimg.data import skips, versioning
 from medimg.data.deid import SECRET_ENV, secret_from_env
 from medimg.data.ingest_folders import ingest_files
 from medimg.data.ingest_medmnist import ingest_medmnist
+from medimg.data.ingest_pairs import SOURCE_KIND as PAIRS_SOURCE_KIND
+from medimg.data.ingest_pairs import ingest_pairs
 from medimg.data.ingest_result import IngestResult
+from medimg.data.ingest_volumes import VOLUME_SOURCE_KINDS, ingest_volumes
 from medimg.data.medmnist import DataSourceError, check_flag, locate
 from medimg.workspace import Workspace
 
@@ -76,7 +82,9 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
     """
     kind = params.data.source
     if kind == "medmnist":
-        flag = check_flag(params.data.medmnist_flag, params.task.class_names, params.preprocess.channels)
+        flag = check_flag(
+            params.data.medmnist_flag, params.task.class_names, params.preprocess.channels, params.preprocess.dims
+        )
         log.info(
             "%s labels: %s",
             flag.flag,
@@ -94,6 +102,7 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
             params.data.resolved_data_dir(),
             download_dir=ws.root / "downloads",
             download=params.data.download,
+            size=params.data.medmnist_size,
         )
         log.info("source %s (md5 %s verified)", archive.path, archive.md5)
         result = ingest_medmnist(archive, params.data, params.task.class_names, ws.data, params.preprocess)
@@ -117,20 +126,48 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
             f", inbox {inbox}" if inbox else "",
             preprocess.contract_hash(params.preprocess),
         )
-        result = ingest_files(
-            kind,
-            params.data,
-            params.task.class_names,
-            params.preprocess,
-            ws.data,
-            secret,
-            root,
-            inbox,
-            cache_root=ws.decode_cache,
-            quarantine_csv=quarantine_csv,
-            progress=progress,
-            skipped_csv=skipped_csv,
-        )
+        if kind == PAIRS_SOURCE_KIND:
+            result = ingest_pairs(
+                params.data,
+                params.task.class_names,
+                params.preprocess,
+                ws.data,
+                secret,
+                root,
+                inbox,
+                quarantine_csv=quarantine_csv,
+                skipped_csv=skipped_csv,
+                progress=progress,
+            )
+        elif kind in VOLUME_SOURCE_KINDS:
+            result = ingest_volumes(
+                kind,
+                params.data,
+                params.task.class_names,
+                params.preprocess,
+                ws.data,
+                secret,
+                root,
+                inbox,
+                quarantine_csv=quarantine_csv,
+                skipped_csv=skipped_csv,
+                progress=progress,
+            )
+        else:
+            result = ingest_files(
+                kind,
+                params.data,
+                params.task.class_names,
+                params.preprocess,
+                ws.data,
+                secret,
+                root,
+                inbox,
+                cache_root=ws.decode_cache,
+                quarantine_csv=quarantine_csv,
+                progress=progress,
+                skipped_csv=skipped_csv,
+            )
     version = versioning.commit_and_push(ws)
     kept_csv = ws.reports / f"quarantine-{version.id}.csv"
     shutil.copyfile(quarantine_csv, kept_csv)

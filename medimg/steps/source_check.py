@@ -7,10 +7,12 @@ fingerprint of everything the ingest reads is taken:
 - the ``data`` and ``preprocess`` params and the data folder they resolve to,
 - the source files' names, sizes and modification times (the MedMNIST archive and every place
   it is looked for, or every file under the source folder and the inbox, the labels CSV included,
-  as :func:`medimg.data.sources.tree` lists them: symbolic links followed, nothing hidden),
+  as :func:`medimg.data.sources.tree` lists them: symbolic links followed, nothing hidden; a segmentation
+  pairs CSV may only name files under the source folder, so they are all in it),
 - the de-identification key (a truncated keyed hash, never the key) for folder sources,
 - the source text of the code that turns files into the dataset (``medimg/data``,
-  ``medimg/preprocess.py``, ``medimg/steps/ingest.py``),
+  ``medimg/preprocess.py``, the 3D contract ``medimg/volume_contract.py`` and the segmentation grid
+  ``medimg/segmentation/geometry.py``, ``medimg/steps/ingest.py``),
 - the workspace's dataset: the current DVC data version and the manifest file's size and mtime.
 
 When both equal the fingerprints saved with the last successful ingest (the source's taken
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "ingest-source.json"
 PACKAGE = Path(__file__).resolve().parents[1]
-INGEST_CODE = ("data", "preprocess.py", "steps/ingest.py")
+INGEST_CODE = ("data", "preprocess.py", "volume_contract.py", "segmentation/geometry.py", "steps/ingest.py")
 
 
 def _code_hash() -> str:
@@ -95,8 +97,12 @@ def source_fingerprint(params: Params, ws: Workspace) -> str:
         root, inbox = data.resolve_path(data.root), data.resolve_path(data.inbox)
         parts["source"] = {"root": str(root), "files": tree(root), "inbox": str(inbox), "inbox_files": tree(inbox)}
         labels_csv = (
-            data.dicom.labels_csv
+            (data.segmentation.pairs_csv if data.segmentation.layout == "csv" else None)
+            if data.source == "nifti_pairs"
+            else data.dicom.labels_csv
             if data.source == "dicom_folder"
+            else data.volumes.labels_csv
+            if data.source in ("nifti_folder", "dicom_series")
             else data.image_folder.labels_csv
             if data.image_folder.labels == "csv"
             else None

@@ -25,16 +25,20 @@ log = logging.getLogger(__name__)
 def run(params: Params, ws: Workspace, run_id: str, data: TrainingData) -> TrainSummary:
     """Train ``params.model`` on the train split of the workspace's dataset without ``data.dropped_ids``.
 
-    Chooses the epoch by validation AUC; writes ``runs/<run_id>/best.pt`` (that epoch's
-    ``state_dict``) and ``runs/<run_id>/checkpoints/last.pt`` after every epoch, from which a
-    crashed run of the same MLflow run continues; logs per-epoch and summary metrics to run
-    ``run_id``. Raises :class:`~medimg.training.ddp.DistributedTrainingError` when a ``torchrun``
-    worker fails.
+    Chooses the epoch by validation AUC (``task.kind: segmentation``: by validation mean Dice, with
+    :func:`medimg.segmentation.training.train_segmentation`, always in one process); writes
+    ``runs/<run_id>/best.pt`` (that epoch's ``state_dict``) and ``runs/<run_id>/checkpoints/last.pt``
+    after every epoch, from which a crashed run of the same MLflow run continues; logs per-epoch and
+    summary metrics to run ``run_id``. Raises :class:`~medimg.training.ddp.DistributedTrainingError`
+    when a ``torchrun`` worker fails.
     """
     frame = manifest.read(ws.data)
     exclude = set(data.dropped_ids)
     out = ws.run_dir(run_id)
-    if params.train.distributed.enabled:
+    segmenting = params.task.kind == "segmentation"
+    if segmenting and params.train.distributed.enabled:
+        log.warning("train.distributed is not used for segmentation: training in one process")
+    if params.train.distributed.enabled and not segmenting:
         result = ddp.launch(
             params.model_dump(mode="json"),
             ws.data,
@@ -48,7 +52,12 @@ def run(params: Params, ws: Workspace, run_id: str, data: TrainingData) -> Train
     else:
         train_split = load_split(ws.data, frame, "train", exclude)
         val_split = load_split(ws.data, frame, "val", exclude)
-        trained = train(
+        trainer = train
+        if segmenting:
+            from medimg.segmentation.training import train_segmentation  # here: it imports MONAI (seconds)
+
+            trainer = train_segmentation
+        trained = trainer(
             params,
             train_split,
             val_split,

@@ -77,8 +77,9 @@ def check(params: Params, frame, data_dir: Path | None = None) -> ValidationOutc
 
     The one call that the flow and ``medimg reproduce`` share, so that data ingested under another
     contract never trains on either path. ``data_dir`` is the dataset folder of ``frame``'s stored
-    images (for the near-duplicate check and its drop policy); None: the dataset folder of the
-    workspace ``params.workspace.path``."""
+    images (for the near-duplicate check and its drop policy; for volumes, the stored files' checks
+    too); None: the dataset folder of the workspace ``params.workspace.path``. A segmentation task's stored grid is
+    ``preprocess.volume.shape``."""
     return validate_manifest(
         frame,
         params.validation,
@@ -86,6 +87,9 @@ def check(params: Params, frame, data_dir: Path | None = None) -> ValidationOutc
         contract_hash=preprocess.contract_hash(params.preprocess),
         contract_size=params.preprocess.size,
         data_dir=data_dir if data_dir is not None else Workspace.at(params.workspace.path).data,
+        contract_orientation=params.preprocess.volume.orientation if params.preprocess.dims == 3 else None,
+        grid_shape=params.preprocess.volume.shape if params.task.kind == "segmentation" else None,
+        class_names=params.task.class_names,
     )
 
 

@@ -28,7 +28,8 @@ from torch import nn
 
 from medimg import preprocess, tracking
 from medimg.config import Params, TrainConfig
-from medimg.training.data import SplitArrays, augment_batch
+from medimg.training import checkpoint
+from medimg.training.data import SplitArrays, augment_batch, augment_volume_batch
 from medimg.training.models import build_model, set_trainable
 
 EpochCallback = Callable[[dict], None]
@@ -146,15 +147,17 @@ def _scheduler(cfg: TrainConfig, optimizer, total_steps: int):
 
 
 def _augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Images ``[N, C, H, W]`` (:func:`augment_batch`) or volumes ``[N, C, D, H, W]`` (:func:`augment_volume_batch`,
+    ``hflip`` flipping every axis), then the intensity changes."""
     a = cfg.augment
-    x = augment_batch(
-        x, generator, rotate_deg=a.rotate_deg, translate=a.translate, scale=(a.scale_min, a.scale_max), hflip=a.hflip
-    )
+    spatial = augment_volume_batch if x.ndim == 5 else augment_batch
+    x = spatial(x, generator, a.rotate_deg, a.translate, (a.scale_min, a.scale_max), a.hflip)
     if a.contrast or a.brightness:
         n = x.shape[0]
-        gain = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * a.contrast
-        shift = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * a.brightness
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        per_item = (n,) + (1,) * (x.ndim - 1)
+        gain = 1 + (torch.rand(per_item, generator=generator) * 2 - 1) * a.contrast
+        shift = (torch.rand(per_item, generator=generator) * 2 - 1) * a.brightness
+        mean = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
         x = (x - mean) * gain + mean + shift
     return x
 
@@ -195,7 +198,9 @@ def train(
     set_determinism(cfg.seed, cfg.num_threads)
     device = pick_device(cfg.device)
     cuda = device.type == "cuda"
-    memory_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
+    volumetric = params.preprocess.dims == 3
+    channels_last = torch.channels_last_3d if volumetric else torch.channels_last
+    memory_format = channels_last if cuda and cfg.channels_last else torch.contiguous_format
     x_train = preprocess.apply(train_split.images, params.preprocess)
     y_train = torch.as_tensor(train_split.labels)
     x_val = preprocess.apply(val_split.images, params.preprocess)
@@ -233,15 +238,9 @@ def train(
         "since_best": 0,
     }
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    parts = checkpoint.Resumable(model, optimizer, scheduler, order_gen, aug_gen, scaler)
     if resume and last is not None and last.is_file():
-        saved = torch.load(last, weights_only=False, map_location=device)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        order_gen.set_state(saved["order_generator"])
-        aug_gen.set_state(saved["aug_generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        state = saved["state"]
+        state = checkpoint.restore(last, parts, device)
 
     started = time.perf_counter()
     seen = 0
@@ -296,21 +295,7 @@ def train(
             if on_epoch and rank == 0:
                 on_epoch(row)
             if last is not None and rank == 0:
-                last.parent.mkdir(parents=True, exist_ok=True)
-                tmp = last.with_suffix(".tmp")
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "order_generator": order_gen.get_state(),
-                        "aug_generator": aug_gen.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "state": state,
-                    },
-                    tmp,
-                )
-                tmp.replace(last)
+                checkpoint.save(last, parts, state)
             if cfg.max_steps and state["steps"] >= cfg.max_steps:
                 break
             if cfg.early_stopping_patience and state["since_best"] >= cfg.early_stopping_patience:

@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from medimg.config import ModelConfig
+from medimg.training.models3d import build_model_3d
 
 
 class CompactResNet(nn.Module):
@@ -101,7 +102,12 @@ def _torchvision(config: ModelConfig, in_channels: int, num_classes: int) -> nn.
 
 
 def build_model(config: ModelConfig, in_channels: int, num_classes: int) -> nn.Module:
-    """A new network for ``config.architecture`` taking ``in_channels`` and giving ``num_classes`` logits."""
+    """A new network for ``config.architecture`` taking ``in_channels`` and giving ``num_classes`` logits.
+
+    3D architectures (``resnet3d``, ``simple_cnn3d``) come from :mod:`medimg.training.models3d`.
+    """
+    if config.architecture.endswith("3d"):
+        return build_model_3d(config, in_channels, num_classes)
     if config.architecture == "compact_resnet":
         return CompactResNet(in_channels, num_classes, width=config.width, dropout=config.dropout)
     if config.architecture == "simple_cnn":

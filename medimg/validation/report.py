@@ -131,10 +131,7 @@ def render_html(report: dict) -> str:
             ]
             for f in report.get("failed_critical") or []
         ],
-        split_rows=[
-            [r.get("split"), r.get("n_images"), r.get("n_positive"), r.get("positive_fraction")]
-            for r in stats.get("split_summary", [])
-        ],
+        **_split_table(stats),
         wart_rows=[
             ["duplicate groups within a split", warts.get("duplicate_groups_within_split")],
             ["extra copies within a split", warts.get("extra_copies_within_split")],
@@ -145,7 +142,81 @@ def render_html(report: dict) -> str:
             ["patients across splits, by splits", warts.get("patients_across_splits_by_splits")],
             *_near_duplicate_rows(warts),
         ],
+        volume_rows=_volume_rows(stats.get("volumes")),
+        segmentation_rows=_segmentation_rows(stats.get("segmentation")),
     )
+
+
+def _split_table(stats: dict) -> dict:
+    """``split_headers``, ``split_rows`` and ``split_numeric`` of the splits table: images and positives, or for a
+    segmentation dataset cases, empty masks and the cases labelling each structure."""
+    rows = stats.get("split_summary", [])
+    segmentation = stats.get("segmentation")
+    if not segmentation:
+        return {
+            "split_headers": ["split", "images", "positives", "positive fraction"],
+            "split_rows": [
+                [r.get("split"), r.get("n_images"), r.get("n_positive"), r.get("positive_fraction")] for r in rows
+            ],
+            "split_numeric": (1, 2, 3),
+        }
+    names = list((segmentation.get("structures") or {}).values())
+    return {
+        "split_headers": ["split", "cases", "empty masks", *[f"cases with {name}" for name in names]],
+        "split_rows": [
+            [r.get("split"), r.get("n_images"), r.get("n_empty_masks"), *[r.get(f"n_with_{n}") for n in names]]
+            for r in rows
+        ],
+        "split_numeric": tuple(range(1, 3 + len(names))),
+    }
+
+
+def _segmentation_rows(segmentation: dict | None) -> list[list]:
+    """What the segmentation checks saw (``statistics.segmentation`` of a segmentation dataset's report); empty for
+    classification."""
+    if not segmentation:
+        return []
+    labelled = segmentation.get("foreground_fraction_range")
+    read = segmentation.get("stored_checked")
+    return [
+        ["structures (label: name)", segmentation.get("structures")],
+        ["stored grid (z, y, x)", segmentation.get("grid_shape") or "not checked"],
+        ["label sets of the masks (labels: cases)", segmentation.get("labels_present")],
+        ["empty masks", segmentation.get("empty_masks")],
+        [
+            "labelled share of the grid, non-empty masks (min..max, median)",
+            f"{labelled[0]:.4g}..{labelled[1]:.4g}, {segmentation.get('foreground_fraction_median'):.4g}"
+            if labelled
+            else "no labelled mask",
+        ],
+        [
+            "stored masks (shape: count)",
+            segmentation.get("stored_mask_shapes") if read else "not read (no dataset folder given)",
+        ],
+        ["stored mask types (dtype: count)", segmentation.get("stored_mask_dtypes") if read else ""],
+    ]
+
+
+def _volume_rows(volumes: dict | None) -> list[list]:
+    """What the volume checks saw (``statistics.volumes`` of a volume dataset's report); empty for images."""
+    if not volumes:
+        return []
+    spacing = volumes.get("spacing_mm_range")
+    return [
+        [
+            "stored volumes (shape: count)",
+            volumes.get("stored_shapes") if volumes.get("stored_checked") else "not read (no dataset folder given)",
+        ],
+        ["stored voxel types (dtype: count)", volumes.get("stored_dtypes") if volumes.get("stored_checked") else ""],
+        ["volumes with a known spacing", volumes.get("volumes_with_spacing")],
+        [
+            "source spacing range, mm (z, y, x)",
+            ", ".join(f"{axis} {lo:g}..{hi:g}" for axis, (lo, hi) in spacing.items()) if spacing else "unknown",
+        ],
+        ["source orientations (axcodes: count)", volumes.get("axcodes") or "unknown"],
+        ["orientation every volume must have", volumes.get("expected_axcodes") or "none known: not checked"],
+        ["geometry corrections (name: volumes)", volumes.get("corrections") or "none"],
+    ]
 
 
 def _near_duplicate_rows(warts: dict) -> list[list]:

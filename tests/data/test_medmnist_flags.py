@@ -97,7 +97,7 @@ def test_a_class_count_mismatch_fails_at_start_before_anything_is_read(tmp_path)
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
-        ("vesselmnist3d", r"'vesselmnist3d' is a 3D MedMNIST flag: volumes are a later issue"),
+        ("vesselmnist3d", r"'vesselmnist3d' is a 3D MedMNIST flag: set preprocess.dims: 3"),
         ("pathmnist", r"'pathmnist' holds RGB images \(3 channels\)"),
         ("chestmnist", r"'chestmnist' is multi-label"),
         ("pneumonia", r"unknown MedMNIST flag 'pneumonia' \(data\.medmnist_flag\); 2D flags .*breastmnist"),
@@ -106,6 +106,12 @@ def test_a_class_count_mismatch_fails_at_start_before_anything_is_read(tmp_path)
 def test_flags_medimg_cannot_ingest_are_refused_by_name(flag, message):
     with pytest.raises(MedMNISTFlagError, match=message):
         check_flag(flag, ("normal", "pneumonia"), channels=3)
+
+
+def test_a_3d_flag_needs_a_3d_contract_and_a_2d_flag_a_2d_one():
+    assert check_flag("vesselmnist3d", ("vessel", "aneurysm"), dims=3).volumetric
+    with pytest.raises(MedMNISTFlagError, match=r"'breastmnist' is a 2D MedMNIST flag but preprocess.dims is 3"):
+        check_flag("breastmnist", ("malignant", "benign"), dims=3)
 
 
 def test_the_2d_flags_are_those_of_the_installed_package():
