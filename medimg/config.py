@@ -719,6 +719,28 @@ class OrchestrationConfig(_Strict):
     )
 
 
+class ServeConfig(_Strict):
+    """``medimg serve``: the inference service and its DICOM node (``serve``).
+
+    The PACS is Orthanc's HTTP base URL; its credentials come from the environment
+    (``MEDIMG_ORTHANC_USERNAME``, ``MEDIMG_ORTHANC_PASSWORD``), never from a params file.
+    """
+
+    host: str = Field(default="127.0.0.1", min_length=1, description="address the HTTP service binds")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port")
+    alias: str = Field(default="champion", min_length=1, description="registry alias the service follows")
+    poll_seconds: float = Field(default=5.0, gt=0, description="how often the alias is checked for a new version")
+    pacs_url: str | None = Field(
+        default=None, description="Orthanc HTTP base; null: MEDIMG_ORTHANC_URL; neither: no DICOM node"
+    )
+    pacs_poll_seconds: float = Field(default=0.5, gt=0, description="how often Orthanc's change feed is read")
+    pacs_timeout_seconds: float = Field(default=10.0, gt=0, description="timeout of one request to the PACS")
+    pacs_max_backoff_seconds: float = Field(
+        default=30.0, gt=0, description="longest wait between retries while the PACS does not answer"
+    )
+    max_body_mb: float = Field(default=64.0, gt=0, description="largest request body accepted")
+
+
 class Params(_Strict):
     """Every setting of a run (``params.yaml``), validated and frozen; :meth:`fingerprint` keys runs on it."""
 
@@ -735,6 +757,7 @@ class Params(_Strict):
     drift: DriftConfig = DriftConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Params:
@@ -772,12 +795,13 @@ class Params(_Strict):
         It is the params part of the run key, so it holds what makes the data, the model, its gate
         verdict and its registration, and leaves out the sections that only say where, when and
         whether to run: ``workspace`` (a moved or cloned workspace keeps its run keys),
-        ``schedule`` and ``orchestration`` (cron, retries, timeouts, notifications), and ``drift``.
+        ``schedule`` and ``orchestration`` (cron, retries, timeouts, notifications), ``serve`` (how the
+        registered model is served), and ``drift``.
         Drift settings decide whether a new data version is trained at all, never what a training
         makes of it; and a run that trained nothing (no drift) is never taken as up to date, so
         changing them still lets the next run train.
         """
-        left_out = {"workspace", "schedule", "orchestration", "drift"}
+        left_out = {"workspace", "schedule", "orchestration", "drift", "serve"}
         blob = json.dumps(self.model_dump(mode="json", exclude=left_out), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -107,6 +107,21 @@ class Workspace:
         return self.root / "audit.jsonl"
 
     @property
+    def serve(self) -> Path:
+        """``medimg serve``'s state: verified model downloads, the PACS cursor, the prediction log."""
+        return self.root / "serve"
+
+    @property
+    def prediction_log(self) -> Path:
+        """The service's JSON-lines prediction log (:mod:`medimg.serving.prediction_log`)."""
+        return self.serve / "predictions.jsonl"
+
+    @property
+    def users_file(self) -> Path:
+        """The service's user store: names, roles and argon2 password hashes (:mod:`medimg.users`)."""
+        return self.root / "users.json"
+
+    @property
     def lock_file(self) -> Path:
         """The lock file that lets one retrain at a time run in this workspace."""
         return self.root / ".retrain.lock"
