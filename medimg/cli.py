@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -250,11 +251,26 @@ def rollback(reason: ReasonOption, params: ParamsOption = Path("params.yaml")) -
     )
 
 
+class PullLayout(str, Enum):
+    """What ``medimg pull --out`` becomes."""
+
+    RELEASE = "release"
+    TRITON = "triton"
+
+
 @app.command()
 def pull(
     out: Annotated[Path, typer.Option("--out", help="folder (managed as a symlink) that receives the model")],
     alias: Annotated[str | None, typer.Option("--alias", help="alias to pull (default champion)")] = None,
     version: Annotated[str | None, typer.Option("--version", help="version number to pull")] = None,
+    layout: Annotated[
+        PullLayout,
+        typer.Option(
+            "--layout",
+            help="release: --out is a link to a verified release folder; triton: --out is a Triton/KServe model "
+            "repository (<model>/config.pbtxt, <model>/<version>/model.onnx)",
+        ),
+    ] = PullLayout.RELEASE,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Write model.onnx and its model card to --out, verified against the registry's sha256.
@@ -266,6 +282,19 @@ def pull(
     from medimg.pull import IntegrityError, PullError  # here: after activate (MLflow, Prefect read settings on import)
     from medimg.pull import pull as pull_model
 
+    if layout is PullLayout.TRITON:
+        from medimg.pull.triton_repository import pull_triton
+
+        with _exit_on(PullError, "pull failed"), _exit_on(IntegrityError, "integrity check failed", code=3):
+            written = pull_triton(loaded, repo=out, alias=alias, version=version)
+        table = Table(
+            title=f"pulled {written.model_name} v{written.version} into a Triton repository", show_header=False
+        )
+        table.add_row("sha256 (verified)", written.sha256)
+        table.add_row("config", str(written.model_dir / "config.pbtxt"))
+        table.add_row("model", str(written.version_dir / "model.onnx"))
+        Console(stderr=True).print(table)
+        return
     with _exit_on(PullError, "pull failed"), _exit_on(IntegrityError, "integrity check failed", code=3):
         result = pull_model(loaded, out_dir=out, alias=alias, version=version)
     table = Table(title=f"pulled {result.model_name} v{result.version}", show_header=False)
