@@ -779,6 +779,27 @@ def schedule(
     prefect.serve(*runner_deployments(loaded, params))
 
 
+@app.command()
+def serve(
+    params: ParamsOption = Path("params.yaml"),
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="HTTP port (default serve.port)")] = None,
+) -> None:
+    """Serve the registered model over HTTP (Open Inference Protocol v2 and a file endpoint) until stopped.
+
+    Binds serve.host (127.0.0.1 by default). Follows serve.alias (champion) in the registry: the version
+    it names is downloaded, checked against its sha256 and swapped in between requests when the alias
+    moves. Every endpoint but /v2/health/live and /v2/health/ready needs a login (`medimg users add`).
+    With a PACS (serve.pacs_url or MEDIMG_ORTHANC_URL) the DICOM node follows it too.
+    """
+    loaded, ws = _open(params)
+    quiet_third_party_loggers()
+    _console_logging()
+    # here: after activate (MLflow reads its settings on import); FastAPI and ONNX Runtime for serve only
+    from medimg.serving.server import build_service, run_service
+
+    run_service(build_service(loaded, ws, port))
+
+
 users_app = typer.Typer(no_args_is_help=True, help="Manage the users of `medimg serve` (the workspace's user store).")
 app.add_typer(users_app, name="users")
 
