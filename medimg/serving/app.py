@@ -63,7 +63,7 @@ from medimg.config import Params
 from medimg.data.images import BadImage, DecodedImage
 from medimg.export.onnx_export import onnx_logits
 from medimg.input_checks import check_input
-from medimg.predict import DIMENSION_REASONS, scored, to_rows
+from medimg.predict import DIMENSION_REASONS, Prediction, scored, to_rows
 from medimg.probabilities import softmax
 from medimg.scoring import DEFAULT_BATCH_SIZE, SEGMENTATION_BATCH_SIZE, OnnxModel
 from medimg.serving import v2
@@ -133,19 +133,13 @@ def score_upload(model: OnnxModel, data: bytes, secret: bytes | None) -> ScoredU
         instance=pseudonyms.get("sop_pseudonym"),
     )
     if about.refusal_reason is not None or grey is None:
-        row = to_rows([_refused(about.refusal_reason or "decode_error")], model.class_names)[0]
+        row = to_rows([Prediction("upload", None, None, about.refusal_reason or "decode_error")], model.class_names)[0]
         row.pop("file")
         return replace(about, row=row)
     x = preprocess.apply(grey, model.config).numpy()
     row = to_rows(scored(model, x, [("upload", None)]), model.class_names)[0]
     row.pop("file")
     return replace(about, row=row, input_mean=float(grey.mean()), input_std=float(grey.std()))
-
-
-def _refused(reason: str):
-    from medimg.predict import Prediction  # here: only refusals need the row type itself
-
-    return Prediction("upload", None, None, reason)
 
 
 def _model_headers(loaded: LoadedModel | None) -> dict[str, str]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -128,10 +130,24 @@ def build_service(params: Params, ws: Workspace, port: int | None = None) -> Ser
     return Service(app, follower, metrics, prediction_log, users, node, params.serve.host, port or params.serve.port)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM after uvicorn's graceful shutdown (uvicorn raises the signal it caught again): exit 0 through the
+    ``finally`` blocks, so the threads are stopped, instead of dying by the signal."""
+    raise SystemExit(0)
+
+
 def run_service(service: Service) -> None:
-    """Start the follower (and the DICOM node), serve HTTP until SIGINT or SIGTERM, then stop them."""
+    """Start the follower (and the DICOM node), serve HTTP until SIGINT or SIGTERM, then stop them.
+
+    SIGTERM: uvicorn finishes the requests in flight, the threads are stopped, the process exits 0. SIGINT
+    (Ctrl-C) does the same and ends in ``KeyboardInterrupt`` (the CLI exits 130).
+    """
     # here: uvicorn only for a process that serves
     import uvicorn
+
+    previous = (
+        signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() else None
+    )
 
     if not service.users.users():
         log.warning(
@@ -149,3 +165,5 @@ def run_service(service: Service) -> None:
         if service.dicom_node is not None:
             service.dicom_node.stop()
         service.follower.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
