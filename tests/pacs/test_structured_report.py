@@ -13,8 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage
 
 from datapaths import DATA_DIR
-from medimg.pacs.selection import MANUFACTURER, SERIES_DESCRIPTION_PREFIX, refusal
 from medimg.input_checks import InputRules
+from medimg.pacs.selection import MANUFACTURER, SERIES_DESCRIPTION_PREFIX, refusal
 from medimg.pacs.structured_report import ReportedOutcome, structured_report
 from medimg.segmentation.dicom_seg import Algorithm
 
