@@ -6,40 +6,42 @@ I/O only: no decision about what an instance is for is made here (:mod:`medimg.p
 storing goes through DICOMweb STOW-RS at ``<url>/dicom-web`` (the ``orthanc-dicomweb`` plugin) with
 :class:`dicomweb_client.DICOMwebClient`, on the same authenticated session.
 
-Faults: every request has a ``timeout`` (seconds) and is retried by urllib3 (:class:`urllib3.util.Retry` on the
-session: ``retries`` more attempts on a refused or dropped connection, a timeout, or a 502/503/504 answer,
-waiting ``backoff * 2**k`` seconds between them). What still fails is a :class:`PacsUnavailable` (no answer, a
-5xx, or credentials refused: 401/403), a :class:`PacsNotFound` (404: the resource went away), or a
-:class:`PacsError` (any other refusal). The longer wait while Orthanc is down (1 s doubling to 30 s) is the
-caller's: :mod:`medimg.serving.dicom_node`.
+Faults: every request has a ``timeout`` (seconds) and is tried again ``retries`` times on a refused or dropped
+connection, a timeout or a 5xx answer, waiting ``backoff * 2**k`` seconds before try ``k + 1`` (a small loop
+here, not urllib3's ``Retry``, whose warnings quote the request's path, an Orthanc identifier). What still fails
+is a :class:`PacsUnavailable` (no answer, a 5xx, or credentials refused: 401/403, not retried), a
+:class:`PacsNotFound` (404: the resource went away), or a :class:`PacsError` (any other refusal). The longer
+wait while Orthanc is down (1 s doubling to 30 s) is the caller's: :mod:`medimg.serving.dicom_node`.
 
 Privacy: messages name the kind of request (``GET /instances/{id}/file``), never an Orthanc identifier (a
 hash of the patient's and study's identifiers) or a UID. ``dicomweb_client`` logs UIDs (the study of a store,
-failed SOP instances); its records stop at its own logger and never reach the application's handlers.
+failed SOP instances); its loggers emit nothing (their level is set above CRITICAL on import).
+urllib3 logs each request's path (with Orthanc's identifiers) at DEBUG level: keep ``urllib3`` above DEBUG
+in a service's logging configuration.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
-from requests.adapters import HTTPAdapter
-from urllib3.util import Retry
 
-# dicomweb_client logs Study and SOP Instance UIDs at INFO and ERROR level: keep them out of every log.
-logging.getLogger("dicomweb_client").propagate = False
+# dicomweb_client logs Study and SOP Instance UIDs at INFO and ERROR level: none of its records is emitted (a level
+# above CRITICAL, which its modules' loggers inherit; failures reach the caller as exceptions instead).
+logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL + 1)
 
 #: Orthanc's change types the DICOM node acts on (Orthanc's ``ChangeType``).
 NEW_INSTANCE = "NewInstance"
 STABLE_SERIES = "StableSeries"
 #: How many changes one ``/changes`` call asks for (Orthanc's own maximum is 10000).
 CHANGES_LIMIT = 100
-#: Answers urllib3 retries before giving up (a proxy or Orthanc starting up, overloaded or going down).
-RETRY_STATUSES = (502, 503, 504)
+_T = TypeVar("_T")
 
 
 class PacsError(Exception):
@@ -84,7 +86,7 @@ class ChangeBatch:
 class OrthancClient:
     """Orthanc's REST API and its DICOMweb plugin at ``url`` (``http://127.0.0.1:8042``, no trailing path),
     with HTTP Basic auth as ``username``/``password`` (None: no auth), ``timeout`` seconds per request,
-    ``retries`` extra attempts per request with ``backoff`` seconds doubling between them.
+    ``retries`` more tries of a request Orthanc did not answer, ``backoff`` seconds before the first, doubling.
     """
 
     def __init__(
@@ -98,36 +100,39 @@ class OrthancClient:
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
         self.session = requests.Session()
         if username is not None:
             self.session.auth = (username, password or "")
-        retry = Retry(
-            total=retries,
-            connect=retries,
-            read=retries,
-            status=retries,
-            backoff_factor=backoff,
-            status_forcelist=RETRY_STATUSES,
-            allowed_methods=frozenset({"GET", "POST"}),  # a STOW of the same instance again is stored once
-            raise_on_status=False,
-        )
-        adapter = HTTPAdapter(max_retries=retry)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
         self.dicomweb = DICOMwebClient(f"{self.url}/dicom-web", session=self.session, timeout=timeout)
-        self.dicomweb.set_http_retry_params(retry=False)  # the session retries
+        self.dicomweb.set_http_retry_params(retry=False)  # retried here, like every request
 
     def close(self) -> None:
         """Close the session's connections."""
         self.session.close()
 
+    def _retried(self, call: Callable[[], _T]) -> _T:
+        """``call()``, tried again on :class:`PacsUnavailable` (not on refused credentials) up to ``retries`` times."""
+        for attempt in range(self.retries + 1):
+            try:
+                return call()
+            except PacsUnavailable as err:
+                if attempt == self.retries or err.status in (401, 403):
+                    raise
+            time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
     def _get(self, path: str, what: str, params: dict[str, str | int] | None = None) -> requests.Response:
-        try:
-            response = self.session.get(f"{self.url}{path}", params=params, timeout=self.timeout)
-        except requests.RequestException as err:
-            raise PacsUnavailable(f"{what}: no answer from Orthanc ({type(err).__name__})") from None
-        _raise_for(response, what)
-        return response
+        def once() -> requests.Response:
+            try:
+                response = self.session.get(f"{self.url}{path}", params=params, timeout=self.timeout)
+            except requests.RequestException as err:
+                raise PacsUnavailable(f"{what}: no answer from Orthanc ({type(err).__name__})") from None
+            _raise_for(response, what)
+            return response
+
+        return self._retried(once)
 
     def ping(self) -> bool:
         """True when Orthanc answers ``GET /system`` with these credentials."""
@@ -169,14 +174,18 @@ class OrthancClient:
         :class:`PacsError` when Orthanc answers that an instance failed (Failed SOP Sequence), with the
         failure count only.
         """
-        try:
-            answer = self.dicomweb.store_instances(list(datasets))
-        except requests.HTTPError as err:
-            status = err.response.status_code if err.response is not None else None
-            _raise_status(status, "STOW-RS")
-            raise PacsError(f"STOW-RS: HTTP {status}", status) from None
-        except requests.RequestException as err:
-            raise PacsUnavailable(f"STOW-RS: no answer from Orthanc ({type(err).__name__})") from None
+
+        def once() -> Dataset:
+            try:
+                return self.dicomweb.store_instances(list(datasets))
+            except requests.HTTPError as err:
+                status = err.response.status_code if err.response is not None else None
+                _raise_status(status, "STOW-RS")
+                raise PacsError(f"STOW-RS: HTTP {status}", status) from None
+            except requests.RequestException as err:
+                raise PacsUnavailable(f"STOW-RS: no answer from Orthanc ({type(err).__name__})") from None
+
+        answer = self._retried(once)
         failed = answer.get("FailedSOPSequence") or []
         if failed:
             raise PacsError(f"STOW-RS: {len(failed)} of {len(datasets)} instances refused")
