@@ -55,6 +55,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
 
 from medimg.artifacts import META_BODY_PART
@@ -322,8 +323,6 @@ class DicomNode:
         self, folder: Path, out: Path, loaded: LoadedModel, started: float, who: _Identity
     ) -> LoggedPrediction:
         # here: the segmentation stack (nibabel, highdicom SEG) only for a segmentation model
-        import pydicom
-
         from medimg.predict_segmentation import predict_segmentation
         from medimg.segmentation.dicom_seg import Algorithm
 

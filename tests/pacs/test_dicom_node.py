@@ -17,20 +17,15 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import Comprehensive3DSRStorage, generate_uid
-from pynetdicom import AE
+from pydicom.uid import Comprehensive3DSRStorage
 
 from datapaths import DATA_DIR
 from medimg import registry
@@ -41,57 +36,28 @@ from medimg.predict import predict_files, registry_model
 from medimg.promotion import promote
 from medimg.scoring import OnnxModel
 from medimg.segmentation.dicom_seg import Algorithm
-from medimg.serving.dicom_node import DicomNode, cursor_path
+from medimg.serving.dicom_node import cursor_path
 from medimg.serving.loaded_model import LoadedModel
-from medimg.serving.prediction_log import LoggedPrediction, PredictionLog
+from orthanc_fixtures import (
+    SECRET,
+    STALL_S,
+    UID_KEYWORDS,
+    c_store,
+    entries,
+    fresh,
+    node_for,
+    services_sh,
+    srs_in_study,
+    started,
+    wait_for_entries,
+)
 from progress import wait_while_progressing
 from registry_fixtures import MODEL
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-SECRET = b"pacs-test-secret-0123456789abcdef"
 XRAYS = sorted((DATA_DIR / "dicom/xray").glob("*.dcm"))
 CT_SLICE = DATA_DIR / "dicom/ct/CT_small.dcm"
-UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-STALL_S = 120.0
-
-
-@dataclass(frozen=True)
-class Orthanc:
-    url: str
-    aet: str
-    host: str
-    port: int
-    username: str
-    password: str
-
-    def client(self, timeout: float = 10.0) -> OrthancClient:
-        return OrthancClient(self.url, self.username, self.password, timeout=timeout)
-
-
-def _orthanc_from(env: dict[str, str]) -> Orthanc:
-    aet, address = env["MEDIMG_ORTHANC_DICOM"].split("@")
-    host, port = address.rsplit(":", 1)
-    return Orthanc(
-        env["MEDIMG_ORTHANC_URL"], aet, host, int(port), env["MEDIMG_ORTHANC_USERNAME"], env["MEDIMG_ORTHANC_PASSWORD"]
-    )
-
-
-@pytest.fixture(scope="module")
-def orthanc() -> Orthanc:
-    names = ("MEDIMG_ORTHANC_URL", "MEDIMG_ORTHANC_DICOM", "MEDIMG_ORTHANC_USERNAME", "MEDIMG_ORTHANC_PASSWORD")
-    missing = [n for n in names if not os.environ.get(n)]
-    if missing:
-        pytest.fail(
-            f"{', '.join(missing)} not set: start Orthanc with "
-            '`scripts/services.sh start orthanc && eval "$(scripts/services.sh env)"` '
-            "(or run `make test`, which does it)"
-        )
-    found = _orthanc_from(dict(os.environ))
-    if not found.client().ping():
-        pytest.fail(f"Orthanc does not answer GET {found.url}/system with the credentials; is it running?")
-    return found
 
 
 class AliasHolder:
@@ -114,51 +80,6 @@ class AliasHolder:
                 record.name, str(record.version), record.onnx_sha256, OnnxModel(path), self.alias
             )
         return self.loaded[info.version]
-
-
-def fresh(path: Path, token: str) -> Dataset:
-    """The file's data set with its Study, Series and SOP Instance UIDs replaced by ones derived from ``token`` and
-    the old UID (so files that shared a UID still do)."""
-    ds = pydicom.dcmread(path)
-    for keyword in UID_KEYWORDS:
-        setattr(ds, keyword, generate_uid(entropy_srcs=[token, str(getattr(ds, keyword))]))
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    return ds
-
-
-def c_store(orthanc: Orthanc, datasets: Sequence[Dataset]) -> None:
-    """C-STORE ``datasets`` in one association (their own transfer syntaxes); every status success or warning."""
-    ae = AE(ae_title="MEDIMG-TEST")
-    for pair in dict.fromkeys((ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets):
-        ae.add_requested_context(*pair)
-    assoc = ae.associate(orthanc.host, orthanc.port, ae_title=orthanc.aet)
-    assert assoc.is_established, "no association with Orthanc's DICOM port"
-    try:
-        for ds in datasets:
-            status = assoc.send_c_store(ds)
-            assert status and (status.Status == 0x0000 or status.Status & 0xF000 == 0xB000), status
-    finally:
-        assoc.release()
-
-
-def entries(log: PredictionLog) -> list[LoggedPrediction]:
-    return list(log.read())
-
-
-def wait_for_entries(log: PredictionLog, count: int, what: str) -> list[LoggedPrediction]:
-    return wait_while_progressing(
-        lambda: len(entries(log)) >= count and entries(log), what, progress=lambda: len(entries(log)), stall=STALL_S
-    )
-
-
-def srs_in_study(client: OrthancClient, study_uid: str) -> list[Dataset]:
-    """Every SR of the study, read back with WADO-RS (QIDO-RS to find them)."""
-    found = client.dicomweb.search_for_instances(study_instance_uid=study_uid, search_filters={"Modality": "SR"})
-    out = []
-    for item in found:
-        meta = Dataset.from_json(item)
-        out.append(client.dicomweb.retrieve_instance(study_uid, meta.SeriesInstanceUID, meta.SOPInstanceUID))
-    return out
 
 
 def measurement(sr: Dataset, code_value: str) -> float:
@@ -187,27 +108,6 @@ def referenced_sop(sr: Dataset) -> str:
     (group,) = report.content.get_image_measurement_groups()
     (source,) = group.source_images
     return str(source.referenced_sop_instance_uid)
-
-
-def node_for(orthanc: Orthanc, ws_root: Path, holder, **kwargs) -> tuple[DicomNode, PredictionLog]:
-    log = PredictionLog(ws_root / "serve/predictions.jsonl")
-    node = DicomNode(
-        orthanc.client(timeout=kwargs.pop("timeout", 10.0)),
-        holder,
-        log,
-        cursor_path(ws_root / "serve"),
-        SECRET,
-        poll_seconds=0.2,
-        **kwargs,
-    )
-    return node, log
-
-
-def started(node: DicomNode) -> DicomNode:
-    """``node`` started and past its first read of the feed (its cursor is set: later changes are its)."""
-    node.start()
-    wait_while_progressing(lambda: node.dicom_ready and node.cursor is not None, "the node's first read", stall=STALL_S)
-    return node
 
 
 def foreign_sr(source: Path, token: str) -> Dataset:
@@ -357,29 +257,6 @@ def test_after_a_promotion_the_next_sr_names_the_new_version(orthanc, fresh_regi
     assert versions == {v: (v, v, f"onnx_sha256={sha[v]}") for v in ("1", "2")}
 
 
-def _services(state: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MEDIMG_SERVICES_DIR": str(state), "MEDIMG_VENV": str(Path(sys.executable).parents[1])}
-    return subprocess.run(
-        [str(ROOT / "scripts/services.sh"), *args], env=env, capture_output=True, text=True, check=True, timeout=600
-    )
-
-
-@pytest.fixture
-def private_orthanc(tmp_path):
-    """An Orthanc of this test's own (``scripts/services.sh start orthanc`` in a temporary state dir), stopped after."""
-    state = tmp_path / "services"
-    _services(state, "start", "orthanc")
-    try:
-        env = dict(
-            line.removeprefix("export ").split("=", 1)
-            for line in _services(state, "env").stdout.splitlines()
-            if line.startswith("export MEDIMG_ORTHANC")
-        )
-        yield _orthanc_from(env), state
-    finally:
-        _services(state, "stop", "orthanc")
-
-
 def test_orthanc_down_the_node_stays_up_not_ready_and_resumes_without_losing_a_change(
     private_orthanc, fresh_registry, tmp_path
 ):
@@ -391,7 +268,7 @@ def test_orthanc_down_the_node_stays_up_not_ready_and_resumes_without_losing_a_c
     cursor = first.cursor
     ds = fresh(XRAYS[-1], uuid.uuid4().hex)
     c_store(pacs, [ds])  # a change while no node follows the feed
-    _services(state, "stop", "orthanc")  # and then Orthanc goes down too
+    services_sh(state, "stop", "orthanc")  # and then Orthanc goes down too
 
     second, _ = node_for(pacs, fresh_registry.ws.root, holder, timeout=2.0, max_backoff=2.0)
     second.start()  # the service restarts while Orthanc is down
@@ -399,7 +276,7 @@ def test_orthanc_down_the_node_stays_up_not_ready_and_resumes_without_losing_a_c
         wait_while_progressing(lambda: second.last_error is not None, "the node's first failed read", stall=STALL_S)
         assert not second.dicom_ready and second._thread is not None and second._thread.is_alive()
         assert second.cursor == cursor and entries(log) == []  # nothing taken, nothing lost
-        _services(state, "start", "orthanc")  # Orthanc is back (same storage, same ports)
+        services_sh(state, "start", "orthanc")  # Orthanc is back (same storage, same ports)
         instance = pseudonym(ds.SOPInstanceUID, SECRET, "sop")
         entry = wait_while_progressing(
             lambda: next((e for e in entries(log) if e.instance == instance), None),
