@@ -59,6 +59,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from medimg.artifacts import META_BODY_PART
+from medimg.config import ServeConfig
 from medimg.data import deid
 from medimg.data.dicom import read_header_bytes
 from medimg.data.images import BadImage
@@ -465,6 +466,39 @@ class DicomNode:
         tmp.write_text(json.dumps({"orthanc": self.client.url, "last_seq": int(seq)}))
         os.replace(tmp, self.cursor_path)
         self._cursor = int(seq)
+
+
+#: Where the node's Orthanc credentials come from (``scripts/services.sh env``), never from a params file.
+USERNAME_ENV = "MEDIMG_ORTHANC_USERNAME"
+PASSWORD_ENV = "MEDIMG_ORTHANC_PASSWORD"
+
+
+def node_from_settings(
+    serve: ServeConfig,
+    url: str,
+    holder: ModelHolder,
+    log: PredictionLog,
+    serve_dir: Path,
+    secret: bytes,
+    on_outcome: OutcomeCallback | None = None,
+) -> DicomNode:
+    """The node ``medimg serve`` runs: Orthanc at ``url`` with the credentials of ``$MEDIMG_ORTHANC_USERNAME`` and
+    ``$MEDIMG_ORTHANC_PASSWORD`` (no auth when the user name is unset), ``serve.pacs_timeout_seconds`` per request,
+    ``serve.pacs_poll_seconds`` between reads, ``serve.pacs_max_backoff_seconds``; the cursor in ``serve_dir``
+    (:attr:`medimg.workspace.Workspace.serve`)."""
+    client = OrthancClient(
+        url, os.environ.get(USERNAME_ENV) or None, os.environ.get(PASSWORD_ENV), timeout=serve.pacs_timeout_seconds
+    )
+    return DicomNode(
+        client,
+        holder,
+        log,
+        cursor_path(serve_dir),
+        secret,
+        poll_seconds=serve.pacs_poll_seconds,
+        max_backoff=serve.pacs_max_backoff_seconds,
+        on_outcome=on_outcome,
+    )
 
 
 def cursor_path(serve_dir: Path) -> Path:

@@ -22,7 +22,7 @@ import torch
 from pydicom.dataset import Dataset
 
 from datapaths import MR_STUDY
-from medimg.config import load_params
+from medimg.config import ServeConfig, load_params
 from medimg.data.deid import pseudonym
 from medimg.export.onnx_export import export
 from medimg.predict_segmentation import predict_segmentation
@@ -31,7 +31,9 @@ from medimg.provenance import file_sha256
 from medimg.scoring import OnnxModel
 from medimg.segmentation.contract import network_input
 from medimg.segmentation.dicom_seg import Algorithm
+from medimg.serving.dicom_node import node_from_settings
 from medimg.serving.loaded_model import LoadedModel
+from medimg.serving.prediction_log import PredictionLog
 from medimg.training.models import build_model
 from orthanc_fixtures import SECRET, c_store, entries, fresh, node_for, srs_in_study, started, wait_for_entries
 
@@ -93,7 +95,11 @@ def sent_series(orthanc, folder: Path) -> list[Dataset]:
 
 def test_a_series_gets_one_sr_naming_every_slice(orthanc, volume_classifier, tmp_path):
     holder = FixedHolder(volume_classifier, "vessel3d-test")
-    node, log = node_for(orthanc, tmp_path / "ws", holder)
+    log = PredictionLog(tmp_path / "ws/serve/predictions.jsonl")
+    # the node as medimg serve builds it: credentials from the environment, timings from params' serve section
+    node = node_from_settings(
+        ServeConfig(pacs_poll_seconds=0.2), orthanc.url, holder, log, tmp_path / "ws/serve", SECRET
+    )
     try:
         started(node)
         slices = sent_series(orthanc, tmp_path / "series")
