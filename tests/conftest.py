@@ -1,7 +1,8 @@
 """Shared fixtures: the real data, an activated temporary workspace, quiet telemetry, one Prefect test server.
 
-The registry fixtures (``registry_ws``, ``fresh_registry``, ``registry_template``) and the lineage
-fixtures (``lineage_ws``, ``fresh_lineage_ws``) are plugins: every test module can request them by name.
+The registry fixtures (``registry_ws``, ``fresh_registry``, ``registry_template``), the lineage
+fixtures (``lineage_ws``, ``fresh_lineage_ws``) and the Orthanc fixtures (``orthanc``, ``private_orthanc``) are
+plugins: every test module can request them by name.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ for _key, _value in TELEMETRY_OFF.items():
 
 # This conftest sits in testpaths' folder (tests/, put on sys.path by ``pythonpath`` in pyproject.toml),
 # so it is an initial conftest and may name plugins; the test modules live in subfolders below it.
-pytest_plugins = ["registry_fixtures", "lineage_fixtures"]
+pytest_plugins = ["registry_fixtures", "lineage_fixtures", "orthanc_fixtures"]
 
 
 @pytest.fixture(scope="session")
