@@ -386,7 +386,7 @@ def decode_file(
 
     path = Path(path)
     if kind is None:
-        kind = "dicom" if (_has_dicm(data) if data is not None else is_dicom_file(path)) else "raster"
+        kind = "dicom" if (has_dicom_marker(data) if data is not None else is_dicom_file(path)) else "raster"
     if kind == "dicom":
         return decode_dicom(
             path,
@@ -416,10 +416,11 @@ def is_dicom_file(path: str | Path) -> bool:
             head = handle.read(132)
     except OSError:
         return False
-    return _has_dicm(head)
+    return has_dicom_marker(head)
 
 
-def _has_dicm(data: bytes) -> bool:
+def has_dicom_marker(data: bytes) -> bool:
+    """True when ``data`` (a file's first bytes or all of them) has the DICOM Part 10 ``DICM`` marker at byte 128."""
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 

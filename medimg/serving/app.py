@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -60,10 +60,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import medimg
 from medimg import preprocess
 from medimg.config import Params
-from medimg.data.images import BadImage, DecodedImage
+from medimg.data import deid
+from medimg.data.dicom import read_header_bytes
+from medimg.data.images import BadImage
 from medimg.export.onnx_export import onnx_logits
-from medimg.input_checks import check_input
-from medimg.predict import DIMENSION_REASONS, Prediction, scored, to_rows
+from medimg.pacs.selection import code_string
+from medimg.predict import DIMENSION_REASONS, prepare_input, score_prepared, to_rows
 from medimg.probabilities import softmax
 from medimg.scoring import DEFAULT_BATCH_SIZE, SEGMENTATION_BATCH_SIZE, OnnxModel
 from medimg.serving import v2
@@ -99,47 +101,42 @@ class ScoredUpload:
     input_std: float | None = None
 
 
+def _upload_identity(data: bytes, secret: bytes | None) -> tuple[str | None, dict[str, str | None]]:
+    """A DICOM upload's modality and study/series/SOP instance pseudonyms (none for PNG/JPEG, an unreadable header
+    or no key)."""
+    if not preprocess.has_dicom_marker(data):
+        return None, {}
+    try:
+        header = read_header_bytes(data, "upload")
+    except BadImage:
+        return None, {}
+    ids = deid.identity_pseudonyms(header, secret) if secret is not None else {}
+    return code_string(header.get("Modality")), ids
+
+
 def score_upload(model: OnnxModel, data: bytes, secret: bytes | None) -> ScoredUpload:
     """Decode, check, preprocess and score one file's bytes as ``medimg predict`` does a file on disk.
 
-    The calls are those of :func:`medimg.predict.predict_files`: :func:`medimg.preprocess.decode_file`
-    (DICOM told by its ``DICM`` marker, else PNG/JPEG), :func:`medimg.input_checks.check_input` with
-    the model's own rules before and after :func:`medimg.preprocess.prepare`, then
-    :func:`medimg.preprocess.apply` and :func:`medimg.predict.scored`. A refused file's row has
-    ``error`` set to the reason code and no probabilities. ``secret``: the pseudonymisation key for a
-    DICOM's UIDs (``None``: no pseudonyms). A 2D classification model only (see the caller).
+    The path of every 2D input: :func:`medimg.predict.prepare_input` (decode, the model's input checks,
+    the contract) and :func:`medimg.predict.score_prepared`. A refused file's row has ``error`` set to
+    the reason code and no probabilities. ``secret``: the pseudonymisation key for a DICOM's UIDs
+    (``None``: no pseudonyms). A 2D classification model only (see the caller).
     """
-    rules = model.input_rules
-    decoded: DecodedImage | None = None
-    grey = None
-    try:
-        decoded = preprocess.decode_file(Path("upload"), model.config, data=data, secret=secret)
-        problem = check_input(decoded, rules)  # before grey uint8, which would turn NaN into black
-        if problem is None:
-            grey = preprocess.prepare(decoded, model.config)  # uint8 [size, size], as ingest stores it
-            problem = check_input(decoded, rules, grey)  # and blank, on the stored image
-        reason = problem.reason if problem is not None else None
-    except BadImage as err:
-        reason = err.reason
-    except Exception:  # one undecodable upload must not fail the request
-        reason = "decode_error"
-    pseudonyms = (decoded.pseudonyms or {}) if decoded is not None else {}
-    about = ScoredUpload(
-        row={},
-        refusal_reason=reason or ("decode_error" if grey is None else None),
-        modality=decoded.modality if decoded is not None else None,
-        study=pseudonyms.get("study_pseudonym"),
-        series=pseudonyms.get("series_pseudonym"),
-        instance=pseudonyms.get("sop_pseudonym"),
-    )
-    if about.refusal_reason is not None or grey is None:
-        row = to_rows([Prediction("upload", None, None, about.refusal_reason or "decode_error")], model.class_names)[0]
-        row.pop("file")
-        return replace(about, row=row)
-    x = preprocess.apply(grey, model.config).numpy()
-    row = to_rows(scored(model, x, [("upload", None)]), model.class_names)[0]
+    modality, ids = _upload_identity(data, secret)
+    prepared = prepare_input(model, Path("upload"), model.input_rules, data=data)
+    row = to_rows([score_prepared(model, prepared)], model.class_names)[0]
     row.pop("file")
-    return replace(about, row=row, input_mean=float(grey.mean()), input_std=float(grey.std()))
+    stored = prepared.stored
+    return ScoredUpload(
+        row=row,
+        refusal_reason=prepared.error,
+        modality=modality,
+        study=ids.get("study_pseudonym"),
+        series=ids.get("series_pseudonym"),
+        instance=ids.get("sop_pseudonym"),
+        input_mean=float(stored.mean()) if stored is not None else None,
+        input_std=float(stored.std()) if stored is not None else None,
+    )
 
 
 def _model_headers(loaded: LoadedModel | None) -> dict[str, str]:
