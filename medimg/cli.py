@@ -812,6 +812,7 @@ def schedule(
 def serve(
     params: ParamsOption = Path("params.yaml"),
     port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="HTTP port (default serve.port)")] = None,
+    set_: SetOption = None,
 ) -> None:
     """Serve the registered model over HTTP (Open Inference Protocol v2 and a file endpoint) until stopped.
 
@@ -820,7 +821,7 @@ def serve(
     moves. Every endpoint but /v2/health/live and /v2/health/ready needs a login (`medimg users add`).
     With a PACS (serve.pacs_url or MEDIMG_ORTHANC_URL) the DICOM node follows it too.
     """
-    loaded, ws = _open(params)
+    loaded, ws = _open(params, set_)
     quiet_third_party_loggers()
     _console_logging()
     # here: after activate (MLflow reads its settings on import); FastAPI and ONNX Runtime for serve only
