@@ -808,6 +808,96 @@ def schedule(
     prefect.serve(*runner_deployments(loaded, params))
 
 
+@app.command()
+def serve(
+    params: ParamsOption = Path("params.yaml"),
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="HTTP port (default serve.port)")] = None,
+) -> None:
+    """Serve the registered model over HTTP (Open Inference Protocol v2 and a file endpoint) until stopped.
+
+    Binds serve.host (127.0.0.1 by default). Follows serve.alias (champion) in the registry: the version
+    it names is downloaded, checked against its sha256 and swapped in between requests when the alias
+    moves. Every endpoint but /v2/health/live and /v2/health/ready needs a login (`medimg users add`).
+    With a PACS (serve.pacs_url or MEDIMG_ORTHANC_URL) the DICOM node follows it too.
+    """
+    loaded, ws = _open(params)
+    quiet_third_party_loggers()
+    _console_logging()
+    # here: after activate (MLflow reads its settings on import); FastAPI and ONNX Runtime for serve only
+    from medimg.serving.server import build_service, run_service
+
+    run_service(build_service(loaded, ws, port))
+
+
+users_app = typer.Typer(no_args_is_help=True, help="Manage the users of `medimg serve` (the workspace's user store).")
+app.add_typer(users_app, name="users")
+
+
+def _user_store(params: Path):
+    """The user store of the params' workspace (no MLflow or Prefect needed)."""
+    from medimg.users import UserStore  # here: argon2 loads for the users commands only
+
+    loaded, _ = _load(params, None)
+    return UserStore(Workspace.at(loaded.workspace.path).users_file)
+
+
+def read_password(stream=None) -> str:
+    """The new password: one line of ``stream`` (default standard input) without its line ending; from a
+    terminal, asked twice without echo."""
+    stream = stream or sys.stdin
+    if stream.isatty():
+        return typer.prompt("password", hide_input=True, confirmation_prompt=True, err=True)
+    line = stream.readline()
+    return line[:-1] if line.endswith("\n") else line
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="the user's login name")],
+    role: Annotated[str, typer.Option("--role", help="admin, radiologist or service")],
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Add a user; the password is read from standard input (one line), never from the command line.
+
+    Exit 1 for an unknown role, a name already taken, a bad name or an empty password.
+    """
+    store = _user_store(params)
+    from medimg.users import UserError  # here: argon2 loads for the users commands only
+
+    password = read_password().removesuffix("\r")
+    with _exit_on((UserError, ValueError), "users add"):
+        user = store.add(name, role, password)
+    console.print(f"added user {user.name} (role {user.role}) to {store.path}")
+
+
+@users_app.command("remove")
+def users_remove(
+    name: Annotated[str, typer.Argument(help="the user's login name")], params: ParamsOption = Path("params.yaml")
+) -> None:
+    """Remove a user; their logins stop working at their next request. Exit 1 when there is no such user."""
+    store = _user_store(params)
+    from medimg.users import UserError  # here: argon2 loads for the users commands only
+
+    with _exit_on((UserError, ValueError), "users remove"):
+        user = store.remove(name)
+    console.print(f"removed user {user.name} (role {user.role}) from {store.path}")
+
+
+@users_app.command("list")
+def users_list(params: ParamsOption = Path("params.yaml")) -> None:
+    """List the users and their roles (never a hash)."""
+    store = _user_store(params)
+    with _exit_on(ValueError, "users list"):
+        users = store.users()
+    table = Table(title=f"users ({store.path})")
+    table.add_column("name")
+    table.add_column("role")
+    table.add_column("created")
+    for user in users:
+        table.add_row(user.name, user.role, user.created)
+    Console().print(table)
+
+
 def main() -> None:
     """The ``medimg`` console script: run the CLI; Ctrl-C exits with status 130."""
     try:
