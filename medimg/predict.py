@@ -61,7 +61,7 @@ from medimg import preprocess
 from medimg.config import PreprocessConfig
 from medimg.data.images import BadImage
 from medimg.data.sources import IMAGE_SUFFIXES
-from medimg.input_checks import check_input
+from medimg.input_checks import InputRules, check_input
 from medimg.scoring import OnnxModel
 
 if TYPE_CHECKING:
@@ -142,6 +142,59 @@ def scored(model: OnnxModel, x: np.ndarray, items: Sequence[tuple[str, str | Non
     ]
 
 
+@dataclass(frozen=True)
+class PreparedInput:
+    """One input through decoding, the input check and the contract, or the reason it stopped.
+
+    ``file``: the name it is reported under; ``tensor``: the model's input ``[1, C, H, W]`` float32
+    (:func:`medimg.preprocess.apply`); ``stored``: the contract's grey uint8 ``[size, size]`` image
+    (grey levels 0-255, what ingest stores), set once the image got that far, also when ``blank``
+    refused it; ``error``: the reason code (:class:`BadImage` reasons, ``not_found``, ``unreadable``,
+    ``decode_error`` and those of :func:`medimg.input_checks.check_input`), None when ``tensor`` is set.
+    """
+
+    file: str
+    tensor: np.ndarray | None
+    stored: np.ndarray | None = None
+    error: str | None = None
+
+
+def prepare_input(model: OnnxModel, path: str | Path, rules: InputRules, data: bytes | None = None) -> PreparedInput:
+    """Decode one DICOM, PNG or JPEG input and check and preprocess it for ``model``: what every 2D input goes
+    through (:func:`predict_files`, the DICOM node, the HTTP service), never raising for a bad input.
+
+    ``data``: the input's bytes when they are in memory (``path`` then only names it in messages);
+    ``rules``: the model's :attr:`~OnnxModel.input_rules`, with the caller's overrides. The pixels are
+    checked before the grey uint8 mapping (which would turn NaN into black), ``blank`` on the stored image.
+    """
+    path = Path(path)
+    try:
+        decoded = preprocess.decode_file(path, model.config, data=data)
+        problem = check_input(decoded, rules)  # before grey uint8, which would turn NaN into black
+        if problem is not None:
+            return PreparedInput(str(path), None, None, problem.reason)
+        grey = preprocess.prepare(decoded, model.config)  # uint8 [size, size], as ingest stores it
+        problem = check_input(decoded, rules, grey)  # and blank, on the stored image
+        if problem is not None:
+            return PreparedInput(str(path), None, grey, problem.reason)
+        return PreparedInput(str(path), preprocess.apply(grey, model.config).numpy(), grey)
+    except BadImage as err:
+        return PreparedInput(str(path), None, None, err.reason)
+    except FileNotFoundError:
+        return PreparedInput(str(path), None, None, "not_found")
+    except OSError:
+        return PreparedInput(str(path), None, None, "unreadable")
+    except Exception:  # one undecodable input must not stop the others
+        return PreparedInput(str(path), None, None, "decode_error")
+
+
+def score_prepared(model: OnnxModel, prepared: PreparedInput) -> Prediction:
+    """The :class:`Prediction` of one prepared input: scored by :func:`scored`, or its ``error`` row."""
+    if prepared.tensor is None:
+        return Prediction(prepared.file, None, None, prepared.error or "decode_error")
+    return scored(model, prepared.tensor, [(prepared.file, None)])[0]
+
+
 def collect_files(paths: Sequence[str | Path]) -> list[Path]:
     """Files named directly (whatever their suffix) plus image files found in named folders."""
     out: list[Path] = []
@@ -217,27 +270,12 @@ def predict_files(
                 if progress is not None:
                     progress.advance(task)
                 continue
-            try:
-                decoded = preprocess.decode_file(path, model.config)
-                problem = check_input(decoded, rules)  # before grey uint8, which would turn NaN into black
-                grey = None
-                if problem is None:
-                    grey = preprocess.prepare(decoded, model.config)  # uint8 [size, size], as ingest stores it
-                    problem = check_input(decoded, rules, grey)  # and blank, on the stored image
-            except BadImage as err:
-                results[index] = Prediction(str(path), None, None, err.reason)
-            except FileNotFoundError:
-                results[index] = Prediction(str(path), None, None, "not_found")
-            except OSError:
-                results[index] = Prediction(str(path), None, None, "unreadable")
-            except Exception:  # one undecodable file must not stop the batch
-                results[index] = Prediction(str(path), None, None, "decode_error")
+            prepared = prepare_input(model, path, rules)
+            if prepared.error is not None:
+                results[index] = Prediction(str(path), None, None, prepared.error)
             else:
-                if problem is not None:
-                    results[index] = Prediction(str(path), None, None, problem.reason)
-                else:
-                    assert grey is not None  # prepared whenever the first check found no problem
-                    pending.append((index, preprocess.apply(grey, model.config).numpy()))
+                assert prepared.tensor is not None  # set whenever no error is
+                pending.append((index, prepared.tensor))
                 if len(pending) >= batch_size:
                     flush()
             if progress is not None:

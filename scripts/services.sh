@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # The real servers of the integration tests, on 127.0.0.1: PostgreSQL (Debian's package), an
-# MLflow tracking server whose backend store is that PostgreSQL, and a Prefect server (whose
-# own database is PostgreSQL too).
+# MLflow tracking server whose backend store is that PostgreSQL, a Prefect server (whose
+# own database is PostgreSQL too) and Orthanc (Debian's package, the PACS of `medimg serve`,
+# with its DICOMweb plugin).
 #
-#   scripts/services.sh start    install missing Debian packages (scripts/system_packages.sh: PostgreSQL
-#                                among them), start all three, wait until healthy
-#   scripts/services.sh stop     stop what `start` started
-#   scripts/services.sh env      print `export MEDIMG_TEST_...` lines for the tests (eval them)
-#   scripts/services.sh status   say what is running
+#   scripts/services.sh start [SERVICE...]   install missing Debian packages (scripts/system_packages.sh:
+#                                            PostgreSQL and Orthanc among them), start the services (all
+#                                            by default), wait until healthy
+#   scripts/services.sh stop [SERVICE...]    stop what `start` started (all by default)
+#   scripts/services.sh env                  print `export MEDIMG_...` lines for the tests (eval them)
+#   scripts/services.sh status               say what is running
+#
+# SERVICE is postgres, mlflow, prefect or orthanc (mlflow and prefect start postgres too), e.g.
+# `scripts/services.sh start orthanc` starts Orthanc alone.
 #
 # Idempotent: `start` twice leaves the running servers alone, `stop` twice is harmless.
 # Everything lives in the state dir ($MEDIMG_SERVICES_DIR, default .services/ in the
-# checkout, git-ignored): the PostgreSQL cluster, MLflow's artifacts, Prefect's home, logs,
-# pid files, the ports (free ports chosen on the first start and kept) and the generated
-# database password. Delete the folder (after `stop`) to start from nothing.
+# checkout, git-ignored): the PostgreSQL cluster, MLflow's artifacts, Prefect's home, Orthanc's
+# configuration, storage and index, logs, pid files, the ports (free ports chosen on the first
+# start and kept) and the generated passwords. Delete the folder (after `stop`) to start from nothing.
+#
+# Orthanc: HTTP Basic auth (user `medimg`, a generated password), RemoteAccessAllowed false (its HTTP
+# server answers 127.0.0.1 only), DICOMweb at /dicom-web/, AET ORTHANC, StableAge
+# $MEDIMG_ORTHANC_STABLE_AGE seconds (default 2). Orthanc 1.10 has no bind-address option: it listens
+# on all interfaces (HTTP and DICOM ports; the DICOM port accepts a C-STORE from any host that
+# reaches it), so run it on a machine whose firewall keeps those ports in, and connect to 127.0.0.1.
 # As root, PostgreSQL runs as the `postgres` user that Debian's package creates.
 # Used by .ci/run and by `make test` (when MEDIMG_TEST_PREFECT_API_URL is not set already).
 set -euo pipefail
@@ -23,6 +34,11 @@ STATE="${MEDIMG_SERVICES_DIR:-$ROOT/.services}"
 VENV="${MEDIMG_VENV:-$ROOT/.venv}"
 HOST=127.0.0.1
 DB_USER=medimg
+ORTHANC_USER=medimg
+ORTHANC_AET=ORTHANC
+ALL_SERVICES=(postgres mlflow prefect orthanc)
+# Variables of config.env, in the order they are written.
+CONFIG_VARS=(PG_PORT MLFLOW_PORT PREFECT_PORT DB_PASSWORD ORTHANC_HTTP_PORT ORTHANC_DICOM_PORT ORTHANC_PASSWORD)
 START_TIMEOUT="${MEDIMG_SERVICES_TIMEOUT:-180}"
 
 log() { echo "services: $*" >&2; }
@@ -47,25 +63,38 @@ free_port() {
     "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Ports and password are chosen once and kept, so `env` gives the same URIs across restarts.
+# Ports and passwords are chosen once and kept, so `env` gives the same URIs across restarts.
+# A config.env from an older version of this script gets the keys it lacks added.
 load_config() {
     mkdir -p "$STATE"
-    if [[ ! -f "$STATE/config.env" ]]; then
-        local password
-        password="$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))')"
-        umask 077
-        cat >"$STATE/config.env" <<EOF
-PG_PORT=$(free_port)
-MLFLOW_PORT=$(free_port)
-PREFECT_PORT=$(free_port)
-DB_PASSWORD=$password
-EOF
-        umask 022
-    fi
     # shellcheck disable=SC1091
-    source "$STATE/config.env"
+    [[ -f "$STATE/config.env" ]] && source "$STATE/config.env"
+    local var missing=0
+    for var in "${CONFIG_VARS[@]}"; do
+        if [[ -z "${!var:-}" ]]; then
+            case "$var" in
+                *_PORT) printf -v "$var" '%s' "$(free_port)" ;;
+                *PASSWORD) printf -v "$var" '%s' "$(new_password)" ;;
+            esac
+            missing=1
+        fi
+    done
+    ((missing)) && write_config
     [[ "${1:-}" == check-ports ]] && reassign_busy_ports
     PG_URI="postgresql+psycopg2://$DB_USER:$DB_PASSWORD@$HOST:$PG_PORT"
+}
+
+new_password() {
+    "$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(16))'
+}
+
+write_config() {
+    local var
+    umask 077
+    for var in "${CONFIG_VARS[@]}"; do
+        printf '%s=%s\n' "$var" "${!var}"
+    done >"$STATE/config.env"
+    umask 022
 }
 
 port_busy() {
@@ -74,12 +103,13 @@ port_busy() {
 
 # A kept port that something else took meanwhile (only checked while our server is down) is replaced.
 reassign_busy_ports() {
-    local var pidfile changed=0
-    for var in PG_PORT MLFLOW_PORT PREFECT_PORT; do
+    local var changed=0
+    for var in PG_PORT MLFLOW_PORT PREFECT_PORT ORTHANC_HTTP_PORT ORTHANC_DICOM_PORT; do
         case "$var" in
             PG_PORT) [[ -f "$(cat "$STATE/pgdata.path" 2>/dev/null || echo /nonexistent)/postmaster.pid" ]] && continue ;;
-            MLFLOW_PORT) pidfile="$STATE/mlflow.pid"; alive "$pidfile" && continue ;;
-            PREFECT_PORT) pidfile="$STATE/prefect.pid"; alive "$pidfile" && continue ;;
+            MLFLOW_PORT) alive "$STATE/mlflow.pid" && continue ;;
+            PREFECT_PORT) alive "$STATE/prefect.pid" && continue ;;
+            ORTHANC_*) alive "$STATE/orthanc.pid" && continue ;;
         esac
         if port_busy "${!var}"; then
             log "port ${!var} ($var) is taken by another program: choosing a new one"
@@ -87,12 +117,8 @@ reassign_busy_ports() {
             changed=1
         fi
     done
-    if ((changed)); then
-        umask 077
-        printf 'PG_PORT=%s\nMLFLOW_PORT=%s\nPREFECT_PORT=%s\nDB_PASSWORD=%s\n' \
-            "$PG_PORT" "$MLFLOW_PORT" "$PREFECT_PORT" "$DB_PASSWORD" >"$STATE/config.env"
-        umask 022
-    fi
+    ((changed)) && write_config
+    return 0
 }
 
 # The cluster's folder: in the state dir, unless (as root) the postgres user cannot reach it.
@@ -164,41 +190,134 @@ launch() {
     log "$name started (pid $!, log $STATE/$name.log)"
 }
 
+# Wait until GET $url answers 200; with a third argument USER, HTTP Basic auth as USER with the password in
+# $AUTH_PASSWORD (passed in the environment, never on a command line).
 wait_healthy() {
-    local name="$1" url="$2" deadline=$((SECONDS + START_TIMEOUT))
-    until "$VENV/bin/python" - "$url" <<'EOF' 2>/dev/null; do
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=5) as response:
+    local name="$1" url="$2" user="${3:-}" deadline=$((SECONDS + START_TIMEOUT))
+    until AUTH_USER="$user" "$VENV/bin/python" - "$url" <<'PY' 2>/dev/null; do
+import base64, os, sys, urllib.request
+request = urllib.request.Request(sys.argv[1])
+if os.environ.get("AUTH_USER"):
+    token = base64.b64encode(f"{os.environ['AUTH_USER']}:{os.environ['AUTH_PASSWORD']}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+with urllib.request.urlopen(request, timeout=5) as response:
     sys.exit(0 if response.status == 200 else 1)
-EOF
+PY
         if ! alive "$STATE/$name.pid"; then
             tail -n 40 "$STATE/$name.log" >&2 || true
             die "$name exited before answering on $url"
         fi
         ((SECONDS < deadline)) || { tail -n 40 "$STATE/$name.log" >&2 || true; die "$name not healthy after ${START_TIMEOUT}s ($url)"; }
-        sleep 1
+        sleep 0.2
     done
     log "$name healthy: $url"
 }
 
+# The DICOMweb plugin's shared library (Debian's orthanc-dicomweb), or $MEDIMG_ORTHANC_DICOMWEB_PLUGIN.
+dicomweb_plugin() {
+    local path
+    for path in "${MEDIMG_ORTHANC_DICOMWEB_PLUGIN:-}" /usr/share/orthanc/plugins/libOrthancDicomWeb.so \
+        /usr/lib/orthanc/libOrthancDicomWeb.so*; do
+        [[ -n "$path" && -f "$path" ]] && { echo "$path"; return 0; }
+    done
+    return 1
+}
+
+# Orthanc's configuration, written on every start from config.env (ports, password) and the environment.
+write_orthanc_config() {
+    local plugin="$1"
+    mkdir -p "$STATE/orthanc/storage" "$STATE/orthanc/index"
+    umask 077
+    ORTHANC_STATE="$STATE/orthanc" ORTHANC_PLUGIN="$plugin" ORTHANC_HTTP_PORT="$ORTHANC_HTTP_PORT" \
+        ORTHANC_DICOM_PORT="$ORTHANC_DICOM_PORT" ORTHANC_USER="$ORTHANC_USER" ORTHANC_PASSWORD="$ORTHANC_PASSWORD" \
+        ORTHANC_AET="$ORTHANC_AET" STABLE_AGE="${MEDIMG_ORTHANC_STABLE_AGE:-2}" \
+        "$VENV/bin/python" - >"$STATE/orthanc/orthanc.json" <<'PY'
+import json, os
+env = os.environ
+state = env["ORTHANC_STATE"]
+print(json.dumps({
+    "Name": "medimg",
+    "StorageDirectory": f"{state}/storage",
+    "IndexDirectory": f"{state}/index",
+    "HttpPort": int(env["ORTHANC_HTTP_PORT"]),
+    "DicomPort": int(env["ORTHANC_DICOM_PORT"]),
+    "DicomAet": env["ORTHANC_AET"],
+    "DicomCheckCalledAet": False,
+    "DicomAlwaysAllowStore": True,
+    "RemoteAccessAllowed": False,
+    "AuthenticationEnabled": True,
+    "RegisteredUsers": {env["ORTHANC_USER"]: env["ORTHANC_PASSWORD"]},
+    "Plugins": [env["ORTHANC_PLUGIN"]],
+    "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
+    "StableAge": int(env["STABLE_AGE"]),
+    "WebDavEnabled": False,
+    "OrthancExplorerEnabled": False,
+    "SaveJobs": False,
+    "ExecuteLuaEnabled": False,
+}, indent=1))
+PY
+    umask 022
+}
+
+start_orthanc() {
+    local orthanc plugin
+    orthanc="$(command -v Orthanc || echo /usr/sbin/Orthanc)"
+    [[ -x "$orthanc" ]] || die "no Orthanc (on PATH or /usr/sbin) after scripts/system_packages.sh"
+    plugin="$(dicomweb_plugin)" || die "no DICOMweb plugin (orthanc-dicomweb) found; set MEDIMG_ORTHANC_DICOMWEB_PLUGIN"
+    alive "$STATE/orthanc.pid" || write_orthanc_config "$plugin"
+    launch orthanc "$orthanc" "$STATE/orthanc/orthanc.json"
+    AUTH_PASSWORD="$ORTHANC_PASSWORD" wait_healthy orthanc "http://$HOST:$ORTHANC_HTTP_PORT/system" "$ORTHANC_USER"
+}
+
+# The services named (all when none), with what they need: mlflow and prefect run on postgres.
+selected() {
+    local wanted=("$@") name
+    ((${#wanted[@]})) || wanted=("${ALL_SERVICES[@]}")
+    for name in "${wanted[@]}"; do
+        case "$name" in
+            postgres | mlflow | prefect | orthanc) ;;
+            *) die "unknown service $name (expected: ${ALL_SERVICES[*]})" ;;
+        esac
+    done
+    for name in "${ALL_SERVICES[@]}"; do
+        if [[ " ${wanted[*]} " == *" $name "* ]] \
+            || { [[ "$name" == postgres ]] && [[ " ${wanted[*]} " == *" mlflow "* || " ${wanted[*]} " == *" prefect "* ]]; }; then
+            echo "$name"
+        fi
+    done
+}
+
 start() {
-    [[ -x "$VENV/bin/mlflow" && -x "$VENV/bin/prefect" ]] || die "$VENV has no mlflow/prefect: run \`make install\` first"
-    "$VENV/bin/python" -c 'import psycopg2' 2>/dev/null || die "psycopg2 missing in $VENV: run \`make install\`"
-    # PostgreSQL, with the suite's other Debian packages: installs only what is missing (messages to stderr).
+    local services
+    services=" $(selected "$@" | tr '\n' ' ')"
+    if [[ "$services" == *" mlflow "* || "$services" == *" prefect "* ]]; then
+        [[ -x "$VENV/bin/mlflow" && -x "$VENV/bin/prefect" ]] || die "$VENV has no mlflow/prefect: run \`make install\` first"
+        "$VENV/bin/python" -c 'import psycopg2' 2>/dev/null || die "psycopg2 missing in $VENV: run \`make install\`"
+    fi
+    # PostgreSQL and Orthanc, with the suite's other Debian packages: installs only what is missing (messages to stderr).
     "$ROOT/scripts/system_packages.sh" >&2
-    [[ -n "$(pg_bin)" ]] || die "no initdb under /usr/lib/postgresql/*/bin after scripts/system_packages.sh"
     load_config check-ports
-    start_postgres
-    mkdir -p "$STATE/mlflow-artifacts" "$STATE/prefect"
-    launch mlflow env MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true \
-        "$VENV/bin/mlflow" server --backend-store-uri "$PG_URI/mlflow" \
-        --artifacts-destination "$STATE/mlflow-artifacts" --host "$HOST" --port "$MLFLOW_PORT" --workers 1
-    launch prefect env PREFECT_HOME="$STATE/prefect" \
-        PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://$DB_USER:$DB_PASSWORD@$HOST:$PG_PORT/prefect" \
-        PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=true PREFECT_SERVER_UI_ENABLED="${MEDIMG_PREFECT_UI:-false}" \
-        "$VENV/bin/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
-    wait_healthy mlflow "http://$HOST:$MLFLOW_PORT/health"
-    wait_healthy prefect "http://$HOST:$PREFECT_PORT/api/health"
+    if [[ "$services" == *" postgres "* ]]; then
+        [[ -n "$(pg_bin)" ]] || die "no initdb under /usr/lib/postgresql/*/bin after scripts/system_packages.sh"
+        start_postgres
+    fi
+    [[ "$services" == *" orthanc "* ]] && start_orthanc
+    if [[ "$services" == *" mlflow "* ]]; then
+        mkdir -p "$STATE/mlflow-artifacts"
+        launch mlflow env MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true \
+            "$VENV/bin/mlflow" server --backend-store-uri "$PG_URI/mlflow" \
+            --artifacts-destination "$STATE/mlflow-artifacts" --host "$HOST" --port "$MLFLOW_PORT" --workers 1
+    fi
+    if [[ "$services" == *" prefect "* ]]; then
+        mkdir -p "$STATE/prefect"
+        launch prefect env PREFECT_HOME="$STATE/prefect" \
+            PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://$DB_USER:$DB_PASSWORD@$HOST:$PG_PORT/prefect" \
+            PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=true PREFECT_SERVER_UI_ENABLED="${MEDIMG_PREFECT_UI:-false}" \
+            "$VENV/bin/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
+    fi
+    [[ "$services" == *" mlflow "* ]] && wait_healthy mlflow "http://$HOST:$MLFLOW_PORT/health"
+    [[ "$services" == *" prefect "* ]] && wait_healthy prefect "http://$HOST:$PREFECT_PORT/api/health"
+    return 0
 }
 
 stop_one() {
@@ -216,10 +335,15 @@ stop_one() {
     rm -f "$STATE/$name.pid"
 }
 
+# Stopping postgres stops mlflow and prefect first (they run on it).
 stop() {
     [[ -d "$STATE" ]] || return 0
-    stop_one prefect
-    stop_one mlflow
+    local services
+    services=" $(selected "$@" | tr '\n' ' ')"
+    [[ "$services" == *" orthanc "* ]] && stop_one orthanc
+    [[ "$services" == *" prefect "* || "$services" == *" postgres "* ]] && stop_one prefect
+    [[ "$services" == *" mlflow "* || "$services" == *" postgres "* ]] && stop_one mlflow
+    [[ "$services" == *" postgres "* ]] || return 0
     local bin data
     bin="$(pg_bin || true)"
     if [[ -n "$bin" && -f "$STATE/pgdata.path" ]]; then
@@ -228,6 +352,7 @@ stop() {
             as_pg "$bin/pg_ctl" -D "$data" -m fast -w stop >&2 && log "PostgreSQL stopped"
         fi
     fi
+    return 0
 }
 
 print_env() {
@@ -236,6 +361,10 @@ print_env() {
     echo "export MEDIMG_TEST_MLFLOW_URI=http://$HOST:$MLFLOW_PORT"
     echo "export MEDIMG_TEST_PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api"
     echo "export MEDIMG_TEST_MLFLOW_DB_URI=$PG_URI/mlflow"
+    echo "export MEDIMG_ORTHANC_URL=http://$HOST:$ORTHANC_HTTP_PORT"
+    echo "export MEDIMG_ORTHANC_DICOM=$ORTHANC_AET@$HOST:$ORTHANC_DICOM_PORT"
+    echo "export MEDIMG_ORTHANC_USERNAME=$ORTHANC_USER"
+    echo "export MEDIMG_ORTHANC_PASSWORD=$ORTHANC_PASSWORD"
 }
 
 status() {
@@ -244,6 +373,11 @@ status() {
     for name in mlflow prefect; do
         if alive "$STATE/$name.pid"; then echo "$name: running (pid $(cat "$STATE/$name.pid"))"; else echo "$name: stopped"; fi
     done
+    if alive "$STATE/orthanc.pid"; then
+        echo "orthanc: running (pid $(cat "$STATE/orthanc.pid"), http $HOST:$ORTHANC_HTTP_PORT, dicom $ORTHANC_AET@$HOST:$ORTHANC_DICOM_PORT)"
+    else
+        echo "orthanc: stopped"
+    fi
     local bin data
     bin="$(pg_bin || true)"
     data="$(cat "$STATE/pgdata.path" 2>/dev/null || true)"
@@ -254,10 +388,12 @@ status() {
     fi
 }
 
-case "${1:-}" in
-    start) start ;;
-    stop) stop ;;
+command="${1:-}"
+shift || true
+case "$command" in
+    start) start "$@" ;;
+    stop) stop "$@" ;;
     env) print_env ;;
     status) status ;;
-    *) echo "usage: $0 start|stop|env|status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop [postgres|mlflow|prefect|orthanc ...] | env | status" >&2; exit 2 ;;
 esac

@@ -30,7 +30,7 @@ from medimg.data.dicom import decode_dicom
 from medimg.data.images import decode_raster
 from medimg.data.medmnist import locate
 from medimg.export.onnx_export import export, onnx_logits, read_metadata, session
-from medimg.predict import collect_files, load_grey_uint8, predict_files, render
+from medimg.predict import collect_files, load_grey_uint8, predict_files, prepare_input, render, score_prepared
 from medimg.probabilities import softmax
 from medimg.provenance import file_sha256
 from medimg.pull import pull
@@ -513,3 +513,26 @@ def test_a_rotated_jpeg_and_its_upright_png_get_the_same_probability(trained_onn
     assert rotated.error is None and upright.error is None
     assert abs(rotated.probability - upright.probability) <= 1e-6
     assert abs(sideways.probability - upright.probability) > 0.01  # the picture matters to this model
+
+
+def test_one_input_in_memory_is_scored_like_its_file(small_onnx, data_dir, tmp_path):
+    """prepare_input + score_prepared on bytes (the DICOM node's and the HTTP service's way) give predict_files'
+    row; a bad input's reason is the same too."""
+    path, _ = small_onnx
+    model = OnnxModel(path)
+    files = [data_dir / "dicom/xray/RG1_J2KI.dcm", data_dir / "dicom/mr/MR_truncated.dcm", data_dir / FULLRES_GREY]
+    for file, row in zip(files, predict_files(model, files), strict=True):
+        prepared = prepare_input(model, "upload", model.input_rules, data=file.read_bytes())
+        one = score_prepared(model, prepared)
+        assert (one.error, one.label, one.abnormal) == (row.error, row.label, row.abnormal)
+        if row.error is None:
+            assert one.probability == pytest.approx(row.probability, abs=1e-7)
+            assert (
+                prepared.stored is not None and prepared.stored.shape == (28, 28) and prepared.stored.dtype == np.uint8
+            )
+            assert prepared.tensor is not None and prepared.tensor.shape == (1, 1, 28, 28)
+    assert (
+        files[1].name.endswith("truncated.dcm")
+        and prepare_input(model, files[1], model.input_rules).error == "truncated"
+    )
+    assert prepare_input(model, tmp_path / "missing.dcm", model.input_rules).error == "not_found"

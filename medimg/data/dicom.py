@@ -185,6 +185,19 @@ def opened(path: Path, data: bytes | None = None) -> Iterator[Dataset]:
         yield ds
 
 
+def read_header_bytes(data: bytes, name: str = "instance") -> Dataset:
+    """The data set of a DICOM Part 10 file's ``data`` (bytes), read up to the pixel data (pixels not loaded).
+
+    pydicom's log records and warnings stay inside (they can quote element values). Raises :class:`BadImage`
+    (``empty``, ``not_an_image``, ``truncated``, ``invalid_header``) naming ``name``, never a value of the file.
+    """
+    if not data:
+        raise BadImage(Path(name), "empty")
+    with _pydicom_unlogged(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # their texts can quote element values
+        return _read(Path(name), data, header_only=True)
+
+
 def _check_window(window: tuple[float, float]) -> None:
     level, width = window
     if not (np.isfinite(level) and np.isfinite(width) and width > 0):

@@ -42,10 +42,10 @@ from pydicom.sr.codedict import codes
 
 from medimg import __version__
 from medimg.data.volumes import Volume
+from medimg.pacs.selection import MANUFACTURER, SERIES_DESCRIPTION_PREFIX
 
 #: The private coding scheme (PS3.3 8.2: a designator starting "99") of the Segmented Property Type codes.
 CODING_SCHEME = "99MEDIMG"
-MANUFACTURER = "medimg"
 #: Series Number of the SEG series (a derived series, numbered apart from the acquisition's).
 SEG_SERIES_NUMBER = 9901
 #: Why a DICOM input got no DICOM SEG (its NIfTI mask, volumes and overlay are still written).
@@ -103,7 +103,7 @@ def source_slices(files: Sequence[Path], volume: Volume) -> list[Dataset]:
         raise SegNotWritten("multiframe_source")
     if volume.corrections:
         raise SegNotWritten("corrected_source")
-    with _quiet():
+    with quiet():
         headers = [pydicom.dcmread(Path(f), stop_before_pixels=True) for f in files]
     if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in headers):
         raise SegNotWritten("multiframe_source")
@@ -122,11 +122,16 @@ def source_slices(files: Sequence[Path], volume: Volume) -> list[Dataset]:
         raise SegNotWritten("source_mismatch")
     if np.abs(positions[order[0]] - np.asarray(volume.origin)).max() > _POSITION_TOLERANCE_MM:
         raise SegNotWritten("source_mismatch")
-    for header in ordered:
-        for keyword in _TYPE2:
-            if keyword not in header:
-                setattr(header, keyword, "")
-    return ordered
+    return [fill_type2(header) for header in ordered]
+
+
+def fill_type2(header: Dataset) -> Dataset:
+    """``header`` (changed in place and returned) with every type 2 attribute of the Patient and General Study
+    modules it lacks added empty, as type 2 allows: highdicom copies them from a source into a SEG or SR."""
+    for keyword in _TYPE2:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    return header
 
 
 def segmentation(
@@ -161,7 +166,7 @@ def segmentation(
         )
         for label, name in enumerate(structures, start=1)
     ]
-    with _quiet():
+    with quiet():
         return hd.seg.Segmentation(
             source_images=list(sources),
             pixel_array=mask.astype(np.uint8),
@@ -175,7 +180,7 @@ def segmentation(
             manufacturer_model_name=algorithm.name[:64],
             software_versions=__version__,
             device_serial_number=algorithm.onnx_sha256[:16],
-            series_description=f"{algorithm.name} {algorithm.version} segmentation"[:64],
+            series_description=f"{SERIES_DESCRIPTION_PREFIX}: {algorithm.name} {algorithm.version} segmentation"[:64],
             content_description=f"{algorithm.name} {algorithm.version}"[:64],
             omit_empty_frames=False,
         )
@@ -195,13 +200,13 @@ def write_dicom_seg(
     """
     seg = segmentation(mask, source_slices(files, volume), class_names, algorithm)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet():
+    with quiet():
         seg.save_as(path)
     return path
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """highdicom's and pydicom's log records and warnings stay out of the caller's logs (they can quote values)."""
     loggers = [logging.getLogger(name) for name in ("highdicom", "pydicom")]
     saved = [logger.propagate for logger in loggers]
