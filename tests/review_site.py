@@ -23,7 +23,7 @@ from medimg.review.login_limit import LoginLimiter
 from medimg.review.sessions import SessionStore
 from medimg.review.web import create_review_app
 from medimg.serving.app import create_app
-from medimg.serving.loaded_model import LoadedModel
+from medimg.serving.loaded_model import LoadedModel, ModelHolder
 from medimg.serving.metrics import ServeMetrics
 from medimg.serving.prediction_log import LoggedPrediction, PredictionLog
 from medimg.users import UserStore
@@ -88,11 +88,19 @@ def make_users(path: Path) -> UserStore:
     return store
 
 
-def make_site(tmp: Path, users_file: Path, overrides: dict | None = None) -> Site:
-    """A site in ``tmp`` with a copy of the user store at ``users_file`` (hashing once per module)."""
-    ws = Workspace.at(tmp / "ws")
-    ws.root.mkdir(parents=True)
+def make_site(
+    tmp: Path,
+    users_file: Path,
+    overrides: dict | None = None,
+    ws_root: Path | None = None,
+    holder: ModelHolder | None = None,
+) -> Site:
+    """A site in ``tmp`` (or on the workspace at ``ws_root``) with a copy of the user store at ``users_file``
+    (hashed once per module); ``holder``: the model in service (none by default)."""
+    ws = Workspace.at(ws_root or tmp / "ws")
+    ws.root.mkdir(parents=True, exist_ok=True)
     (ws.users_file).write_bytes(users_file.read_bytes())
+    holder = holder or NoModel()
     inbox = tmp / "inbox"
     params = load_params(
         ROOT / "params.yaml",
@@ -107,13 +115,13 @@ def make_site(tmp: Path, users_file: Path, overrides: dict | None = None) -> Sit
         params,
         ws,
         users,
-        NoModel(),
+        holder,
         secret=DEMO_SECRET,
         metrics_registry=metrics.registry,
         sessions=sessions,
         limiter=limiter,
     )
-    app = create_app(NoModel(), metrics, PredictionLog(ws.prediction_log), users, params, review_app=review)
+    app = create_app(holder, metrics, PredictionLog(ws.prediction_log), users, params, review_app=review)
     return Site(app, params, ws, inbox, users, sessions, clock, metrics, CaseStore(ws.cases))
 
 

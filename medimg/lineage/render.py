@@ -92,6 +92,18 @@ def render_text(report: LineageReport) -> str:
             f"  {event.when} {event.action} {event.alias or ''} v{event.version} "
             f"(previous: {previous}) by {event.who}: {event.reason}"
         )
+    reviews = report.reviews
+    lines += ["", "8. Reviews in the training data"]
+    if not reviews.found:
+        lines.append("  the data version's manifest is not in this workspace: reviews not traced")
+    elif not reviews.reviews:
+        lines.append(f"  none of the {reviews.n_images} images came from a review ({reviews.reviews_log})")
+    for item in reviews.reviews:
+        lines.append(
+            f"  {item.reviewed_at} case {item.case_id} by {item.reader_pseudonym}: v{item.model_version} said "
+            f"{item.model_said}, reader said {item.reader_said} ({'agrees' if item.agrees else 'corrected'}); "
+            f"{item.example} sha256 {item.sha256[:16]}"
+        )
     lines += ["", "Checks"]
     for check in report.checks:
         lines.append(f"  [{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}")
