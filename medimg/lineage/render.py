@@ -98,11 +98,11 @@ def render_text(report: LineageReport) -> str:
         lines.append("  the data version's manifest is not in this workspace: reviews not traced")
     elif not reviews.reviews:
         lines.append(f"  none of the {reviews.n_images} images came from a review ({reviews.reviews_log})")
-    for item in reviews.reviews:
+    for reviewed in reviews.reviews:
         lines.append(
-            f"  {item.reviewed_at} case {item.case_id} by {item.reader_pseudonym}: v{item.model_version} said "
-            f"{item.model_said}, reader said {item.reader_said} ({'agrees' if item.agrees else 'corrected'}); "
-            f"{item.example} sha256 {item.sha256[:16]}"
+            f"  {reviewed.reviewed_at} case {reviewed.case_id} by {reviewed.reader_pseudonym}: v{reviewed.model_version} said "
+            f"{reviewed.model_said}, reader said {reviewed.reader_said} ({'agrees' if reviewed.agrees else 'corrected'}); "
+            f"{reviewed.example} sha256 {reviewed.sha256[:16]}"
         )
     lines += ["", "Checks"]
     for check in report.checks:

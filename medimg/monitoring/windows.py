@@ -66,13 +66,15 @@ def wilson(successes: int, n: int, z: float = Z95) -> Rate:
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return Rate(successes=successes, n=n, rate=p, low=max(0.0, centre - half), high=min(1.0, centre + half))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the edges, where rounding is not
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return Rate(successes=successes, n=n, rate=p, low=low, high=high)
 
 
 def split_windows(entries: Sequence[LoggedPrediction], size: int, keep: int) -> list[list[LoggedPrediction]]:
     """``entries`` (oldest first) cut into windows of ``size`` counted back from the newest; the last
     ``keep`` windows, oldest first."""
-    windows = []
+    windows: list[list[LoggedPrediction]] = []
     end = len(entries)
     while end > 0 and len(windows) < keep:
         windows.append(list(entries[max(0, end - size) : end]))
@@ -170,7 +172,7 @@ def judge_window(
         if floor is not None and rate.n >= cfg.min_reviews and rate.high is not None and rate.high < floor:
             events.append(
                 Event(
-                    code=code,  # type: ignore[arg-type]  # one of the two literals of the loop
+                    code=code,
                     message=f"{code.removeprefix('low_')} {rate.rate:.3f} (95% CI {rate.low:.3f}-{rate.high:.3f}, "
                     f"{rate.n} reviewed cases) below {floor:.3f}",
                 )

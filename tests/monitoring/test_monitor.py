@@ -13,6 +13,7 @@ import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ WINDOW = {"window_size": 100, "min_window_size": 50}
 
 
 class _Webhook(BaseHTTPRequestHandler):
-    received: list[dict] = []
+    received: ClassVar[list[dict]] = []
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length", 0))
@@ -104,7 +105,9 @@ def _run_flow(clone, webhook: str):
     return monitor(params_path=str(params_file), return_state=True)
 
 
-def test_a_log_of_shifted_images_raises_the_drift_event(tmp_path, registry_template, users_file, webhook, prefect_harness):
+def test_a_log_of_shifted_images_raises_the_drift_event(
+    tmp_path, registry_template, users_file, webhook, prefect_harness
+):
     clone, site, mp = _serve_log(tmp_path, registry_template, users_file, _shifted(_images("val", 120)))
     try:
         logged = list(PredictionLog(clone.ws.prediction_log).read())
