@@ -324,6 +324,7 @@ def create_review_app(
         limiter.succeeded(username)
         logins.labels(outcome="success").inc()
         sessions.delete(request.cookies.get(SESSION_COOKIE))  # never keep a session id from before the login
+        sessions.purge()  # ended sessions nobody looks up again
         session_id, _ = sessions.create(user.name)
         response = RedirectResponse(safe_next(next), status_code=303)
         response.set_cookie(

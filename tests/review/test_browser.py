@@ -154,6 +154,7 @@ def test_review_in_the_browser_feeds_the_next_model(tmp_path, orthanc, prefect_h
 
     from flows.retrain import retrain
     from flows.watch_inbox import watch_inbox
+    from medimg import registry
     from medimg.lineage import lineage, render_html
     from medimg.review.reviews import ReviewLog
     from medimg.workspace import Workspace
@@ -232,7 +233,9 @@ def test_review_in_the_browser_feeds_the_next_model(tmp_path, orthanc, prefect_h
             expect(page.locator("#model")).to_contain_text("v1")
             overlay = page.locator("#gradcam")
             expect(overlay).to_be_visible()
-            assert page.evaluate("document.getElementById('gradcam').naturalWidth") == case["width"]
+            page.wait_for_load_state("load")  # the page's pictures are loaded before its load event
+            for picture in ("case-image", "gradcam"):  # both pictures, at the stored image's size
+                assert page.evaluate(f"document.getElementById('{picture}').naturalWidth") == case["width"]
             page.screenshot(path=shots / "03-case-with-gradcam.png", full_page=True)
             page.uncheck("#show-gradcam")
             expect(overlay).to_be_hidden()
@@ -248,6 +251,7 @@ def test_review_in_the_browser_feeds_the_next_model(tmp_path, orthanc, prefect_h
             expect(page.locator("#review-saved")).to_be_visible()
             expect(page.locator("#your-review")).to_contain_text(corrected)
             expect(page.locator("#reviews .comment")).to_have_text("<b>not</b> what the model says")
+            expect(page.locator("#reviews")).to_contain_text(f"{corrected}/review-{case['case_id']}.png")  # inbox
             page.screenshot(path=shots / "06-reviewed.png", full_page=True)
 
             page.goto(f"{base}/review/worklist?show=disagreements")
@@ -264,21 +268,28 @@ def test_review_in_the_browser_feeds_the_next_model(tmp_path, orthanc, prefect_h
             assert provenance["label"] == corrected and provenance["model_version"] == "1"
             assert provenance["reader_pseudonym"].startswith("reader-") and "rad" not in provenance["reader_pseudonym"]
 
-            # 4. the inbox watcher retrains on a new data version; the new model's lineage lists the review
-            watched = watch_inbox(params_path=str(params_file), return_state=True)
-            assert watched.name in ("Completed", "NotPromoted"), watched.message
-            second = watched.result().model
-            assert second.version == "2"
-            (review,) = ReviewLog(ws.reviews_log).read()
-            report = lineage(load_params(params_file), ws, second.version)
-            assert [r.case_id for r in report.reviews.reviews] == [case["case_id"]]
-            assert report.reviews.reviews[0].sha256 == review.example_sha256
-            assert report.data.version != lineage(load_params(params_file), ws, "1").data.version
-            html = tmp_path / "lineage-v2.html"
-            html.write_text(render_html(report), encoding="utf-8")
+            browser.close()
+
+        # 4. the inbox watcher retrains on a new data version; the new model's lineage lists the review
+        # (outside Playwright's context: its event loop would turn Prefect's State.result() into a coroutine)
+        watched = watch_inbox(params_path=str(params_file), return_state=True)
+        assert watched.name in ("Completed", "NotPromoted"), watched.message
+        newest = registry.versions(raw["registry"]["model_name"])[0]  # the watcher's retrain registered it
+        assert newest.version == "2"
+        (review,) = ReviewLog(ws.reviews_log).read()
+        report = lineage(load_params(params_file), ws, newest.version)
+        assert [r.case_id for r in report.reviews.reviews] == [case["case_id"]]
+        assert report.reviews.reviews[0].sha256 == review.example_sha256
+        assert report.data.version != lineage(load_params(params_file), ws, "1").data.version
+        html = tmp_path / "lineage-v2.html"
+        html.write_text(render_html(report), encoding="utf-8")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(html.as_uri())
             expect(page.locator("#reviews")).to_contain_text(case["case_id"])
-            page.screenshot(path=shots / "07-lineage-of-v2.png", full_page=True)
+            page.locator("#reviews").screenshot(path=shots / "07-lineage-of-v2-reviews.png")
+            page.screenshot(path=shots / "08-lineage-of-v2.png", full_page=True)
             browser.close()
     finally:
         if serve.poll() is None:
