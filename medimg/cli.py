@@ -820,7 +820,8 @@ def serve(
     Binds serve.host (127.0.0.1 by default). Follows serve.alias (champion) in the registry: the version
     it names is downloaded, checked against its sha256 and swapped in between requests when the alias
     moves. Every endpoint but /v2/health/live and /v2/health/ready needs a login (`medimg users add`).
-    With a PACS (serve.pacs_url or MEDIMG_ORTHANC_URL) the DICOM node follows it too.
+    With a PACS (serve.pacs_url or MEDIMG_ORTHANC_URL) the DICOM node follows it too, and its scored images
+    become cases of the review pages (/review: session login for radiologist and admin users).
     """
     loaded, ws = _open(params)
     quiet_third_party_loggers()

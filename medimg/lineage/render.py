@@ -99,9 +99,10 @@ def render_text(report: LineageReport) -> str:
     elif not reviews.reviews:
         lines.append(f"  none of the {reviews.n_images} images came from a review ({reviews.reviews_log})")
     for reviewed in reviews.reviews:
+        verdict = "agrees" if reviewed.agrees else "corrected"
         lines.append(
-            f"  {reviewed.reviewed_at} case {reviewed.case_id} by {reviewed.reader_pseudonym}: v{reviewed.model_version} said "
-            f"{reviewed.model_said}, reader said {reviewed.reader_said} ({'agrees' if reviewed.agrees else 'corrected'}); "
+            f"  {reviewed.reviewed_at} case {reviewed.case_id} by {reviewed.reader_pseudonym}: "
+            f"v{reviewed.model_version} said {reviewed.model_said}, reader said {reviewed.reader_said} ({verdict}); "
             f"{reviewed.example} sha256 {reviewed.sha256[:16]}"
         )
     lines += ["", "Checks"]

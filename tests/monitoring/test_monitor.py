@@ -18,9 +18,11 @@ from typing import ClassVar
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from datapaths import PNEUMONIAMNIST
 from lineage_fixtures import full_clone
+from medimg.cli import app
 from medimg.monitoring.report import read_report
 from medimg.monitoring.windows import ReviewedCase, rates, split_windows, wilson
 from medimg.serving.metrics import ServeMetrics
@@ -150,6 +152,11 @@ def test_a_log_of_unshifted_images_raises_no_event(tmp_path, registry_template, 
         assert current.judged and current.score_drift is not None and not current.score_drift.drifted
         assert all(not d.drifted for d in current.input_drift) and len(current.input_drift) == 2
         assert report.events == () and _Webhook.received == []
+        # the same run from the command line
+        params_file = clone.ws.root.parent / "params.yaml"
+        result = CliRunner().invoke(app, ["monitor", "--params", str(params_file)])
+        assert result.exit_code == 0 and "NoEvent" in result.output, result.output
+        assert read_report(clone.ws.monitoring).generated_at > report.generated_at
     finally:
         mp.undo()
 
