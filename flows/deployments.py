@@ -3,7 +3,8 @@
 Both carry the cron schedule from params and a concurrency limit of one with the configured
 collision strategy (a scheduled run that would overlap a running one is cancelled or queued).
 The inbox watcher is added when ``data.inbox`` is set; an overlapping watcher run is always
-cancelled (the next poll sees the same files).
+cancelled (the next poll sees the same files). Live monitoring (``flows/monitor.py``) runs on
+``monitor.cron``; an overlapping monitor run is cancelled too (the next one reads the same log).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prefect import Flow
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.schedules import Cron
 
+from flows.monitor import monitor
 from flows.retrain import retrain
 from flows.watch_inbox import watch_inbox
 from medimg.config import Params
@@ -41,7 +43,17 @@ def _settings(params: Params, params_path: Path) -> list[tuple]:
                 "concurrency_limit": _limit(params.schedule.collision_strategy),
                 "schedule": Cron(params.schedule.cron, timezone=params.schedule.timezone),
             },
-        )
+        ),
+        (
+            monitor,
+            "flows/monitor.py:monitor",
+            {
+                **common,
+                "name": params.monitor.deployment_name,
+                "concurrency_limit": _limit("cancel_new"),
+                "schedule": Cron(params.monitor.cron, timezone=params.schedule.timezone),
+            },
+        ),
     ]
     if params.data.inbox:
         out.append(

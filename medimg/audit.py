@@ -14,12 +14,16 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def record(path: Path, event: dict) -> dict:
-    """Append one event (``who`` and ``when`` are added) and fsync, so a crash loses no line."""
-    try:
-        who = getpass.getuser()
-    except (KeyError, OSError):
-        who = "unknown"
+def record(path: Path, event: dict, who: str | None = None) -> dict:
+    """Append one event (``who`` and ``when`` are added) and fsync, so a crash loses no line.
+
+    ``who``: the person acting (a review page's logged-in user); ``None``: the operating-system user.
+    """
+    if who is None:
+        try:
+            who = getpass.getuser()
+        except (KeyError, OSError):
+            who = "unknown"
     entry = {"when": now_iso(), "who": who, **event}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:

@@ -771,7 +771,8 @@ def schedule(
         ),
     ] = None,
 ) -> None:
-    """Run retraining on the cron schedule in params (and the inbox watcher when data.inbox is set).
+    """Run retraining on the cron schedule in params, live monitoring on monitor.cron (and the inbox watcher
+    when data.inbox is set).
 
     Without a work pool this process serves the deployments until stopped (Ctrl-C); with one,
     the deployments are registered and a `prefect worker start --pool POOL` runs them.
@@ -802,7 +803,8 @@ def schedule(
     import prefect  # here: after activate (MLflow, Prefect read settings on import)
 
     console.print(
-        f"serving retrain on '{loaded.schedule.cron}' ({loaded.schedule.timezone})"
+        f"serving retrain on '{loaded.schedule.cron}' and monitor on '{loaded.monitor.cron}' "
+        f"({loaded.schedule.timezone})"
         + (f" and the inbox watcher every {loaded.schedule.inbox_poll_seconds} s" if loaded.data.inbox else "")
     )
     prefect.serve(*runner_deployments(loaded, params))
@@ -819,7 +821,8 @@ def serve(
     Binds serve.host (127.0.0.1 by default). Follows serve.alias (champion) in the registry: the version
     it names is downloaded, checked against its sha256 and swapped in between requests when the alias
     moves. Every endpoint but /v2/health/live and /v2/health/ready needs a login (`medimg users add`).
-    With a PACS (serve.pacs_url or MEDIMG_ORTHANC_URL) the DICOM node follows it too.
+    With a PACS (serve.pacs_url or MEDIMG_ORTHANC_URL) the DICOM node follows it too, and its scored images
+    become cases of the review pages (/review: session login for radiologist and admin users).
     """
     loaded, ws = _open(params, set_)
     quiet_third_party_loggers()
@@ -828,6 +831,22 @@ def serve(
     from medimg.serving.server import build_service, run_service
 
     run_service(build_service(loaded, ws, port))
+
+
+@app.command()
+def monitor(params: ParamsOption = Path("params.yaml")) -> None:
+    """Judge the service's prediction log once: score and input drift, refusals, realised sensitivity and
+    specificity from reviews; report and plots in <workspace>/serve/monitoring/ (the /review/monitoring page),
+    events and notifications as the scheduled monitor sends them. Exit 0 either way; the events are printed."""
+    _open(params)
+    quiet_third_party_loggers()
+    from flows.monitor import monitor as monitor_flow  # here: after activate (MLflow, Prefect read settings on import)
+
+    state = monitor_flow(params_path=str(params), return_state=True)
+    if state.is_failed():
+        console.print(f"[bold red]monitor failed[/] {state.message}")
+        raise typer.Exit(1)
+    console.print(f"monitor: {state.name}: {state.message}")
 
 
 users_app = typer.Typer(no_args_is_help=True, help="Manage the users of `medimg serve` (the workspace's user store).")

@@ -741,6 +741,56 @@ class ServeConfig(_Strict):
     max_body_mb: float = Field(default=64.0, gt=0, description="largest request body accepted")
 
 
+class ReviewConfig(_Strict):
+    """The review pages of ``medimg serve`` under ``/review`` (``review``): sessions and the login limit."""
+
+    session_minutes: float = Field(default=480.0, gt=0, description="a session ends this long after the login")
+    idle_minutes: float = Field(default=60.0, gt=0, description="a session unused this long ends")
+    secure_cookie: bool = Field(
+        default=False, description="mark the session cookie Secure: true behind the TLS reverse proxy"
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, description="failed logins per user name, and per client address, before 429"
+    )
+    login_window_seconds: float = Field(default=300.0, gt=0, description="the window failed logins are counted in")
+    worklist_limit: int = Field(default=200, ge=1, description="most cases one worklist page lists (newest first)")
+
+
+class MonitorConfig(_Strict):
+    """Live monitoring of the prediction log (``monitor``; ``medimg monitor``, flows/monitor.py)."""
+
+    window_size: int = Field(default=200, ge=10, description="prediction log entries per window (oldest first)")
+    min_window_size: int = Field(
+        default=50, ge=10, description="a window with fewer answered predictions is shown but not judged"
+    )
+    max_windows: int = Field(default=30, ge=1, description="the latest windows kept in a report")
+    psi_threshold: float = Field(default=0.2, gt=0, description="PSI above which score or input drift is flagged")
+    pvalue_threshold: float = Field(
+        default=0.01, gt=0, lt=1, description="two-sample KS p-value below which drift is flagged"
+    )
+    max_refusal_rate: float = Field(
+        default=0.2, ge=0, le=1, description="a window refusing a larger share of its inputs raises an event"
+    )
+    min_sensitivity: float | None = Field(
+        default=None, ge=0, le=1, description="event when the upper 95% bound of realised sensitivity is below"
+    )
+    min_specificity: float | None = Field(
+        default=None, ge=0, le=1, description="event when the upper 95% bound of realised specificity is below"
+    )
+    min_reviews: int = Field(default=10, ge=1, description="reviewed cases of a class needed before judging")
+    cron: str = Field(default="0 * * * *", min_length=9, description="cron expression of the scheduled monitor")
+    deployment_name: str = Field(default="monitor-scheduled", min_length=1)
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> MonitorConfig:
+        if self.min_window_size > self.window_size:
+            raise ValueError(
+                f"monitor.min_window_size ({self.min_window_size}) is larger than monitor.window_size "
+                f"({self.window_size})"
+            )
+        return self
+
+
 class Params(_Strict):
     """Every setting of a run (``params.yaml``), validated and frozen; :meth:`fingerprint` keys runs on it."""
 
@@ -758,6 +808,8 @@ class Params(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     serve: ServeConfig = ServeConfig()
+    review: ReviewConfig = ReviewConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Params:
@@ -795,13 +847,13 @@ class Params(_Strict):
         It is the params part of the run key, so it holds what makes the data, the model, its gate
         verdict and its registration, and leaves out the sections that only say where, when and
         whether to run: ``workspace`` (a moved or cloned workspace keeps its run keys),
-        ``schedule`` and ``orchestration`` (cron, retries, timeouts, notifications), ``serve`` (how the
-        registered model is served), and ``drift``.
+        ``schedule`` and ``orchestration`` (cron, retries, timeouts, notifications), ``serve``, ``review``
+        and ``monitor`` (how the registered model is served, reviewed and watched), and ``drift``.
         Drift settings decide whether a new data version is trained at all, never what a training
         makes of it; and a run that trained nothing (no drift) is never taken as up to date, so
         changing them still lets the next run train.
         """
-        left_out = {"workspace", "schedule", "orchestration", "drift", "serve"}
+        left_out = {"workspace", "schedule", "orchestration", "drift", "serve", "review", "monitor"}
         blob = json.dumps(self.model_dump(mode="json", exclude=left_out), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

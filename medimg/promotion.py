@@ -62,9 +62,9 @@ def _version(name: str, version: str) -> registry.VersionInfo:
         raise PromotionRefused(str(err)) from None
 
 
-def _record(ws: Workspace, name: str, event: dict) -> dict:
+def _record(ws: Workspace, name: str, event: dict, who: str | None = None) -> dict:
     """Append the event to audit.jsonl, then mirror the same JSON as a registered-model tag."""
-    entry = audit.record(ws.audit_log, event)
+    entry = audit.record(ws.audit_log, event, who)
     tags = registry.model_tags(name)
     taken = [
         int(k[len(registry.AUDIT_TAG_PREFIX) :])
@@ -77,9 +77,17 @@ def _record(ws: Workspace, name: str, event: dict) -> dict:
 
 
 def promote(
-    params: Params, ws: Workspace, version: str | int, reason: str, force: bool = False, flow_run_id: str | None = None
+    params: Params,
+    ws: Workspace,
+    version: str | int,
+    reason: str,
+    force: bool = False,
+    flow_run_id: str | None = None,
+    who: str | None = None,
 ) -> dict:
     """Make ``version`` the champion; returns the audit event (with ``mlflow_tag``, its tag key).
+
+    ``who``: the person promoting, for the audit event (the review page's user); ``None``: the OS user.
 
     Refused when the reason is empty, the version does not exist or already is the champion,
     or its gate did not pass and ``force`` is not given. A forced promotion of a version whose
@@ -135,6 +143,7 @@ def promote(
             "onnx_sha256": info.tags.get(registry.TAG_ONNX_SHA256),
             "cleared_aliases": cleared,
         },
+        who,
     )
     (log.warning if forced else log.info)(
         "model %s v%s is the new champion (previous: %s)%s",
@@ -171,8 +180,12 @@ def rollback_target(params: Params, ws: Workspace) -> tuple[registry.VersionInfo
     return current, str(target)
 
 
-def rollback(params: Params, ws: Workspace, reason: str, flow_run_id: str | None = None) -> dict:
+def rollback(
+    params: Params, ws: Workspace, reason: str, flow_run_id: str | None = None, who: str | None = None
+) -> dict:
     """Move ``champion`` back to the version the current champion replaced; returns the audit event.
+
+    ``who``: the person rolling back, for the audit event (the review page's user); ``None``: the OS user.
 
     The restored version gets ``medimg.promoted_at`` and ``medimg.promotion_reason`` (``rollback
     from vN: <reason>``); the version rolled away from gets ``medimg.rolled_back_at`` and
@@ -208,6 +221,7 @@ def rollback(params: Params, ws: Workspace, reason: str, flow_run_id: str | None
             "mlflow_run_id": restored.run_id,
             "onnx_sha256": restored.tags.get(registry.TAG_ONNX_SHA256),
         },
+        who,
     )
     log.warning("model %s: champion rolled back from v%s to v%s (%s)", name, current.version, restored.version, reason)
     return entry

@@ -140,6 +140,20 @@ def get_version(model_name: str, version: str) -> VersionInfo:
     return _info(client().get_model_version(model_name, str(version)))
 
 
+def versions(model_name: str) -> list[VersionInfo]:
+    """Every registered version of ``model_name``, newest first; [] when the model does not exist."""
+    try:
+        found = client().search_model_versions(f"name = '{model_name}'")
+    except MlflowException:
+        return []
+    return sorted((_info(mv) for mv in found), key=lambda v: int(v.version), reverse=True)
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    """The params MLflow run ``run_id`` logged (flat ``section.key`` strings, see ``Params.flat``)."""
+    return dict(client().get_run(run_id).data.params)
+
+
 def log_onnx(run_id: str, onnx_path: Path) -> str:
     """Log the ONNX file as an MLflow model (artifact folder ``model``) of run ``run_id``; returns the model URI.
 

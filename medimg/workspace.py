@@ -117,6 +117,26 @@ class Workspace:
         return self.serve / "predictions.jsonl"
 
     @property
+    def sessions_db(self) -> Path:
+        """The review pages' server-side sessions (SQLite; :mod:`medimg.review.sessions`)."""
+        return self.serve / "sessions.sqlite"
+
+    @property
+    def cases(self) -> Path:
+        """The review cases: one folder per scored DICOM-node prediction (:mod:`medimg.review.cases`)."""
+        return self.serve / "cases"
+
+    @property
+    def reviews_log(self) -> Path:
+        """The append-only JSON-lines log of the radiologists' reviews (:mod:`medimg.review.reviews`)."""
+        return self.serve / "reviews.jsonl"
+
+    @property
+    def monitoring(self) -> Path:
+        """The latest live-monitoring report and its plots (:mod:`medimg.monitoring`)."""
+        return self.serve / "monitoring"
+
+    @property
     def users_file(self) -> Path:
         """The service's user store: names, roles and argon2 password hashes (:mod:`medimg.users`)."""
         return self.root / "users.json"

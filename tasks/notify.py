@@ -19,6 +19,8 @@ from medimg.config import Params
 log = logging.getLogger("medimg.notify")
 
 EVENT_PREFIX = "medimg.retrain"
+#: The events of live monitoring (flows/monitor.py): ``medimg.monitor.<code>``.
+MONITOR_EVENT_PREFIX = "medimg.monitor"
 
 
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, KeyError)
@@ -39,10 +41,11 @@ def retry_transient(_task, _task_run, state) -> bool:
 
 
 @task(name="signal", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-def signal(params: Params, outcome: str, message: str, payload: dict | None = None) -> None:
-    """Emit ``medimg.retrain.<outcome>`` and notify, when configured, with the reason."""
+def signal(params: Params, outcome: str, message: str, payload: dict | None = None, prefix: str = EVENT_PREFIX) -> None:
+    """Emit ``<prefix>.<outcome>`` (``medimg.retrain.<outcome>`` by default) and notify, when configured, with the
+    reason."""
     emit_event(
-        event=f"{EVENT_PREFIX}.{outcome}",
+        event=f"{prefix}.{outcome}",
         resource={
             "prefect.resource.id": f"medimg.model.{params.registry.model_name}",
             "prefect.resource.name": params.registry.model_name,
@@ -53,7 +56,7 @@ def signal(params: Params, outcome: str, message: str, payload: dict | None = No
         payload={"message": message, **(payload or {})},
     )
     cfg = params.orchestration
-    subject = f"medimg retrain {outcome}: {params.registry.model_name}"
+    subject = f"{prefix.replace('.', ' ')} {outcome}: {params.registry.model_name}"
     if cfg.notify_block:
         # a sync caller: Prefect's async_dispatch runs the sync load (typed "block or coroutine")
         stored = cast(NotificationBlock, NotificationBlock.load(cfg.notify_block))

@@ -5,6 +5,7 @@ Follows the chain
     model version -> MLflow run (status, params, metrics with 95% CIs) -> git commit
     -> DVC data version (md5, the kept ``.dvc`` file, and the shell commands that fetch exactly
     that data) -> data validation result -> gate report -> ONNX sha256 -> promotion history
+    -> the radiologists' reviews whose examples the data version holds
 
 reading each link from where it is stored: the version, its run, gate and validation report and
 promotion history through :mod:`medimg.model_record` (one read), the run's ingest report, ROC
@@ -27,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -47,12 +49,15 @@ from medimg.lineage.report import (
     ModelSection,
     OnnxSection,
     PromotionSection,
+    ReviewedExample,
+    ReviewsSection,
     RuleVerdict,
     RunSection,
     ValidationSection,
 )
 from medimg.model_record import ModelRecord, iso
 from medimg.provenance import PROJECT_ROOT, file_sha256
+from medimg.review.reviews import ReviewLog
 from medimg.workspace import Workspace
 
 KEY_METRICS = tuple(dict.fromkeys(("roc_auc", "pr_auc", *METRIC_NAMES, *MULTICLASS_HEADLINE, "abnormal_roc_auc")))
@@ -274,6 +279,35 @@ def _promotion(ws: Workspace, record: ModelRecord) -> PromotionSection:
     )
 
 
+def _reviews(ws: Workspace, data_version: str | None) -> ReviewsSection:
+    """The reviews (workspace's ``serve/reviews.jsonl``) whose training example's SHA-256 is in the manifest of
+    ``data_version`` (kept beside its ``.dvc`` file): the reviews the model's training data holds."""
+    found = versioning.version_manifest(ws, data_version) if data_version else None
+    if found is None:
+        return ReviewsSection(reviews_log=str(ws.reviews_log), found=False, n_images=None, reviews=())
+    hashes = set(pd.read_parquet(found, columns=["sha256"])["sha256"])
+    held = [r for r in ReviewLog(ws.reviews_log).read() if r.example_sha256 and r.example_sha256 in hashes]
+    return ReviewsSection(
+        reviews_log=str(ws.reviews_log),
+        found=True,
+        n_images=len(hashes),
+        reviews=tuple(
+            ReviewedExample(
+                case_id=r.case_id,
+                reader_pseudonym=r.reader_pseudonym,
+                reviewed_at=r.time,
+                model_version=r.model_version,
+                model_said=r.model_said,
+                reader_said=r.reader_said,
+                agrees=r.agrees,
+                example=r.example,
+                sha256=str(r.example_sha256),
+            )
+            for r in held
+        ),
+    )
+
+
 def _roc_figure(run_id: str, tmp: Path) -> dict[str, Figure]:
     roc = _download(run_id, artifacts.ROC_CURVE, tmp)
     if roc is None or not roc.is_file():
@@ -322,4 +356,5 @@ def lineage(params: Params, ws: Workspace, ref: str) -> LineageReport:
         gate=gate,
         onnx=onnx,
         promotion=promotion,
+        reviews=_reviews(ws, record.data_version),
     )

@@ -92,6 +92,19 @@ def render_text(report: LineageReport) -> str:
             f"  {event.when} {event.action} {event.alias or ''} v{event.version} "
             f"(previous: {previous}) by {event.who}: {event.reason}"
         )
+    reviews = report.reviews
+    lines += ["", "8. Reviews in the training data"]
+    if not reviews.found:
+        lines.append("  the data version's manifest is not in this workspace: reviews not traced")
+    elif not reviews.reviews:
+        lines.append(f"  none of the {reviews.n_images} images came from a review ({reviews.reviews_log})")
+    for reviewed in reviews.reviews:
+        verdict = "agrees" if reviewed.agrees else "corrected"
+        lines.append(
+            f"  {reviewed.reviewed_at} case {reviewed.case_id} by {reviewed.reader_pseudonym}: "
+            f"v{reviewed.model_version} said {reviewed.model_said}, reader said {reviewed.reader_said} ({verdict}); "
+            f"{reviewed.example} sha256 {reviewed.sha256[:16]}"
+        )
     lines += ["", "Checks"]
     for check in report.checks:
         lines.append(f"  [{'ok' if check.ok else 'FAIL'}] {check.name}: {check.detail}")

@@ -163,6 +163,32 @@ class PromotionSection(_Frozen):
     registered_model_tags: dict[str, str]
 
 
+class ReviewedExample(_Frozen):
+    """A radiologist's review whose training example is in the version's data (:mod:`medimg.review.reviews`):
+    the case, the reader's pseudonym (never the name), when, the model that was reviewed and what it and the
+    reader said, and the example's inbox path and SHA-256 (the manifest's ``sha256`` of that image)."""
+
+    case_id: str
+    reader_pseudonym: str | None
+    reviewed_at: str
+    model_version: str
+    model_said: str
+    reader_said: str
+    agrees: bool
+    example: str | None
+    sha256: str
+
+
+class ReviewsSection(_Frozen):
+    """The reviews the version's training data holds: examples the review pages put in the inbox whose SHA-256
+    is in the data version's manifest (``found`` False when the manifest is not in this workspace)."""
+
+    reviews_log: str
+    found: bool
+    n_images: int | None  # images in the data version's manifest
+    reviews: tuple[ReviewedExample, ...]
+
+
 class Check(_Frozen):
     """One lineage check: ``ok`` True/False, or None when it does not apply; ``detail`` says why."""
 
@@ -194,6 +220,7 @@ class LineageReport(_Frozen):
     gate: GateSection
     onnx: OnnxSection
     promotion: PromotionSection
+    reviews: ReviewsSection
     figures: dict[str, Figure]
     checks: tuple[Check, ...]
     all_checks_ok: bool

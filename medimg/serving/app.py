@@ -310,6 +310,7 @@ def create_app(
     *,
     secret: bytes | None = None,
     dicom_ready: Callable[[], bool] | None = None,
+    review_app: ASGIApp | None = None,
 ) -> FastAPI:
     """The service's FastAPI app (see the module docstring).
 
@@ -318,7 +319,8 @@ def create_app(
     :class:`medimg.users.CachedVerifier`); ``params``: the registered model name
     (``registry.model_name``, the only ``{name}`` answered) and ``serve.max_body_mb``; ``secret``:
     the pseudonymisation key for uploaded DICOM files (``None``: logged without pseudonyms);
-    ``dicom_ready``: the DICOM node's readiness (``None``: no DICOM node).
+    ``dicom_ready``: the DICOM node's readiness (``None``: no DICOM node); ``review_app``: the review pages
+    (:func:`medimg.review.web.create_review_app`), mounted under ``/review`` with their own session login.
     """
     model_name = params.registry.model_name
     verifier = CachedVerifier(users)
@@ -554,6 +556,9 @@ def create_app(
                 "dicom_ready": dicom_ready() if dicom_ready is not None else None,
             },
         )
+
+    if review_app is not None:
+        app.mount("/review", review_app)
 
     app.add_middleware(
         _ServiceMiddleware, holder=holder, metrics=metrics, max_body=int(params.serve.max_body_mb * 1024 * 1024)

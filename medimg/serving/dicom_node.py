@@ -55,6 +55,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
@@ -92,6 +93,9 @@ FIRST_BACKOFF_S = 1.0
 
 #: Called with every outcome the node appended to the prediction log.
 OutcomeCallback = Callable[[LoggedPrediction], None]
+#: Called with each scored 2D image's entry, the stored-size grey uint8 image it scored and the model (review
+#: cases: :meth:`medimg.review.cases.CaseStore.recorder`).
+ScoredCallback = Callable[[LoggedPrediction, np.ndarray, LoadedModel], None]
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,8 @@ class DicomNode:
     ``secret``: the pseudonymisation key (:func:`medimg.data.deid.secret_from_env`); ``poll_seconds``: wait
     between reads of an idle feed; ``max_backoff``: longest wait (seconds) between tries while Orthanc does not
     answer; ``on_outcome``: called with each appended entry; ``scratch``: parent of the temporary folders of
-    3D series (None: the system's).
+    3D series (None: the system's); ``on_scored``: called with each scored 2D image (entry, the stored-size grey
+    image, the model), e.g. to make a review case; its failures are logged and ignored.
     """
 
     def __init__(
@@ -125,6 +130,7 @@ class DicomNode:
         max_backoff: float = 30.0,
         on_outcome: OutcomeCallback | None = None,
         scratch: Path | None = None,
+        on_scored: ScoredCallback | None = None,
     ) -> None:
         deid.pseudonym("check", secret, "check")  # a missing or short secret fails here, not on the first image
         self.client = client
@@ -136,6 +142,7 @@ class DicomNode:
         self.max_backoff = max_backoff
         self.on_outcome = on_outcome
         self.scratch = scratch
+        self.on_scored = on_scored
         self._cursor: int | None = None
         self._ready = False
         self._last_error: str | None = None
@@ -278,7 +285,13 @@ class DicomNode:
             return self._entry(loaded, started, who, refusal_reason=prepared.error, input_stats=stats)
         prediction = score_prepared(model, prepared)
         reason = self._store_report([header], prediction, loaded)
-        return self._entry(loaded, started, who, prediction, refusal_reason=reason, input_stats=stats)
+        entry = self._entry(loaded, started, who, prediction, refusal_reason=reason, input_stats=stats)
+        if self.on_scored is not None and prepared.stored is not None and entry.p_abnormal is not None:
+            try:
+                self.on_scored(entry, prepared.stored, loaded)
+            except Exception as err:  # an observer's failure is not the node's
+                logger.error("dicom node: on_scored raised %s", type(err).__name__)
+        return entry
 
     # -- one series ---------------------------------------------------------------------------------------
 

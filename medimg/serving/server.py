@@ -17,12 +17,14 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from fastapi import FastAPI
 
 from medimg.config import Params
 from medimg.data import deid
+from medimg.review.cases import CaseStore
+from medimg.review.web import create_review_app
 from medimg.serving.app import create_app
 from medimg.serving.metrics import ServeMetrics
 from medimg.serving.model_follower import ModelFollower
@@ -30,10 +32,16 @@ from medimg.serving.prediction_log import PredictionLog
 from medimg.users import UserStore
 from medimg.workspace import Workspace
 
+if TYPE_CHECKING:
+    from medimg.serving.dicom_node import ScoredCallback
+
 log = logging.getLogger(__name__)
 
 #: The environment variable that names Orthanc's HTTP base when params name no PACS (``scripts/services.sh env``).
 PACS_URL_ENV = "MEDIMG_ORTHANC_URL"
+#: Orthanc's HTTP Basic credentials (``scripts/services.sh env``); never in a params file.
+PACS_USERNAME_ENV = "MEDIMG_ORTHANC_USERNAME"
+PACS_PASSWORD_ENV = "MEDIMG_ORTHANC_PASSWORD"
 
 
 class DicomNodeLike(Protocol):
@@ -93,19 +101,43 @@ def dicom_node(
     metrics: ServeMetrics,
     prediction_log: PredictionLog,
     secret: bytes | None,
+    on_scored: ScoredCallback | None = None,
 ) -> DicomNodeLike | None:
     """The DICOM node following Orthanc's change feed, when a PACS is configured (:func:`pacs_url`); else ``None``.
 
-    Hook for the lead: build :class:`medimg.serving.dicom_node.DicomNode` here with ``follower`` as its
-    model holder, ``metrics.observe_dicom`` as its observer, ``prediction_log``, ``secret``, the cursor
-    under ``ws.serve`` and the ``serve.pacs_*`` settings. Until then a configured PACS is reported and
-    not followed.
+    :class:`medimg.serving.dicom_node.DicomNode` with ``follower`` as its model holder, ``metrics.observe_dicom``
+    as its observer, ``prediction_log``, ``secret``, the cursor under ``ws.serve``, the ``serve.pacs_*``
+    settings and Orthanc's credentials from ``MEDIMG_ORTHANC_USERNAME`` / ``MEDIMG_ORTHANC_PASSWORD``;
+    ``on_scored``: each scored image (review cases). Without a pseudonymisation key the node is not built
+    (it logs pseudonyms only) and a warning says so.
     """
     url = pacs_url(params)
     if url is None:
         return None
-    log.warning("a PACS is configured but this build has no DICOM node: only the HTTP API runs")
-    return None
+    if secret is None:
+        log.warning("a PACS is configured but there is no pseudonymisation key: the DICOM node does not run")
+        return None
+    # here: the PACS client and the node only when a PACS is configured
+    from medimg.pacs.orthanc import OrthancClient
+    from medimg.serving.dicom_node import DicomNode, cursor_path
+
+    client = OrthancClient(
+        url,
+        os.environ.get(PACS_USERNAME_ENV),
+        os.environ.get(PACS_PASSWORD_ENV),
+        timeout=params.serve.pacs_timeout_seconds,
+    )
+    return DicomNode(
+        client,
+        follower,
+        prediction_log,
+        cursor_path(ws.serve),
+        secret,
+        poll_seconds=params.serve.pacs_poll_seconds,
+        max_backoff=params.serve.pacs_max_backoff_seconds,
+        on_outcome=lambda entry: metrics.observe_dicom(entry.refusal_reason, entry.latency_ms / 1000.0),
+        on_scored=on_scored,
+    )
 
 
 def build_service(params: Params, ws: Workspace, port: int | None = None) -> Service:
@@ -117,7 +149,9 @@ def build_service(params: Params, ws: Workspace, port: int | None = None) -> Ser
     prediction_log = PredictionLog(ws.prediction_log)
     users = UserStore(ws.users_file)
     secret = deid_secret(params)
-    node = dicom_node(params, ws, follower, metrics, prediction_log, secret)
+    cases = CaseStore(ws.cases)
+    node = dicom_node(params, ws, follower, metrics, prediction_log, secret, on_scored=cases.recorder)
+    review = create_review_app(params, ws, users, follower, secret=secret, metrics_registry=metrics.registry)
     app = create_app(
         follower,
         metrics,
@@ -126,6 +160,7 @@ def build_service(params: Params, ws: Workspace, port: int | None = None) -> Ser
         params,
         secret=secret,
         dicom_ready=(lambda: node.dicom_ready) if node is not None else None,
+        review_app=review,
     )
     return Service(app, follower, metrics, prediction_log, users, node, params.serve.host, port or params.serve.port)
 
