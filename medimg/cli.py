@@ -283,7 +283,7 @@ def pull(
     from medimg.pull import pull as pull_model
 
     if layout is PullLayout.TRITON:
-        from medimg.pull.triton_repository import pull_triton
+        from medimg.pull.triton_repository import pull_triton  # here: ONNX Runtime for the triton layout only
 
         with _exit_on(PullError, "pull failed"), _exit_on(IntegrityError, "integrity check failed", code=3):
             written = pull_triton(loaded, repo=out, alias=alias, version=version)

@@ -337,8 +337,8 @@ class DicomNode:
         self, folder: Path, out: Path, loaded: LoadedModel, started: float, who: _Identity
     ) -> LoggedPrediction:
         # here: the segmentation stack (nibabel, highdicom SEG) only for a segmentation model
-        from medimg.predict_segmentation import predict_segmentation
-        from medimg.segmentation.dicom_seg import Algorithm
+        from medimg.predict_segmentation import predict_segmentation  # here: segmentation stack
+        from medimg.segmentation.dicom_seg import Algorithm  # here: highdicom
 
         algorithm = Algorithm(loaded.name, loaded.version, loaded.onnx_sha256)
         results = predict_segmentation(loaded.model, [folder], out, algorithm=algorithm, secret=self.secret)
@@ -357,7 +357,7 @@ class DicomNode:
         """Make and store the SR of ``prediction``; None when stored, else the reason."""
         # here: highdicom (1 s) only once an SR is made
         from medimg.pacs.structured_report import ReportedOutcome, structured_report
-        from medimg.segmentation.dicom_seg import Algorithm
+        from medimg.segmentation.dicom_seg import Algorithm  # here: highdicom
 
         model = loaded.model
         outcome = ReportedOutcome(
@@ -494,11 +494,12 @@ def node_from_settings(
     serve_dir: Path,
     secret: bytes,
     on_outcome: OutcomeCallback | None = None,
+    on_scored: ScoredCallback | None = None,
 ) -> DicomNode:
     """The node ``medimg serve`` runs: Orthanc at ``url`` with the credentials of ``$MEDIMG_ORTHANC_USERNAME`` and
     ``$MEDIMG_ORTHANC_PASSWORD`` (no auth when the user name is unset), ``serve.pacs_timeout_seconds`` per request,
     ``serve.pacs_poll_seconds`` between reads, ``serve.pacs_max_backoff_seconds``; the cursor in ``serve_dir``
-    (:attr:`medimg.workspace.Workspace.serve`)."""
+    (:attr:`medimg.workspace.Workspace.serve`); ``on_outcome`` / ``on_scored`` as for :class:`DicomNode`."""
     client = OrthancClient(
         url, os.environ.get(USERNAME_ENV) or None, os.environ.get(PASSWORD_ENV), timeout=serve.pacs_timeout_seconds
     )
@@ -511,6 +512,7 @@ def node_from_settings(
         poll_seconds=serve.pacs_poll_seconds,
         max_backoff=serve.pacs_max_backoff_seconds,
         on_outcome=on_outcome,
+        on_scored=on_scored,
     )
 
 

@@ -39,9 +39,6 @@ log = logging.getLogger(__name__)
 
 #: The environment variable that names Orthanc's HTTP base when params name no PACS (``scripts/services.sh env``).
 PACS_URL_ENV = "MEDIMG_ORTHANC_URL"
-#: Orthanc's HTTP Basic credentials (``scripts/services.sh env``); never in a params file.
-PACS_USERNAME_ENV = "MEDIMG_ORTHANC_USERNAME"
-PACS_PASSWORD_ENV = "MEDIMG_ORTHANC_PASSWORD"
 
 
 class DicomNodeLike(Protocol):
@@ -118,23 +115,15 @@ def dicom_node(
         log.warning("a PACS is configured but there is no pseudonymisation key: the DICOM node does not run")
         return None
     # here: the PACS client and the node only when a PACS is configured
-    from medimg.pacs.orthanc import OrthancClient
-    from medimg.serving.dicom_node import DicomNode, cursor_path
+    from medimg.serving.dicom_node import node_from_settings
 
-    client = OrthancClient(
+    return node_from_settings(
+        params.serve,
         url,
-        os.environ.get(PACS_USERNAME_ENV),
-        os.environ.get(PACS_PASSWORD_ENV),
-        timeout=params.serve.pacs_timeout_seconds,
-    )
-    return DicomNode(
-        client,
         follower,
         prediction_log,
-        cursor_path(ws.serve),
+        ws.serve,
         secret,
-        poll_seconds=params.serve.pacs_poll_seconds,
-        max_backoff=params.serve.pacs_max_backoff_seconds,
         on_outcome=lambda entry: metrics.observe_dicom(entry.refusal_reason, entry.latency_ms / 1000.0),
         on_scored=on_scored,
     )
