@@ -13,7 +13,7 @@ import os
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -954,7 +954,7 @@ def _tune_space_agrees(tune: TuneConfig) -> None:
                 field = _params_field(entry.key)
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
-            annotation = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            annotation: Any = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
             adapter: TypeAdapter = TypeAdapter(annotation)
             for value in entry.values_to_check():
                 try:
