@@ -243,6 +243,8 @@ def _run_trials(opened, params: Params, ref: StudyRef, dims, slots: int, logger)
                 outcome = _failed(spec, f"{type(err).__name__}: {err}")
             study.tell(opened, outcome)
             outcomes.append(outcome)
+            if outcome.state == "failed":
+                logger.warning("trial %d failed: %s", outcome.number, outcome.reason)
             logger.info(
                 "trial %d %s: %s %s (%.0f s, %d epochs) %s",
                 outcome.number,

@@ -199,6 +199,7 @@ start() {
         "$VENV/bin/prefect" server start --host "$HOST" --port "$PREFECT_PORT"
     wait_healthy mlflow "http://$HOST:$MLFLOW_PORT/health"
     wait_healthy prefect "http://$HOST:$PREFECT_PORT/api/health"
+    start_dask  # issue 17
 }
 
 stop_one() {
@@ -218,6 +219,7 @@ stop_one() {
 
 stop() {
     [[ -d "$STATE" ]] || return 0
+    stop_dask  # issue 17
     stop_one prefect
     stop_one mlflow
     local bin data
@@ -236,6 +238,7 @@ print_env() {
     echo "export MEDIMG_TEST_MLFLOW_URI=http://$HOST:$MLFLOW_PORT"
     echo "export MEDIMG_TEST_PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api"
     echo "export MEDIMG_TEST_MLFLOW_DB_URI=$PG_URI/mlflow"
+    dask_env  # issue 17
 }
 
 status() {
@@ -252,7 +255,87 @@ status() {
     else
         echo "postgresql: stopped"
     fi
+    dask_status  # issue 17
 }
+
+# --------------------------------------------------------------------------- Dask (issue 17)
+# A Dask scheduler and $MEDIMG_DASK_WORKERS (2) workers on 127.0.0.1 for `medimg tune --dask` in the integration
+# tests: separate processes (`dask scheduler`, one `dask worker --nworkers 1 --nthreads 1` each), the checkout on
+# their PYTHONPATH (the scheduler and the workers unpickle the trials' Prefect tasks from tasks/ and medimg/), torch
+# at one thread each. The scheduler's
+# port is DASK_PORT in config.env (added on the first start after an upgrade); the `optuna` database of the
+# PostgreSQL server holds the tests' studies.
+DASK_WORKERS="${MEDIMG_DASK_WORKERS:-2}"
+
+dask_config() {
+    if [[ -z "${DASK_PORT:-}" ]]; then
+        DASK_PORT="$(free_port)"
+        echo "DASK_PORT=$DASK_PORT" >>"$STATE/config.env"
+    elif ! alive "$STATE/dask-scheduler.pid" && port_busy "$DASK_PORT"; then
+        log "port $DASK_PORT (DASK_PORT) is taken by another program: choosing a new one"
+        DASK_PORT="$(free_port)"
+        sed -i "s/^DASK_PORT=.*/DASK_PORT=$DASK_PORT/" "$STATE/config.env"
+    fi
+    DASK_ADDRESS="tcp://$HOST:$DASK_PORT"
+}
+
+dask_workers_ready() {
+    "$VENV/bin/python" - "$DASK_ADDRESS" "$DASK_WORKERS" <<'EOF'
+import sys
+from distributed import Client
+with Client(sys.argv[1], timeout=5) as client:
+    sys.exit(0 if len(client.scheduler_info(n_workers=-1)["workers"]) >= int(sys.argv[2]) else 1)
+EOF
+}
+
+start_dask() {
+    dask_config
+    local bin i name deadline=$((SECONDS + START_TIMEOUT))
+    bin="$(pg_bin)"
+    if ! PGPASSWORD="$DB_PASSWORD" "$bin/psql" -h "$HOST" -p "$PG_PORT" -U "$DB_USER" -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = 'optuna'" | grep -q 1; then
+        PGPASSWORD="$DB_PASSWORD" "$bin/createdb" -h "$HOST" -p "$PG_PORT" -U "$DB_USER" optuna
+        log "created database optuna"
+    fi
+    # the scheduler unpickles the task graph too: it needs the same code as the client and the workers
+    launch dask-scheduler env PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+        "$VENV/bin/dask" scheduler --host "$HOST" --port "$DASK_PORT" --no-dashboard
+    for i in $(seq 1 "$DASK_WORKERS"); do
+        mkdir -p "$STATE/dask-worker-$i"
+        launch "dask-worker-$i" env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+            "$VENV/bin/dask" worker "$DASK_ADDRESS" --nworkers 1 --nthreads 1 --host "$HOST" --no-dashboard \
+            --name "medimg-$i" --local-directory "$STATE/dask-worker-$i"
+    done
+    until dask_workers_ready 2>/dev/null; do
+        for name in dask-scheduler $(seq -f "dask-worker-%g" 1 "$DASK_WORKERS"); do
+            alive "$STATE/$name.pid" || { tail -n 40 "$STATE/$name.log" >&2 || true; die "$name exited"; }
+        done
+        ((SECONDS < deadline)) || die "Dask: $DASK_WORKERS worker(s) not connected to $DASK_ADDRESS after ${START_TIMEOUT}s"
+        sleep 1
+    done
+    log "Dask scheduler $DASK_ADDRESS with $DASK_WORKERS worker(s)"
+}
+
+stop_dask() {
+    local i
+    for i in $(seq 1 "$DASK_WORKERS"); do stop_one "dask-worker-$i"; done
+    stop_one dask-scheduler
+}
+
+dask_env() {
+    dask_config
+    echo "export MEDIMG_TEST_DASK_ADDRESS=$DASK_ADDRESS"
+    echo "export MEDIMG_TEST_OPTUNA_DB_URI=$PG_URI/optuna"
+}
+
+dask_status() {
+    local name
+    for name in dask-scheduler $(seq -f "dask-worker-%g" 1 "$DASK_WORKERS"); do
+        if alive "$STATE/$name.pid"; then echo "$name: running (pid $(cat "$STATE/$name.pid"))"; else echo "$name: stopped"; fi
+    done
+}
+
+# --------------------------------------------------------------------------- end of Dask (issue 17)
 
 case "${1:-}" in
     start) start ;;

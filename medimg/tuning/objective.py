@@ -15,9 +15,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
+import distributed
 import mlflow
 import optuna
 
@@ -40,6 +42,15 @@ def splits(dataset: Path, data_version: str, dropped_ids: tuple[str, ...]) -> tu
     return load_split(dataset, frame, "train", exclude), load_split(dataset, frame, "val", exclude)
 
 
+def worker_name() -> str:
+    """``<Dask worker address> pid <pid>`` of the worker running this trial (``none pid <pid>`` outside Dask)."""
+    try:
+        address = distributed.get_worker().address
+    except ValueError:  # not in a Dask worker (a trial run directly, e.g. by the benchmark's bare script)
+        address = "none"
+    return f"{address} pid {os.getpid()}"
+
+
 def run_trial(params: Params, ref: StudyRef, spec: TrialSpec) -> TrialOutcome:
     """Train trial ``spec`` with its params ``params`` (the study's params with the trial's values); its outcome.
 
@@ -51,7 +62,7 @@ def run_trial(params: Params, ref: StudyRef, spec: TrialSpec) -> TrialOutcome:
     started = time.perf_counter()
     mlflow.set_tracking_uri(ref.tracking_uri)
     trial = study.attach(params.tune, ref.storage_url, ref.study_name, spec.trial_id)
-    run_id = runs.start_child(ref, spec, params)
+    run_id = runs.start_child(ref, spec, params, worker_name())
     metric = params.tune.metric
     epochs: list[dict] = []
     to_mlflow = report_epochs(run_id, params.train.epochs)

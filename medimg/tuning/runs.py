@@ -22,6 +22,7 @@ TAG_STUDY = "medimg.study"
 TAG_STORAGE = "medimg.study_storage"  # redacted: no password
 TAG_TRIAL_NUMBER = "medimg.trial_number"
 TAG_TRIAL_STATE = "medimg.trial_state"  # complete | pruned | failed
+TAG_WORKER = "medimg.dask_worker"  # <worker address> pid <pid>
 TAG_BEST_TRIAL = "medimg.best_trial"
 TAG_BEST_PARAMS_FILE = "medimg.best_params_file"
 #: Children of one parent run: the MLflow filter that finds them.
@@ -54,14 +55,16 @@ def start_parent(params: Params, ws: Workspace, study_name: str, tags: dict[str,
     return experiment, run.info.run_id
 
 
-def start_child(ref: StudyRef, spec: TrialSpec, params: Params) -> str:
-    """The trial's child run under ``ref.parent_run_id``, with the trial's params; its id."""
+def start_child(ref: StudyRef, spec: TrialSpec, params: Params, worker: str) -> str:
+    """The trial's child run under ``ref.parent_run_id``, with the trial's params and the ``worker`` running it
+    (Dask worker address and pid); its id."""
     client = MlflowClient()
     tags = {
         MLFLOW_PARENT_RUN_ID: ref.parent_run_id,
         MLFLOW_RUN_NAME: f"trial {spec.number}",
         TAG_STUDY: ref.study_name,
         TAG_TRIAL_NUMBER: str(spec.number),
+        TAG_WORKER: worker,
         "medimg.data_version": ref.data_version,
     }
     run = client.create_run(ref.experiment_id, tags=tags, run_name=f"trial {spec.number}")
