@@ -197,6 +197,7 @@ def _slots(parallel: int | None) -> tuple[int, int]:
 def _api_for_workers() -> Iterator[None]:
     """Task runs submitted here carry the Prefect API URL to the workers: with no server configured this process
     runs an ephemeral one, and a worker without a URL would start its own instead of reporting to it."""
+    # here: only this helper needs the client and the settings module
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -855,7 +855,7 @@ def tune(
         console.print(f"[yellow]refused[/] {state.message}")
         raise typer.Exit(3)
     summary = state.result()
-    from medimg.tuning.results import TuneSummary
+    from medimg.tuning.results import TuneSummary  # here: with the command, as its flow
 
     assert isinstance(summary, TuneSummary)  # a completed tune's state carries its summary
     table = Table(title=f"tune: study {summary.study_name}", show_header=False)

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import distributed
-import mlflow
 import optuna
 
 from medimg.config import Params
@@ -60,7 +59,7 @@ def run_trial(params: Params, ref: StudyRef, spec: TrialSpec) -> TrialOutcome:
     FAILED and is raised (the flow records the trial as failed).
     """
     started = time.perf_counter()
-    mlflow.set_tracking_uri(ref.tracking_uri)
+    runs.use_tracking(ref.tracking_uri)
     trial = study.attach(params.tune, ref.storage_url, ref.study_name, spec.trial_id)
     run_id = runs.start_child(ref, spec, params, worker_name())
     metric = params.tune.metric

@@ -40,6 +40,11 @@ def experiment_id(params: Params, ws: Workspace) -> str:
     return ensure_experiment(experiment_name(params), ws.mlflow_artifacts if local else None)
 
 
+def use_tracking(uri: str) -> None:
+    """Point this process's MLflow client at ``uri`` (a worker, at the flow's tracking store)."""
+    mlflow.set_tracking_uri(uri)
+
+
 def tracking_uri() -> str:
     """The MLflow tracking URI this process uses (handed to the workers)."""
     return mlflow.get_tracking_uri()
