@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +118,8 @@ def _retrain_best(summary: TuneSummary, logger) -> TuneSummary:
         version, promoted = result.model.version, result.model.promoted
         tags.update({"medimg.retrain_run_id": result.mlflow_run_id, artifacts.TAG_MODEL_VERSION: version})
     tracking.set_tags(summary.parent_run_id, tags)
-    return TuneSummary(
-        **{
-            **summary.__dict__,
-            "retrain_state": state.name,
-            "retrain_message": state.message,
-            "model_version": version,
-            "promoted": promoted,
-        }
+    return replace(
+        summary, retrain_state=state.name, retrain_message=state.message, model_version=version, promoted=promoted
     )
 
 
@@ -189,7 +184,9 @@ def _slots(parallel: int | None) -> tuple[int, int]:
     runner = context.task_runner if context else None
     if isinstance(runner, DaskTaskRunner):
         threads = runner.client.nthreads()
-        return parallel or max(1, sum(threads.values())), len(threads)
+        if not threads:
+            raise RuntimeError(f"the Dask cluster ({runner.client.scheduler.address}) has no worker: start one")
+        return parallel or sum(threads.values()), len(threads)
     return parallel or 1, 1
 
 

@@ -8,6 +8,7 @@ host), or the SQLAlchemy URL in ``tune.storage`` (PostgreSQL: workers on other h
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -75,8 +76,11 @@ def pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
     )
 
 
+@functools.lru_cache(maxsize=8)
 def storage(url: str) -> optuna.storages.RDBStorage:
-    """The RDB storage at ``url`` (SQLite connections wait up to :data:`SQLITE_TIMEOUT_S` for a lock)."""
+    """The RDB storage at ``url``, one per process and URL: a long-lived Dask worker reuses its connection pool
+    across trials instead of opening a new one each time. SQLite connections wait up to :data:`SQLITE_TIMEOUT_S`
+    for another process's lock."""
     sqlite = make_url(url).get_backend_name() == "sqlite"
     engine = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if sqlite else {"pool_pre_ping": True}
     return optuna.storages.RDBStorage(url, engine_kwargs=engine)
