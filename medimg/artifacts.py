@@ -106,6 +106,9 @@ META_PARAMS_HASH = "medimg.params_hash"
 #: The registered model name (``registry.model_name``) the model was exported for; segmentation models name it in
 #: the DICOM Segmentation objects they write when predicted from a file rather than from the registry.
 META_MODEL_NAME = "medimg.model_name"
+#: An ensemble / test-time augmentation graph (:mod:`medimg.tuning.ensemble`): JSON naming the members
+#: (index, seed, MLflow run), the flips and how they are combined; absent for a plain model.
+META_ENSEMBLE = "medimg.ensemble"
 
 
 def folder(artifact: str) -> str:

@@ -918,6 +918,84 @@ def users_list(params: ParamsOption = Path("params.yaml")) -> None:
     Console().print(table)
 
 
+# --------------------------------------------------------------------------- tune
+
+
+@app.command()
+def tune(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="trials this call (default tune.trials)")
+    ] = None,
+    dask: Annotated[
+        str | None,
+        typer.Option("--dask", help="a Dask scheduler's ADDRESS (tcp://host:8786); default: a local cluster"),
+    ] = None,
+    retrain_best: Annotated[
+        bool, typer.Option("--retrain/--no-retrain", help="run the best trial's params through the retrain flow")
+    ] = True,
+) -> None:
+    """Run an Optuna study (tune section of params) on a Dask cluster, then the best trial through the normal flow.
+
+    Each trial is a Prefect task on a Dask worker and an MLflow child run of the study's parent run; trials are
+    pruned on the per-epoch validation metric. The best trial becomes a params file (base: the given one) that
+    the retrain flow trains, gates and registers like any candidate. Exit codes: 0 done (promoted or not), 1 no
+    trial completed, bad data or a failed run, 2 bad params, 3 another run holds the workspace.
+    """
+    extra = {"tune": {"trials": trials}} if trials else {}
+    with _exit_on(ConfigError, "configuration error", code=2):
+        overrides = deep_merge(parse_overrides(set_), extra)
+        loaded = load_params(params, overrides)
+    ws = _activate(loaded)
+    from flows.tune import dask_runner  # here: after activate (MLflow, Prefect read settings on import)
+    from flows.tune import tune as tune_flow
+
+    quiet_third_party_loggers()
+    for name in ("distributed", "optuna"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    runner = dask_runner(dask, loaded.tune.workers)
+    with _exit_on((ConfigError, RuntimeError, *_run_errors()), "tune failed"):
+        state = tune_flow.with_options(task_runner=runner)(
+            params_path=str(params.resolve()), overrides=overrides, retrain_best=retrain_best, return_state=True
+        )
+        if state.is_failed():
+            state.result()
+    if state.is_cancelled():
+        console.print(f"[yellow]refused[/] {state.message}")
+        raise typer.Exit(3)
+    summary = state.result()
+    from medimg.tuning.results import TuneSummary  # here: with the command, as its flow
+
+    assert isinstance(summary, TuneSummary)  # a completed tune's state carries its summary
+    table = Table(title=f"tune: study {summary.study_name}", show_header=False)
+    table.add_row("storage", summary.storage)
+    table.add_row("data version", summary.data_version)
+    states = [t.state for t in summary.trials]
+    table.add_row(
+        "trials this call",
+        f"{len(states)} on {summary.workers} Dask worker(s) in {summary.trials_seconds:.0f} s: "
+        + ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned", "failed")),
+    )
+    table.add_row("best trial", f"{summary.best_number}: {loaded.tune.metric} {summary.best_value:.4f}")
+    table.add_row(
+        "best values", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.best_values)
+    )
+    table.add_row("best params file", str(summary.best_params_file))
+    table.add_row("MLflow parent run", summary.parent_run_id)
+    if summary.retrain_state:
+        model = (
+            f"v{summary.model_version} {'promoted' if summary.promoted else 'not promoted'}"
+            if summary.model_version
+            else ""
+        )
+        table.add_row("retrain", f"{summary.retrain_state} {model}".strip())
+    table.add_row("workspace", str(ws.root))
+    Console().print(table)
+    if summary.retrain_message and summary.retrain_state != "Completed":
+        console.print(f"[yellow]{summary.retrain_message}[/]")
+
+
 def main() -> None:
     """The ``medimg`` console script: run the CLI; Ctrl-C exits with status 130."""
     try:

@@ -13,10 +13,18 @@ import os
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from medimg.reference import benchmarks
 
@@ -543,6 +551,41 @@ class PreprocessConfig(_Strict):
         return self
 
 
+# --------------------------------------------------------------------------- ensembles
+
+#: Test-time flips of ``model.ensemble.tta_flips``: the input axis each one reverses (images ``[N, C, H, W]``,
+#: volumes ``[N, C, D, H, W]``).
+FLIP_AXES = {"horizontal": -1, "vertical": -2, "depth": -3}
+
+
+class EnsembleConfig(_Strict):
+    """An ensemble and test-time augmentation exported as one ONNX graph (``model.ensemble``,
+    :mod:`medimg.tuning.ensemble`).
+
+    ``members`` networks of ``model`` are trained with seeds ``train.seed``, ``train.seed + 1``, ...; the graph
+    averages their softmax probabilities over the identity view and one view per flip in ``tta_flips``, and gives
+    ``log(mean probability)`` as its logits, so ``softmax`` of the output is the mean probability. One member and
+    no flips (the default) is a plain model. ``ValueError`` for a flip named twice.
+    """
+
+    members: int = Field(default=1, ge=1, le=32, description="networks trained with seeds train.seed + 0, 1, ...")
+    tta_flips: tuple[Literal["horizontal", "vertical", "depth"], ...] = Field(
+        default=(),
+        description="test-time views besides the image itself: horizontal (last axis), vertical, depth (volumes)",
+    )
+
+    @model_validator(mode="after")
+    def _distinct(self) -> EnsembleConfig:
+        if len(set(self.tta_flips)) != len(self.tta_flips):
+            raise ValueError(f"model.ensemble.tta_flips names a flip twice: {list(self.tta_flips)}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """True when the exported graph is more than one network on one view."""
+        return self.members > 1 or bool(self.tta_flips)
+
+
 class ModelConfig(_Strict):
     """Network architecture, width, dropout and fine-tuning mode (``model``)."""
 
@@ -558,6 +601,9 @@ class ModelConfig(_Strict):
         default="full", description="train everything, only the new head, or the head first then everything"
     )
     staged_head_epochs: int = Field(default=1, ge=0, description="epochs of head-only training when staged")
+    ensemble: EnsembleConfig = Field(
+        default=EnsembleConfig(), description="members and test-time flips exported as one graph"
+    )
 
 
 class AugmentConfig(_Strict):
@@ -791,6 +837,180 @@ class MonitorConfig(_Strict):
         return self
 
 
+# --------------------------------------------------------------------------- tune
+
+#: The params sections a study may tune: the data version (and so the contract) is fixed for a study.
+TUNABLE_SECTIONS = ("model", "train")
+
+
+class SearchDimension(_Strict):
+    """One entry of a search space (``tune.space.<task kind>``): a dotted params key and how Optuna suggests it.
+
+    ``float`` and ``int``: ``low`` and ``high`` (inclusive), ``log`` for a log-uniform draw (``low > 0``),
+    ``step`` for a grid; ``categorical``: ``choices``. ``ValueError`` for a kind given the other kind's fields,
+    ``low > high``, a log range not above 0, or an ``int`` bound that is not a whole number.
+    """
+
+    key: str = Field(pattern=r"^[a-z_]+(\.[a-z0-9_]+)+$", description="dotted params key, e.g. train.lr")
+    kind: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(default=None, gt=0, description="float/int: suggest multiples of it from low")
+    choices: tuple[bool | int | float | str, ...] | None = Field(default=None, description="categorical: the values")
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> SearchDimension:
+        where = f"tune.space entry {self.key}"
+        if self.kind == "categorical":
+            if not self.choices or len(self.choices) < 2:
+                raise ValueError(f"{where}: categorical needs at least two choices")
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError(f"{where}: categorical takes choices, not low/high/log/step")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"{where}: {self.kind} takes low and high, not choices")
+        if self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"{where}: {self.kind} needs low <= high, got low {self.low} high {self.high}")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError(f"{where}: log needs low > 0 and no step")
+        if self.kind == "int" and any(v is not None and float(v) != int(v) for v in (self.low, self.high, self.step)):
+            raise ValueError(f"{where}: int needs whole-number low, high and step")
+        return self
+
+    def values_to_check(self) -> tuple[bool | int | float | str, ...]:
+        """The values the params key must accept: the bounds, or every choice."""
+        if self.kind == "categorical":
+            return tuple(self.choices or ())
+        cast = int if self.kind == "int" else float
+        return tuple(cast(v) for v in (self.low, self.high) if v is not None)
+
+
+_CLASSIFIER_SPACE = (
+    SearchDimension(key="train.lr", kind="float", low=3e-4, high=1e-2, log=True),
+    SearchDimension(key="train.weight_decay", kind="float", low=1e-6, high=1e-2, log=True),
+    SearchDimension(key="model.dropout", kind="float", low=0.0, high=0.5),
+)
+_SEGMENTATION_SPACE = (
+    SearchDimension(key="train.lr", kind="float", low=3e-4, high=1e-2, log=True),
+    SearchDimension(key="train.weight_decay", kind="float", low=1e-6, high=1e-2, log=True),
+)
+
+
+class SearchSpaceConfig(_Strict):
+    """The search space of each task kind (``tune.space``); a study uses the one of ``task.kind``."""
+
+    binary: tuple[SearchDimension, ...] = _CLASSIFIER_SPACE
+    multiclass: tuple[SearchDimension, ...] = _CLASSIFIER_SPACE
+    segmentation: tuple[SearchDimension, ...] = _SEGMENTATION_SPACE
+
+    def for_task(self, kind: str) -> tuple[SearchDimension, ...]:
+        """The entries for ``task.kind`` ``kind``."""
+        return tuple(getattr(self, kind))
+
+
+class PrunerConfig(_Strict):
+    """Stopping unpromising trials early on the per-epoch validation metric (``tune.pruner``)."""
+
+    kind: Literal["median", "none"] = Field(
+        default="median", description="median: stop a trial whose metric is worse than the median of earlier ones"
+    )
+    startup_trials: int = Field(default=3, ge=0, description="trials that finish before any is pruned")
+    warmup_epochs: int = Field(default=2, ge=0, description="epochs of each trial before it may be pruned")
+
+
+class TuneConfig(_Strict):
+    """``medimg tune``: an Optuna study over ``space`` (:mod:`medimg.tuning`, :mod:`flows.tune`) (``tune``).
+
+    ``metric``: ``val_auc`` is the task's validation metric that picks the best epoch (binary ROC AUC,
+    multiclass macro ROC AUC, segmentation mean Dice); ``val_loss`` the validation log-loss. A trial's value is the
+    metric at its best epoch. ``direction`` null follows the metric; one that contradicts it is refused.
+    """
+
+    trials: int = Field(default=20, ge=1, description="trials per `medimg tune` (a study continues across calls)")
+    metric: Literal["val_auc", "val_loss"] = Field(
+        default="val_auc", description="val_auc: AUC / macro AUC / mean Dice by task; val_loss: log-loss"
+    )
+    direction: Literal["maximize", "minimize"] | None = Field(
+        default=None, description="null: maximize val_auc, minimize val_loss"
+    )
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = Field(default=42, description="the sampler's seed")
+    pruner: PrunerConfig = PrunerConfig()
+    storage: str | None = Field(
+        default=None, description="null: sqlite <workspace>/tuning/optuna.db; or an SQLAlchemy URL (postgresql://...)"
+    )
+    study_name: str | None = Field(
+        default=None, description="null: from the experiment, data version, params and space (continued when equal)"
+    )
+    workers: int | None = Field(
+        default=2, ge=1, description="without --dask: processes of the local Dask cluster; null: one per CPU"
+    )
+    parallel: int | None = Field(default=None, ge=1, description="trials at once; null: the cluster's worker threads")
+    space: SearchSpaceConfig = SearchSpaceConfig()
+
+    @model_validator(mode="after")
+    def _direction_fits_metric(self) -> TuneConfig:
+        if self.direction is not None and self.direction != self.objective_direction:
+            raise ValueError(
+                f"tune.direction {self.direction} contradicts tune.metric {self.metric} "
+                f"(which is to {self.objective_direction}): set it to null"
+            )
+        return self
+
+    @property
+    def objective_direction(self) -> Literal["maximize", "minimize"]:
+        """maximize for ``val_auc``, minimize for ``val_loss``."""
+        return "maximize" if self.metric == "val_auc" else "minimize"
+
+
+def _params_field(key: str):
+    """The pydantic field of a dotted ``Params`` key (``train.lr``); ``ValueError`` naming the key when a part is
+    unknown, the key names a section, or the section cannot be tuned (:data:`TUNABLE_SECTIONS`)."""
+    parts = key.split(".")
+    if parts[0] not in TUNABLE_SECTIONS:
+        raise ValueError(f"{key}: only keys of {', '.join(TUNABLE_SECTIONS)} can be tuned (the data is fixed)")
+    model: type[BaseModel] = Params
+    field = None
+    for depth, part in enumerate(parts):
+        if field is not None:
+            inner = field.annotation
+            if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+                raise ValueError(f"{key}: unknown key ({'.'.join(parts[:depth])} is not a section)")
+            model = inner
+        field = model.model_fields.get(part)
+        if field is None:
+            raise ValueError(f"{key}: unknown key (no {part!r} in {'.'.join(parts[:depth]) or 'params'})")
+    assert field is not None
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+        raise ValueError(f"{key}: a section, not a value")
+    return field
+
+
+def _tune_space_agrees(tune: TuneConfig) -> None:
+    """``ValueError`` naming the entry when a search-space key is unknown, not tunable, named twice, or refuses a
+    bound or choice (checked against the key's own type and limits)."""
+    for kind in ("binary", "multiclass", "segmentation"):
+        seen: set[str] = set()
+        for index, entry in enumerate(tune.space.for_task(kind)):
+            where = f"tune.space.{kind}[{index}].key"
+            if entry.key in seen:
+                raise ValueError(f"{where}: {entry.key} is named twice")
+            seen.add(entry.key)
+            try:
+                field = _params_field(entry.key)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+            annotation: Any = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            adapter: TypeAdapter = TypeAdapter(annotation)
+            for value in entry.values_to_check():
+                try:
+                    adapter.validate_python(value)
+                except ValidationError as err:
+                    reason = err.errors()[0]["msg"]
+                    raise ValueError(f"{where}: {entry.key} does not accept {value!r} ({reason})") from None
+
+
 class Params(_Strict):
     """Every setting of a run (``params.yaml``), validated and frozen; :meth:`fingerprint` keys runs on it."""
 
@@ -810,6 +1030,7 @@ class Params(_Strict):
     serve: ServeConfig = ServeConfig()
     review: ReviewConfig = ReviewConfig()
     monitor: MonitorConfig = MonitorConfig()
+    tune: TuneConfig = TuneConfig()  # outside the run fingerprint
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Params:
@@ -833,6 +1054,8 @@ class Params(_Strict):
         _image_folder_labels_agree(self.data, self.task)
         _dimensions_agree(self.data, self.preprocess, self.model)
         _segmentation_agrees(self.task, self.data, self.preprocess, self.model)
+        _tune_space_agrees(self.tune)
+        _ensemble_agrees(self.task, self.preprocess, self.model, self.train)
         modalities = self.task.modalities
         if modalities is not None and self.data.modality not in modalities:
             raise ValueError(
@@ -848,13 +1071,19 @@ class Params(_Strict):
         verdict and its registration, and leaves out the sections that only say where, when and
         whether to run: ``workspace`` (a moved or cloned workspace keeps its run keys),
         ``schedule`` and ``orchestration`` (cron, retries, timeouts, notifications), ``serve``, ``review``
-        and ``monitor`` (how the registered model is served, reviewed and watched), and ``drift``.
+        and ``monitor`` (how the registered model is served, reviewed and watched), ``tune`` (how a study
+        searches; its best trial's values reach the fingerprint as ``model``/``train`` values), and ``drift``.
+        ``model.ensemble`` is left out while it is the default (one network, no flips), so a plain model keeps
+        the hash it had before ensembles existed.
         Drift settings decide whether a new data version is trained at all, never what a training
         makes of it; and a run that trained nothing (no drift) is never taken as up to date, so
         changing them still lets the next run train.
         """
-        left_out = {"workspace", "schedule", "orchestration", "drift", "serve", "review", "monitor"}
-        blob = json.dumps(self.model_dump(mode="json", exclude=left_out), sort_keys=True).encode()
+        left_out = {"workspace", "schedule", "orchestration", "drift", "serve", "review", "monitor", "tune"}
+        shaping = self.model_dump(mode="json", exclude=left_out)
+        if not self.model.ensemble.enabled:  # a plain model's hash is unchanged
+            del shaping["model"]["ensemble"]
+        blob = json.dumps(shaping, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def flat(self) -> dict[str, str]:
@@ -901,6 +1130,20 @@ def _segmentation_agrees(task: TaskConfig, data: DataConfig, contract: Preproces
             raise ValueError(
                 "preprocess.volume.spacing must be null for segmentation: masks stay on the source voxel grid"
             )
+
+
+def _ensemble_agrees(task: TaskConfig, contract: PreprocessConfig, model: ModelConfig, train: TrainConfig) -> None:
+    """``ValueError`` naming the keys when ``model.ensemble`` cannot be built: it is for classifiers
+    trained in one process, and a ``depth`` flip needs volumes."""
+    ensemble = model.ensemble
+    if not ensemble.enabled:
+        return
+    if task.kind == "segmentation":
+        raise ValueError("model.ensemble is for classification (task.kind binary or multiclass), not segmentation")
+    if train.distributed.enabled and ensemble.members > 1:
+        raise ValueError("model.ensemble.members > 1 trains the members one after another: set train.distributed off")
+    if "depth" in ensemble.tta_flips and contract.dims != 3:
+        raise ValueError("model.ensemble.tta_flips: depth is for volumes (preprocess.dims 3)")
 
 
 def _segmentation_gates_agree(task: TaskConfig, gates: GateConfig, bench: dict) -> None:

@@ -133,8 +133,24 @@ class ValidationSummary(Contract):
 # --------------------------------------------------------------------------- train
 
 
+class MemberSummary(Contract):
+    """One member of an ensemble (``model.ensemble.members`` > 1), trained with its own seed."""
+
+    index: int = Field(description="0-based member index")
+    seed: int = Field(description="its train.seed: train.seed + index")
+    checkpoint: Path = Field(description="runs/<MLflow run id>/members/<index>/best.pt")
+    checkpoint_sha256: str = Field(description="sha256 of that file")
+    best_epoch: int = Field(description="1-based epoch with its best validation AUC")
+    best_val_auc: float = Field(description="its validation AUC at that epoch")
+
+
 class TrainSummary(Contract):
-    """The train step's outcome (:mod:`medimg.steps.train`)."""
+    """The train step's outcome (:mod:`medimg.steps.train`).
+
+    An ensemble (``model.ensemble.members`` > 1) lists its ``members``; then ``checkpoint``, ``best_epoch`` and
+    ``history`` are the first member's, and ``best_val_auc`` is the ensemble's (mean probabilities, with the
+    test-time flips).
+    """
 
     checkpoint: Path = Field(description="runs/<MLflow run id>/best.pt: the best epoch's state_dict (torch.save)")
     best_epoch: int = Field(description="1-based epoch with the best validation AUC")
@@ -150,6 +166,7 @@ class TrainSummary(Contract):
     n_val: int = Field(description="validation images")
     device: str = Field(description="torch device trained on (cpu, cuda, cuda:0, ...)")
     world_size: int = Field(description="training processes (1 unless DDP)")
+    members: tuple[MemberSummary, ...] = Field(default=(), description="ensemble members; () otherwise")
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -36,7 +36,7 @@ HOST=127.0.0.1
 DB_USER=medimg
 ORTHANC_USER=medimg
 ORTHANC_AET=ORTHANC
-ALL_SERVICES=(postgres mlflow prefect orthanc)
+ALL_SERVICES=(postgres mlflow prefect orthanc dask)
 # Variables of config.env, in the order they are written.
 CONFIG_VARS=(PG_PORT MLFLOW_PORT PREFECT_PORT DB_PASSWORD ORTHANC_HTTP_PORT ORTHANC_DICOM_PORT ORTHANC_PASSWORD)
 START_TIMEOUT="${MEDIMG_SERVICES_TIMEOUT:-180}"
@@ -269,19 +269,20 @@ start_orthanc() {
     AUTH_PASSWORD="$ORTHANC_PASSWORD" wait_healthy orthanc "http://$HOST:$ORTHANC_HTTP_PORT/system" "$ORTHANC_USER"
 }
 
-# The services named (all when none), with what they need: mlflow and prefect run on postgres.
+# The services named (all when none), with what they need: mlflow, prefect and dask (its optuna database) run on postgres.
 selected() {
     local wanted=("$@") name
     ((${#wanted[@]})) || wanted=("${ALL_SERVICES[@]}")
     for name in "${wanted[@]}"; do
         case "$name" in
-            postgres | mlflow | prefect | orthanc) ;;
+            postgres | mlflow | prefect | orthanc | dask) ;;
             *) die "unknown service $name (expected: ${ALL_SERVICES[*]})" ;;
         esac
     done
     for name in "${ALL_SERVICES[@]}"; do
         if [[ " ${wanted[*]} " == *" $name "* ]] \
-            || { [[ "$name" == postgres ]] && [[ " ${wanted[*]} " == *" mlflow "* || " ${wanted[*]} " == *" prefect "* ]]; }; then
+            || { [[ "$name" == postgres ]] && [[ " ${wanted[*]} " == *" mlflow "* || " ${wanted[*]} " == *" prefect "* \
+                || " ${wanted[*]} " == *" dask "* ]]; }; then
             echo "$name"
         fi
     done
@@ -317,6 +318,7 @@ start() {
     fi
     [[ "$services" == *" mlflow "* ]] && wait_healthy mlflow "http://$HOST:$MLFLOW_PORT/health"
     [[ "$services" == *" prefect "* ]] && wait_healthy prefect "http://$HOST:$PREFECT_PORT/api/health"
+    [[ "$services" == *" dask "* ]] && start_dask
     return 0
 }
 
@@ -340,6 +342,7 @@ stop() {
     [[ -d "$STATE" ]] || return 0
     local services
     services=" $(selected "$@" | tr '\n' ' ')"
+    [[ "$services" == *" dask "* ]] && stop_dask
     [[ "$services" == *" orthanc "* ]] && stop_one orthanc
     [[ "$services" == *" prefect "* || "$services" == *" postgres "* ]] && stop_one prefect
     [[ "$services" == *" mlflow "* || "$services" == *" postgres "* ]] && stop_one mlflow
@@ -365,6 +368,7 @@ print_env() {
     echo "export MEDIMG_ORTHANC_DICOM=$ORTHANC_AET@$HOST:$ORTHANC_DICOM_PORT"
     echo "export MEDIMG_ORTHANC_USERNAME=$ORTHANC_USER"
     echo "export MEDIMG_ORTHANC_PASSWORD=$ORTHANC_PASSWORD"
+    dask_env
 }
 
 status() {
@@ -386,7 +390,86 @@ status() {
     else
         echo "postgresql: stopped"
     fi
+    dask_status
 }
+
+# --------------------------------------------------------------------------- Dask
+# A Dask scheduler and $MEDIMG_DASK_WORKERS (2) workers on 127.0.0.1 for `medimg tune --dask` in the integration
+# tests: separate processes (`dask scheduler`, one `dask worker --nworkers 1 --nthreads 1` each), the checkout on
+# their PYTHONPATH (the scheduler and the workers unpickle the trials' Prefect tasks from tasks/ and medimg/), torch
+# at one thread each. The scheduler's
+# port is DASK_PORT in config.env (added on the first start after an upgrade); the `optuna` database of the
+# PostgreSQL server holds the tests' studies.
+DASK_WORKERS="${MEDIMG_DASK_WORKERS:-2}"
+
+dask_config() {
+    if [[ -z "${DASK_PORT:-}" ]]; then
+        DASK_PORT="$(free_port)"
+        echo "DASK_PORT=$DASK_PORT" >>"$STATE/config.env"
+    elif ! alive "$STATE/dask-scheduler.pid" && port_busy "$DASK_PORT"; then
+        log "port $DASK_PORT (DASK_PORT) is taken by another program: choosing a new one"
+        DASK_PORT="$(free_port)"
+        sed -i "s/^DASK_PORT=.*/DASK_PORT=$DASK_PORT/" "$STATE/config.env"
+    fi
+    DASK_ADDRESS="tcp://$HOST:$DASK_PORT"
+}
+
+dask_workers_ready() {
+    "$VENV/bin/python" - "$DASK_ADDRESS" "$DASK_WORKERS" <<'EOF'
+import sys
+from distributed import Client
+with Client(sys.argv[1], timeout=5) as client:
+    sys.exit(0 if len(client.scheduler_info(n_workers=-1)["workers"]) >= int(sys.argv[2]) else 1)
+EOF
+}
+
+start_dask() {
+    dask_config
+    local bin i name deadline=$((SECONDS + START_TIMEOUT))
+    bin="$(pg_bin)"
+    if ! PGPASSWORD="$DB_PASSWORD" "$bin/psql" -h "$HOST" -p "$PG_PORT" -U "$DB_USER" -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = 'optuna'" | grep -q 1; then
+        PGPASSWORD="$DB_PASSWORD" "$bin/createdb" -h "$HOST" -p "$PG_PORT" -U "$DB_USER" optuna
+        log "created database optuna"
+    fi
+    # the scheduler unpickles the task graph too: it needs the same code as the client and the workers
+    launch dask-scheduler env PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+        "$VENV/bin/dask" scheduler --host "$HOST" --port "$DASK_PORT" --no-dashboard
+    for i in $(seq 1 "$DASK_WORKERS"); do
+        mkdir -p "$STATE/dask-worker-$i"
+        launch "dask-worker-$i" env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+            "$VENV/bin/dask" worker "$DASK_ADDRESS" --nworkers 1 --nthreads 1 --host "$HOST" --no-dashboard \
+            --name "medimg-$i" --local-directory "$STATE/dask-worker-$i"
+    done
+    until dask_workers_ready 2>/dev/null; do
+        for name in dask-scheduler $(seq -f "dask-worker-%g" 1 "$DASK_WORKERS"); do
+            alive "$STATE/$name.pid" || { tail -n 40 "$STATE/$name.log" >&2 || true; die "$name exited"; }
+        done
+        ((SECONDS < deadline)) || die "Dask: $DASK_WORKERS worker(s) not connected to $DASK_ADDRESS after ${START_TIMEOUT}s"
+        sleep 1
+    done
+    log "Dask scheduler $DASK_ADDRESS with $DASK_WORKERS worker(s)"
+}
+
+stop_dask() {
+    local i
+    for i in $(seq 1 "$DASK_WORKERS"); do stop_one "dask-worker-$i"; done
+    stop_one dask-scheduler
+}
+
+dask_env() {
+    dask_config
+    echo "export MEDIMG_TEST_DASK_ADDRESS=$DASK_ADDRESS"
+    echo "export MEDIMG_TEST_OPTUNA_DB_URI=$PG_URI/optuna"
+}
+
+dask_status() {
+    local name
+    for name in dask-scheduler $(seq -f "dask-worker-%g" 1 "$DASK_WORKERS"); do
+        if alive "$STATE/$name.pid"; then echo "$name: running (pid $(cat "$STATE/$name.pid"))"; else echo "$name: stopped"; fi
+    done
+}
+
 
 command="${1:-}"
 shift || true
@@ -395,5 +478,5 @@ case "$command" in
     stop) stop "$@" ;;
     env) print_env ;;
     status) status ;;
-    *) echo "usage: $0 start|stop [postgres|mlflow|prefect|orthanc ...] | env | status" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop [postgres|mlflow|prefect|orthanc|dask ...] | env | status" >&2; exit 2 ;;
 esac

@@ -31,6 +31,7 @@ from medimg.segmentation.metrics import case_table, voxel_confusion
 from medimg.training.data import load_split
 from medimg.training.loop import predict_proba
 from medimg.training.models import load_model
+from medimg.tuning.ensemble import explained, load_trained
 from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def run(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained:
     exclude = set(data.dropped_ids)
     val_split = load_split(ws.data, frame, "val", exclude)
     test_split = load_split(ws.data, frame, "test", exclude)
-    model = load_model(params.model, params.preprocess.channels, len(task.class_names), trained.checkpoint)
+    model = load_trained(params, trained)  # a plain model, or the ensemble of model.ensemble
     p_val = predict_proba(model, preprocess.apply(val_split.images, params.preprocess))
     p_test = predict_proba(model, preprocess.apply(test_split.images, params.preprocess))
     threshold = choose_threshold(
@@ -207,7 +208,7 @@ def run(params: Params, ws: Workspace, run_id: str, data: TrainingData, trained:
     pngs = figures(params, test_split.labels, p_test, threshold, confusion, folder)
     if trained.history:
         pngs.append(plots.training_curves_png(trained.history, folder / "training_curves.png"))
-    pngs.append(gradcam_review(model, test_split, p_test, threshold, params, folder / "gradcam_grid.png"))
+    pngs.append(gradcam_review(explained(model), test_split, p_test, threshold, params, folder / "gradcam_grid.png"))
 
     report = to_jsonable(
         {

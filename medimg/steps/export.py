@@ -22,6 +22,7 @@ from medimg.artifacts import (
     META_CLASS_NAMES,
     META_CODE_HASH,
     META_DATA_VERSION,
+    META_ENSEMBLE,
     META_GIT_COMMIT,
     META_INPUT_CHECKS,
     META_INPUT_LAYOUT,
@@ -49,6 +50,8 @@ from medimg.segmentation.contract import network_input
 from medimg.segmentation.geometry import fit
 from medimg.training.data import load_split, split_rows
 from medimg.training.models import load_model
+from medimg.tuning import ensemble
+from medimg.tuning.ensemble import load_trained
 from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -224,13 +227,16 @@ def run(
     """
     if params.task.kind == "segmentation":
         return run_segmentation(params, ws, run_id, data, trained)
-    model = load_model(params.model, params.preprocess.channels, len(params.task.class_names), trained.checkpoint)
+    model = load_trained(params, trained)  # a plain model, or the ensemble of model.ensemble
     frame = manifest.read(ws.data)
     rows = split_rows(frame, "test", set(data.dropped_ids))
     test = load_split(ws.data, rows.head(params.export.parity_images), "test")
     x = preprocess.apply(test.images, params.preprocess)
     path = ws.run_dir(run_id) / artifacts.ONNX_FILE
     meta = metadata(params, run_id, data.data_version, evaluated.threshold, frame["modality"].tolist())
+    if params.model.ensemble.enabled:  # the members and views, and what the output is
+        meta[META_ENSEMBLE] = ensemble.description(params, trained, run_id)
+        meta[META_OUTPUT] = f"{meta[META_OUTPUT]}{ensemble.OUTPUT_NOTE}"
     export(model, x, path, params.export.opset, meta)
     parity = check_parity(model, path, x, params.export.parity_atol)
     sha256 = file_sha256(path)
