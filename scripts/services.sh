@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The real servers of the integration tests, on 127.0.0.1: PostgreSQL (Debian's package), an
 # MLflow tracking server whose backend store is that PostgreSQL, a Prefect server (whose
-# own database is PostgreSQL too) and Orthanc (Debian's package, the PACS of `medimg serve`,
-# with its DICOMweb plugin).
+# own database is PostgreSQL too), Orthanc (Debian's package, the PACS of `medimg serve`,
+# with its DICOMweb plugin) and a Dask scheduler with two workers (`medimg tune --dask`; its
+# Optuna studies in PostgreSQL's `optuna` database).
 #
 #   scripts/services.sh start [SERVICE...]   install missing Debian packages (scripts/system_packages.sh:
 #                                            PostgreSQL and Orthanc among them), start the services (all
@@ -11,7 +12,7 @@
 #   scripts/services.sh env                  print `export MEDIMG_...` lines for the tests (eval them)
 #   scripts/services.sh status               say what is running
 #
-# SERVICE is postgres, mlflow, prefect or orthanc (mlflow and prefect start postgres too), e.g.
+# SERVICE is postgres, mlflow, prefect, orthanc or dask (mlflow, prefect and dask start postgres too), e.g.
 # `scripts/services.sh start orthanc` starts Orthanc alone.
 #
 # Idempotent: `start` twice leaves the running servers alone, `stop` twice is harmless.
