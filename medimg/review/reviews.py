@@ -15,13 +15,14 @@ it stays in this workspace file and never reaches the inbox, the training data o
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+
+from medimg.file_lock import locked
 
 #: Longest comment kept (characters); a longer one is refused (HTTP 422).
 MAX_COMMENT_CHARS = 2000
@@ -87,15 +88,8 @@ class ReviewLog:
         """The reviews of one case, oldest first."""
         return [r for r in self.read() if r.case_id == case_id]
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked(self.path)
 
     def add(self, review: Review, feed: Callable[[Review], tuple[str, str] | str] | None = None) -> Review:
         """Append ``review``; the stored review is returned.
