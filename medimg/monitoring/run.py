@@ -1,7 +1,7 @@
 """One monitoring run: the workspace's prediction log and reviews, judged and written with their plots.
 
 Reads ``<workspace>/serve/predictions.jsonl`` (:mod:`medimg.serving.prediction_log`; the entries of
-``registry.model_name``), the reviews (``serve/reviews.jsonl``, each case's first review, joined with its
+``registry.model_name``, without the node's own results coming back, ``own_result``), the reviews (``serve/reviews.jsonl``, each case's first review, joined with its
 case for the time of its prediction) and each model version's references (:mod:`medimg.monitoring.reference`);
 judges the windows (:mod:`medimg.monitoring.windows`, settings ``monitor.*``); writes
 ``<workspace>/serve/monitoring/report.json`` and ``plots/`` (one PNG per window, ``overview.png``), replacing
@@ -21,6 +21,7 @@ from medimg.monitoring import plots
 from medimg.monitoring.reference import reference
 from medimg.monitoring.report import PLOTS_DIR, MonitorReport, Window, write_report
 from medimg.monitoring.windows import Reference, ReviewedCase, judge_window, latest_events, rates, split_windows
+from medimg.pacs.selection import OWN_RESULT
 from medimg.review.cases import CaseStore
 from medimg.review.reviews import ReviewLog, now_iso
 from medimg.serving.prediction_log import LoggedPrediction, PredictionLog
@@ -52,7 +53,12 @@ def monitor(params: Params, ws: Workspace) -> MonitorReport:
     """Judge the prediction log of ``ws`` (module docstring) and write the report; the report."""
     cfg = params.monitor
     name = params.registry.model_name
-    entries = [e for e in PredictionLog(ws.prediction_log).read() if e.model_name in (name, None)]
+    # the node's own results coming back through the feed (own_result) are not inputs: left out of every rate
+    entries = [
+        e
+        for e in PredictionLog(ws.prediction_log).read()
+        if e.model_name in (name, None) and e.refusal_reason != OWN_RESULT
+    ]
     chunks = split_windows(entries, cfg.window_size, cfg.max_windows)
     versions = sorted({e.model_version for chunk in chunks for e in chunk if e.model_version is not None})
     scratch = ws.monitoring / "references"

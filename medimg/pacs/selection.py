@@ -32,6 +32,8 @@ from medimg.input_checks import InputRules
 
 #: The Manufacturer (0008,0070) of every object medimg creates (SR, SEG).
 MANUFACTURER = "medimg"
+#: The refusal reason of medimg's own results (an SR or SEG coming back through the PACS): never an input.
+OWN_RESULT = "own_result"
 #: What the Series Description of every object medimg creates starts with.
 SERIES_DESCRIPTION_PREFIX = "medimg AI result"
 
@@ -62,7 +64,7 @@ def refusal(header: Dataset, rules: InputRules, body_part: str | None) -> Refusa
     Examined code (``CHEST``), None when the model records none.
     """
     if str(header.get("Manufacturer", "") or "").strip().lower() == MANUFACTURER:
-        return Refusal("own_result", "Manufacturer medimg")
+        return Refusal(OWN_RESULT, "Manufacturer medimg")
     sop_class = _sop_class(header)
     if not sop_class:
         return Refusal("non_image_object", "no SOP Class UID")
