@@ -1,8 +1,9 @@
 """One monitoring run: the workspace's prediction log and reviews, judged and written with their plots.
 
 Reads ``<workspace>/serve/predictions.jsonl`` (:mod:`medimg.serving.prediction_log`; the entries of
-``registry.model_name``, without the node's own results coming back, ``own_result``), the reviews (``serve/reviews.jsonl``, each case's first review, joined with its
-case for the time of its prediction) and each model version's references (:mod:`medimg.monitoring.reference`);
+``registry.model_name``, without the node's own results coming back, ``own_result``), the reviews
+(``serve/reviews.jsonl``, each case's first review, joined with its case for the time of its prediction)
+and each model version's references (:mod:`medimg.monitoring.reference`);
 judges the windows (:mod:`medimg.monitoring.windows`, settings ``monitor.*``); writes
 ``<workspace>/serve/monitoring/report.json`` and ``plots/`` (one PNG per window, ``overview.png``), replacing
 the previous run's. The events of the newest judged window are the run's (:attr:`MonitorReport.events`): the
