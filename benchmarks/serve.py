@@ -213,10 +213,10 @@ def latency(orthanc: dict[str, str], images: int) -> dict:
 
 def test_batches(model: OnnxModel, batch: int, count: int) -> list[np.ndarray]:
     """``count`` batches of real PneumoniaMNIST test images through the model's own contract."""
-    with np.load(locate(data_dir(), "pneumoniamnist")) as npz:
-        images = npz["test_images"]
-    tensors = [preprocess.apply(img, model.config).numpy() for img in images[: batch * min(count, 4)]]
-    x = np.concatenate(tensors).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = locate("pneumoniamnist", data_dir(), Path(tmp), download=False)
+        images = archive.load()["test"][0]
+    x = preprocess.apply(images[: batch * min(count, 4)], model.config).numpy().astype(np.float32)
     groups = [x[i : i + batch] for i in range(0, len(x) - batch + 1, batch)]
     return [groups[i % len(groups)] for i in range(count)]
 
@@ -293,11 +293,13 @@ def main() -> None:
                 status = requests.get(f"{base}/medimg/v1/status", auth=(USER, PASSWORD), timeout=10).json()
                 say(f"{size} px: serving v{status.get('model_version')}; latency over {args.images} images")
                 entry: dict = {"model_version": status.get("model_version"), "latency": latency(orthanc, args.images)}
+                say(f"{size} px latency: {json.dumps(entry['latency'])}")
                 model_dir = root / "ws" / "serve" / "models" / str(status.get("model_version"))
                 onnx_path = next(model_dir.rglob("model.onnx"))
                 say(f"{size} px: throughput, {args.seconds:.0f} s per engine and batch size")
                 name = yaml.safe_load(params_file.read_text())["registry"]["model_name"]
                 entry["throughput"] = throughput(base, onnx_path, name, args.seconds)
+                say(f"{size} px throughput: {json.dumps(entry['throughput'])}")
             report["models"][f"{size}px"] = entry
     report["load_after"] = os.getloadavg()[0]
     report["serve_settings"] = args.sets or "as shipped in params.yaml (serve.pacs_poll_seconds 0.5)"
