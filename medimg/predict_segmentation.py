@@ -50,7 +50,7 @@ from medimg.data.images import BadImage
 from medimg.data.volumes import Volume, VolumeRefused
 from medimg.input_checks import InputRules
 from medimg.predict import is_volume_file
-from medimg.predict_volumes import check_volume, series_name
+from medimg.predict_volumes import check_volume, series_folder_items, series_name
 from medimg.preprocess import is_dicom_file
 from medimg.provenance import file_sha256
 from medimg.scoring import OnnxModel
@@ -198,27 +198,12 @@ def _nifti(path: Path, modality: str | None) -> _Input:
 
 
 def _folder(folder: Path, secret: bytes) -> Iterator[_Input]:
-    from medimg.data.series import read_header, read_series_folder  # here: pydicom only where DICOM is read
-
-    found = read_series_folder(folder)
-    for outcome in found.outcomes:
-        if outcome.volume is not None:
-            name = series_name(outcome.volume.series_uid, outcome.files, folder, secret)
-            yield _Input(str(folder), name, name, outcome.volume, series_files=tuple(outcome.files))
-            continue
-        assert outcome.refused is not None  # an outcome is a volume or a refusal
-        try:
-            uid = read_header(outcome.files[0]).series_uid if outcome.files else None
-        except (BadImage, OSError):
-            uid = None
-        yield _Input(str(folder), series_name(uid, outcome.files, folder, secret), error=outcome.refused.reason)
-    for bad in found.unreadable:
-        yield _Input(str(bad.path), None, error=bad.reason)
-    for skipped in found.skipped:
-        if skipped.reason == "outside_layout":  # a PNG/JPEG among the series
-            yield _Input(str(folder / skipped.rel), None, error="image_for_3d_model")
-    if not found.outcomes and not found.unreadable:
-        yield _Input(str(folder), None, error="no_series")
+    for item in series_folder_items(folder, secret):
+        if item.volume is not None:
+            assert item.name is not None  # an assembled series always has its name
+            yield _Input(item.file, item.name, item.name, item.volume, series_files=item.files)
+        else:
+            yield _Input(item.file, item.name, error=item.error)
 
 
 def _dicom_file(path: Path, secret: bytes) -> _Input:

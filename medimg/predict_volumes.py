@@ -268,28 +268,52 @@ def _npz_volume(file: str, name: str, voxels: np.ndarray, config: PreprocessConf
     return VolumeInput(file, name, error=problem.reason) if problem is not None else VolumeInput(file, name, stored)
 
 
-def _folder(folder: Path, config: PreprocessConfig, rules: InputRules, secret: bytes) -> Iterator[VolumeInput]:
+@dataclass(frozen=True)
+class SeriesFolderItem:
+    """One thing found in a folder of DICOM files: a series assembled as ``volume`` (with its ``files``), or an
+    ``error`` reason (a refused series, an unreadable file, an image among the series, no series at all).
+    ``file``: what the output row names; ``name``: the series' pseudonymous name (:func:`series_name`) or None."""
+
+    file: str
+    name: str | None
+    volume: Volume | None = None
+    files: tuple[Path, ...] = ()
+    error: str | None = None
+
+
+def series_folder_items(folder: Path, secret: bytes) -> Iterator[SeriesFolderItem]:
+    """Every series of ``folder`` (:func:`medimg.data.series.read_series_folder`) and every file that kept one out,
+    in the order predict reports them (the one walk of :func:`predict_volumes` and segmentation predict)."""
     from medimg.data.series import read_header, read_series_folder  # here: pydicom only where DICOM is read
 
     found = read_series_folder(folder)
     for outcome in found.outcomes:
         if outcome.volume is not None:
             name = series_name(outcome.volume.series_uid, outcome.files, folder, secret)
-            yield _prepared(str(folder), name, outcome.volume, config, rules)
+            yield SeriesFolderItem(str(folder), name, outcome.volume, tuple(outcome.files))
             continue
         assert outcome.refused is not None  # an outcome is a volume or a refusal
         try:
             uid = read_header(outcome.files[0]).series_uid if outcome.files else None
         except (BadImage, OSError):
             uid = None
-        yield VolumeInput(str(folder), series_name(uid, outcome.files, folder, secret), error=outcome.refused.reason)
+        name = series_name(uid, outcome.files, folder, secret)
+        yield SeriesFolderItem(str(folder), name, error=outcome.refused.reason)
     for bad in found.unreadable:
-        yield VolumeInput(str(bad.path), None, error=bad.reason)
+        yield SeriesFolderItem(str(bad.path), None, error=bad.reason)
     for skipped in found.skipped:
         if skipped.reason == "outside_layout":  # a PNG/JPEG among the series
-            yield VolumeInput(str(folder / skipped.rel), None, error="image_for_3d_model")
+            yield SeriesFolderItem(str(folder / skipped.rel), None, error="image_for_3d_model")
     if not found.outcomes and not found.unreadable:
-        yield VolumeInput(str(folder), None, error="no_series")
+        yield SeriesFolderItem(str(folder), None, error="no_series")
+
+
+def _folder(folder: Path, config: PreprocessConfig, rules: InputRules, secret: bytes) -> Iterator[VolumeInput]:
+    for item in series_folder_items(folder, secret):
+        if item.volume is not None:
+            yield _prepared(item.file, item.name, item.volume, config, rules)
+        else:
+            yield VolumeInput(item.file, item.name, error=item.error)
 
 
 def _dicom_file(path: Path, config: PreprocessConfig, rules: InputRules, secret: bytes) -> VolumeInput:

@@ -51,11 +51,11 @@ import pandas as pd
 
 from medimg import preprocess
 from medimg.config import DataConfig, ImageFolderConfig, PreprocessConfig
-from medimg.data import manifest, skips, sources
+from medimg.data import manifest, sources
 from medimg.data.decode_pool import DecodeCache, DecodeJob, DecodeOptions, cache_folder, decode
 from medimg.data.deid import pseudonym
 from medimg.data.images import REASONS
-from medimg.data.ingest_result import IngestResult, remove_stale_images
+from medimg.data.ingest_result import IngestResult, account, remove_stale_images
 from medimg.data.kermany import NORMAL_FOLDER, PNEUMONIA_FOLDER, kermany_outcome
 from medimg.data.manifest import SPLITS
 from medimg.data.quarantine import Quarantine
@@ -210,17 +210,16 @@ def ingest_files(
             len(quarantine),
             len(skipped),
         )
-        if len(quarantine):
-            counts = ", ".join(f"{k}: {v}" for k, v in quarantine.counts_by_reason().items())
-            log.warning("quarantined %d of %d images (%s)", len(quarantine), n_total, counts)
-        if skipped:
-            counts = ", ".join(f"{k}: {v}" for k, v in skips.counts_by_reason(skipped).items())
-            log.info("skipped %d files that are not images (%s)", len(skipped), counts)
-        if quarantine_csv is not None:
-            quarantine.write_csv(quarantine_csv)
-        if skipped_csv is not None:
-            skips.write_csv(skipped, skipped_csv)
-        quarantine.check_threshold(n_total, config.max_bad_fraction)
+        account(
+            quarantine,
+            skipped,
+            n_total,
+            config.max_bad_fraction,
+            inputs="images",
+            not_inputs="images",
+            quarantine_csv=quarantine_csv,
+            skipped_csv=skipped_csv,
+        )
         if not rows:
             raise sources.SourceLayoutError(f"{root}: no usable image among {n_total} files")
         assign_splits(rows, config.split)

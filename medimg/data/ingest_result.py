@@ -1,17 +1,24 @@
-"""What an ingest gives back (:class:`IngestResult`), and the dataset folder clean-up both ingests share.
+"""What an ingest gives back (:class:`IngestResult`), and what the ingests share: the accounting of quarantined
+and skipped files (:func:`account`) and the dataset folder clean-up.
 
-The ingests themselves: :mod:`medimg.data.ingest_medmnist` (a MedMNIST archive) and
-:mod:`medimg.data.ingest_folders` (folders of PNG/JPEG or DICOM files).
+The ingests themselves: :mod:`medimg.data.ingest_medmnist` (a MedMNIST archive),
+:mod:`medimg.data.ingest_folders` (folders of PNG/JPEG or DICOM files), :mod:`medimg.data.ingest_volumes`
+(NIfTI and DICOM series) and :mod:`medimg.data.ingest_pairs` (image/mask pairs).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medimg.data import skips
 from medimg.data.quarantine import Quarantine
 from medimg.data.skips import SkippedFile
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,37 @@ class IngestResult:
     contract_hash: str = ""
     quarantine: Quarantine = field(default_factory=Quarantine, repr=False)
     skipped: tuple[SkippedFile, ...] = field(default=(), repr=False)  # files that are not images, by place
+
+
+def account(
+    quarantine: Quarantine,
+    skipped: Sequence[SkippedFile],
+    n_inputs: int,
+    max_bad_fraction: float,
+    *,
+    inputs: str,
+    not_inputs: str,
+    quarantine_csv: Path | None = None,
+    skipped_csv: Path | None = None,
+) -> None:
+    """Log the quarantined and skipped files by reason, write their CSVs, and stop a mostly bad source.
+
+    ``n_inputs``: the inputs considered (ingested + quarantined), called ``inputs`` in the messages
+    (``images``, ``files``); ``not_inputs``: what a skipped file is not (``images``, ``volumes``).
+    Raises :class:`medimg.data.quarantine.QuarantineThresholdError` (:meth:`Quarantine.check_threshold`) when
+    more than ``max_bad_fraction`` of the inputs were quarantined, after the CSVs are written.
+    """
+    if len(quarantine):
+        counts = ", ".join(f"{k}: {v}" for k, v in quarantine.counts_by_reason().items())
+        log.warning("quarantined %d of %d %s (%s)", len(quarantine), n_inputs, inputs, counts)
+    if skipped:
+        counts = ", ".join(f"{k}: {v}" for k, v in skips.counts_by_reason(list(skipped)).items())
+        log.info("skipped %d files that are not %s (%s)", len(skipped), not_inputs, counts)
+    if quarantine_csv is not None:
+        quarantine.write_csv(quarantine_csv)
+    if skipped_csv is not None:
+        skips.write_csv(list(skipped), skipped_csv)
+    quarantine.check_threshold(n_inputs, max_bad_fraction)
 
 
 #: Stored items: folder under the dataset folder -> file pattern (2D images, 3D volumes).

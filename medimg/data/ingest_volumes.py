@@ -83,11 +83,11 @@ import numpy as np
 
 from medimg import preprocess, volume_contract
 from medimg.config import DataConfig, PreprocessConfig
-from medimg.data import manifest, skips, sources
+from medimg.data import manifest, sources
 from medimg.data.deid import pseudonym, safe_metadata
 from medimg.data.dicom import _pydicom_unlogged, _read
 from medimg.data.images import REASONS
-from medimg.data.ingest_result import IngestResult, remove_stale_images
+from medimg.data.ingest_result import IngestResult, account, remove_stale_images
 from medimg.data.manifest import SPLITS
 from medimg.data.nifti import read_nifti
 from medimg.data.quarantine import Quarantine
@@ -258,17 +258,16 @@ def ingest_volumes(
             len(quarantine),
             len(skipped),
         )
-        if len(quarantine):
-            counts = ", ".join(f"{k}: {v}" for k, v in quarantine.counts_by_reason().items())
-            log.warning("quarantined %d of %d files (%s)", len(quarantine), n_files, counts)
-        if skipped:
-            counts = ", ".join(f"{k}: {v}" for k, v in skips.counts_by_reason(skipped).items())
-            log.info("skipped %d files that are not volumes (%s)", len(skipped), counts)
-        if quarantine_csv is not None:
-            quarantine.write_csv(quarantine_csv)
-        if skipped_csv is not None:
-            skips.write_csv(skipped, skipped_csv)
-        quarantine.check_threshold(n_files, config.max_bad_fraction)
+        account(
+            quarantine,
+            skipped,
+            n_files,
+            config.max_bad_fraction,
+            inputs="files",
+            not_inputs="volumes",
+            quarantine_csv=quarantine_csv,
+            skipped_csv=skipped_csv,
+        )
         if not rows:
             raise sources.SourceLayoutError(f"{root}: no usable volume among {n_files} files")
         assign_splits(rows, config.split)

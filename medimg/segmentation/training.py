@@ -38,6 +38,7 @@ from medimg.training.loop import (
     _LoopState,
     _optimizer,
     _scheduler,
+    finished,
     pick_device,
     set_determinism,
 )
@@ -199,18 +200,4 @@ def train_segmentation(
             if cfg.early_stopping_patience and state["since_best"] >= cfg.early_stopping_patience:
                 stopped_early = True
                 break
-    seconds = time.perf_counter() - started
-    if state["best_weights"] is not None:
-        model.load_state_dict(state["best_weights"])
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
-    return TrainResult(
-        model=model,
-        best_epoch=state["best_epoch"],
-        best_val_auc=state["best_auc"],
-        history=state["history"],
-        seconds=seconds,
-        images_per_second=seen / seconds if seconds > 0 else 0.0,
-        steps=state["steps"],
-        device=str(device),
-        stopped_early=stopped_early,
-    )
+    return finished(model, state, started, seen, device, stopped_early)

@@ -75,6 +75,31 @@ class TrainResult:
     stopped_early: bool = False
 
 
+def finished(
+    model: nn.Module, state: _LoopState, started: float, seen: int, device: torch.device, stopped_early: bool
+) -> TrainResult:
+    """The :class:`TrainResult` of a finished loop: the best epoch's weights (``state["best_weights"]``, kept on
+    improvement) put back, the model on the CPU in eval mode; wall seconds since ``started``
+    (``time.perf_counter``) and ``seen`` training samples per second. Shared by the classification loop and
+    :func:`medimg.segmentation.training.train_segmentation` (whose ``best_val_auc`` is its validation mean Dice).
+    """
+    seconds = time.perf_counter() - started
+    if state["best_weights"] is not None:
+        model.load_state_dict(state["best_weights"])
+    model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
+    return TrainResult(
+        model=model,
+        best_epoch=state["best_epoch"],
+        best_val_auc=state["best_auc"],
+        history=state["history"],
+        seconds=seconds,
+        images_per_second=seen / seconds if seconds > 0 else 0.0,
+        steps=state["steps"],
+        device=str(device),
+        stopped_early=stopped_early,
+    )
+
+
 def set_determinism(seed: int, num_threads: int | None) -> None:
     """Seed torch and numpy with ``seed`` and, when given, fix torch's intra-op thread count."""
     torch.manual_seed(seed)
@@ -301,18 +326,4 @@ def train(
             if cfg.early_stopping_patience and state["since_best"] >= cfg.early_stopping_patience:
                 stopped_early = True
                 break
-    seconds = time.perf_counter() - started
-    if state["best_weights"] is not None:
-        model.load_state_dict(state["best_weights"])
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
-    return TrainResult(
-        model=model,
-        best_epoch=state["best_epoch"],
-        best_val_auc=state["best_auc"],
-        history=state["history"],
-        seconds=seconds,
-        images_per_second=seen / seconds if seconds > 0 else 0.0,
-        steps=state["steps"],
-        device=str(device),
-        stopped_early=stopped_early,
-    )
+    return finished(model, state, started, seen, device, stopped_early)
