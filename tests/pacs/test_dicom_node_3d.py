@@ -103,7 +103,9 @@ def test_a_series_gets_one_sr_naming_every_slice(orthanc, volume_classifier, tmp
     try:
         started(node)
         slices = sent_series(orthanc, tmp_path / "series")
-        found = wait_for_entries(log, 2, "the series' SR and the SR coming back")  # the SR's series is stable too
+        ours = pseudonym(slices[0].StudyInstanceUID, SECRET, "study")
+        # the SR's series is stable too
+        found = wait_for_entries(log, 2, "the series' SR and the SR coming back", ours)
     finally:
         node.stop(timeout=60)
     series = pseudonym(slices[0].SeriesInstanceUID, SECRET, "series")
@@ -126,7 +128,8 @@ def test_a_series_gets_a_dicom_seg_from_a_segmentation_model(orthanc, segmenter,
     try:
         started(node)
         slices = sent_series(orthanc, tmp_path / "series")
-        found = wait_for_entries(log, 2, "the series' SEG and the SEG coming back")
+        ours = pseudonym(slices[0].StudyInstanceUID, SECRET, "study")
+        found = wait_for_entries(log, 2, "the series' SEG and the SEG coming back", ours)
     finally:
         node.stop(timeout=60)
     series = pseudonym(slices[0].SeriesInstanceUID, SECRET, "series")
@@ -159,4 +162,4 @@ def test_a_series_gets_a_dicom_seg_from_a_segmentation_model(orthanc, segmenter,
         hd.seg.Segmentation.from_dataset(local).get_volume().array,
     )
     (own,) = [e for e in found if e is not entry]
-    assert own.refusal_reason == "own_result" and entries(log) == found
+    assert own.refusal_reason == "own_result" and entries(log, ours) == found
