@@ -7,7 +7,8 @@ which is process-wide state, so threads would interfere. Workers come from a ``f
 (never ``fork``: the parent may be a Prefect flow with threads and locks that a forked child
 would inherit in an undefined state). As with ``spawn``, each worker imports the parent's main
 module, so a script that ingests with more than one worker needs the usual
-``if __name__ == "__main__":`` guard (the ``medimg`` command, pytest and Prefect have it).
+``if __name__ == "__main__":`` guard (the ``medimg`` command, pytest and Prefect have it). The same
+per-file work can run on a Dask cluster instead (:mod:`medimg.data.decode_dask`, :func:`decode`'s ``cluster``).
 
 Promises:
 

@@ -8,7 +8,8 @@ The dataset folder holds contract images as PNG plus the manifest. (A MedMNIST a
 :mod:`medimg.data.ingest_medmnist`.) :func:`ingest_files`:
 
 * every file is hashed, decoded and preprocessed in worker processes, through the decode cache
-  (:mod:`medimg.data.decode_pool`): a file whose bytes were ingested before is not decoded again,
+  (:mod:`medimg.data.decode_pool`; a large folder on a Dask cluster, ``data.dask``:
+  :mod:`medimg.data.decode_dask`): a file whose bytes were ingested before is not decoded again,
   and the dataset's PNGs are hard links to the cache's (copies where links are impossible);
 * every file under the source and inbox is accounted for: ingested, quarantined or skipped. An
   image that cannot be used is quarantined with its reason (the reasons of
