@@ -302,6 +302,26 @@ class TaskConfig(_Strict):
         return tuple(self.class_names[1:])
 
 
+class DaskIngestConfig(_Strict):
+    """Ingest decoding on a Dask cluster (``data.dask``; :mod:`medimg.data.decode_dask`).
+
+    ``address`` null decodes in the local pool of ``data.workers`` processes (always). With a scheduler's
+    address, a folder of at least ``min_files`` files is decoded on that cluster in chunks of ``chunk_files``
+    (one Dask task each); a smaller one still in the local pool. The workers write the decoded images to the
+    workspace's decode cache, so they need it at the same path: the same host or a shared file system.
+    """
+
+    address: str | None = Field(
+        default=None,
+        pattern=r"^[a-z]+://\S+$",
+        description="a Dask scheduler (tcp://host:8786); null: the local pool of data.workers processes",
+    )
+    min_files: int = Field(
+        default=2000, ge=1, description="folders with fewer files (to hash or decode) stay in the local pool"
+    )
+    chunk_files: int = Field(default=200, ge=1, description="files per Dask task")
+
+
 class DataConfig(_Strict):
     """Where the images come from (``data``): source kind, folders, classes, splits, decoding limits."""
 
@@ -347,6 +367,7 @@ class DataConfig(_Strict):
     )
     workers: int | None = Field(default=2, ge=1, description="decoding processes; null: one per CPU")
     cache: bool = Field(default=True, description="reuse decoded images by sha256 of the file (incremental ingest)")
+    dask: DaskIngestConfig = DaskIngestConfig()  # outside the run fingerprint: where decoding runs, not its result
 
     @model_validator(mode="before")
     @classmethod
@@ -1072,15 +1093,19 @@ class Params(_Strict):
         whether to run: ``workspace`` (a moved or cloned workspace keeps its run keys),
         ``schedule`` and ``orchestration`` (cron, retries, timeouts, notifications), ``serve``, ``review``
         and ``monitor`` (how the registered model is served, reviewed and watched), ``tune`` (how a study
-        searches; its best trial's values reach the fingerprint as ``model``/``train`` values), and ``drift``.
+        searches; its best trial's values reach the fingerprint as ``model``/``train`` values), ``data.dask``
+        (where the ingest decodes: the same images either way), and ``drift``.
         ``model.ensemble`` is left out while it is the default (one network, no flips), so a plain model keeps
         the hash it had before ensembles existed.
         Drift settings decide whether a new data version is trained at all, never what a training
         makes of it; and a run that trained nothing (no drift) is never taken as up to date, so
         changing them still lets the next run train.
         """
-        left_out = {"workspace", "schedule", "orchestration", "drift", "serve", "review", "monitor", "tune"}
-        shaping = self.model_dump(mode="json", exclude=left_out)
+        left_out: dict[str, Any] = {
+            section: True
+            for section in ("workspace", "schedule", "orchestration", "drift", "serve", "review", "monitor", "tune")
+        }
+        shaping = self.model_dump(mode="json", exclude={**left_out, "data": {"dask": True}})
         if not self.model.ensemble.enabled:  # a plain model's hash is unchanged
             del shaping["model"]["ensemble"]
         blob = json.dumps(shaping, sort_keys=True).encode()

@@ -13,6 +13,7 @@ loads torch, ONNX or Great Expectations, so it ends in seconds.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from prefect import task
@@ -34,6 +35,7 @@ from medimg.contracts import (
 )
 from medimg.provenance import code_hash, git_commit
 from medimg.workspace import Workspace
+from tasks.dask_client import dask_client
 
 
 def _by_mlflow_run(step: str):
@@ -71,10 +73,11 @@ def _flow_run_id() -> str:
 
 @task(name="ingest", cache_policy=NO_CACHE)
 def ingest_data(params: Params, ws: Workspace) -> IngestSummary:
-    """The ingest, or the last one's summary when the source is unchanged (see ``source_check``)."""
+    """The ingest, or the last one's summary when the source is unchanged (see ``source_check``); a large folder
+    is decoded on the Dask cluster of ``data.dask.address`` (client: :func:`tasks.dask_client.dask_client`)."""
     from medimg.steps import ingest, source_check  # here: see the module docstring (no torch, ONNX, GX up front)
 
-    return source_check.run(params, ws, ingest.run)
+    return source_check.run(params, ws, functools.partial(ingest.run, dask_client=dask_client))
 
 
 @task(name="drift-check", cache_policy=NO_CACHE)

@@ -142,3 +142,14 @@ def test_a_wrong_task_combination_fails_at_load_naming_the_key(raw, message):
 def test_an_unknown_benchmark_fails_at_load_naming_the_key_and_the_known_ids():
     with pytest.raises(ConfigError, match=r"gates\.benchmark\.id: unknown benchmark 'nope'; known: .*seed_target"):
         parse_params({"gates": {"benchmark": {"id": "nope"}}})
+
+
+def test_data_dask_is_validated_by_key_and_left_out_of_the_fingerprint():
+    base = load_params(ROOT / "params.yaml")
+    assert base.data.dask.address is None  # the local pool unless a scheduler is named
+    on_dask = load_params(ROOT / "params.yaml", {"data": {"dask": {"address": "tcp://127.0.0.1:8786", "min_files": 1}}})
+    assert on_dask.data.dask.address == "tcp://127.0.0.1:8786"
+    assert on_dask.fingerprint() == base.fingerprint()  # where decoding runs does not change the images
+    with pytest.raises(ConfigError) as err:
+        load_params(ROOT / "params.yaml", {"data": {"dask": {"address": "localhost", "chunk_files": 0}}})
+    assert "data.dask.address" in str(err.value) and "data.dask.chunk_files" in str(err.value)

@@ -7,7 +7,8 @@ which is process-wide state, so threads would interfere. Workers come from a ``f
 (never ``fork``: the parent may be a Prefect flow with threads and locks that a forked child
 would inherit in an undefined state). As with ``spawn``, each worker imports the parent's main
 module, so a script that ingests with more than one worker needs the usual
-``if __name__ == "__main__":`` guard (the ``medimg`` command, pytest and Prefect have it).
+``if __name__ == "__main__":`` guard (the ``medimg`` command, pytest and Prefect have it). The same
+per-file work can run on a Dask cluster instead (:mod:`medimg.data.decode_dask`, :func:`decode`'s ``cluster``).
 
 Promises:
 
@@ -53,7 +54,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 from PIL import Image
@@ -63,6 +64,9 @@ from medimg.config import PreprocessConfig
 from medimg.data.deid import pseudonym
 from medimg.data.images import BadImage
 from medimg.data.sop_classes import non_image_object
+
+if TYPE_CHECKING:  # the cluster calls back into this module: a type only, no import cycle
+    from medimg.data.decode_dask import DaskCluster
 
 #: Bump when decoding or the cached fields change, so old cache entries are not reused.
 CACHE_VERSION = 4
@@ -211,6 +215,12 @@ def process(job: DecodeJob) -> tuple[DecodeJob, dict, bool]:
     options, cache = _OPTIONS, _CACHE
     if options is None or cache is None:
         raise RuntimeError("decode worker not initialised")
+    return process_with(job, options, cache)
+
+
+def process_with(job: DecodeJob, options: DecodeOptions, cache: DecodeCache) -> tuple[DecodeJob, dict, bool]:
+    """:func:`process` with the options and cache given rather than this process's (a Dask worker's chunk,
+    :mod:`medimg.data.decode_dask`); warnings are the caller's to catch."""
     try:
         data = Path(job.path).read_bytes()
     except OSError as err:
@@ -305,36 +315,46 @@ def _library_message(text: str | None) -> str | None:
 
 
 def decode(
-    jobs: Iterable[DecodeJob], options: DecodeOptions, workers: int = 2
+    jobs: Iterable[DecodeJob], options: DecodeOptions, workers: int = 2, cluster: DaskCluster | None = None
 ) -> Iterator[tuple[DecodeJob, dict, bool]]:
     """Yield ``(job, meta, from_cache)`` for every job, in input order.
 
     ``options.use_cache`` False decodes every job (what a first ingest costs). ``workers`` <= 1
-    works in this process.
+    works in this process. With a ``cluster`` (:class:`medimg.data.decode_dask.DaskCluster`) the jobs
+    are decoded on that Dask cluster instead (``workers`` unused): the same :func:`process` per file, the
+    same results; raises :class:`medimg.data.decode_dask.ClusterDecodeError` for a chunk that fails there.
     """
-    yield from _run(list(jobs), options, workers)
+    todo = list(jobs)
+    if cluster is not None:
+        if todo:
+            Path(options.cache_dir).mkdir(parents=True, exist_ok=True)
+            yield from cluster.decode(todo, options)
+        return
+    yield from _run(todo, options, workers)
+
+
+def decode_here(todo: list[DecodeJob], options: DecodeOptions) -> Iterator[tuple[DecodeJob, dict, bool]]:
+    """Decode ``todo`` one after another in this process with a cache of its own (warnings caught and dropped)."""
+    cache = DecodeCache(options.cache_dir)
+    if options.use_cache:
+        cache.load()
+    try:
+        for job in todo:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = process_with(job, options, cache)
+            yield result
+    finally:
+        cache.close()
 
 
 def _run(todo: list[DecodeJob], options: DecodeOptions, workers: int) -> Iterator[tuple[DecodeJob, dict, bool]]:
-    global _OPTIONS, _CACHE
     if not todo:
         return
     Path(options.cache_dir).mkdir(parents=True, exist_ok=True)
     workers = min(workers, len(todo))
     if workers <= 1:
-        saved = _OPTIONS, _CACHE
-        _OPTIONS, _CACHE = options, DecodeCache(options.cache_dir)
-        if options.use_cache:
-            _CACHE.load()
-        try:
-            for job in todo:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    result = process(job)
-                yield result
-        finally:
-            _CACHE.close()
-            _OPTIONS, _CACHE = saved
+        yield from decode_here(todo, options)
         return
     # A worker that dies (a decoder crashing on a hostile file) raises BrokenProcessPool here
     # instead of hanging the ingest, which is why this is not multiprocessing.Pool.

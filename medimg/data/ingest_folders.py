@@ -8,7 +8,8 @@ The dataset folder holds contract images as PNG plus the manifest. (A MedMNIST a
 :mod:`medimg.data.ingest_medmnist`.) :func:`ingest_files`:
 
 * every file is hashed, decoded and preprocessed in worker processes, through the decode cache
-  (:mod:`medimg.data.decode_pool`): a file whose bytes were ingested before is not decoded again,
+  (:mod:`medimg.data.decode_pool`; a large folder on a Dask cluster, ``data.dask``:
+  :mod:`medimg.data.decode_dask`): a file whose bytes were ingested before is not decoded again,
   and the dataset's PNGs are hard links to the cache's (copies where links are impossible);
 * every file under the source and inbox is accounted for: ingested, quarantined or skipped. An
   image that cannot be used is quarantined with its reason (the reasons of
@@ -52,6 +53,7 @@ import pandas as pd
 from medimg import preprocess
 from medimg.config import DataConfig, ImageFolderConfig, PreprocessConfig
 from medimg.data import manifest, sources
+from medimg.data.decode_dask import ClientFactory, DaskCluster, open_client
 from medimg.data.decode_pool import DecodeCache, DecodeJob, DecodeOptions, cache_folder, decode
 from medimg.data.deid import pseudonym
 from medimg.data.images import REASONS
@@ -87,6 +89,7 @@ def ingest_files(
     quarantine_csv: Path | None = None,
     progress: Progress | None = None,
     skipped_csv: Path | None = None,
+    dask_client: ClientFactory | None = None,
 ) -> IngestResult:
     """Ingest an ``image_folder`` or ``dicom_folder`` source (and its inbox) into ``folder``.
 
@@ -99,6 +102,11 @@ def ingest_files(
     (when given) before the threshold is checked, so a failed run still says which files were
     bad or skipped and why. ``n_files`` of the result counts the images (ingested or
     quarantined); ``skipped`` the rest, and the three add up to every file under the folders.
+
+    Decoding runs in a local pool of ``data.workers`` processes, or, with ``data.dask.address`` set and at
+    least ``data.dask.min_files`` files, on that Dask cluster (:mod:`medimg.data.decode_dask`; its workers
+    must see the source and ``cache_root`` at the same paths), with a client from ``dask_client`` (default
+    :func:`~medimg.data.decode_dask.open_client`). Either way the result is the same.
     """
     if kind not in ("image_folder", "dicom_folder"):
         raise ValueError(f"ingest_files: unknown source kind {kind!r}")
@@ -155,8 +163,9 @@ def ingest_files(
         rows, n_decoded, n_cached = [], 0, 0
         sop_index = _sop_index(kind, config, table, secret)
         workers = config.workers or _cpu_count()
+        cluster = _cluster(config, len(jobs), dask_client)
         hashes: dict[str, str | None] = {}
-        for done, (job, meta, cached) in enumerate(decode(jobs, options, workers), start=1):
+        for done, (job, meta, cached) in enumerate(decode(jobs, options, workers, cluster), start=1):
             file = by_place[job.ref]
             hashes[file.place] = meta.get("sha256")
             if not job.hash_only:
@@ -242,6 +251,24 @@ def ingest_files(
         quarantine=quarantine,
         skipped=tuple(sorted(skipped, key=lambda s: s.place)),
     )
+
+
+def _cluster(config: DataConfig, n_jobs: int, connect: ClientFactory | None) -> DaskCluster | None:
+    """The Dask cluster to decode ``n_jobs`` files on (``data.dask``), or None for the local pool; logs which."""
+    dask = config.dask
+    if dask.address is None or n_jobs < dask.min_files:
+        why = "" if dask.address is None else f" (fewer than data.dask.min_files {dask.min_files})"
+        log.info(
+            "decoding %d files in the local pool of %s process(es)%s", n_jobs, config.workers or "one per CPU", why
+        )
+        return None
+    log.info(
+        "decoding %d files on the Dask cluster at %s (data.dask.address), %d per task",
+        n_jobs,
+        dask.address,
+        dask.chunk_files,
+    )
+    return DaskCluster(dask.address, dask.chunk_files, connect or open_client)
 
 
 def _cpu_count() -> int:

@@ -33,6 +33,7 @@ from medimg import preprocess
 from medimg.config import Params
 from medimg.contracts import IngestSummary
 from medimg.data import skips, versioning
+from medimg.data.decode_dask import ClientFactory
 from medimg.data.deid import SECRET_ENV, secret_from_env
 from medimg.data.ingest_folders import ingest_files
 from medimg.data.ingest_medmnist import ingest_medmnist
@@ -67,10 +68,17 @@ def deid_secret(params: Params) -> bytes:
     return secret
 
 
-def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | None = None) -> IngestSummary:
+def run(
+    params: Params,
+    ws: Workspace,
+    progress: Callable[[int, int], None] | None = None,
+    dask_client: ClientFactory | None = None,
+) -> IngestSummary:
     """Ingest ``data.source`` (and ``data.inbox``) into the workspace's dataset and version it with DVC.
 
-    ``progress(done, total)`` is called as files are decoded (folder sources). Every file ends up
+    ``progress(done, total)`` is called as files are decoded (folder sources). ``dask_client`` opens the client
+    of the Dask cluster that decodes an image or DICOM folder when ``data.dask`` says so (default:
+    :func:`medimg.data.decode_dask.open_client`). Every file ends up
     in the dataset, in the quarantine report with its reason, or skipped with a reason. Raises
     :class:`~medimg.data.medmnist.DataSourceError` for a missing or misnamed source,
     :class:`~medimg.data.deid.MissingSecretError` without a de-identification key,
@@ -78,7 +86,8 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
     :class:`~medimg.data.quarantine.QuarantineThresholdError` when more than
     ``data.max_bad_fraction`` of the files are unusable (nothing is versioned then), and
     :class:`~medimg.config.ConfigError` (before anything is read) for a MedMNIST flag the task
-    cannot use (:func:`~medimg.data.medmnist.check_flag`).
+    cannot use (:func:`~medimg.data.medmnist.check_flag`), and
+    :class:`~medimg.data.decode_dask.ClusterDecodeError` when decoding on the Dask cluster fails.
     """
     kind = params.data.source
     if kind == "medmnist":
@@ -167,6 +176,7 @@ def run(params: Params, ws: Workspace, progress: Callable[[int, int], None] | No
                 quarantine_csv=quarantine_csv,
                 progress=progress,
                 skipped_csv=skipped_csv,
+                dask_client=dask_client,
             )
     version = versioning.commit_and_push(ws)
     kept_csv = ws.reports / f"quarantine-{version.id}.csv"

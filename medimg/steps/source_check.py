@@ -81,7 +81,7 @@ def source_fingerprint(params: Params, ws: Workspace) -> str:
     """What the ingest reads: params, source files (names, sizes, mtimes), key and code."""
     data = params.data
     parts: dict = {
-        "data": data.model_dump(mode="json", exclude={"workers"}),
+        "data": data.model_dump(mode="json", exclude={"workers", "dask"}),
         "class_names": list(params.task.class_names),  # labels are indices into them
         "preprocess": params.preprocess.model_dump(mode="json"),
         "data_dir": str(data.resolved_data_dir()),
