@@ -6,14 +6,17 @@ params file plus ``--set section.key=value`` overrides (the ``medimg`` CLI's syn
 1. ingests the official archive (``data.medmnist_flag`` at ``data.medmnist_size``, MD5 checked) with
    :func:`medimg.data.ingest_medmnist.ingest_medmnist` into ``--cache`` (one folder per archive and
    contract hash, reused by later runs) and reads the splits with :func:`medimg.training.data.load_split`;
-2. trains with :func:`medimg.training.loop.train` (best epoch by validation AUC);
+2. trains with :func:`medimg.training.loop.train` (best epoch by validation AUC); with ``model.ensemble`` set,
+   one network per seed of :func:`medimg.tuning.ensemble.member_seeds`, scored as the exported graph is
+   (:class:`medimg.tuning.ensemble.EnsembleModel`: mean probability over members and ``tta_flips`` views);
 3. picks the threshold on the validation split with the evaluate step's own
-   :func:`medimg.steps.evaluate.choose_threshold` (``gates.threshold``: youden, target_sensitivity, fixed);
+   :func:`medimg.steps.evaluate.choose_threshold` (``gates.threshold``: youden, target_sensitivity,
+   max_accuracy, fixed);
 4. prints one JSON line (and appends it to ``--out`` when given): validation AUC, test AUC and
    accuracy at the validation threshold and at arg-max, each with a stratified bootstrap 95% CI
    (:func:`medimg.evaluation.task_metrics.task_ci`, ``--bootstrap`` replicates); as a diagnostic,
-   the test accuracy at the validation threshold of highest accuracy (a rule medimg does not
-   offer; see :func:`max_accuracy_threshold`); training seconds,
+   the test accuracy at the validation threshold of highest accuracy (its median tie, not the
+   largest of ``gates.threshold: max_accuracy``; see :func:`max_accuracy_threshold`); training seconds,
    optimiser steps and seconds per step (training time less the per-epoch validation passes), the
    process's CPU seconds and the 1-minute load average before and after training (the machine is
    shared: a load above the thread count means the wall time includes waiting for the CPU).
@@ -47,7 +50,8 @@ from medimg.evaluation.task_metrics import is_abnormal, task_ci, task_metrics
 from medimg.probabilities import abnormal_probability
 from medimg.steps.evaluate import choose_threshold
 from medimg.training.data import SplitArrays, load_split
-from medimg.training.loop import predict_proba, report_epochs, train
+from medimg.training.loop import predict_proba, report_epochs, train, validation_auc
+from medimg.tuning.ensemble import EnsembleModel, member_seeds
 
 log = logging.getLogger("volumes_quality")
 
@@ -84,13 +88,22 @@ def _r(value: float) -> float:
 def measure(params: Params, splits: dict[str, SplitArrays], n_boot: int) -> dict:
     """Train, then the validation and test figures of the best epoch (see the module docstring)."""
     load_before, cpu_before = os.getloadavg()[0], time.process_time()
-    result = train(params, splits["train"], splits["val"], on_epoch=report_epochs(None, params.train.epochs))
+    results = [
+        train(
+            params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})}),
+            splits["train"],
+            splits["val"],
+            on_epoch=report_epochs(None, params.train.epochs),
+        )
+        for seed in member_seeds(params)
+    ]
     cpu_seconds = time.process_time() - cpu_before
+    model = EnsembleModel([r.model for r in results], params.model.ensemble.tta_flips).eval()
     task = params.task
     started = time.perf_counter()
-    p_val = predict_proba(result.model, preprocess.apply(splits["val"].images, params.preprocess))
-    val_predict_seconds = time.perf_counter() - started
-    p_test = predict_proba(result.model, preprocess.apply(splits["test"].images, params.preprocess))
+    p_val = predict_proba(model, preprocess.apply(splits["val"].images, params.preprocess))
+    val_predict_seconds = (time.perf_counter() - started) / len(results)
+    p_test = predict_proba(model, preprocess.apply(splits["test"].images, params.preprocess))
     y_val, y_test = splits["val"].labels, splits["test"].labels
     yv_abnormal, pv_abnormal = (
         is_abnormal(y_val, task.abnormal_indices),
@@ -103,12 +116,17 @@ def measure(params: Params, splits: dict[str, SplitArrays], n_boot: int) -> dict
     argmax_acc = float((p_test.argmax(1) == y_test).mean())
     # binary arg-max == class 1 when p1 >= 0.5 (a tie at exactly 0.5 is vanishingly rare in float64)
     argmax_ci = bootstrap_ci(y_test, p_test[:, 1], 0.5, n_boot=n_boot, seed=0)["accuracy"]
-    epochs_run = len(result.history)
-    step_seconds = max(result.seconds - epochs_run * val_predict_seconds, 0.0) / max(result.steps, 1)
+    epochs_run = sum(len(r.history) for r in results)
+    train_seconds = sum(r.seconds for r in results)
+    steps = sum(r.steps for r in results)
+    step_seconds = max(train_seconds - epochs_run * val_predict_seconds, 0.0) / max(steps, 1)
     return {
-        "best_epoch": result.best_epoch,
+        "members": len(results),
+        "tta_flips": list(params.model.ensemble.tta_flips),
+        "best_epoch": [r.best_epoch for r in results],
         "epochs_run": epochs_run,
-        "val_auc": _r(result.best_val_auc),
+        "member_val_auc": [_r(r.best_val_auc) for r in results],
+        "val_auc": _r(validation_auc(y_val, p_val)),
         "threshold": _r(threshold),
         "test_auc": _r(at_threshold["roc_auc"]),
         "test_auc_ci": [_r(v) for v in ci["roc_auc"]],
@@ -120,8 +138,8 @@ def measure(params: Params, splits: dict[str, SplitArrays], n_boot: int) -> dict
         "test_acc_argmax_ci": [_r(v) for v in argmax_ci],
         "val_max_acc_threshold": _r(acc_threshold),
         "test_acc_at_val_max_acc_threshold": _r(task_metrics(task, y_test, p_test, acc_threshold)["accuracy"]),
-        "train_seconds": round(result.seconds, 1),
-        "steps": result.steps,
+        "train_seconds": round(train_seconds, 1),
+        "steps": steps,
         "seconds_per_step": round(step_seconds, 3),
         "train_cpu_seconds": round(cpu_seconds, 1),
         "torch_threads": torch.get_num_threads(),

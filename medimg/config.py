@@ -694,7 +694,7 @@ class GateConfig(_Strict):
     segmentation (:mod:`medimg.segmentation.gates`) the Dice floors, and the champion margin on mean Dice."""
 
     benchmark: BenchmarkGateConfig = BenchmarkGateConfig(id="self2012_radiologists_ed", margin=0.10)
-    threshold: Literal["youden", "target_sensitivity", "fixed"] = "target_sensitivity"
+    threshold: Literal["youden", "target_sensitivity", "max_accuracy", "fixed"] = "target_sensitivity"
     target_sensitivity: float = Field(default=0.90, gt=0, le=1)
     fixed_threshold: float = Field(default=0.5, gt=0, lt=1)
     champion_auc_margin: float = Field(

@@ -185,7 +185,7 @@ class EvaluationSummary(Contract):
         "None for segmentation (each voxel takes its arg-max label)"
     )
     threshold_rule: str = Field(
-        description="gates.threshold: youden, target_sensitivity or fixed; argmax for segmentation"
+        description="gates.threshold: youden, target_sensitivity, max_accuracy or fixed; argmax for segmentation"
     )
     test: Metrics = Field(
         description="test-split metrics of the task (medimg.evaluation.task_metrics): binary at the threshold; "

@@ -202,6 +202,8 @@ def threshold_rule(rule: str | None, gates: GateConfig) -> str:
         return f"the highest threshold reaching sensitivity {gates.target_sensitivity:.2f}"
     if rule == "youden":
         return "maximal Youden's J (sensitivity + specificity - 1)"
+    if rule == "max_accuracy":
+        return "maximal accuracy"
     if rule == "fixed":
         return f"fixed at {gates.fixed_threshold:g} (gates.fixed_threshold)"
     return str(rule)

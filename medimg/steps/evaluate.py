@@ -23,7 +23,7 @@ from medimg.evaluation.task_metrics import (
     task_confusion,
     task_metrics,
 )
-from medimg.evaluation.threshold import threshold_for_sensitivity, youden_threshold
+from medimg.evaluation.threshold import max_accuracy_threshold, threshold_for_sensitivity, youden_threshold
 from medimg.probabilities import abnormal_probability
 from medimg.segmentation import evaluation
 from medimg.segmentation.inference import predict_probabilities
@@ -41,12 +41,15 @@ def choose_threshold(params: Params, y_val: np.ndarray, p_val: np.ndarray) -> fl
     """The threshold on validation abnormality probabilities ``p_val`` (``y_val`` 1 = abnormal) by ``gates.threshold``.
 
     fixed: ``gates.fixed_threshold``; target_sensitivity: the highest threshold reaching
-    ``gates.target_sensitivity``; youden: the one maximising sensitivity + specificity - 1.
+    ``gates.target_sensitivity``; youden: the one maximising sensitivity + specificity - 1;
+    max_accuracy: the one of highest accuracy.
     """
     if params.gates.threshold == "fixed":
         return params.gates.fixed_threshold
     if params.gates.threshold == "target_sensitivity":
         return threshold_for_sensitivity(y_val, p_val, params.gates.target_sensitivity)
+    if params.gates.threshold == "max_accuracy":
+        return max_accuracy_threshold(y_val, p_val)
     return youden_threshold(y_val, p_val)
 
 

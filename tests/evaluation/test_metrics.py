@@ -14,7 +14,7 @@ from medimg.evaluation.metrics import (
     calibration_bins,
     expected_calibration_error,
 )
-from medimg.evaluation.threshold import threshold_for_sensitivity, youden_threshold
+from medimg.evaluation.threshold import max_accuracy_threshold, threshold_for_sensitivity, youden_threshold
 
 # Ten samples, 4 positives then 6 negatives.
 #
@@ -207,6 +207,26 @@ def test_youden_perfect_separation() -> None:
     assert youden_threshold([0, 0, 1, 1], [0.1, 0.4, 0.6, 0.9]) == 0.6
 
 
+# Correct decisions (TP + TN) over the same thresholds: inf 6, 0.9 7, 0.8 8, 0.7 7, 0.6 8, 0.4 7,
+# 0.3 8, 0.2 6, 0.1 5, 0.05 4: three ties at 8, the largest threshold wins.
+def test_max_accuracy_hand_computed_ties_go_to_the_largest_threshold() -> None:
+    assert max_accuracy_threshold(Y10, P10) == 0.8
+
+
+def test_max_accuracy_perfect_separation() -> None:
+    assert max_accuracy_threshold([0, 0, 1, 1], [0.1, 0.4, 0.6, 0.9]) == 0.6
+
+
+def test_max_accuracy_differs_from_youden_on_imbalanced_data() -> None:
+    # 8 negatives (one at 0.5), 2 positives at 0.45 and 0.9. Youden: J(0.45) = 1 - 1/8 beats J(0.9) = 1/2;
+    # accuracy: 0.45 and 0.9 both give 9 of 10 correct, the tie goes to 0.9; 0.5 gives 8.
+    y = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1]
+    p = [0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.4, 0.5, 0.45, 0.9]
+    assert youden_threshold(y, p) == 0.45
+    assert max_accuracy_threshold(y, p) == 0.9
+    assert binary_metrics(y, p, 0.9)["accuracy"] == 0.9
+
+
 @pytest.mark.parametrize(
     ("target", "expected"),
     [(1.0, 0.3), (0.75, 0.6), (0.76, 0.3), (0.5, 0.8), (0.25, 0.9), (0.0, 1.0)],
@@ -221,6 +241,8 @@ def test_threshold_for_sensitivity(target: float, expected: float) -> None:
 def test_thresholds_need_both_classes(y: list) -> None:
     with pytest.raises(ValueError, match=r"one class|only"):
         youden_threshold(y, [0.2, 0.5, 0.7])
+    with pytest.raises(ValueError, match=r"one class|only"):
+        max_accuracy_threshold(y, [0.2, 0.5, 0.7])
     with pytest.raises(ValueError, match=r"one class|only"):
         threshold_for_sensitivity(y, [0.2, 0.5, 0.7], 0.9)
 
