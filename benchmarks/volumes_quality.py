@@ -15,8 +15,8 @@ params file plus ``--set section.key=value`` overrides (the ``medimg`` CLI's syn
 4. prints one JSON line (and appends it to ``--out`` when given): validation AUC, test AUC and
    accuracy at the validation threshold and at arg-max, each with a stratified bootstrap 95% CI
    (:func:`medimg.evaluation.task_metrics.task_ci`, ``--bootstrap`` replicates); as a diagnostic,
-   the test accuracy at the validation threshold of highest accuracy (its median tie, not the
-   largest of ``gates.threshold: max_accuracy``; see :func:`max_accuracy_threshold`); training seconds,
+   the test accuracy at the validation threshold of highest accuracy (``gates.threshold: max_accuracy``,
+   :func:`medimg.evaluation.threshold.max_accuracy_threshold`); training seconds,
    optimiser steps and seconds per step (training time less the per-epoch validation passes), the
    process's CPU seconds and the 1-minute load average before and after training (the machine is
    shared: a load above the thread count means the wall time includes waiting for the CPU).
@@ -36,7 +36,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from medimg import preprocess
@@ -47,11 +46,12 @@ from medimg.data.ingest_medmnist import ingest_medmnist
 from medimg.data.medmnist import locate
 from medimg.evaluation.bootstrap import bootstrap_ci
 from medimg.evaluation.task_metrics import is_abnormal, task_ci, task_metrics
+from medimg.evaluation.threshold import max_accuracy_threshold
 from medimg.probabilities import abnormal_probability
 from medimg.steps.evaluate import choose_threshold
 from medimg.training.data import SplitArrays, load_split
 from medimg.training.loop import predict_proba, report_epochs, train, validation_auc
-from medimg.tuning.ensemble import EnsembleModel, member_seeds
+from medimg.tuning.ensemble import EnsembleModel, member_params, member_seeds
 
 log = logging.getLogger("volumes_quality")
 
@@ -69,18 +69,6 @@ def dataset(params: Params, cache: Path) -> dict[str, SplitArrays]:
     return {split: load_split(folder, frame, split) for split in ("train", "val", "test")}
 
 
-def max_accuracy_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """Diagnostic only (not a medimg policy): the validation threshold of highest accuracy, ``y`` 0/1, ``p`` [N].
-
-    Candidates are the distinct probabilities (decision ``p >= t``); among equally accurate ones,
-    the median candidate is taken.
-    """
-    candidates = np.unique(p)
-    accuracy = np.array([np.mean((p >= t) == y) for t in candidates])
-    best = candidates[accuracy == accuracy.max()]
-    return float(best[len(best) // 2])
-
-
 def _r(value: float) -> float:
     return round(float(value), 4)
 
@@ -90,7 +78,7 @@ def measure(params: Params, splits: dict[str, SplitArrays], n_boot: int) -> dict
     load_before, cpu_before = os.getloadavg()[0], time.process_time()
     results = [
         train(
-            params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})}),
+            member_params(params, seed),
             splits["train"],
             splits["val"],
             on_epoch=report_epochs(None, params.train.epochs),
@@ -102,7 +90,8 @@ def measure(params: Params, splits: dict[str, SplitArrays], n_boot: int) -> dict
     task = params.task
     started = time.perf_counter()
     p_val = predict_proba(model, preprocess.apply(splits["val"].images, params.preprocess))
-    val_predict_seconds = (time.perf_counter() - started) / len(results)
+    # the loop validates one member on one view per epoch
+    val_predict_seconds = (time.perf_counter() - started) / (len(results) * (1 + len(params.model.ensemble.tta_flips)))
     p_test = predict_proba(model, preprocess.apply(splits["test"].images, params.preprocess))
     y_val, y_test = splits["val"].labels, splits["test"].labels
     yv_abnormal, pv_abnormal = (

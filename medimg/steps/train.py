@@ -18,7 +18,7 @@ from medimg.provenance import file_sha256
 from medimg.training import ddp
 from medimg.training.data import load_split, split_rows
 from medimg.training.loop import predict_proba, report_epochs, train, validation_auc
-from medimg.tuning.ensemble import EnsembleModel, member_seeds
+from medimg.tuning.ensemble import EnsembleModel, member_params, member_seeds
 from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,6 @@ def _train_members(params: Params, ws: Workspace, run_id: str, frame, exclude: s
     for index, seed in enumerate(member_seeds(params)):
         folder = out / str(index)
         folder.mkdir(parents=True, exist_ok=True)
-        member_params = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
 
         def on_epoch(row: dict, index: int = index) -> None:
             log.info("member %d epoch %d: val_auc %.4f", index, row["epoch"], row["val_auc"])
@@ -112,7 +111,12 @@ def _train_members(params: Params, ws: Workspace, run_id: str, frame, exclude: s
             )
 
         trained = train(
-            member_params, train_split, val_split, on_epoch, checkpoint_dir=folder / "checkpoints", resume=True
+            member_params(params, seed),
+            train_split,
+            val_split,
+            on_epoch,
+            checkpoint_dir=folder / "checkpoints",
+            resume=True,
         )
         torch.save(trained.model.state_dict(), folder / "best.pt")
         results.append(trained)

@@ -64,6 +64,11 @@ def member_seeds(params: Params) -> tuple[int, ...]:
     return tuple(params.train.seed + i for i in range(params.model.ensemble.members))
 
 
+def member_params(params: Params, seed: int) -> Params:
+    """``params`` with ``train.seed`` set to ``seed``: what one member of :func:`member_seeds` trains with."""
+    return params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
+
+
 def load_trained(params: Params, trained: TrainSummary) -> nn.Module:
     """The network the train step produced, in eval mode on the CPU: a plain model, or an :class:`EnsembleModel`
     of the members' checkpoints (``trained.members``; one member with flips: ``trained.checkpoint``) when
