@@ -120,7 +120,10 @@ def test_a_scored_case_with_its_gradcam_and_a_correction_into_the_inbox(clone, f
     network.load_state_dict(torch.load(clone.ws.runs / run_id / "best.pt", map_location="cpu", weights_only=True))
     heat = grad_cam(network, preprocess.apply(stored, params.preprocess), case.class_names.index(case.predicted_class))
     np.testing.assert_allclose(rgba[..., 3] / 255.0, MAX_ALPHA * heat[0], atol=1 / 255 + 1e-6)
-    assert rgba[..., 3].max() > 100 and rgba[..., 3].min() < 20  # a real map, not a flat wash
+    alpha = rgba[..., 3].astype(int)
+    # a real map, not a flat wash: hot somewhere, and much cooler elsewhere (the floor depends on the
+    # trained weights: Grad-CAM is max-normalised, not min-normalised, so the coolest pixel need not be 0)
+    assert alpha.max() > 100 and alpha.max() - alpha.min() > 80, (alpha.min(), alpha.max())
 
     # the reader corrects the label; the example and its provenance are in the inbox
     corrected = "normal" if case.predicted_class == "pneumonia" else "pneumonia"
