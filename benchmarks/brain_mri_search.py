@@ -6,7 +6,10 @@ is :func:`stratified_split` (70/15/15, seed 42, the floor's split, see
 ``benchmarks/brain_mri_floor.py``), and :func:`medimg.training.loop.train` trains (AdamW,
 one-cycle, class-balanced loss, augmentation, best epoch by validation macro AUC). Settings are
 ``params.yaml`` with a multiclass task and the overrides given as JSON (the sections
-``preprocess``, ``model``, ``train``), so a result transfers 1:1 to a params file.
+``preprocess``, ``model``, ``train``), so a result transfers 1:1 to a params file. With
+``model.ensemble`` set, one network per member seed is trained and the figures are those of the
+:class:`medimg.tuning.ensemble.EnsembleModel` the export step would build (mean probability over
+members and test-time flips).
 
 Appends one JSON line per run to ``--log``: the overrides, training wall and CPU seconds, best
 epoch, val and test macro one-vs-rest ROC AUC and arg-max accuracy. Decoded images are cached
@@ -33,6 +36,7 @@ from medimg import preprocess
 from medimg.config import deep_merge, load_params
 from medimg.training.data import SplitArrays
 from medimg.training.loop import predict_proba, train
+from medimg.tuning.ensemble import EnsembleModel, member_params, member_seeds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from brain_mri_floor import CLASSES, stratified_split
@@ -110,20 +114,24 @@ def main() -> None:
             flush=True,
         )
 
-    result = train(params, train_split, val_split, on_epoch=on_epoch)
+    # model.ensemble: one network per member seed, scored as the exported graph is (mean probability
+    # over members and test-time flips)
+    results = [train(member_params(params, seed), train_split, val_split, on_epoch=on_epoch) for seed in member_seeds(params)]
     cpu_seconds = time.process_time() - cpu_started
-    model = result.model
+    model = EnsembleModel([r.model for r in results], params.model.ensemble.tta_flips).eval()
     val = figures(val_split.labels, predict_proba(model, preprocess.apply(val_split.images, params.preprocess)))
     test = figures(test_split.labels, predict_proba(model, preprocess.apply(test_split.images, params.preprocess)))
     row = {
         "tag": args.tag,
         "overrides": overrides,
-        "train_seconds": round(result.seconds, 1),
+        "members": len(results),
+        "train_seconds": round(sum(r.seconds for r in results), 1),
         "train_cpu_seconds": round(cpu_seconds, 1),
         "decode_seconds": round(decode_seconds, 1),
         "threads": torch.get_num_threads(),
-        "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch,
+        "epochs_run": sum(len(r.history) for r in results),
+        "best_epoch": [r.best_epoch for r in results],
+        "member_val_auc": [round(r.best_val_auc, 4) for r in results],
         "val_macro_auc": val["macro_auc"],
         "val_acc": val["acc"],
         "test_macro_auc": test["macro_auc"],
