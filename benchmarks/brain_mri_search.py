@@ -116,7 +116,9 @@ def main() -> None:
 
     # model.ensemble: one network per member seed, scored as the exported graph is (mean probability
     # over members and test-time flips)
-    results = [train(member_params(params, seed), train_split, val_split, on_epoch=on_epoch) for seed in member_seeds(params)]
+    results = [
+        train(member_params(params, seed), train_split, val_split, on_epoch=on_epoch) for seed in member_seeds(params)
+    ]
     cpu_seconds = time.process_time() - cpu_started
     model = EnsembleModel([r.model for r in results], params.model.ensemble.tta_flips).eval()
     val = figures(val_split.labels, predict_proba(model, preprocess.apply(val_split.images, params.preprocess)))

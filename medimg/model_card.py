@@ -26,7 +26,7 @@ from pathlib import PurePath
 from typing import Any
 
 from medimg import artifacts, rendering
-from medimg.config import DataConfig, GateConfig, Params, TaskConfig
+from medimg.config import DataConfig, GateConfig, ModelConfig, Params, TaskConfig
 from medimg.data.manifest import SPLITS
 from medimg.evaluation.metrics import COUNT_NAMES, METRIC_NAMES
 
@@ -207,6 +207,25 @@ def threshold_rule(rule: str | None, gates: GateConfig) -> str:
     if rule == "fixed":
         return f"fixed at {gates.fixed_threshold:g} (gates.fixed_threshold)"
     return str(rule)
+
+
+#: Architectures whose ``model.width`` sets their size (the torchvision ones have a fixed width).
+WIDTH_ARCHITECTURES = frozenset({"compact_resnet", "simple_cnn", "resnet3d", "simple_cnn3d", "unet3d"})
+
+
+def model_text(model: ModelConfig, seed: int) -> str:
+    """The network as a phrase: architecture, width, initialisation and, with ``model.ensemble``, the members'
+    seeds (``seed``, ``seed + 1``, ...: :func:`medimg.tuning.ensemble.member_seeds`) and the test-time views."""
+    text = model.architecture + (f" (width {model.width})" if model.architecture in WIDTH_ARCHITECTURES else "")
+    text += ", from pretrained weights (a local file)" if model.pretrained_weights else ", trained from scratch"
+    ensemble = model.ensemble
+    if ensemble.members > 1:
+        text += f"; ensemble of {ensemble.members} networks (seeds {seed}-{seed + ensemble.members - 1})"
+    if ensemble.tta_flips:
+        text += f"; test-time views: the input and its {', '.join(ensemble.tta_flips)} flip(s)"
+    if ensemble.enabled:
+        text += "; the softmax probabilities are averaged"
+    return text
 
 
 def _finite(value: object) -> float | None:
@@ -409,8 +428,13 @@ def limitations(card: Mapping[str, Any], warts: Mapping[str, Any] | None, thresh
         on = f"the summed probability of the abnormal classes ({', '.join(task['abnormal_classes'])})"
         argmax = " The class shown is the most probable one; the threshold does not change it."
     if task["kind"] != "segmentation":
+        chosen = (
+            f"is {threshold_text}, not chosen on data"
+            if card.get("threshold_rule_id") == "fixed"
+            else f"was chosen on the validation split ({threshold_text})"
+        )
         out.append(
-            f"The threshold on {on} was chosen on the validation split ({threshold_text}): its sensitivity and "
+            f"The threshold on {on} {chosen}: its sensitivity and "
             f"specificity at other prevalences or sites will differ.{argmax}"
         )
     n_test = counts.get("test")
@@ -507,6 +531,8 @@ def run_card(
         "preprocessing": dict(preprocessing) if preprocessing is not None else None,
         "threshold": _finite(evaluation.get("threshold")),
         "threshold_rule": threshold_text,
+        "threshold_rule_id": evaluation.get("threshold_rule"),
+        "model": model_text(params.model, params.train.seed),
         "decision": {
             "binary": "threshold on the abnormal-class probability",
             "multiclass": "most probable class (arg-max); 'any abnormality' flag at the threshold",

@@ -230,3 +230,30 @@ def test_a_binary_task_whose_abnormal_class_is_index_0_gets_its_matrix_the_right
     # rows = true class in class_names order: malignant (the positive class) first
     assert model_card.confusion_counts(task, {"tp": 30, "fn": 12, "fp": 9, "tn": 105}) == [[30, 12], [9, 105]]
     assert model_card.confusion_counts(task, {"tp": 30, "fn": None, "fp": 9, "tn": 105}) is None
+
+
+def test_an_ensemble_with_a_fixed_threshold_says_what_the_network_is_and_that_no_data_chose_the_threshold():
+    overrides = {
+        "model": {"ensemble": {"members": 3, "tta_flips": ["horizontal"]}},
+        "train": {"seed": 7},
+        "gates": {"threshold": "fixed", "fixed_threshold": 0.5},
+    }
+    metrics = {**copy.deepcopy(BINARY_METRICS), "threshold": 0.5, "threshold_rule": "fixed"}
+    card = _card(overrides, metrics, BINARY_GATE)
+    assert card["model"] == (
+        "compact_resnet (width 48), trained from scratch; ensemble of 3 networks (seeds 7-9); test-time views: "
+        "the input and its horizontal flip(s); the softmax probabilities are averaged"
+    )
+    md = model_card.card_markdown(card)
+    assert "| decision threshold | 0.5000 (fixed at 0.5 (gates.fixed_threshold)) |" in md
+    assert f"| model | {card['model']} |" in md
+    (rule,) = [item for item in card["limitations"] if item.startswith("The threshold on")]
+    assert "is fixed at 0.5 (gates.fixed_threshold), not chosen on data" in rule and "validation" not in rule
+
+    chosen = _card({}, BINARY_METRICS, BINARY_GATE)  # target_sensitivity: chosen on validation, one plain network
+    assert chosen["model"] == "compact_resnet (width 48), trained from scratch"
+    assert ", on the validation split) |" in model_card.card_markdown(chosen)
+    assert (
+        model_card.model_text(params_with({"model": {"architecture": "resnet18"}}).model, 42)
+        == "resnet18, trained from scratch"
+    )
