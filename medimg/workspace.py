@@ -24,6 +24,10 @@ TELEMETRY_OFF = {
 }
 
 
+#: Seconds Prefect's ephemeral API server may take to start (Prefect's default: 20).
+EPHEMERAL_STARTUP_SECONDS = 120
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The folder holding one deployment's state: dataset, runs, MLflow store, DVC remote, Prefect home, reports,
@@ -180,6 +184,10 @@ def activate(workspace: Workspace, tracking_uri: str | None = None, prefect_api_
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "medimg")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+    # Prefect's ephemeral API (no PREFECT_API_URL) must answer within 20 s by default; its first start in a new
+    # PREFECT_HOME creates the database, and a `medimg run` on 2 busy cores was refused with "Timed out while
+    # attempting to connect to ephemeral Prefect API server" (session 8)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_SECONDS))
 
 
 @contextlib.contextmanager
