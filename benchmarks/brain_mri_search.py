@@ -33,10 +33,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from medimg import preprocess
-from medimg.config import deep_merge, load_params
+from medimg.config import deep_merge, load_params, member_seeds
 from medimg.training.data import SplitArrays
 from medimg.training.loop import predict_proba, train
-from medimg.tuning.ensemble import EnsembleModel, member_params, member_seeds
+from medimg.tuning.ensemble import EnsembleModel, member_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from brain_mri_floor import CLASSES, stratified_split

@@ -7,7 +7,7 @@ params file plus ``--set section.key=value`` overrides (the ``medimg`` CLI's syn
    :func:`medimg.data.ingest_medmnist.ingest_medmnist` into ``--cache`` (one folder per archive and
    contract hash, reused by later runs) and reads the splits with :func:`medimg.training.data.load_split`;
 2. trains with :func:`medimg.training.loop.train` (best epoch by validation AUC); with ``model.ensemble`` set,
-   one network per seed of :func:`medimg.tuning.ensemble.member_seeds`, scored as the exported graph is
+   one network per seed of :func:`medimg.config.member_seeds`, scored as the exported graph is
    (:class:`medimg.tuning.ensemble.EnsembleModel`: mean probability over members and ``tta_flips`` views);
 3. picks the threshold on the validation split with the evaluate step's own
    :func:`medimg.steps.evaluate.choose_threshold` (``gates.threshold``: youden, target_sensitivity,
@@ -40,7 +40,7 @@ import torch
 
 from medimg import preprocess
 from medimg.cli import parse_overrides
-from medimg.config import Params, load_params
+from medimg.config import Params, load_params, member_seeds
 from medimg.data import manifest
 from medimg.data.ingest_medmnist import ingest_medmnist
 from medimg.data.medmnist import locate
@@ -51,7 +51,7 @@ from medimg.probabilities import abnormal_probability
 from medimg.steps.evaluate import choose_threshold
 from medimg.training.data import SplitArrays, load_split
 from medimg.training.loop import predict_proba, report_epochs, train, validation_auc
-from medimg.tuning.ensemble import EnsembleModel, member_params, member_seeds
+from medimg.tuning.ensemble import EnsembleModel, member_params
 
 log = logging.getLogger("volumes_quality")
 

@@ -1309,3 +1309,8 @@ def deep_merge(base: dict, update: dict) -> dict:
         else:
             out[key] = value
     return out
+
+
+def member_seeds(params: Params) -> tuple[int, ...]:
+    """The training seed of each ``model.ensemble`` member: ``train.seed``, ``train.seed + 1``, ..."""
+    return tuple(params.train.seed + i for i in range(params.model.ensemble.members))

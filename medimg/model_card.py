@@ -26,7 +26,7 @@ from pathlib import PurePath
 from typing import Any
 
 from medimg import artifacts, rendering
-from medimg.config import DataConfig, GateConfig, ModelConfig, Params, TaskConfig
+from medimg.config import DataConfig, GateConfig, Params, TaskConfig, member_seeds
 from medimg.data.manifest import SPLITS
 from medimg.evaluation.metrics import COUNT_NAMES, METRIC_NAMES
 
@@ -196,31 +196,34 @@ def split_rule(data: DataConfig) -> SplitRule:
 
 
 def threshold_rule(rule: str | None, gates: GateConfig) -> str:
-    """``gates.threshold`` as a phrase with its number (the rule ``medimg.steps.evaluate.choose_threshold`` applies
-    on the validation split)."""
-    if rule == "target_sensitivity":
-        return f"the highest threshold reaching sensitivity {gates.target_sensitivity:.2f}"
-    if rule == "youden":
-        return "maximal Youden's J (sensitivity + specificity - 1)"
-    if rule == "max_accuracy":
-        return "maximal accuracy"
+    """``gates.threshold`` as a phrase with its number and where it came from (the rules
+    ``medimg.steps.evaluate.choose_threshold`` applies on the validation split, or a fixed value)."""
     if rule == "fixed":
-        return f"fixed at {gates.fixed_threshold:g} (gates.fixed_threshold)"
-    return str(rule)
+        return f"fixed at {gates.fixed_threshold:g} (gates.fixed_threshold), not chosen on data"
+    if rule == "argmax":  # segmentation: each voxel's most probable label
+        return "none: arg-max"
+    chosen = {
+        "target_sensitivity": f"the highest threshold reaching sensitivity {gates.target_sensitivity:.2f}",
+        "youden": "maximal Youden's J (sensitivity + specificity - 1)",
+        "max_accuracy": "maximal accuracy",
+    }.get(str(rule), str(rule))
+    return f"{chosen}, on the validation split"
 
 
 #: Architectures whose ``model.width`` sets their size (the torchvision ones have a fixed width).
 WIDTH_ARCHITECTURES = frozenset({"compact_resnet", "simple_cnn", "resnet3d", "simple_cnn3d", "unet3d"})
 
 
-def model_text(model: ModelConfig, seed: int) -> str:
+def model_text(params: Params) -> str:
     """The network as a phrase: architecture, width, initialisation and, with ``model.ensemble``, the members'
-    seeds (``seed``, ``seed + 1``, ...: :func:`medimg.tuning.ensemble.member_seeds`) and the test-time views."""
+    seeds (:func:`medimg.config.member_seeds`) and the test-time views."""
+    model = params.model
     text = model.architecture + (f" (width {model.width})" if model.architecture in WIDTH_ARCHITECTURES else "")
     text += ", from pretrained weights (a local file)" if model.pretrained_weights else ", trained from scratch"
     ensemble = model.ensemble
     if ensemble.members > 1:
-        text += f"; ensemble of {ensemble.members} networks (seeds {seed}-{seed + ensemble.members - 1})"
+        seeds = member_seeds(params)
+        text += f"; ensemble of {len(seeds)} networks (seeds {seeds[0]}-{seeds[-1]})"
     if ensemble.tta_flips:
         text += f"; test-time views: the input and its {', '.join(ensemble.tta_flips)} flip(s)"
     if ensemble.enabled:
@@ -428,14 +431,9 @@ def limitations(card: Mapping[str, Any], warts: Mapping[str, Any] | None, thresh
         on = f"the summed probability of the abnormal classes ({', '.join(task['abnormal_classes'])})"
         argmax = " The class shown is the most probable one; the threshold does not change it."
     if task["kind"] != "segmentation":
-        chosen = (
-            f"is {threshold_text}, not chosen on data"
-            if card.get("threshold_rule_id") == "fixed"
-            else f"was chosen on the validation split ({threshold_text})"
-        )
         out.append(
-            f"The threshold on {on} {chosen}: its sensitivity and "
-            f"specificity at other prevalences or sites will differ.{argmax}"
+            f"The threshold on {on} ({threshold_text}) gives other sensitivity and "
+            f"specificity at other prevalences or sites.{argmax}"
         )
     n_test = counts.get("test")
     boot = card.get("bootstrap_samples")
@@ -531,8 +529,7 @@ def run_card(
         "preprocessing": dict(preprocessing) if preprocessing is not None else None,
         "threshold": _finite(evaluation.get("threshold")),
         "threshold_rule": threshold_text,
-        "threshold_rule_id": evaluation.get("threshold_rule"),
-        "model": model_text(params.model, params.train.seed),
+        "model": model_text(params),
         "decision": {
             "binary": "threshold on the abnormal-class probability",
             "multiclass": "most probable class (arg-max); 'any abnormality' flag at the threshold",

@@ -11,14 +11,14 @@ import logging
 import torch
 
 from medimg import preprocess, tracking
-from medimg.config import Params
+from medimg.config import Params, member_seeds
 from medimg.contracts import MemberSummary, TrainingData, TrainSummary
 from medimg.data import manifest
 from medimg.provenance import file_sha256
 from medimg.training import ddp
 from medimg.training.data import load_split, split_rows
 from medimg.training.loop import predict_proba, report_epochs, train, validation_auc
-from medimg.tuning.ensemble import EnsembleModel, member_params, member_seeds
+from medimg.tuning.ensemble import EnsembleModel, member_params
 from medimg.workspace import Workspace
 
 log = logging.getLogger(__name__)

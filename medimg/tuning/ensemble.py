@@ -59,13 +59,8 @@ class EnsembleModel(nn.Module):
         return torch.logsumexp(log_probs, dim=0) - self.log_views
 
 
-def member_seeds(params: Params) -> tuple[int, ...]:
-    """The training seed of each member: ``train.seed``, ``train.seed + 1``, ..."""
-    return tuple(params.train.seed + i for i in range(params.model.ensemble.members))
-
-
 def member_params(params: Params, seed: int) -> Params:
-    """``params`` with ``train.seed`` set to ``seed``: what one member of :func:`member_seeds` trains with."""
+    """``params`` with ``train.seed`` set to ``seed``: one member of :func:`medimg.config.member_seeds`."""
     return params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
 
 

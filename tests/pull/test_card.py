@@ -245,15 +245,14 @@ def test_an_ensemble_with_a_fixed_threshold_says_what_the_network_is_and_that_no
         "the input and its horizontal flip(s); the softmax probabilities are averaged"
     )
     md = model_card.card_markdown(card)
-    assert "| decision threshold | 0.5000 (fixed at 0.5 (gates.fixed_threshold)) |" in md
+    assert "| decision threshold | 0.5000 (fixed at 0.5 (gates.fixed_threshold), not chosen on data) |" in md
     assert f"| model | {card['model']} |" in md
     (rule,) = [item for item in card["limitations"] if item.startswith("The threshold on")]
-    assert "is fixed at 0.5 (gates.fixed_threshold), not chosen on data" in rule and "validation" not in rule
+    assert "(fixed at 0.5 (gates.fixed_threshold), not chosen on data)" in rule and "validation" not in rule
 
     chosen = _card({}, BINARY_METRICS, BINARY_GATE)  # target_sensitivity: chosen on validation, one plain network
     assert chosen["model"] == "compact_resnet (width 48), trained from scratch"
-    assert ", on the validation split) |" in model_card.card_markdown(chosen)
+    assert "sensitivity 0.90, on the validation split) |" in model_card.card_markdown(chosen)
     assert (
-        model_card.model_text(params_with({"model": {"architecture": "resnet18"}}).model, 42)
-        == "resnet18, trained from scratch"
+        model_card.model_text(params_with({"model": {"architecture": "resnet18"}})) == "resnet18, trained from scratch"
     )

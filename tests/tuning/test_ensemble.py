@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medimg import preprocess
-from medimg.config import parse_params
+from medimg.config import member_seeds, parse_params
 from medimg.contracts import MemberSummary, TrainSummary
 from medimg.data.medmnist import locate
 from medimg.export.onnx_export import check_parity, export, onnx_logits, read_metadata, session
@@ -20,7 +20,7 @@ from medimg.steps.export import metadata
 from medimg.training.data import SplitArrays
 from medimg.training.loop import train
 from medimg.tuning import ensemble
-from medimg.tuning.ensemble import EnsembleModel, explained, load_trained, member_seeds
+from medimg.tuning.ensemble import EnsembleModel, explained, load_trained
 
 FLIPS = ("horizontal", "vertical")
 
